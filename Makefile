@@ -1,0 +1,38 @@
+# Everything runs inside a project virtualenv that these targets create and refresh themselves:
+# nothing is needed beforehand but Python 3.11, Java 17 and the package registries.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test lint typecheck unit demo chaos bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,kcl-local]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: venv
+	$(PY) -m mypy
+
+test: lint typecheck
+	$(PY) -m pytest -q
+
+demo: venv
+	$(PY) -m worker demo
+
+chaos: venv
+	$(PY) -m pytest -q -m chaos_full tests/test_chaos.py
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,117 @@
+"""Decoding: raw Kinesis bytes -> one canonical ``TelemetryRecord``, or ``InvalidRecord`` with a reason.
+
+Pure: no I/O, no clock (the stream's arrival time is passed in). The format is sniffed per record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from processors.errors import InvalidRecord, RejectReason
+from processors.signals import (
+    NUMERIC_SIGNALS,
+    STRING_SIGNALS,
+    assemble,
+    finite_number,
+    normalize_vin,
+    parse_event_time,
+)
+from schemas.records import NativeRecord, TelemetryRecord
+
+_JSON_WHITESPACE = b" \t\r\n"
+_UTF8_BOM = b"\xef\xbb\xbf"
+_FOREIGN_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+_OTHER_TESLA_SHAPES = (("alerts", "alerts"), ("errors", "errors"), ("connectionId", "connectivity"))
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    max_record_bytes: int = 65_536
+    max_future_skew_ms: int = 24 * 3600 * 1000
+    max_event_age_ms: int = 7 * 24 * 3600 * 1000
+
+
+class Decoder:
+    def __init__(self, limits: DecodeLimits | None = None) -> None:
+        self.limits = limits or DecodeLimits()
+
+    def decode(self, data: bytes, arrival_ms: int) -> TelemetryRecord:
+        """Decode one record. ``arrival_ms`` is the stream's clock, used for the time checks."""
+        if len(data) > self.limits.max_record_bytes:
+            raise InvalidRecord(
+                RejectReason.OVERSIZE, f"{len(data)} bytes > limit {self.limits.max_record_bytes}"
+            )
+        if data.startswith(_FOREIGN_BOMS):
+            raise InvalidRecord(RejectReason.NOT_UTF8, "UTF-16/32 encoded payload")
+        text = data.removeprefix(_UTF8_BOM)
+        if text.lstrip(_JSON_WHITESPACE)[:1] != b"{":
+            raise InvalidRecord(RejectReason.UNKNOWN_FORMAT, "not a JSON object")
+        record = self._decode_json(_parse_json(text), arrival_ms)
+        return self._within_time_bounds(record, arrival_ms)
+
+    def _decode_json(self, obj: Any, arrival_ms: int) -> TelemetryRecord:
+        if not isinstance(obj, dict):
+            raise InvalidRecord(RejectReason.UNKNOWN_FORMAT, "not a JSON object")
+        if "signals" in obj:
+            return decode_native(obj)
+        for marker, record_type in _OTHER_TESLA_SHAPES:
+            if marker in obj:
+                raise InvalidRecord(RejectReason.UNSUPPORTED_RECORD_TYPE, f"tesla {record_type} record")
+        raise InvalidRecord(RejectReason.UNKNOWN_FORMAT, "JSON object of no known shape")
+
+    def _within_time_bounds(self, record: TelemetryRecord, arrival_ms: int) -> TelemetryRecord:
+        """Reject impossible times; clamp a vehicle clock running ahead to the stream's clock.
+
+        A record cannot have been produced after Kinesis received it. Left unclamped, a clock minutes
+        ahead would make every later, correct reading look stale to last-writer-wins state.
+        """
+        event = record.event_time_ms
+        if event > arrival_ms + self.limits.max_future_skew_ms:
+            raise InvalidRecord(RejectReason.TIMESTAMP_OUT_OF_RANGE, "event time too far in the future")
+        if event < arrival_ms - self.limits.max_event_age_ms:
+            raise InvalidRecord(RejectReason.TIMESTAMP_OUT_OF_RANGE, "event time older than the maximum age")
+        if event > arrival_ms:
+            return TelemetryRecord(
+                record.vin, arrival_ms, record.signals, record.format, record.dropped_location
+            )
+        return record
+
+
+def _parse_json(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRecord(RejectReason.NOT_UTF8, "payload is not valid UTF-8") from None
+        raise InvalidRecord(RejectReason.MALFORMED_JSON, "payload is not valid JSON") from None
+
+
+def schema_detail(error: ValidationError) -> str:
+    """Field paths and error kinds only: pydantic's own message would echo input values (a VIN)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in e['loc']) or 'record'}: {e['type']}" for e in error.errors()
+    )
+
+
+def decode_native(obj: dict[str, Any]) -> TelemetryRecord:
+    try:
+        native = NativeRecord.model_validate(obj)
+    except ValidationError as error:
+        raise InvalidRecord(RejectReason.SCHEMA_VIOLATION, schema_detail(error)) from None
+    vin = normalize_vin(native.vin)
+    event_time_ms = parse_event_time(native.timestamp)
+    for name, value in native.signals.items():
+        if value is None:
+            continue
+        if name in NUMERIC_SIGNALS and finite_number(value) is None:
+            raise InvalidRecord(RejectReason.SCHEMA_VIOLATION, f"signals.{name}: expected a number")
+        if name in STRING_SIGNALS and not isinstance(value, str):
+            raise InvalidRecord(RejectReason.SCHEMA_VIOLATION, f"signals.{name}: expected a string")
+    signals, dropped = assemble(vin, native.signals.items())
+    return TelemetryRecord(vin, event_time_ms, signals, "native", dropped)

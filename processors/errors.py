@@ -1,0 +1,40 @@
+"""Typed errors, each carrying a reason code.
+
+``InvalidRecord`` is the quarantine path: the record is dead-lettered and the shard moves on.
+``RetryableWriteError`` is the slow-down path: the batch is retried and, once retries are exhausted,
+fails without a checkpoint so the KCL redelivers it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RejectReason(StrEnum):
+    NOT_UTF8 = "not_utf8"
+    MALFORMED_JSON = "malformed_json"
+    UNKNOWN_FORMAT = "unknown_format"
+    SCHEMA_VIOLATION = "schema_violation"
+    INVALID_VIN = "invalid_vin"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+    OVERSIZE = "oversize"
+    UNSUPPORTED_RECORD_TYPE = "unsupported_record_type"
+    UNWRITABLE = "unwritable"
+    """The record decoded, but a store refused its content as invalid (e.g. a DynamoDB validation error)."""
+
+
+class InvalidRecord(Exception):
+    """A record that can never be applied. ``detail`` must never contain a VIN or the payload."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class RetryableWriteError(Exception):
+    """A write that may succeed later (throttling, 5xx, a lost optimistic-concurrency race)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason

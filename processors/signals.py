@@ -1,0 +1,124 @@
+"""Canonical signals shared by every producer format: names, types, VIN hygiene and time handling."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from processors.errors import InvalidRecord, RejectReason
+from schemas.records import Location, SignalValue
+
+NUMERIC_SIGNALS = frozenset(
+    {"vehicleSpeed", "heading", "odometer", "batteryLevel", "batteryRange", "lat", "lng"}
+)
+STRING_SIGNALS = frozenset({"shiftState"})
+RESERVED_NAMES = frozenset({"pseudoVin", "timestamp", "vin", "location"})
+"""Item attributes of ``vehicle-state``, and ``location`` which decoding builds from lat/lng."""
+
+VIN_PATTERN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
+"""17 characters: digits and capital letters except I, O and Q."""
+_WHITESPACE = re.compile(r"\s+")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+def normalize_vin(raw: str) -> str:
+    """Strip and upper-case, then validate. The VIN itself never appears in the error."""
+    vin = raw.strip().upper()
+    if len(vin) != 17:
+        raise InvalidRecord(RejectReason.INVALID_VIN, f"length {len(vin)}, expected 17")
+    if not VIN_PATTERN.fullmatch(vin):
+        raise InvalidRecord(RejectReason.INVALID_VIN, "character outside the VIN alphabet")
+    return vin
+
+
+def mentions_vin(value: Any, vin: str) -> bool:
+    """True when a (possibly nested) value contains the VIN, or anything VIN-shaped, in any case or spacing.
+
+    Such a signal is dropped at the boundary: an identifier smuggled in a telemetry field is still a VIN.
+    """
+    if isinstance(value, str):
+        squeezed = _WHITESPACE.sub("", value).upper()
+        return vin in squeezed or VIN_PATTERN.fullmatch(squeezed) is not None
+    if isinstance(value, dict):
+        return any(mentions_vin(k, vin) or mentions_vin(v, vin) for k, v in value.items())
+    if isinstance(value, list):
+        return any(mentions_vin(v, vin) for v in value)
+    return False
+
+
+def finite_number(value: object) -> float | int | None:
+    """A JSON number that DynamoDB can store, or None (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def valid_location(lat: object, lng: object) -> Location | None:
+    lat_n, lng_n = finite_number(lat), finite_number(lng)
+    if lat_n is None or lng_n is None or not (-90 <= lat_n <= 90 and -180 <= lng_n <= 180):
+        return None
+    return Location(float(lat_n), float(lng_n))
+
+
+def assemble(vin: str, pairs: Iterable[tuple[str, Any]]) -> tuple[dict[str, SignalValue], bool]:
+    """Build canonical signals from (name, value) pairs already typed by the format decoder.
+
+    Returns the signals and whether a location had to be dropped (``invalid_coordinates``).
+    lat/lng become one ``location`` signal so that they always change together.
+    """
+    signals: dict[str, SignalValue] = {}
+    lat: Any = None
+    lng: Any = None
+    for name, value in pairs:
+        if value is None:
+            continue
+        if name == "lat":
+            lat = value
+        elif name == "lng":
+            lng = value
+        elif name in RESERVED_NAMES or mentions_vin(name, vin) or mentions_vin(value, vin):
+            continue
+        else:
+            signals[name] = value
+    dropped = False
+    if isinstance(lat, Location):  # a format that already delivers a location pair
+        signals["location"] = lat
+    elif lat is not None or lng is not None:
+        location = valid_location(lat, lng)
+        if location is None:
+            dropped = True
+        else:
+            signals["location"] = location
+    return signals, dropped
+
+
+def parse_event_time(value: int | float | str) -> int:
+    """ISO-8601 (naive means UTC) or epoch milliseconds -> epoch milliseconds."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise InvalidRecord(RejectReason.SCHEMA_VIOLATION, "timestamp is not ISO-8601") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return (parsed - _EPOCH) // _MILLISECOND
+    if not math.isfinite(value):
+        raise InvalidRecord(RejectReason.SCHEMA_VIOLATION, "timestamp is not finite")
+    return int(value)
+
+
+def format_time(epoch_ms: int) -> str:
+    """Epoch milliseconds -> ``2025-03-05T14:32:01.123Z`` (fixed width, so strings sort by time)."""
+    moment = datetime.fromtimestamp(epoch_ms // 1000, UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{epoch_ms % 1000:03d}Z"
+
+
+def parse_time(text: str) -> int:
+    """Inverse of :func:`format_time`."""
+    return parse_event_time(text)

@@ -1,0 +1,185 @@
+"""``vehicle-state``: the latest known value of every signal, per vehicle.
+
+Producers send deltas, so each signal is its own last-writer-wins register ordered by
+(event time, canonical value). That merge is commutative, associative and idempotent: the item is a
+function of the *set* of records applied, whatever the batching, order, duplicates or replays.
+
+Item shape::
+
+    {"pseudoVin": "4f0c...", "timestamp": "2025-03-05T14:32:01.000Z",      # newest record applied
+     "vehicleSpeed": {"value": 73.5, "at": "2025-03-05T14:32:01.000Z"},
+     "location": {"value": {"lat": 39.73, "lng": -104.99}, "at": "..."}, ...}
+
+Pure core: ``coalesce`` and ``outstanding``. I/O edge: ``VehicleStateSink`` writes one conditional
+``UpdateItem`` per vehicle per batch; the condition (each signal strictly newer) makes the common case
+a single blind write, and a failed condition returns the stored item so the exact remainder is retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+import orjson
+
+from processors.errors import RetryableWriteError
+from processors.signals import format_time, parse_time
+from schemas.dynamo import AttributeValue, from_item, to_attribute
+from schemas.records import Location, SignalValue, VehicleReading
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    at_ms: int
+    value: SignalValue
+
+    def order_key(self) -> tuple[int, bytes]:
+        return self.at_ms, canonical_bytes(self.value)
+
+
+@dataclass(slots=True)
+class StateUpdate:
+    pseudo_vin: str
+    timestamp_ms: int
+    signals: dict[str, Observation] = field(default_factory=dict)
+
+    def absorb(self, reading: VehicleReading) -> None:
+        self.timestamp_ms = max(self.timestamp_ms, reading.event_time_ms)
+        for name, value in reading.signals.items():
+            candidate = Observation(reading.event_time_ms, value)
+            current = self.signals.get(name)
+            if current is None or candidate.order_key() > current.order_key():
+                self.signals[name] = candidate
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """A total order for equal-time ties that does not depend on how the value was stored."""
+    return orjson.dumps(_canonical(value), option=orjson.OPT_SORT_KEYS)
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, Location):
+        return {"lat": value.lat, "lng": value.lng}
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return str(value)
+
+
+def coalesce(readings: Iterable[VehicleReading]) -> dict[str, StateUpdate]:
+    """One update per vehicle holding, per signal, the winning observation among ``readings``."""
+    updates: dict[str, StateUpdate] = {}
+    for reading in readings:
+        update = updates.get(reading.pseudo_vin)
+        if update is None:
+            update = updates[reading.pseudo_vin] = StateUpdate(reading.pseudo_vin, reading.event_time_ms)
+        update.absorb(reading)
+    return updates
+
+
+def stored_observations(item: Mapping[str, Any]) -> tuple[int | None, dict[str, Observation]]:
+    """Decode a stored item (plain values, see ``from_item``) into its timestamp and observations."""
+    timestamp = parse_time(item["timestamp"]) if "timestamp" in item else None
+    observations = {
+        name: Observation(parse_time(attr["at"]), attr["value"])
+        for name, attr in item.items()
+        if isinstance(attr, dict) and "at" in attr and "value" in attr
+    }
+    return timestamp, observations
+
+
+def outstanding(update: StateUpdate, item: Mapping[str, Any]) -> StateUpdate | None:
+    """What of ``update`` still beats the stored ``item``; None when the item already reflects it all."""
+    stored_ts, stored = stored_observations(item)
+    winners = {
+        name: obs
+        for name, obs in update.signals.items()
+        if name not in stored or obs.order_key() > stored[name].order_key()
+    }
+    newer = stored_ts is None or update.timestamp_ms > stored_ts
+    if not winners and not newer:
+        return None
+    return StateUpdate(update.pseudo_vin, update.timestamp_ms if newer else stored_ts or 0, winners)
+
+
+def update_request(
+    table: str, update: StateUpdate, stored: Mapping[str, AttributeValue] | None
+) -> dict[str, Any]:
+    """``UpdateItem`` arguments. Without ``stored``: guard that every value is strictly newer.
+    With ``stored`` (the item a failed condition returned): guard that nothing touched has changed.
+    """
+    names: dict[str, str] = {"#ts": "timestamp"}
+    values: dict[str, AttributeValue] = {}
+    assignments: list[str] = []
+    conditions: list[str] = []
+    new_ts = format_time(update.timestamp_ms)
+    stored_ts = stored.get("timestamp") if stored is not None else None
+    if stored is None:
+        assignments.append("#ts = :ts")
+        conditions.append("(attribute_not_exists(#ts) OR #ts < :ts)")
+        values[":ts"] = {"S": new_ts}
+    else:
+        if stored_ts is None or new_ts > stored_ts["S"]:
+            assignments.append("#ts = :ts")
+            values[":ts"] = {"S": new_ts}
+        conditions.append("#ts = :oldts" if stored_ts is not None else "attribute_not_exists(#ts)")
+        if stored_ts is not None:
+            values[":oldts"] = stored_ts
+    for i, (name, obs) in enumerate(sorted(update.signals.items())):
+        names[f"#s{i}"] = name
+        at = format_time(obs.at_ms)
+        values[f":v{i}"] = {"M": {"value": to_attribute(obs.value), "at": {"S": at}}}
+        assignments.append(f"#s{i} = :v{i}")
+        if stored is None:
+            names["#at"] = "at"
+            values[f":t{i}"] = {"S": at}
+            conditions.append(f"(attribute_not_exists(#s{i}) OR #s{i}.#at < :t{i})")
+        elif name in stored:
+            values[f":o{i}"] = stored[name]
+            conditions.append(f"#s{i} = :o{i}")
+        else:
+            conditions.append(f"attribute_not_exists(#s{i})")
+    return {
+        "TableName": table,
+        "Key": {"pseudoVin": {"S": update.pseudo_vin}},
+        "UpdateExpression": "SET " + ", ".join(assignments),
+        "ConditionExpression": " AND ".join(conditions),
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
+
+
+class VehicleStateSink:
+    """Applies ``StateUpdate``s. Idempotent: re-applying any update leaves the item unchanged."""
+
+    MAX_ROUNDS = 8
+
+    def __init__(self, dynamodb: DynamoDBClient, table: str) -> None:
+        self._dynamodb = dynamodb
+        self._table = table
+
+    def apply(self, update: StateUpdate) -> int:
+        """Write until the item reflects ``update``; returns the number of UpdateItem calls made."""
+        pending: StateUpdate | None = update
+        stored: Mapping[str, AttributeValue] | None = None
+        for rounds in range(1, self.MAX_ROUNDS + 1):
+            assert pending is not None
+            try:
+                self._dynamodb.update_item(**update_request(self._table, pending, stored))
+                return rounds
+            except self._dynamodb.exceptions.ConditionalCheckFailedException as failed:
+                stored = cast(Mapping[str, AttributeValue], failed.response.get("Item") or {})
+            pending = outstanding(update, from_item(stored))
+            if pending is None:
+                return rounds
+        raise RetryableWriteError("vehicle_state_contention", f"{self.MAX_ROUNDS} conditional rounds")

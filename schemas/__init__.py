@@ -1,0 +1,1 @@
+"""Wire formats, table items and table definitions: the single source of truth."""

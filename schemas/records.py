@@ -1,0 +1,89 @@
+"""What flows through the pipeline.
+
+Wire formats are validated with pydantic at the edge (``NativeRecord``); inside, records are plain frozen
+dataclasses. A ``TelemetryRecord`` still carries the real VIN and lives only between decoding and
+pseudonymization; everything downstream sees a ``VehicleReading``, which cannot carry a VIN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, JsonValue, StrictFloat, StrictInt, StrictStr
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    lat: float
+    lng: float
+
+
+SignalValue: TypeAlias = float | int | str | bool | Location | dict[str, Any] | list[Any]
+"""Known signals are numbers, strings or a ``Location``; unknown OEM signals keep their JSON shape."""
+
+Signals: TypeAlias = Mapping[str, SignalValue]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where a record sits in the stream: checkpoints are derived from these, never tracked aside."""
+
+    shard_id: str
+    sequence_number: str
+    sub_sequence_number: int
+    arrival_ms: int
+    """Kinesis ``approximateArrivalTimestamp``: the stream's clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryRecord:
+    """One decoded record, any producer format. Holds the real VIN: never leaves the boundary."""
+
+    vin: str
+    event_time_ms: int
+    signals: Signals
+    format: str
+    dropped_location: bool = False
+    """The record carried a location that was out of range or not finite (``invalid_coordinates``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleReading:
+    """A pseudonymized record: the unit every downstream stage works on."""
+
+    pseudo_vin: str
+    event_time_ms: int
+    signals: Signals
+    position: StreamPosition
+
+    @property
+    def speed(self) -> float | None:
+        value = self.signals.get("vehicleSpeed")
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    @property
+    def location(self) -> Location | None:
+        value = self.signals.get("location")
+        return value if isinstance(value, Location) else None
+
+
+class NativeRecord(BaseModel):
+    """Our native JSON format: ``{"vin", "timestamp", "signals": {...}}``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    vin: StrictStr
+    timestamp: StrictInt | StrictFloat | StrictStr
+    """ISO-8601 (UTC when no offset is given) or epoch milliseconds."""
+    signals: dict[str, JsonValue]
+
+
+@dataclass(frozen=True, slots=True)
+class KinesisRecord:
+    """A record as delivered by the daemon. ``partition_key`` is the VIN: never log or store it."""
+
+    data: bytes = field(repr=False)
+    partition_key: str = field(repr=False)
+    position: StreamPosition

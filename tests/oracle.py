@@ -1,0 +1,43 @@
+"""Expected results computed straight from fixture files, independently of the code under test."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+VIN_RE = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
+
+
+def valid_native_records(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for line in path.read_bytes().splitlines():
+        obj = orjson.loads(line)
+        if "signals" in obj and VIN_RE.fullmatch(str(obj.get("vin", "")).strip().upper()):
+            records.append(obj)
+    return records
+
+
+def latest_by_vin(path: Path) -> dict[str, dict[str, Any]]:
+    """VIN -> the signals of its newest record (fixture streams carry full snapshots)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in valid_native_records(path):
+        vin = record["vin"].strip().upper()
+        if vin not in latest or record["timestamp"] > latest[vin]["timestamp"]:
+            latest[vin] = record
+    return {vin: {"timestamp": r["timestamp"], **r["signals"]} for vin, r in latest.items()}
+
+
+def vins_in(path: Path) -> set[str]:
+    """Every VIN-looking string mentioned anywhere in a fixture (valid records or not)."""
+    text = path.read_text(errors="replace").upper()
+    return set(VIN_RE.findall(text))
+
+
+def leaked(vins: set[str], blob: str | bytes) -> set[str]:
+    """VINs found in ``blob`` in any case, ignoring whitespace."""
+    text = blob.decode("utf-8", "replace") if isinstance(blob, bytes) else blob
+    squeezed = re.sub(r"\s+", "", text).upper()
+    return {vin for vin in vins if vin in squeezed}

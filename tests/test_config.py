@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.tables import ALL_TABLES
+from worker.config import Settings
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def test_defaults_match_the_seed_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    settings = Settings()
+    assert settings.stream_name == "vehicle-telemetry"
+    assert settings.application_name == "fleet-ingest"
+    assert settings.archive_bucket == "fleet-telemetry-archive"
+    assert settings.endpoint_url is None
+    assert settings.table_names == {
+        "vehicle-state": "vehicle-state",
+        "trip-state": "trip-state",
+        "trips-index": "trips-index",
+        "live-breadcrumbs": "live-breadcrumbs",
+        "vin-mapping": "vin-mapping",
+    }
+
+
+def test_prefix_and_overrides_come_from_fleet_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_TABLE_PREFIX", "prod-")
+    monkeypatch.setenv("FLEET_TRIP_STATE_TABLE", "trips-live")
+    monkeypatch.setenv("FLEET_CHECKPOINT_EVERY_RECORDS", "250")
+    settings = Settings()
+    assert settings.table_names["vehicle-state"] == "prod-vehicle-state"
+    assert settings.table_names["trip-state"] == "prod-trips-live"
+    assert settings.checkpoint_every_records == 250
+
+
+def test_endpoint_and_region_come_from_the_standard_aws_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    settings = Settings()
+    assert settings.endpoint_url == "http://127.0.0.1:4566"
+    assert settings.region == "eu-west-1"
+
+
+def test_the_pseudonym_key_is_never_rendered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_PSEUDONYM_KEY", "super-secret-key")
+    settings = Settings()
+    assert "super-secret-key" not in repr(settings)
+    assert "super-secret-key" not in str(settings.model_dump())
+
+
+def test_every_table_has_a_setting() -> None:
+    assert {spec.setting for spec in ALL_TABLES} <= set(Settings.model_fields)
+
+
+def test_readme_documents_every_setting_with_its_default() -> None:
+    readme = README.read_text()
+    for name, info in Settings.model_fields.items():
+        variable = f"FLEET_{name.upper()}"
+        if name == "endpoint_url":
+            variable = "AWS_ENDPOINT_URL"
+        row = next((line for line in readme.splitlines() if f"`{variable}`" in line), None)
+        assert row is not None, f"README does not document {variable}"
+        default = info.default
+        if default not in (None, ""):
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            assert f"| `{shown}` |" in row, f"{variable}: default {default!r} not in README"
+
+
+def test_fixtures_are_reproducible() -> None:
+    from tests.fixtures.build import FIXTURES, HERE, render
+
+    for name in FIXTURES:
+        assert (HERE / name).read_bytes() == render(name), f"{name} differs from tests/fixtures/build.py"

@@ -1,0 +1,1 @@
+"""fleet-ingest worker: KCL record processor, launcher, local AWS and operator CLI."""

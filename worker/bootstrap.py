@@ -1,0 +1,134 @@
+"""Create every resource the worker needs, idempotently: running it twice changes nothing."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+import botocore.exceptions
+
+from schemas.tables import ALL_TABLES
+from worker.aws import AwsClients
+from worker.config import Settings
+from worker.logs import event
+
+log = logging.getLogger(__name__)
+
+SEGMENT_PREFIX = "trip-segments/"
+SEGMENT_EXPIRY_DAYS = 30
+
+
+@dataclass
+class BootstrapReport:
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+
+    def note(self, resource: str, created: bool) -> None:
+        (self.created if created else self.existing).append(resource)
+
+
+def bootstrap(settings: Settings, clients: AwsClients, shards: int = 2) -> BootstrapReport:
+    report = BootstrapReport()
+    report.note(f"stream {settings.stream_name}", _stream(settings, clients, shards))
+    for spec in ALL_TABLES:
+        name = settings.table_name(spec)
+        report.note(f"table {name}", _table(clients, spec.create_table_request(name), spec.ttl_attribute))
+    report.note(f"bucket {settings.archive_bucket}", _bucket(settings, clients))
+    report.note(f"kms {settings.vin_key_alias}", _kms_key(settings, clients))
+    report.note(f"secret {settings.pseudonym_secret_id}", _secret(settings, clients))
+    event(log, "bootstrap", created=report.created, existing=report.existing)
+    return report
+
+
+def _stream(settings: Settings, clients: AwsClients, shards: int) -> bool:
+    kinesis = clients.kinesis
+    try:
+        kinesis.create_stream(StreamName=settings.stream_name, ShardCount=shards)
+        created = True
+    except kinesis.exceptions.ResourceInUseException:
+        created = False
+    kinesis.get_waiter("stream_exists").wait(
+        StreamName=settings.stream_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+    return created
+
+
+def _table(clients: AwsClients, request: dict[str, object], ttl_attribute: str | None) -> bool:
+    dynamodb = clients.dynamodb
+    name = str(request["TableName"])
+    try:
+        dynamodb.create_table(**request)  # type: ignore[arg-type]
+        created = True
+    except dynamodb.exceptions.ResourceInUseException:
+        created = False
+    dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    if ttl_attribute:
+        ttl = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+        if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+            dynamodb.update_time_to_live(
+                TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute}
+            )
+    return created
+
+
+def _bucket(settings: Settings, clients: AwsClients) -> bool:
+    s3 = clients.s3
+    # us-east-1 answers 200 to re-creating one's own bucket, so ask first.
+    try:
+        s3.head_bucket(Bucket=settings.archive_bucket)
+        created = False
+    except botocore.exceptions.ClientError:
+        if settings.region == "us-east-1":
+            s3.create_bucket(Bucket=settings.archive_bucket)
+        else:
+            s3.create_bucket(
+                Bucket=settings.archive_bucket,
+                CreateBucketConfiguration={"LocationConstraint": settings.region},  # type: ignore[typeddict-item]
+            )
+        created = True
+    s3.put_public_access_block(
+        Bucket=settings.archive_bucket,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    # Segments of long trips are staging data: the archive object supersedes them.
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=settings.archive_bucket,
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": "expire-trip-segments",
+                    "Filter": {"Prefix": SEGMENT_PREFIX},
+                    "Status": "Enabled",
+                    "Expiration": {"Days": SEGMENT_EXPIRY_DAYS},
+                }
+            ]
+        },
+    )
+    return created
+
+
+def _kms_key(settings: Settings, clients: AwsClients) -> bool:
+    kms = clients.kms
+    try:
+        kms.describe_key(KeyId=settings.vin_key_alias)
+        return False
+    except kms.exceptions.NotFoundException:
+        pass
+    key_id = kms.create_key(Description="fleet-ingest: VINs and dead letters")["KeyMetadata"]["KeyId"]
+    kms.create_alias(AliasName=settings.vin_key_alias, TargetKeyId=key_id)
+    return True
+
+
+def _secret(settings: Settings, clients: AwsClients) -> bool:
+    client = clients.secretsmanager
+    try:
+        client.create_secret(Name=settings.pseudonym_secret_id, SecretString=secrets.token_hex(32))
+        return True
+    except client.exceptions.ResourceExistsException:
+        return False

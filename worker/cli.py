@@ -1,0 +1,176 @@
+"""``python -m worker``: the worker and its operator tools.
+
+Command output goes to stdout; logs go to stderr as JSON lines. ``process`` is the exception: there,
+stdout belongs to the KCL protocol and nothing else is ever written to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from worker.config import Settings
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def cmd_local_aws(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.local_aws import LocalAws
+
+    with LocalAws(args.port) as aws:
+        say(f"local AWS listening on {aws.endpoint} (HTTP/1.1 and h2c); Ctrl-C stops it")
+        say(f"  export AWS_ENDPOINT_URL={aws.endpoint}")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.bootstrap import bootstrap
+
+    report = bootstrap(settings, AwsClients(settings), shards=args.shards)
+    for resource in report.created:
+        say(f"created  {resource}")
+    for resource in report.existing:
+        say(f"exists   {resource}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.launcher import run
+
+    return run(settings, drain=args.drain, timeout=args.timeout)
+
+
+def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.record_processor import run_processor
+
+    run_processor(settings)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.replay import read_fixture, replay
+
+    started = time.monotonic()
+    stats = replay(AwsClients(settings).kinesis, settings.stream_name, read_fixture(args.file), args.rate)
+    elapsed = time.monotonic() - started
+    say(
+        f"replayed {stats.records} records in {stats.requests} PutRecords "
+        f"({stats.resent} resent) in {elapsed:.1f}s to {settings.stream_name}"
+    )
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from worker.simulate import simulate
+
+    start_ms = (
+        int(args.start.timestamp() * 1000)
+        if args.start
+        else (int(time.time()) - int(args.minutes * 60)) * 1000
+    )
+    out = args.output.open("wb") if args.output else sys.stdout.buffer
+    try:
+        count = 0
+        for record in simulate(args.vehicles, args.minutes, args.seed, start_ms):
+            out.write(orjson.dumps(record) + b"\n")
+            count += 1
+    finally:
+        if args.output:
+            out.close()
+    if args.output:
+        say(f"wrote {count} records for {args.vehicles} vehicles to {args.output}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.demo import demo
+
+    return demo(vehicles=args.vehicles, minutes=args.minutes, shards=args.shards)
+
+
+def _iso(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="python -m worker",
+        description="fleet-ingest: Kinesis telemetry -> DynamoDB/S3, run under the KCL MultiLangDaemon. "
+        "Configuration comes from FLEET_* environment variables (see README).",
+    )
+    sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Command, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command(
+        "local-aws", cmd_local_aws, "Serve an embedded local AWS (moto over HTTP/1.1 + h2c) on loopback."
+    )
+    p.add_argument("--port", type=int, default=4566, help="port on 127.0.0.1 (default 4566)")
+
+    p = command(
+        "bootstrap", cmd_bootstrap, "Create the stream, tables, bucket, KMS key and secret (idempotent)."
+    )
+    p.add_argument("--shards", type=int, default=2, help="shard count of a newly created stream (default 2)")
+
+    p = command("run", cmd_run, "Run the KCL MultiLangDaemon with this worker as its record processor.")
+    p.add_argument(
+        "--drain", action="store_true", help="exit 0 once everything in the stream at start is checkpointed"
+    )
+    p.add_argument("--timeout", type=float, help="give up (exit 124) after this many seconds")
+
+    command(
+        "process", cmd_process, "The record processor the daemon starts per shard (speaks on stdin/stdout)."
+    )
+
+    p = command(
+        "replay", cmd_replay, "Put a JSONL fixture stream into Kinesis in order (partition key = VIN)."
+    )
+    p.add_argument("file", type=Path, help="JSONL: one record per line")
+    p.add_argument("--rate", type=float, help="records per second (default: as fast as possible)")
+
+    p = command("simulate", cmd_simulate, "Write a deterministic 1 Hz fleet stream (native JSON lines).")
+    p.add_argument("--vehicles", type=int, required=True)
+    p.add_argument("--minutes", type=float, required=True)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--start", type=_iso, help="ISO time of the first record (default: so the stream ends now)"
+    )
+    p.add_argument("--output", "-o", type=Path, help="file to write (default stdout)")
+
+    p = command("demo", cmd_demo, "Local AWS + bootstrap + simulated fleet + real KCL drain + summary.")
+    p.add_argument("--vehicles", type=int, default=20)
+    p.add_argument("--minutes", type=float, default=15)
+    p.add_argument("--shards", type=int, default=2)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = Settings()
+    if args.command != "process":
+        from worker.logs import configure_logging
+
+        configure_logging(settings.log_level)
+    handler: Command = args.handler
+    return handler(args, settings)

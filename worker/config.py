@@ -1,0 +1,92 @@
+"""Runtime configuration: every knob is an environment variable with the ``FLEET_`` prefix.
+
+The AWS endpoint and region come from the standard AWS variables (``AWS_ENDPOINT_URL``, ``AWS_REGION``)
+so the same settings drive boto3, the KCL daemon and the local AWS.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.tables import ALL_TABLES, TableSpec
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEET_", frozen=True, extra="ignore")
+
+    # --- where things are ---------------------------------------------------------------------------
+    stream_name: str = Field("vehicle-telemetry", description="Kinesis stream consumed by the worker.")
+    application_name: str = Field(
+        "fleet-ingest", description="KCL application name; also names the KCL lease table."
+    )
+    table_prefix: str = Field("", description="Prefix prepended to every data table name (e.g. `prod-`).")
+    vehicle_state_table: str = Field("vehicle-state", description="Latest snapshot per vehicle.")
+    trip_state_table: str = Field("trip-state", description="Active trip (or idle marker) per vehicle.")
+    trips_index_table: str = Field("trips-index", description="One metadata item per archived trip.")
+    live_breadcrumbs_table: str = Field("live-breadcrumbs", description="Breadcrumbs of live trips (24 h).")
+    vin_mapping_table: str = Field("vin-mapping", description="pseudoVin -> KMS-encrypted VIN.")
+    archive_bucket: str = Field(
+        "fleet-telemetry-archive", description="S3 bucket for trip archives and dead letters."
+    )
+    region: str = Field(
+        "us-east-1",
+        validation_alias=AliasChoices("FLEET_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="AWS region (`AWS_REGION` / `AWS_DEFAULT_REGION` also accepted).",
+    )
+    endpoint_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AWS_ENDPOINT_URL", "FLEET_ENDPOINT_URL"),
+        description="Custom AWS endpoint for every service (the local AWS); unset means real AWS.",
+    )
+
+    # --- pseudonymization ---------------------------------------------------------------------------
+    pseudonym_secret_id: str = Field(
+        "fleet-ingest/pseudonym-key", description="Secrets Manager id of the HMAC key for pseudoVins."
+    )
+    pseudonym_key: SecretStr | None = Field(
+        None, description="Local use only: the HMAC key itself, bypassing Secrets Manager."
+    )
+    vin_key_alias: str = Field(
+        "alias/fleet-ingest-vin", description="KMS key encrypting VINs and dead letters."
+    )
+
+    # --- processing -----------------------------------------------------------------------------------
+    checkpoint_every_records: int = Field(500, description="Checkpoint after this many applied records...")
+    checkpoint_every_seconds: float = Field(60.0, description="...or this many seconds, whichever first.")
+    max_record_bytes: int = Field(65_536, description="Larger records are quarantined as `oversize`.")
+    max_future_skew_seconds: int = Field(
+        86_400, description="Event times further ahead of the stream's arrival time are rejected."
+    )
+    max_event_age_hours: float = Field(
+        168.0, description="Event times older than this before arrival are rejected (set to the retention)."
+    )
+    write_concurrency: int = Field(16, description="Concurrent AWS writes per record processor.")
+    aws_max_attempts: int = Field(
+        3, description="botocore attempts per AWS call (retried further by the worker)."
+    )
+
+    # --- KCL MultiLangDaemon --------------------------------------------------------------------------
+    kcl_initial_position: str = Field("TRIM_HORIZON", description="Where a new lease starts reading.")
+    kcl_failover_time_millis: int = Field(
+        10_000, description="Lease expiry; a dead worker's shards move after it."
+    )
+    kcl_shard_sync_interval_millis: int = Field(60_000, description="Pause between shard syncs.")
+    kcl_idle_time_between_reads_millis: int = Field(500, description="Pause between GetRecords calls.")
+    kcl_max_records: int = Field(10_000, description="Records per GetRecords call.")
+    kcl_shutdown_grace_millis: int = Field(
+        30_000, description="Time the daemon gives processors to checkpoint on shutdown."
+    )
+    kcl_log_level: str = Field("WARN", description="Log level of the Java daemon (logs go to stderr).")
+    log_level: str = Field("INFO", description="Log level of the Python worker.")
+
+    def table_name(self, spec: TableSpec) -> str:
+        """The physical name of a data table: prefix + configured name."""
+        return self.table_prefix + str(getattr(self, spec.setting))
+
+    @cached_property
+    def table_names(self) -> dict[str, str]:
+        """Logical table name (e.g. ``vehicle-state``) -> physical name."""
+        return {spec.name: self.table_name(spec) for spec in ALL_TABLES}

@@ -1,0 +1,165 @@
+"""The amazon-kclpy record processor: one process per shard lease, driven by the MultiLangDaemon.
+
+Contract with the daemon:
+- a batch is checkpointed only after all of its writes succeeded, and only when the policy says so;
+- a batch that fails (retries exhausted, or any unexpected error) ends the process with a non-zero exit
+  *before* anything else is checkpointed, so the KCL restarts the shard from the last checkpoint.
+  (amazon-kclpy would log a plain exception and answer the daemon as if all went well.);
+- ``shard_ended`` always checkpoints (children wait on it); ``shutdown_requested`` checkpoints what was
+  applied; ``lease_lost`` never checkpoints and drops every cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from amazon_kclpy import kcl
+from amazon_kclpy.v3 import processor
+
+from schemas.records import KinesisRecord, StreamPosition
+from worker.aws import AwsClients
+from worker.checkpoint import CheckpointPolicy, LeaseLost, checkpoint
+from worker.config import Settings
+from worker.logs import configure_logging, event
+from worker.pipeline import Pipeline
+
+log = logging.getLogger("worker.processor")
+
+EXIT_BATCH_FAILED = 3
+EXIT_INIT_FAILED = 4
+EXIT_CHECKPOINT_FAILED = 5
+
+
+def kinesis_record(record: Any, shard_id: str) -> KinesisRecord:
+    """amazon_kclpy ``Record`` -> our ``KinesisRecord``."""
+    return KinesisRecord(
+        data=record.binary_data,
+        partition_key=record.partition_key,
+        position=StreamPosition(
+            shard_id, record.sequence_number, int(record.sub_sequence_number or 0), record.timestamp_millis
+        ),
+    )
+
+
+class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline_factory: Callable[[], Pipeline] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._pipeline_factory = pipeline_factory or (lambda: Pipeline(settings, AwsClients(settings)))
+        self._pipeline: Pipeline | None = None
+        self._clock = clock
+        self._policy = CheckpointPolicy(settings.checkpoint_every_records, settings.checkpoint_every_seconds)
+        self._shard_id = "unknown"
+        self._applied: StreamPosition | None = None
+        self._pending = 0
+        self._last_checkpoint_at = clock()
+
+    # --- daemon callbacks -------------------------------------------------------------------------
+
+    def initialize(self, initialize_input: Any) -> None:
+        self._shard_id = initialize_input.shard_id
+        event(log, "initialize", shard=self._shard_id, startingAt=initialize_input.sequence_number)
+        try:
+            self._pipeline = self._pipeline_factory()
+        except Exception as error:
+            self._exit(EXIT_INIT_FAILED, "initialize_failed", error)
+        self._last_checkpoint_at = self._clock()
+
+    def process_records(self, process_records_input: Any) -> None:
+        started = self._clock()
+        try:
+            if self._pipeline is None:
+                raise RuntimeError("process_records before a successful initialize")
+            records = [kinesis_record(r, self._shard_id) for r in process_records_input.records]
+            outcome = self._pipeline.process(records)
+        except Exception as error:
+            self._exit(EXIT_BATCH_FAILED, "batch_failed", error)
+        if outcome.last_position is not None:
+            self._applied = outcome.last_position
+            self._pending += outcome.records
+        lag = process_records_input.millis_behind_latest
+        if records:
+            event(
+                log,
+                "batch",
+                shard=self._shard_id,
+                records=outcome.records,
+                applied=outcome.applied,
+                quarantined=outcome.quarantined,
+                vehicles=outcome.vehicles,
+                writes=outcome.writes,
+                invalidCoordinates=outcome.invalid_coordinates,
+                millisBehindLatest=lag,
+                durationMs=round((self._clock() - started) * 1000, 1),
+            )
+        now = self._clock()
+        idle = not records
+        if self._policy.due(
+            now=now, last_checkpoint_at=self._last_checkpoint_at, pending_records=self._pending, idle=idle
+        ):
+            self._checkpoint(process_records_input.checkpointer, self._applied)
+
+    def lease_lost(self, lease_lost_input: Any) -> None:
+        event(log, "lease_lost", shard=self._shard_id, uncheckpointed=self._pending)
+        self._close()
+
+    def shard_ended(self, shard_ended_input: Any) -> None:
+        event(log, "shard_ended", shard=self._shard_id)
+        self._checkpoint(shard_ended_input.checkpointer, None)
+        self._close()
+
+    def shutdown_requested(self, shutdown_requested_input: Any) -> None:
+        event(log, "shutdown_requested", shard=self._shard_id, uncheckpointed=self._pending)
+        if self._pending:
+            self._checkpoint(shutdown_requested_input.checkpointer, self._applied)
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _checkpoint(self, checkpointer: Any, position: StreamPosition | None) -> None:
+        try:
+            checkpoint(checkpointer, position, self._shard_id)
+        except LeaseLost:
+            return
+        except Exception as error:
+            self._exit(EXIT_CHECKPOINT_FAILED, "checkpoint_failed", error)
+        event(
+            log,
+            "checkpoint",
+            shard=self._shard_id,
+            sequenceNumber=position.sequence_number if position else "SHARD_END",
+            records=self._pending,
+        )
+        self._pending = 0
+        self._last_checkpoint_at = self._clock()
+
+    def _close(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.close()
+            self._pipeline = None
+
+    def _exit(self, code: int, name: str, error: BaseException) -> NoReturn:
+        """Stop the process: amazon-kclpy re-raises SystemExit, the daemon restarts from the checkpoint."""
+        reason = getattr(error, "reason", type(error).__name__)
+        log.error(name, exc_info=error, extra={"fields": {"shard": self._shard_id, "reason": str(reason)}})
+        raise SystemExit(code)
+
+
+def run_processor(settings: Settings) -> None:
+    """Entry point of ``python -m worker process``: speak the MultiLangDaemon protocol on stdin/stdout."""
+    protocol_out = sys.stdout
+    sys.stdout = sys.stderr  # anything that would print lands on stderr, never in the protocol
+    # The daemon decides when we stop (it closes stdin); a signal sent to the whole process group
+    # (Ctrl-C, `timeout`) must not kill us before we get shutdownRequested.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(settings.log_level)
+    kcl.KCLProcess(FleetRecordProcessor(settings), output_file=protocol_out).run()
