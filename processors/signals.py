@@ -87,9 +87,7 @@ def assemble(vin: str, pairs: Iterable[tuple[str, Any]]) -> tuple[dict[str, Sign
         else:
             signals[name] = value
     dropped = False
-    if isinstance(lat, Location):  # a format that already delivers a location pair
-        signals["location"] = lat
-    elif lat is not None or lng is not None:
+    if lat is not None or lng is not None:
         location = valid_location(lat, lng)
         if location is None:
             dropped = True
