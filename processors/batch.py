@@ -6,13 +6,23 @@ once every write in it has succeeded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from processors.decode import Decoder
 from processors.errors import InvalidRecord, RejectReason
 from processors.pseudonymize import Pseudonymizer
+from processors.trip_store import completed_trip, state_fields, state_from_item
+from processors.trips import (
+    Breadcrumb,
+    CompletedTrip,
+    TripEffects,
+    TripStateMachine,
+    VehicleTripPlan,
+    VehicleTrips,
+)
 from processors.vehicle_state import StateUpdate, coalesce
+from schemas.items import TripStateItem
 from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 
 
@@ -30,6 +40,8 @@ class WritePlan:
     sightings: dict[str, str] = field(default_factory=dict, repr=False)
     """pseudoVin -> VIN of every vehicle in the batch (for the vault). Never logged."""
     vehicle_states: list[StateUpdate] = field(default_factory=list)
+    breadcrumbs: list[Breadcrumb] = field(default_factory=list)
+    trips: list[VehicleTripPlan] = field(default_factory=list)
     invalid_coordinates: int = 0
     last_position: StreamPosition | None = None
 
@@ -37,8 +49,17 @@ class WritePlan:
     def vehicles(self) -> int:
         return len(self.sightings)
 
+    def by_vehicle(self) -> dict[str, list[VehicleReading]]:
+        """Readings grouped per vehicle, each group in stream order."""
+        groups: dict[str, list[VehicleReading]] = {}
+        for reading in self.readings:
+            groups.setdefault(reading.pseudo_vin, []).append(reading)
+        return groups
 
-def plan_batch(records: Sequence[KinesisRecord], decoder: Decoder, pseudonymizer: Pseudonymizer) -> WritePlan:
+
+def decode_batch(
+    records: Sequence[KinesisRecord], decoder: Decoder, pseudonymizer: Pseudonymizer
+) -> WritePlan:
     plan = WritePlan(last_position=records[-1].position if records else None)
     for record in records:
         try:
@@ -52,3 +73,58 @@ def plan_batch(records: Sequence[KinesisRecord], decoder: Decoder, pseudonymizer
         plan.readings.append(reading)
     plan.vehicle_states = list(coalesce(plan.readings).values())
     return plan
+
+
+@dataclass(slots=True)
+class _Vehicle:
+    state: VehicleTrips
+    version: str | None
+    """``lastUpdate`` of the stored item (None: no item)."""
+    outbox: list[CompletedTrip]
+
+
+class TripPlanner:
+    """The trip machines of the vehicles this processor owns (its shard lease), cached between batches.
+
+    A vehicle is loaded from ``trip-state`` the first time it is seen; after that the cache is the
+    truth, until a conditional write says otherwise (``adopt``) or the lease is lost (the process ends).
+    """
+
+    def __init__(self, machine: TripStateMachine) -> None:
+        self._machine = machine
+        self._vehicles: dict[str, _Vehicle] = {}
+
+    def unknown(self, pseudo_vins: Iterable[str]) -> list[str]:
+        return [pv for pv in pseudo_vins if pv not in self._vehicles]
+
+    def adopt(self, pseudo_vin: str, item: TripStateItem | None) -> None:
+        """Take the stored item (None: no item) as this vehicle's state."""
+        if item is None:
+            self._vehicles[pseudo_vin] = _Vehicle(VehicleTrips(pseudo_vin), None, [])
+            return
+        self._vehicles[pseudo_vin] = _Vehicle(
+            state_from_item(item), item.lastUpdate, [completed_trip(pseudo_vin, c) for c in item.closing]
+        )
+
+    def plan(
+        self, pseudo_vin: str, readings: Iterable[VehicleReading]
+    ) -> tuple[VehicleTripPlan, list[Breadcrumb]]:
+        vehicle = self._vehicles[pseudo_vin]
+        effects = TripEffects()
+        for reading in readings:
+            self._machine.apply(vehicle.state, reading, effects)
+        plan = VehicleTripPlan(
+            pseudo_vin=pseudo_vin,
+            seals=effects.seals,
+            outbox=vehicle.outbox + effects.completed,
+            new_completions=len(effects.completed),
+            state=state_fields(vehicle.state),
+            expected_last_update=vehicle.version,
+            write=effects.changed,
+        )
+        return plan, effects.breadcrumbs
+
+    def committed(self, pseudo_vin: str, version: str | None) -> None:
+        vehicle = self._vehicles[pseudo_vin]
+        vehicle.version = version
+        vehicle.outbox = []

@@ -99,6 +99,21 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_sweep_orphans(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.sweep import sweep_orphans
+
+    idle_ms = int(args.idle_seconds * 1000) if args.idle_seconds is not None else None
+    report = sweep_orphans(settings, AwsClients(settings), idle_ms=idle_ms)
+    say(
+        f"scanned {report.scanned} trip-state items: {len(report.orphaned)} orphaned trips archived, "
+        f"{len(report.finished)} pending archives finished, {report.lost_race} left to a live processor"
+    )
+    for trip_id in report.orphaned:
+        say(f"  orphan  {trip_id}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from worker.demo import demo
 
@@ -157,6 +172,17 @@ def parser() -> argparse.ArgumentParser:
         "--start", type=_iso, help="ISO time of the first record (default: so the stream ends now)"
     )
     p.add_argument("--output", "-o", type=Path, help="file to write (default stdout)")
+
+    p = command(
+        "sweep-orphans",
+        cmd_sweep_orphans,
+        "Complete trips of vehicles silent for 2 x the trip gap (run on a schedule, e.g. an ECS task).",
+    )
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        help="silence that makes a trip an orphan (default 2 x FLEET_TRIP_GAP_SECONDS)",
+    )
 
     p = command("demo", cmd_demo, "Local AWS + bootstrap + simulated fleet + real KCL drain + summary.")
     p.add_argument("--vehicles", type=int, default=20)

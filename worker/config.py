@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         3, description="botocore attempts per AWS call (retried further by the worker)."
     )
 
+    # --- trips ----------------------------------------------------------------------------------------
+    trip_start_speed_mph: float = Field(5.0, description="A trip starts above this speed.")
+    trip_end_speed_mph: float = Field(1.0, description="A trip starts ending at or below this speed.")
+    trip_gap_seconds: int = Field(300, description="Stop length that completes a trip.")
+    trip_segment_breadcrumbs: int = Field(
+        3600, description="Long trips are staged to S3 in segments of this many breadcrumbs."
+    )
+
     # --- KCL MultiLangDaemon --------------------------------------------------------------------------
     kcl_initial_position: str = Field("TRIM_HORIZON", description="Where a new lease starts reading.")
     kcl_failover_time_millis: int = Field(

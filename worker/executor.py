@@ -23,8 +23,11 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from processors.archive import TripArchiver, TripCommitter
 from processors.batch import WritePlan
 from processors.errors import RetryableWriteError
+from processors.trip_store import BATCH_WRITE_LIMIT, StaleTripState, TripStore
+from processors.trips import Breadcrumb, VehicleTripPlan
 from processors.vehicle_state import VehicleStateSink
 from worker.aws import AwsClients
 from worker.config import Settings
@@ -74,18 +77,52 @@ write_retry = retry(
 
 
 @dataclass(frozen=True, slots=True)
-class ExecutionStats:
-    writes: int
+class TripCommits:
+    versions: dict[str, str | None]
+    """pseudoVin -> version of the trip-state item now stored, for the vehicles committed."""
+    stale: list[StaleTripState]
+    """Vehicles another writer moved first: to be re-planned on top of what is stored."""
+    requests: int
 
 
 class PlanExecutor:
     def __init__(self, settings: Settings, clients: AwsClients) -> None:
+        tables = settings.table_names
         self._pool = ThreadPoolExecutor(settings.write_concurrency, thread_name_prefix="write")
-        self._vehicle_state = VehicleStateSink(clients.dynamodb, settings.table_names["vehicle-state"])
+        self._vehicle_state = VehicleStateSink(clients.dynamodb, tables["vehicle-state"])
+        self.trip_store = TripStore(clients.dynamodb, tables["trip-state"], tables["live-breadcrumbs"])
+        archiver = TripArchiver(
+            clients.s3, settings.archive_bucket, self.trip_store, clients.dynamodb, tables["trips-index"]
+        )
+        self._committer = TripCommitter(self.trip_store, archiver)
 
-    def execute(self, plan: WritePlan) -> ExecutionStats:
-        writes = self._run_all(write_retry(self._vehicle_state.apply), plan.vehicle_states)
-        return ExecutionStats(writes=sum(writes))
+    def write_independent(self, plan: WritePlan) -> int:
+        """Writes nothing else waits on, all at once: vehicle state and breadcrumbs. Returns requests."""
+        results = self._run_all(write_retry(self._vehicle_state.apply), plan.vehicle_states)
+        return sum(results) + self.put_breadcrumbs(plan.breadcrumbs)
+
+    def put_breadcrumbs(self, crumbs: list[Breadcrumb]) -> int:
+        chunks = [crumbs[i : i + BATCH_WRITE_LIMIT] for i in range(0, len(crumbs), BATCH_WRITE_LIMIT)]
+        return sum(self._run_all(write_retry(self.trip_store.put_breadcrumbs), chunks))
+
+    def commit_trips(self, plans: list[VehicleTripPlan]) -> TripCommits:
+        """Each vehicle's trip writes in order, vehicles in parallel (their breadcrumbs are durable)."""
+        commit = write_retry(self._committer.commit)
+        futures = [(plan.pseudo_vin, self._pool.submit(commit, plan)) for plan in plans]
+        versions: dict[str, str | None] = {}
+        stale: list[StaleTripState] = []
+        requests, first_error = 0, None
+        for pseudo_vin, future in futures:
+            try:
+                versions[pseudo_vin], made = future.result()
+                requests += made
+            except StaleTripState as conflict:
+                stale.append(conflict)
+            except BaseException as error:
+                first_error = first_error or error
+        if first_error is not None:
+            raise first_error
+        return TripCommits(versions, stale, requests)
 
     def _run_all(self, task: Callable[[T], int], items: Iterable[T]) -> list[int]:
         """Run ``task`` on every item concurrently; wait for all; re-raise the first failure."""

@@ -6,13 +6,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from processors.batch import plan_batch
+from processors.batch import TripPlanner, WritePlan, decode_batch
 from processors.decode import DecodeLimits, Decoder
+from processors.errors import RetryableWriteError
 from processors.pseudonymize import Pseudonymizer, load_pseudonym_key
-from schemas.records import KinesisRecord, StreamPosition
+from processors.trips import TripStateMachine, TripThresholds
+from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 from worker.aws import AwsClients
 from worker.config import Settings
 from worker.executor import PlanExecutor
+from worker.logs import event
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,8 @@ class BatchOutcome:
     quarantined: int
     vehicles: int
     writes: int
+    breadcrumbs: int
+    trips_completed: int
     invalid_coordinates: int
     last_position: StreamPosition | None
 
@@ -36,6 +41,15 @@ def decode_limits(settings: Settings) -> DecodeLimits:
     )
 
 
+def trip_thresholds(settings: Settings) -> TripThresholds:
+    return TripThresholds(
+        start_speed_mph=settings.trip_start_speed_mph,
+        end_speed_mph=settings.trip_end_speed_mph,
+        gap_ms=settings.trip_gap_seconds * 1000,
+        segment_breadcrumbs=settings.trip_segment_breadcrumbs,
+    )
+
+
 def pseudonymizer_for(settings: Settings, clients: AwsClients) -> Pseudonymizer:
     if settings.pseudonym_key is not None:
         return Pseudonymizer(settings.pseudonym_key.get_secret_value().encode("utf-8"))
@@ -43,35 +57,76 @@ def pseudonymizer_for(settings: Settings, clients: AwsClients) -> Pseudonymizer:
 
 
 class Pipeline:
+    MAX_REPLANS = 5
+
     def __init__(self, settings: Settings, clients: AwsClients) -> None:
         self.decoder = Decoder(decode_limits(settings))
         self.pseudonymizer = pseudonymizer_for(settings, clients)
         self.executor = PlanExecutor(settings, clients)
+        self.trips = TripPlanner(TripStateMachine(trip_thresholds(settings)))
 
     def process(self, records: Sequence[KinesisRecord]) -> BatchOutcome:
         """Apply a batch. Returns only when every write is durable; raises otherwise."""
-        plan = plan_batch(records, self.decoder, self.pseudonymizer)
+        plan = decode_batch(records, self.decoder, self.pseudonymizer)
         for quarantined in plan.quarantined:
-            log.warning(
+            event(
+                log,
                 "record_quarantined",
-                extra={
-                    "fields": {
-                        "reason": str(quarantined.reason),
-                        "detail": quarantined.detail,
-                        "shard": quarantined.record.position.shard_id,
-                        "sequenceNumber": quarantined.record.position.sequence_number,
-                    }
-                },
+                logging.WARNING,
+                reason=str(quarantined.reason),
+                detail=quarantined.detail,
+                shard=quarantined.record.position.shard_id,
+                sequenceNumber=quarantined.record.position.sequence_number,
             )
-        stats = self.executor.execute(plan)
+        groups = plan.by_vehicle()
+        self._plan_trips(plan, groups)
+        writes = self.executor.write_independent(plan)
+        writes += self._commit_trips(plan, groups)
         return BatchOutcome(
             records=len(records),
             applied=len(plan.readings),
             quarantined=len(plan.quarantined),
             vehicles=plan.vehicles,
-            writes=stats.writes,
+            writes=writes,
+            breadcrumbs=len(plan.breadcrumbs),
+            trips_completed=sum(len(t.outbox) for t in plan.trips),
             invalid_coordinates=plan.invalid_coordinates,
             last_position=plan.last_position,
+        )
+
+    def _plan_trips(self, plan: WritePlan, groups: dict[str, list[VehicleReading]]) -> None:
+        unknown = self.trips.unknown(groups)
+        if unknown:
+            stored = self.executor.trip_store.load(unknown)
+            for pseudo_vin in unknown:
+                self.trips.adopt(pseudo_vin, stored.get(pseudo_vin))
+        for pseudo_vin, readings in groups.items():
+            trip_plan, crumbs = self.trips.plan(pseudo_vin, readings)
+            plan.trips.append(trip_plan)
+            plan.breadcrumbs += crumbs
+
+    def _commit_trips(self, plan: WritePlan, groups: dict[str, list[VehicleReading]]) -> int:
+        pending = [t for t in plan.trips if t.write or t.outbox or t.seals]
+        requests = 0
+        for _ in range(self.MAX_REPLANS):
+            commits = self.executor.commit_trips(pending)
+            requests += commits.requests
+            for pseudo_vin, version in commits.versions.items():
+                self.trips.committed(pseudo_vin, version)
+            if not commits.stale:
+                return requests
+            # Another writer (a zombie processor, the orphan sweep) moved these vehicles first: build on
+            # what is stored now. Whatever it already applied falls under the high-water mark.
+            pending, crumbs = [], []
+            for conflict in commits.stale:
+                event(log, "trip_state_conflict", logging.WARNING, pseudoVin=conflict.pseudo_vin)
+                self.trips.adopt(conflict.pseudo_vin, conflict.current)
+                trip_plan, new_crumbs = self.trips.plan(conflict.pseudo_vin, groups[conflict.pseudo_vin])
+                pending.append(trip_plan)
+                crumbs += new_crumbs
+            requests += self.executor.put_breadcrumbs(crumbs)
+        raise RetryableWriteError(
+            "trip_state_contention", f"{len(pending)} vehicles, {self.MAX_REPLANS} plans"
         )
 
     def close(self) -> None:

@@ -1,0 +1,246 @@
+"""The trip state machine: every transition and boundary, and exactly-once effects under replay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors.trip_store import state_fields, state_from_item
+from processors.trips import (
+    Breadcrumb,
+    CompletedTrip,
+    EndReason,
+    TripEffects,
+    TripStateMachine,
+    TripStatus,
+    TripThresholds,
+    VehicleTrips,
+    complete,
+    trip_id,
+)
+from schemas.items import TripStateItem
+from schemas.records import Location, StreamPosition, VehicleReading
+
+PV = "4f0c9a7e11b2c3d4e5f60718293a4b5c"
+T0 = 1_741_185_121_000  # 2025-03-05T14:32:01Z
+GAP = 300_000
+MACHINE = TripStateMachine(
+    TripThresholds(start_speed_mph=5, end_speed_mph=1, gap_ms=GAP, segment_breadcrumbs=3600)
+)
+POS = StreamPosition("shardId-000000000000", "1", 0, 0)
+
+
+def at(seconds: float, speed: float | None = None, located: bool = True, **extra: Any) -> VehicleReading:
+    signals: dict[str, Any] = dict(extra)
+    if speed is not None:
+        signals["vehicleSpeed"] = speed
+    if located:
+        signals["location"] = Location(39.7 + seconds / 10_000, -104.9)
+    return VehicleReading(PV, T0 + int(seconds * 1000), signals, POS)
+
+
+@dataclass
+class Run:
+    state: VehicleTrips = field(default_factory=lambda: VehicleTrips(PV))
+    effects: TripEffects = field(default_factory=TripEffects)
+
+    def feed(self, *readings: VehicleReading, machine: TripStateMachine = MACHINE) -> Run:
+        for reading in readings:
+            machine.apply(self.state, reading, self.effects)
+        return self
+
+    def status(self) -> TripStatus:
+        return self.state.trip.status if self.state.trip else TripStatus.IDLE
+
+
+def test_a_trip_starts_strictly_above_the_start_speed_with_a_deterministic_id() -> None:
+    run = Run().feed(at(0, 0), at(1, 5.0))
+    assert run.status() is TripStatus.IDLE
+    run.feed(at(2, 5.1))
+    assert run.status() is TripStatus.ACTIVE
+    assert run.state.trip is not None
+    assert run.state.trip.trip_id == "trip_20250305_143203_4f0c9a" == trip_id(PV, T0 + 2000)
+
+
+def test_a_vehicle_already_moving_when_first_seen_starts_at_its_first_record() -> None:
+    run = Run().feed(at(0, 40), at(1, 41))
+    assert run.state.trip is not None and run.state.trip.start_time_ms == T0
+    assert [b.time_ms for b in run.effects.breadcrumbs] == [T0, T0 + 1000]
+
+
+def test_ending_starts_at_or_below_the_end_speed_and_the_gap_timer_starts_there() -> None:
+    run = Run().feed(at(0, 30), at(1, 1.1))
+    assert run.status() is TripStatus.ACTIVE
+    run.feed(at(2, 1.0))
+    assert run.status() is TripStatus.ENDING
+    assert run.state.trip is not None and run.state.trip.gap_start_ms == T0 + 2000
+
+
+def test_moving_again_before_the_gap_resumes_the_same_trip() -> None:
+    run = Run().feed(at(0, 30), at(10, 0), at(100, 3), at(200, 0), at(299, 6))
+    assert run.status() is TripStatus.ACTIVE
+    assert run.effects.completed == []
+    assert run.state.trip is not None and run.state.trip.trip_id == trip_id(PV, T0)
+    assert run.state.trip.stats.breadcrumbs == 5  # the wait belongs to the continuing trip
+
+
+def test_creeping_below_the_start_speed_neither_resumes_nor_resets_the_gap() -> None:
+    run = Run().feed(at(0, 30), at(10, 0), at(200, 4.9))
+    assert run.status() is TripStatus.ENDING
+    run.feed(at(310, 0))  # 300 s after the stop at t=10
+    assert run.status() is TripStatus.IDLE
+    assert len(run.effects.completed) == 1
+
+
+def test_the_gap_boundary_is_inclusive() -> None:
+    just_before = Run().feed(at(0, 30), at(10, 0), at(10 + 299.999, 0))
+    assert just_before.status() is TripStatus.ENDING and just_before.effects.completed == []
+    exactly = Run().feed(at(0, 30), at(10, 0), at(10 + 300, 0))
+    assert exactly.status() is TripStatus.IDLE
+    (trip,) = exactly.effects.completed
+    assert trip.end_reason is EndReason.GAP
+
+
+def test_the_archived_trip_ends_at_the_stop_and_excludes_the_wait() -> None:
+    run = Run().feed(at(0, 30, batteryLevel=80), at(60, 40, batteryLevel=79), at(120, 0.5, batteryLevel=78))
+    run.feed(at(200, 0, batteryLevel=77), at(250, 2, batteryLevel=77))  # waiting out the gap
+    run.feed(at(420, 0))
+    (trip,) = run.effects.completed
+    assert trip.start_time_ms == T0
+    assert trip.end_time_ms == T0 + 120_000  # the stop
+    assert trip.breadcrumbs == 3  # start, cruise, stop; not the two while waiting
+    assert (trip.start_battery, trip.end_battery) == (80.0, 78.0)
+    assert trip.max_speed_mph == 40
+    assert trip.end_location == Location(39.7 + 120 / 10_000, -104.9)
+    assert trip.distance_miles > 0
+
+
+def test_the_completing_record_may_start_the_next_trip() -> None:
+    run = Run().feed(at(0, 30), at(10, 0), at(310, 25))
+    assert [t.trip_id for t in run.effects.completed] == [trip_id(PV, T0)]
+    assert run.status() is TripStatus.ACTIVE
+    assert run.state.trip is not None and run.state.trip.trip_id == trip_id(PV, T0 + 310_000)
+
+
+def test_duplicates_and_late_records_change_nothing() -> None:
+    run = Run().feed(at(0, 30), at(2, 31))
+    before = (state_fields(run.state), list(run.effects.breadcrumbs))
+    run.feed(at(2, 31), at(1, 99), at(0, 30))
+    assert (state_fields(run.state), run.effects.breadcrumbs) == before
+
+
+def test_records_without_speed_never_move_the_machine() -> None:
+    assert Run().feed(at(0, None), at(1, None, batteryLevel=50)).status() is TripStatus.IDLE
+    run = Run().feed(at(0, 30), at(1, None, located=True))
+    assert run.status() is TripStatus.ACTIVE
+    assert run.state.trip is not None and run.state.trip.stats.breadcrumbs == 2
+
+
+def test_delta_records_are_completed_from_the_values_last_seen_in_the_trip() -> None:
+    run = Run().feed(
+        at(0, 30, heading=90, odometer=100.0, batteryLevel=80),
+        at(1, None, located=True),
+        at(2, 32, located=False, batteryLevel=79),
+        at(3, None, located=True, heading=95),
+    )
+    crumbs = [(b.vehicle_speed, b.heading, b.odometer, b.battery_level) for b in run.effects.breadcrumbs]
+    assert crumbs == [(30, 90, 100.0, 80), (30, 90, 100.0, 80), (32, 95, 100.0, 79)]
+
+
+def test_long_trips_seal_segments_of_fixed_size() -> None:
+    machine = TripStateMachine(TripThresholds(segment_breadcrumbs=3))
+    run = Run().feed(*(at(s, 30) for s in range(8)), machine=machine)
+    assert [(s.index, s.from_ms - T0, s.to_ms - T0) for s in run.effects.seals] == [
+        (0, 0, 2000),
+        (1, 2001, 5000),
+    ]
+    assert run.state.trip is not None and run.state.trip.tail_breadcrumbs == 2
+
+
+def test_orphan_completion_ends_an_ending_trip_at_its_stop_and_an_active_one_at_its_last_record() -> None:
+    ending = Run().feed(at(0, 30), at(10, 0), at(20, 0))
+    assert ending.state.trip is not None
+    assert complete(PV, ending.state.trip, EndReason.ORPHAN).end_time_ms == T0 + 10_000
+    active = Run().feed(at(0, 30), at(10, 35))
+    assert active.state.trip is not None
+    orphan = complete(PV, active.state.trip, EndReason.ORPHAN)
+    assert (orphan.end_time_ms, orphan.breadcrumbs, orphan.end_reason) == (T0 + 10_000, 2, EndReason.ORPHAN)
+
+
+def test_persisted_state_round_trips_exactly() -> None:
+    run = Run().feed(at(0, 30, batteryLevel=80.5, heading=1, odometer=5.25), at(7.5, 0), at(9, 3))
+    item = TripStateItem(**state_fields(run.state), lastUpdate="2026-01-01T00:00:00.000Z")
+    assert state_from_item(TripStateItem.model_validate(item.model_dump())) == run.state
+
+
+# --- replay: any redelivery, any batching, any crash point -> the same effects as one clean pass ------
+
+speeds = st.sampled_from([0.0, 0.5, 1.0, 3.0, 5.0, 5.5, 20.0, 60.0])
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[VehicleReading]:
+    steps = draw(
+        st.lists(
+            st.tuples(st.sampled_from([1, 5, 60, 200, 301]), speeds | st.none(), st.booleans()), max_size=60
+        )
+    )
+    readings, t = [], 0.0
+    for dt, speed, located in steps:
+        t += dt
+        readings.append(at(t, speed, located))
+    return readings
+
+
+def effects_of(
+    breadcrumbs: list[Breadcrumb], completed: list[CompletedTrip]
+) -> tuple[dict[int, Breadcrumb], dict[str, CompletedTrip]]:
+    """Idempotent writes keyed as the stores key them: the last write of a key wins."""
+    return {b.time_ms: b for b in breadcrumbs}, {c.trip_id: c for c in completed}
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.data())
+def test_redelivery_batching_and_crashes_yield_the_effects_of_one_clean_pass(
+    readings: list[VehicleReading], data: st.DataObject
+) -> None:
+    machine = TripStateMachine(TripThresholds(segment_breadcrumbs=4))
+    clean = Run().feed(*readings, machine=machine)
+
+    # The consumer: batches of random size; after each, the state is persisted (through the item
+    # shape); sometimes a checkpoint; sometimes a crash, after which the persisted state is reloaded
+    # and the stream redelivered from the last checkpoint.
+    stored: TripStateItem | None = None
+    out = TripEffects()
+    position = checkpoint = 0
+    crashes = 0
+    while position < len(readings):
+        size = data.draw(st.integers(1, 8))
+        batch = readings[position : position + size]
+        state = state_from_item(stored) if stored else VehicleTrips(PV)
+        for reading in batch:
+            machine.apply(state, reading, out)
+        crash_before_persist = crashes < 3 and data.draw(st.booleans())
+        if crash_before_persist:
+            crashes += 1
+            position = checkpoint  # effects were written, state was not: redeliver from checkpoint
+            continue
+        stored = TripStateItem(**state_fields(state), lastUpdate="x")
+        position += len(batch)
+        if data.draw(st.booleans()):
+            checkpoint = position
+        elif crashes < 3 and data.draw(st.booleans()):
+            crashes += 1
+            position = checkpoint  # state persisted beyond the checkpoint: redelivery is a no-op
+
+    final = state_from_item(stored) if stored else VehicleTrips(PV)
+    assert state_fields(final) == state_fields(clean.state)
+    assert effects_of(out.breadcrumbs, out.completed) == effects_of(
+        clean.effects.breadcrumbs, clean.effects.completed
+    )
+    assert {(s.index, s.from_ms, s.to_ms) for s in out.seals} == {
+        (s.index, s.from_ms, s.to_ms) for s in clean.effects.seals
+    }

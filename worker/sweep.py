@@ -1,0 +1,90 @@
+"""The orphan sweep: complete trips of vehicles that went silent (``python -m worker sweep-orphans``).
+
+A vehicle that stops sending mid-trip (parked and asleep, out of coverage) never delivers the record
+that would complete its trip. The sweep finds trip-state items not written for ``2 x gap`` of wall
+clock and completes them with ``endReason: orphan``.
+
+It never races a live processor into a double or torn archive: its first write claims the trip (state
+IDLE, the completed trip in the outbox) conditionally on the ``lastUpdate`` it read. If the processor
+wrote in between, the claim fails and the trip is left alone; if the claim wins, the processor's next
+write fails instead and it re-plans on top of the claimed state. Archive and index are then written
+from the outbox, which is deterministic content whoever writes it. Outboxes left behind by a crashed
+processor are finished the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from processors.archive import TripArchiver, TripCommitter
+from processors.signals import parse_time
+from processors.trip_store import StaleTripState, TripStore, completed_trip, state_fields, state_from_item
+from processors.trips import EndReason, VehicleTripPlan, complete
+from worker.aws import AwsClients
+from worker.config import Settings
+from worker.logs import event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    scanned: int = 0
+    orphaned: list[str] = field(default_factory=list)
+    """Trip ids completed as orphans."""
+    finished: list[str] = field(default_factory=list)
+    """Trip ids whose pending archive (left by a crashed writer) was completed."""
+    lost_race: int = 0
+
+
+def sweep_orphans(
+    settings: Settings, clients: AwsClients, now_ms: int | None = None, idle_ms: int | None = None
+) -> SweepReport:
+    tables = settings.table_names
+    store = TripStore(clients.dynamodb, tables["trip-state"], tables["live-breadcrumbs"])
+    archiver = TripArchiver(
+        clients.s3, settings.archive_bucket, store, clients.dynamodb, tables["trips-index"]
+    )
+    committer = TripCommitter(store, archiver)
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    cutoff = now - (idle_ms if idle_ms is not None else 2 * settings.trip_gap_seconds * 1000)
+    report = SweepReport()
+    for item in store.scan():
+        report.scanned += 1
+        if (item.status == "IDLE" and not item.closing) or parse_time(item.lastUpdate) > cutoff:
+            continue
+        state = state_from_item(item)
+        outbox = [completed_trip(item.pseudoVin, c) for c in item.closing]
+        orphan = None
+        if state.trip is not None:
+            orphan = complete(item.pseudoVin, state.trip, EndReason.ORPHAN)
+            outbox.append(orphan)
+            state.trip = None
+        plan = VehicleTripPlan(
+            pseudo_vin=item.pseudoVin,
+            seals=[],
+            outbox=outbox,
+            new_completions=1 if orphan else 0,
+            state=state_fields(state),
+            expected_last_update=item.lastUpdate,
+            write=True,
+        )
+        try:
+            committer.commit(plan)
+        except StaleTripState:
+            report.lost_race += 1  # the vehicle spoke up meanwhile: its processor owns the trip
+            continue
+        report.finished += [c.tripId for c in item.closing]
+        if orphan:
+            report.orphaned.append(orphan.trip_id)
+    event(
+        log,
+        "sweep",
+        scanned=report.scanned,
+        orphaned=len(report.orphaned),
+        finished=len(report.finished),
+        lostRace=report.lost_race,
+    )
+    return report
