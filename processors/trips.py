@@ -16,7 +16,8 @@ continuing trip, if the gap expires they are not part of the archive. A trip com
 sweep ends at its stop if it was ENDING, else at its last record.
 
 **Exactly-once under replay.** Each vehicle keeps a high-water mark: the event time of the newest record
-applied. A record at or below it changes nothing (duplicates, KCL redeliveries, late records). So the
+that changed its trip state. A record at or below it changes nothing (duplicates, KCL redeliveries, late
+records). So the
 state is a function of the stream, not of how it was batched or how often it was redelivered, as long
 as the state persisted next to the high-water mark is the whole machine state: it is (``VehicleTrips``).
 Late records still update ``vehicle-state``, which merges per signal.
@@ -208,7 +209,6 @@ class TripStateMachine:
         t = reading.event_time_ms
         if state.high_water_ms is not None and t <= state.high_water_ms:
             return
-        state.high_water_ms = t
         limits = self.thresholds
         trip = state.trip
         speed = reading.speed
@@ -218,10 +218,13 @@ class TripStateMachine:
             if t >= trip.gap_start_ms + limits.gap_ms:
                 effects.completed.append(complete(state.pseudo_vin, trip, EndReason.GAP))
                 state.trip = trip = None
+                state.high_water_ms = t
                 effects.changed = True
 
         if trip is None:
             if speed is None or speed <= limits.start_speed_mph:
+                # An idle record changes nothing, so it does not move the mark either: the mark
+                # is then the same whether or not the state was persisted since (replay-exact).
                 return
             trip = state.trip = Trip(
                 trip_id=trip_id(state.pseudo_vin, t),
@@ -233,6 +236,7 @@ class TripStateMachine:
                 known=LastKnown(),
             )
 
+        state.high_water_ms = t
         effects.changed = True
         self._include(state.pseudo_vin, trip, reading, effects)
 

@@ -59,15 +59,21 @@ def settings_from(environ: dict[str, str]) -> Settings:
         os.environ.update(saved)
 
 
+def fresh_env(local_aws: LocalAws, shards: int = 2, **overrides: str) -> AwsEnv:
+    """Reset the local AWS and bootstrap every resource; settings from ``TEST_ENV`` + ``overrides``."""
+    local_aws.reset()
+    environ = {**os.environ, **TEST_ENV, "AWS_ENDPOINT_URL": local_aws.endpoint, **overrides}
+    settings = settings_from(environ)
+    clients = AwsClients(settings)
+    bootstrap(settings, clients, shards=shards)
+    local_aws.app.reset_counts()
+    return AwsEnv(local_aws, settings, clients, environ)
+
+
 @pytest.fixture
 def aws_env(local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch) -> AwsEnv:
     """A clean local AWS with every resource bootstrapped (2 shards)."""
-    local_aws.reset()
-    environ = {**os.environ, **TEST_ENV, "AWS_ENDPOINT_URL": local_aws.endpoint}
-    for key, value in environ.items():
+    env = fresh_env(local_aws)
+    for key, value in env.environ.items():
         monkeypatch.setenv(key, value)
-    settings = Settings()
-    clients = AwsClients(settings)
-    bootstrap(settings, clients, shards=2)
-    local_aws.app.reset_counts()
-    return AwsEnv(local_aws, settings, clients, environ)
+    return env

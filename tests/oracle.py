@@ -21,13 +21,15 @@ def valid_native_records(path: Path) -> list[dict[str, Any]]:
 
 
 def latest_by_vin(path: Path) -> dict[str, dict[str, Any]]:
-    """VIN -> the signals of its newest record (fixture streams carry full snapshots)."""
-    latest: dict[str, dict[str, Any]] = {}
+    """VIN -> the newest value of each signal (records are deltas) and the newest timestamp."""
+    latest: dict[str, dict[str, tuple[str, Any]]] = {}
     for record in valid_native_records(path):
         vin = record["vin"].strip().upper()
-        if vin not in latest or record["timestamp"] > latest[vin]["timestamp"]:
-            latest[vin] = record
-    return {vin: {"timestamp": r["timestamp"], **r["signals"]} for vin, r in latest.items()}
+        signals = latest.setdefault(vin, {})
+        for name, value in {"timestamp": record["timestamp"], **record["signals"]}.items():
+            if name not in signals or record["timestamp"] > signals[name][0]:
+                signals[name] = (record["timestamp"], value)
+    return {vin: {name: value for name, (_, value) in signals.items()} for vin, signals in latest.items()}
 
 
 def vins_in(path: Path) -> set[str]:

@@ -1,23 +1,46 @@
-"""The real KCL MultiLangDaemon, end to end, against the embedded local AWS."""
+"""The real KCL MultiLangDaemon, end to end, against the embedded local AWS.
+
+One daemon run (a new lease table costs the KCL a random 1-30 s wait) over a 2-shard stream carrying
+two fixture streams; each test checks one aspect of the result.
+"""
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
 
+from processors.pseudonymize import Pseudonymizer
 from schemas.dynamo import from_item
-from tests.conftest import FIXTURES, AwsEnv
+from tests.conftest import FIXTURES, AwsEnv, fresh_env
+from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, expected_trips
 from tests.oracle import latest_by_vin, leaked, vins_in
-from tests.test_protocol import pseudonymizer, vehicle_state
 from worker.launcher import lease_checkpoints
-from worker.replay import read_fixture, replay
+from worker.local_aws import LocalAws
+from worker.replay import ReplayStats, read_fixture, replay
+from worker.sweep import sweep_orphans
 
 pytestmark = pytest.mark.e2e
-FLEET = FIXTURES / "fleet-small.jsonl"
+STREAMS = ("fleet-small.jsonl", "trips.jsonl")
+
+
+@dataclass
+class DaemonRun:
+    env: AwsEnv
+    daemon: subprocess.CompletedProcess[str]
+    replayed: ReplayStats
+    pseudo: Pseudonymizer
+
+    def table(self, name: str) -> list[dict[str, Any]]:
+        raw = self.env.clients.dynamodb.scan(TableName=self.env.settings.table_names[name])["Items"]
+        return [from_item(item) for item in raw]
 
 
 def run_daemon(env: AwsEnv, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -31,40 +54,64 @@ def run_daemon(env: AwsEnv, timeout: float = 240) -> subprocess.CompletedProcess
     )
 
 
-def test_fixture_stream_through_the_real_multilang_daemon(aws_env: AwsEnv) -> None:
-    stats = replay(aws_env.clients.kinesis, aws_env.settings.stream_name, read_fixture(FLEET))
-    assert len(stats.last_sequence) == 2  # the fixture's vehicles spread over both shards
-
-    daemon = run_daemon(aws_env)
+@pytest.fixture(scope="module")
+def kcl_run(local_aws: LocalAws) -> Iterator[DaemonRun]:
+    env = fresh_env(local_aws, FLEET_TRIP_GAP_SECONDS=str(TRIP_GAP_SECONDS), FLEET_PSEUDONYM_KEY="e2e-key")
+    stats = ReplayStats()
+    for name in STREAMS:
+        part = replay(env.clients.kinesis, env.settings.stream_name, read_fixture(FIXTURES / name))
+        stats.records += part.records
+        stats.last_sequence.update(part.last_sequence)
+    daemon = run_daemon(env)
     assert daemon.returncode == 0, daemon.stderr[-3000:]
+    sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
+    yield DaemonRun(env, daemon, stats, Pseudonymizer(b"e2e-key"))
 
-    state = vehicle_state(aws_env)
-    expected = latest_by_vin(FLEET)
-    pseudo = pseudonymizer(aws_env)
-    assert set(state) == {pseudo.pseudo_vin(vin) for vin in expected}
+
+def test_vehicle_state_holds_each_vehicles_latest_values(kcl_run: DaemonRun) -> None:
+    state = {item["pseudoVin"]: item for item in kcl_run.table("vehicle-state")}
+    expected = latest_by_vin(FIXTURES / "fleet-small.jsonl") | latest_by_vin(FIXTURES / "trips.jsonl")
+    assert set(state) == {kcl_run.pseudo.pseudo_vin(vin) for vin in expected}
     for vin, latest in expected.items():
-        item = state[pseudo.pseudo_vin(vin)]
+        item = state[kcl_run.pseudo.pseudo_vin(vin)]
         assert item["timestamp"] == latest["timestamp"]
-        assert item["odometer"]["value"] == latest["odometer"]
-        assert item["batteryLevel"]["value"] == latest["batteryLevel"]
+        assert item["vehicleSpeed"]["value"] == latest["vehicleSpeed"]
+        assert item["location"]["value"] == {"lat": latest["lat"], "lng": latest["lng"]}
 
-    checkpoints = lease_checkpoints(aws_env.settings, aws_env.clients)
-    assert set(checkpoints) == set(stats.last_sequence)
-    for shard, last in stats.last_sequence.items():
+
+def test_every_shard_is_checkpointed_at_or_past_its_last_record(kcl_run: DaemonRun) -> None:
+    checkpoints = lease_checkpoints(kcl_run.env.settings, kcl_run.env.clients)
+    assert set(checkpoints) == set(kcl_run.replayed.last_sequence) and len(checkpoints) == 2
+    for shard, last in kcl_run.replayed.last_sequence.items():
         assert int(checkpoints[shard]) >= int(last)
 
-    vins = vins_in(FLEET)
-    assert not leaked(vins, orjson.dumps([from_item(i) for i in _all_items(aws_env, "vehicle-state")]))
-    assert not leaked(vins, daemon.stderr)
-    processor_logs = [orjson.loads(line) for line in daemon.stderr.splitlines() if line.startswith('{"ts"')]
-    assert {log["event"] for log in processor_logs} >= {
-        "initialize",
-        "batch",
-        "checkpoint",
-        "shutdown_requested",
-    }
-    assert daemon.stdout == ""
+
+def test_completed_trips_are_archived_and_indexed(kcl_run: DaemonRun) -> None:
+    index = kcl_run.table("trips-index")
+    bucket = kcl_run.env.settings.archive_bucket
+    for vin, phases in TRIP_SCENARIO.items():
+        trips = [i for i in index if i["pseudoVin"] == kcl_run.pseudo.pseudo_vin(vin)]
+        assert len(trips) == expected_trips(phases), vin
+        for item in trips:
+            body = kcl_run.env.clients.s3.get_object(Bucket=bucket, Key=item["s3Key"])["Body"].read()
+            assert len(orjson.loads(gzip.decompress(body))) == item["breadcrumbCount"] > 0
+    assert {i["endReason"] for i in index} == {"gap", "orphan"}
 
 
-def _all_items(env: AwsEnv, table: str) -> list[dict[str, Any]]:
-    return env.clients.dynamodb.scan(TableName=env.settings.table_names[table])["Items"]
+def test_no_real_vin_in_any_table_object_or_log_line(kcl_run: DaemonRun) -> None:
+    vins = set().union(*(vins_in(FIXTURES / name) for name in STREAMS))
+    for name in kcl_run.env.settings.table_names:
+        assert not leaked(vins, orjson.dumps(kcl_run.table(name))), name
+    bucket = kcl_run.env.settings.archive_bucket
+    for entry in kcl_run.env.clients.s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        body = kcl_run.env.clients.s3.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read()
+        assert not leaked(vins, gzip.decompress(body) if entry["Key"].endswith(".gz") else body), entry["Key"]
+    assert not leaked(vins, kcl_run.daemon.stderr)
+    assert kcl_run.daemon.stdout == ""
+
+
+def test_processors_log_their_lifecycle_as_json_lines(kcl_run: DaemonRun) -> None:
+    lines = [orjson.loads(line) for line in kcl_run.daemon.stderr.splitlines() if line.startswith('{"ts"')]
+    events = {line["event"] for line in lines}
+    assert events >= {"initialize", "batch", "checkpoint", "shutdown_requested", "drained"}
+    assert sum(line["records"] for line in lines if line["event"] == "batch") >= kcl_run.replayed.records

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 
+from schemas.dynamo import from_item
 from worker.aws import AwsClients
 from worker.bootstrap import bootstrap
 from worker.config import Settings
@@ -79,4 +80,21 @@ def summary(settings: Settings, clients: AwsClients, records: int, elapsed: floa
     say(f"  shards / leases        {len(leases)}")
     for shard, checkpoint in sorted(leases.items()):
         say(f"    {shard}  checkpoint {checkpoint[:24]}{'...' if len(checkpoint) > 24 else ''}")
+    trips = [
+        from_item(i) for i in clients.dynamodb.scan(TableName=settings.table_names["trips-index"])["Items"]
+    ]
+    say(f"  trips archived         {len(trips)} (S3 trips/ + trips-index)")
     say(f"  elapsed                {elapsed:.1f}s")
+    if trips:
+        trip = max(trips, key=lambda t: t["distanceMiles"])
+        say("")
+        say("example trip (the longest)")
+        say(f"  {trip['tripId']}  vehicle {trip['pseudoVin'][:12]}...  ended by {trip['endReason']}")
+        minutes, seconds = divmod(trip["durationSeconds"], 60)
+        say(f"  {trip['startTime']} -> {trip['endTime']}  ({minutes} min {seconds} s)")
+        say(
+            f"  {trip['distanceMiles']:.2f} mi, max {trip['maxSpeedMph']} mph, "
+            f"avg {trip['avgSpeedMph']} mph, "
+            f"battery {trip.get('startBattery')} -> {trip.get('endBattery')} %"
+        )
+        say(f"  {trip['breadcrumbCount']} breadcrumbs in s3://{settings.archive_bucket}/{trip['s3Key']}")
