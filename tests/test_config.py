@@ -62,7 +62,7 @@ def test_readme_documents_every_setting_with_its_default() -> None:
         variable = f"FLEET_{name.upper()}"
         if name == "endpoint_url":
             variable = "AWS_ENDPOINT_URL"
-        row = next((line for line in readme.splitlines() if f"`{variable}`" in line), None)
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{variable}` |")), None)
         assert row is not None, f"README does not document {variable}"
         default = info.default
         if default not in (None, ""):
