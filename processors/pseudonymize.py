@@ -6,15 +6,22 @@ Pure core: ``Pseudonymizer`` (a keyed HMAC). I/O edge: ``load_pseudonym_key`` (S
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from processors.signals import format_time
 from schemas.records import StreamPosition, TelemetryRecord, VehicleReading
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_kms import KMSClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 
@@ -46,6 +53,59 @@ def load_pseudonym_key(secret_id: str, client: SecretsManagerClient) -> bytes:
     return secret["SecretString"].encode("utf-8")
 
 
-def first_sightings(pairs: Mapping[str, str], known: set[str]) -> dict[str, str]:
-    """pseudoVin -> VIN for the vehicles this worker has not yet put into the vault."""
-    return {pseudo_vin: vin for pseudo_vin, vin in pairs.items() if pseudo_vin not in known}
+class VinVault:
+    """``vin-mapping``: pseudoVin -> VIN encrypted under the VIN KMS key, with an encryption context
+    naming the pseudoVin (a ciphertext moved to another item does not decrypt).
+
+    Written once per vehicle per worker: a bounded cache remembers vehicles already stored, and the
+    put is conditional (``attribute_not_exists``) so repeated or concurrent sightings are harmless.
+    """
+
+    def __init__(
+        self, dynamodb: DynamoDBClient, kms: KMSClient, table: str, key_alias: str, cache_size: int = 131_072
+    ) -> None:
+        self._dynamodb = dynamodb
+        self._kms = kms
+        self._table = table
+        self._key_alias = key_alias
+        self._known: OrderedDict[str, None] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def unknown(self, sightings: Mapping[str, str]) -> dict[str, str]:
+        with self._lock:
+            return {pv: vin for pv, vin in sightings.items() if pv not in self._known}
+
+    def remember(self, pseudo_vin: str, vin: str) -> int:
+        """Store the vehicle's encrypted VIN unless already stored. Returns requests made."""
+        ciphertext = self._kms.encrypt(
+            KeyId=self._key_alias, Plaintext=vin.encode("ascii"), EncryptionContext={"pseudoVin": pseudo_vin}
+        )["CiphertextBlob"]
+        # Another worker, or an earlier run, may have stored it first: that is the same mapping.
+        with contextlib.suppress(self._dynamodb.exceptions.ConditionalCheckFailedException):
+            self._dynamodb.put_item(
+                TableName=self._table,
+                Item={
+                    "pseudoVin": {"S": pseudo_vin},
+                    "encryptedVin": {"B": ciphertext},
+                    "createdAt": {"S": format_time(int(time.time() * 1000))},
+                },
+                ConditionExpression="attribute_not_exists(pseudoVin)",
+            )
+        with self._lock:
+            self._known[pseudo_vin] = None
+            if len(self._known) > self._cache_size:
+                self._known.popitem(last=False)
+        return 2
+
+    def resolve(self, pseudo_vin: str) -> str | None:
+        """The VIN behind a pseudoVin (admin only: needs kms:Decrypt). None if unknown."""
+        item = self._dynamodb.get_item(TableName=self._table, Key={"pseudoVin": {"S": pseudo_vin}}).get(
+            "Item"
+        )
+        if item is None:
+            return None
+        plaintext = self._kms.decrypt(
+            CiphertextBlob=item["encryptedVin"]["B"], EncryptionContext={"pseudoVin": pseudo_vin}
+        )["Plaintext"]
+        return bytes(plaintext).decode("ascii")

@@ -40,6 +40,11 @@ def vins_in(path: Path) -> set[str]:
 
 def leaked(vins: set[str], blob: str | bytes) -> set[str]:
     """VINs found in ``blob`` in any case, ignoring whitespace."""
-    text = blob.decode("utf-8", "replace") if isinstance(blob, bytes) else blob
+    text = blob.decode("latin-1") if isinstance(blob, bytes) else blob
     squeezed = re.sub(r"\s+", "", text).upper()
     return {vin for vin in vins if vin in squeezed}
+
+
+def dumps(value: Any) -> bytes:
+    """JSON for leak scans: binary attributes (KMS ciphertext) are scanned as their raw bytes."""
+    return orjson.dumps(value, default=lambda v: v.decode("latin-1") if isinstance(v, bytes) else str(v))

@@ -21,7 +21,7 @@ from processors.pseudonymize import Pseudonymizer
 from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, expected_trips
-from tests.oracle import latest_by_vin, leaked, vins_in
+from tests.oracle import dumps, latest_by_vin, leaked, vins_in
 from worker.launcher import lease_checkpoints
 from worker.local_aws import LocalAws
 from worker.replay import ReplayStats, read_fixture, replay
@@ -101,7 +101,7 @@ def test_completed_trips_are_archived_and_indexed(kcl_run: DaemonRun) -> None:
 def test_no_real_vin_in_any_table_object_or_log_line(kcl_run: DaemonRun) -> None:
     vins = set().union(*(vins_in(FIXTURES / name) for name in STREAMS))
     for name in kcl_run.env.settings.table_names:
-        assert not leaked(vins, orjson.dumps(kcl_run.table(name))), name
+        assert not leaked(vins, dumps(kcl_run.table(name))), name
     bucket = kcl_run.env.settings.archive_bucket
     for entry in kcl_run.env.clients.s3.list_objects_v2(Bucket=bucket).get("Contents", []):
         body = kcl_run.env.clients.s3.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read()

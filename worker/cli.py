@@ -114,6 +114,48 @@ def cmd_sweep_orphans(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.redrive import redrive
+
+    report = redrive(
+        settings,
+        AwsClients(settings),
+        reason=args.reason,
+        since=args.since,
+        force=args.force,
+        dry_run=args.dry_run,
+    )
+    verb = "would redrive" if args.dry_run else "redrove"
+    total = sum(report.redriven.values())
+    say(f"{verb} {total} dead letters to {settings.stream_name}; skipped {report.skipped}")
+    for reason, count in sorted(report.redriven.items()):
+        say(f"  {reason:<24} {count}")
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    from processors.pseudonymize import VinVault
+    from worker.aws import AwsClients
+    from worker.logs import event
+
+    clients = AwsClients(settings)
+    vault = VinVault(
+        clients.dynamodb, clients.kms, settings.table_names["vin-mapping"], settings.vin_key_alias
+    )
+    vin = vault.resolve(args.pseudo_vin)
+    event(
+        logging.getLogger("worker.resolve"), "vin_resolved", pseudoVin=args.pseudo_vin, found=vin is not None
+    )
+    if vin is None:
+        sys.stderr.write(f"no vin-mapping item for {args.pseudo_vin}\n")
+        return 1
+    say(vin)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from worker.demo import demo
 
@@ -183,6 +225,17 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         help="silence that makes a trip an orphan (default 2 x FLEET_TRIP_GAP_SECONDS)",
     )
+
+    p = command(
+        "redrive", cmd_redrive, "Decrypt dead letters and put them back into the stream (after a fix)."
+    )
+    p.add_argument("--reason", help="only dead letters quarantined for this reason code")
+    p.add_argument("--since", type=lambda text: _iso(text).date(), help="only dead letters from this date on")
+    p.add_argument("--force", action="store_true", help="also those already redriven")
+    p.add_argument("--dry-run", action="store_true", help="count, decrypt, put nothing")
+
+    p = command("resolve", cmd_resolve, "Admin: print the VIN behind a pseudoVin (needs kms:Decrypt).")
+    p.add_argument("pseudo_vin")
 
     p = command("demo", cmd_demo, "Local AWS + bootstrap + simulated fleet + real KCL drain + summary.")
     p.add_argument("--vehicles", type=int, default=20)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
@@ -25,7 +26,9 @@ from tenacity import (
 
 from processors.archive import TripArchiver, TripCommitter
 from processors.batch import WritePlan
+from processors.dead_letter import DeadLetterSink, partition_key_hasher
 from processors.errors import RetryableWriteError
+from processors.pseudonymize import Pseudonymizer, VinVault
 from processors.trip_store import BATCH_WRITE_LIMIT, StaleTripState, TripStore
 from processors.trips import Breadcrumb, VehicleTripPlan
 from processors.vehicle_state import VehicleStateSink
@@ -86,9 +89,17 @@ class TripCommits:
 
 
 class PlanExecutor:
-    def __init__(self, settings: Settings, clients: AwsClients) -> None:
+    def __init__(self, settings: Settings, clients: AwsClients, pseudonymizer: Pseudonymizer) -> None:
         tables = settings.table_names
         self._pool = ThreadPoolExecutor(settings.write_concurrency, thread_name_prefix="write")
+        self._vault = VinVault(clients.dynamodb, clients.kms, tables["vin-mapping"], settings.vin_key_alias)
+        self._dead_letters = DeadLetterSink(
+            clients.s3,
+            clients.kms,
+            settings.archive_bucket,
+            settings.vin_key_alias,
+            partition_key_hasher(pseudonymizer.pseudo_vin),
+        )
         self._vehicle_state = VehicleStateSink(clients.dynamodb, tables["vehicle-state"])
         self.trip_store = TripStore(clients.dynamodb, tables["trip-state"], tables["live-breadcrumbs"])
         archiver = TripArchiver(
@@ -97,13 +108,29 @@ class PlanExecutor:
         self._committer = TripCommitter(self.trip_store, archiver)
 
     def write_independent(self, plan: WritePlan) -> int:
-        """Writes nothing else waits on, all at once: vehicle state and breadcrumbs. Returns requests."""
-        results = self._run_all(write_retry(self._vehicle_state.apply), plan.vehicle_states)
-        return sum(results) + self.put_breadcrumbs(plan.breadcrumbs)
+        """Writes nothing else waits on, all at once: the VIN vault, dead letters, vehicle state and
+        breadcrumbs. Returns requests made."""
+        requests = 0
+        tasks: list[Callable[[], int]] = [
+            partial(write_retry(self._vault.remember), pv, vin)
+            for pv, vin in self._vault.unknown(plan.sightings).items()
+        ]
+        if plan.quarantined:
+            data_key = write_retry(self._dead_letters.data_key)()  # one per batch: envelope encryption
+            requests += 1
+            tasks += [partial(write_retry(self._dead_letters.write), q, data_key) for q in plan.quarantined]
+        tasks += [partial(write_retry(self._vehicle_state.apply), update) for update in plan.vehicle_states]
+        tasks += self._breadcrumb_tasks(plan.breadcrumbs)
+        return requests + sum(self._run_all(lambda task: task(), tasks))
+
+    def _breadcrumb_tasks(self, crumbs: list[Breadcrumb]) -> list[Callable[[], int]]:
+        put = write_retry(self.trip_store.put_breadcrumbs)
+        return [
+            partial(put, crumbs[i : i + BATCH_WRITE_LIMIT]) for i in range(0, len(crumbs), BATCH_WRITE_LIMIT)
+        ]
 
     def put_breadcrumbs(self, crumbs: list[Breadcrumb]) -> int:
-        chunks = [crumbs[i : i + BATCH_WRITE_LIMIT] for i in range(0, len(crumbs), BATCH_WRITE_LIMIT)]
-        return sum(self._run_all(write_retry(self.trip_store.put_breadcrumbs), chunks))
+        return sum(self._run_all(lambda task: task(), self._breadcrumb_tasks(crumbs)))
 
     def commit_trips(self, plans: list[VehicleTripPlan]) -> TripCommits:
         """Each vehicle's trip writes in order, vehicles in parallel (their breadcrumbs are durable)."""

@@ -62,7 +62,7 @@ class Pipeline:
     def __init__(self, settings: Settings, clients: AwsClients) -> None:
         self.decoder = Decoder(decode_limits(settings))
         self.pseudonymizer = pseudonymizer_for(settings, clients)
-        self.executor = PlanExecutor(settings, clients)
+        self.executor = PlanExecutor(settings, clients, self.pseudonymizer)
         self.trips = TripPlanner(TripStateMachine(trip_thresholds(settings)))
 
     def process(self, records: Sequence[KinesisRecord]) -> BatchOutcome:
