@@ -37,7 +37,7 @@ class AwsClients:
         # botocore's standard retry mode handles throttling and 5xx with backoff; exhausted retries
         # surface as errors that fail the batch (no checkpoint), so the KCL redelivers it.
         cfg = Config(
-            retries={"mode": "standard", "max_attempts": self.settings.aws_max_attempts},
+            retries={"mode": "standard", "total_max_attempts": self.settings.aws_max_attempts},
             max_pool_connections=self.settings.write_concurrency + 8,
             connect_timeout=5,
             read_timeout=30,

@@ -24,10 +24,13 @@ def say(text: str) -> None:
 
 
 def cmd_local_aws(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.local_aws import LocalAws
+    from worker.local_aws import FaultPlan, LocalAws
 
-    with LocalAws(args.port) as aws:
+    faults = FaultPlan.parse(args.faults, settings.table_names.values()) if args.faults else None
+    with LocalAws(args.port, faults=faults) as aws:
         say(f"local AWS listening on {aws.endpoint} (HTTP/1.1 and h2c); Ctrl-C stops it")
+        if faults:
+            say(f"  injecting faults: {faults.rate:.0%} of {faults.scope} calls, {'/'.join(faults.kinds)}")
         say(f"  export AWS_ENDPOINT_URL={aws.endpoint}")
         try:
             while True:
@@ -184,6 +187,12 @@ def parser() -> argparse.ArgumentParser:
         "local-aws", cmd_local_aws, "Serve an embedded local AWS (moto over HTTP/1.1 + h2c) on loopback."
     )
     p.add_argument("--port", type=int, default=4566, help="port on 127.0.0.1 (default 4566)")
+    p.add_argument(
+        "--faults",
+        metavar="SPEC",
+        help="fail calls as AWS does, e.g. 'rate=0.2,scope=worker,kinds=throttle+server_error,seed=7' "
+        "(scope: worker|kcl|all; kinds: throttle, server_error, unprocessed, latency; latency_ms=N)",
+    )
 
     p = command(
         "bootstrap", cmd_bootstrap, "Create the stream, tables, bucket, KMS key and secret (idempotent)."

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
+import json
+import random
 import socket
 import threading
+import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,43 +63,268 @@ def _s3_operation(environ: dict[str, Any]) -> str:
     )
 
 
+FAULT_KINDS = ("throttle", "server_error", "unprocessed", "latency")
+WORKER_SERVICES = frozenset({"s3", "kms", "secretsmanager"})
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Fail a share of requests the way AWS does, deterministically for a seed.
+
+    ``scope`` picks whose calls fail: ``worker`` (S3, KMS, Secrets Manager and DynamoDB calls on the
+    ``worker_tables``), ``kcl`` (Kinesis, and DynamoDB calls on any other table: the KCL's lease
+    tables), or ``all``. Kinds: ``throttle`` (DynamoDB ProvisionedThroughputExceeded/Throttling,
+    Kinesis ProvisionedThroughputExceeded, S3 SlowDown, KMS Throttling), ``server_error`` (HTTP 500 or
+    503), ``unprocessed`` (BatchWriteItem applies only part of the batch and returns the rest as
+    UnprocessedItems), ``latency`` (the request succeeds after ``latency_ms``).
+    """
+
+    rate: float
+    scope: str = "worker"
+    kinds: tuple[str, ...] = FAULT_KINDS
+    seed: int = 0
+    latency_ms: int = 200
+    worker_tables: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, spec: str, worker_tables: Iterable[str] = ()) -> FaultPlan:
+        """``rate=0.2,scope=worker,kinds=throttle+server_error,seed=7,latency_ms=100``"""
+        fields_: dict[str, Any] = {"worker_tables": frozenset(worker_tables)}
+        for part in filter(None, spec.split(",")):
+            name, _, value = part.partition("=")
+            if name == "kinds":
+                fields_[name] = tuple(value.split("+"))
+            elif name in ("rate",):
+                fields_[name] = float(value)
+            elif name in ("seed", "latency_ms"):
+                fields_[name] = int(value)
+            else:
+                fields_[name] = value
+        plan = cls(**fields_)
+        if (
+            not 0 <= plan.rate <= 1
+            or plan.scope not in ("worker", "kcl", "all")
+            or set(plan.kinds) - set(FAULT_KINDS)
+        ):
+            raise ValueError(f"bad fault spec {spec!r}")
+        return plan
+
+    def applies_to(self, request: AwsRequest) -> bool:
+        if self.scope == "all":
+            return request.service != "unknown"
+        if request.service == "dynamodb":
+            return (bool(_tables_in(request.body) & self.worker_tables)) == (self.scope == "worker")
+        if request.service == "kinesis":
+            return self.scope == "kcl"
+        return request.service in WORKER_SERVICES and self.scope == "worker"
+
+
+def _tables_in(body: bytes) -> set[str]:
+    try:
+        payload = json.loads(body or b"{}")
+    except ValueError:
+        return set()
+    tables = set(payload.get("RequestItems", {}))
+    if "TableName" in payload:
+        tables.add(payload["TableName"])
+    return tables
+
+
+_THROTTLE_CODES = {
+    "dynamodb": ("ProvisionedThroughputExceededException", "ThrottlingException"),
+    "kinesis": ("ProvisionedThroughputExceededException",),
+    "kms": ("ThrottlingException",),
+    "secretsmanager": ("ThrottlingException",),
+}
+
+
+def _error_response(service: str, kind: str, rng: random.Random) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Status, headers and body of an injected failure, in the service's own error format."""
+    if kind == "throttle":
+        status = "503 Slow Down" if service == "s3" else "400 Bad Request"
+        code = (
+            "SlowDown"
+            if service == "s3"
+            else rng.choice(_THROTTLE_CODES.get(service, ("ThrottlingException",)))
+        )
+    else:
+        status = rng.choice(("500 Internal Server Error", "503 Service Unavailable"))
+        code = "InternalError" if status.startswith("500") else "ServiceUnavailable"
+    if service == "s3":
+        xml = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>injected</Message></Error>"
+        return status, [("Content-Type", "application/xml")], xml.encode()
+    body = json.dumps({"__type": code, "message": "injected fault"}).encode()
+    return status, [("Content-Type", "application/x-amz-json-1.0")], body
+
+
 @dataclass
 class LocalAwsApp:
-    """WSGI middleware around moto: one request at a time, each counted."""
+    """WSGI middleware around moto: one request at a time, each counted, some failed on purpose."""
 
     app: WsgiApp
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    faults: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    fault_plan: FaultPlan | None = None
+    _rng: random.Random = field(default_factory=random.Random)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def inject(self, plan: FaultPlan | None) -> None:
+        """Start (or, with None, stop) injecting faults."""
+        with self._lock:
+            self.fault_plan = plan
+            self._rng = random.Random(plan.seed if plan else 0)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
         request = identify(environ, body)
+        kind = self._draw_fault(request)
+        if kind == "latency":
+            time.sleep(self.fault_plan.latency_ms / 1000 if self.fault_plan else 0)
         with self._lock:
             if request.service != "unknown":
                 self.requests[(request.service, request.operation)] += 1
+            if kind in ("throttle", "server_error"):
+                status, headers, payload = _error_response(request.service, kind, self._rng)
+                start_response(status, [*headers, ("Content-Length", str(len(payload)))])
+                return [payload]
+            if kind == "unprocessed":
+                return self._partially(environ, body, start_response)
             # Materialize the response inside the lock: moto computes lazily in some paths. hypercorn
             # only starts a response on its first chunk, so an empty body (HEAD) still needs one.
             return list(self.app(environ, start_response)) or [b""]
 
+    def _draw_fault(self, request: AwsRequest) -> str | None:
+        with self._lock:
+            plan = self.fault_plan
+            if plan is None or not plan.applies_to(request) or self._rng.random() >= plan.rate:
+                return None
+            kinds = [k for k in plan.kinds if k != "unprocessed" or request.operation == "BatchWriteItem"]
+            if not kinds:
+                return None
+            kind = self._rng.choice(kinds)
+            self.faults[(request.service, request.operation, kind)] += 1
+            return kind
+
+    def _partially(
+        self, environ: dict[str, Any], body: bytes, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """BatchWriteItem that writes the first half of each table's items and returns the rest."""
+        payload = json.loads(body)
+        unprocessed = {}
+        for table, items in payload["RequestItems"].items():
+            keep = (len(items) + 1) // 2
+            payload["RequestItems"][table], rest = items[:keep], items[keep:]
+            if rest:
+                unprocessed[table] = rest
+        forwarded = json.dumps(payload).encode()
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(forwarded), str(len(forwarded))
+        captured: dict[str, Any] = {}
+        response = b"".join(self.app(environ, lambda status, headers, *_: captured.update(status=status)))
+        result = json.loads(response or b"{}")
+        result["UnprocessedItems"] = unprocessed
+        out = json.dumps(result).encode()
+        start_response(
+            captured.get("status", "200 OK"),
+            [("Content-Type", "application/x-amz-json-1.0"), ("Content-Length", str(len(out)))],
+        )
+        return [out]
+
     def reset_counts(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.faults.clear()
 
 
 def moto_app() -> WsgiApp:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+    _reshard_like_kinesis()
     app: WsgiApp = DomainDispatcherApplication(create_backend_app)
     return app
+
+
+_resharding_patched = False
+
+
+def _reshard_like_kinesis() -> None:
+    """Make moto's resharding behave like Kinesis, which the KCL depends on (moto 5 does not):
+
+    - a split closes the parent and keeps its records there (moto re-puts them into the children);
+    - records are routed to *open* shards only (moto keeps routing to the closed parent);
+    - reading a closed shard to its end returns no next iterator and the ``ChildShards``, which is how
+      the KCL learns the shard ended (moto returns an iterator forever: shardEnded never comes).
+    """
+    global _resharding_patched  # noqa: PLW0603 - patch moto's classes once per process
+    if _resharding_patched:
+        return
+    from moto.kinesis import models, responses
+    from moto.kinesis.exceptions import InvalidArgumentError
+    from moto.kinesis.utils import decompose_shard_iterator
+
+    def shard_for_key(self: Any, partition_key: str, explicit_hash_key: str | None) -> Any:
+        if explicit_hash_key:
+            key = int(explicit_hash_key)
+        else:
+            key = int(hashlib.md5(partition_key.encode("utf-8")).hexdigest(), 16)  # noqa: S324 - Kinesis' hash
+        return next(
+            (s for s in self.shards.values() if s.is_open and s.starting_hash <= key <= s.ending_hash), None
+        )
+
+    def split_shard(self: Any, shard_to_split: str, new_starting_hash_key: str) -> None:
+        shard = self.shards[shard_to_split]
+        boundary = int(new_starting_hash_key)
+        if not shard.is_open or not shard.starting_hash < boundary <= shard.ending_hash:
+            raise InvalidArgumentError(f"cannot split {shard_to_split} at {new_starting_hash_key}")
+        last = max(s._shard_id for s in self.shards.values())
+        for offset, (low, high) in enumerate(
+            ((shard.starting_hash, boundary - 1), (boundary, shard.ending_hash))
+        ):
+            child = models.Shard(
+                last + 1 + offset, starting_hash=low, ending_hash=high, parent=shard.shard_id
+            )
+            self.shards[child.shard_id] = child
+        shard.is_open = False
+
+    read = responses.KinesisResponse.get_records
+
+    def get_records(self: Any) -> Any:
+        result = read(self)
+        body: dict[str, Any] = result.result  # type: ignore[assignment]
+        stream_name, shard_id, last = decompose_shard_iterator(body["NextShardIterator"])
+        stream = self.kinesis_backend.describe_stream(
+            stream_arn=self._get_param("StreamARN"), stream_name=stream_name
+        )
+        shard = stream.get_shard(shard_id)
+        if not shard.is_open and int(last) >= shard.get_max_sequence_number():
+            del body["NextShardIterator"]
+            body["ChildShards"] = [
+                {
+                    "ShardId": child.shard_id,
+                    "ParentShards": [shard_id],
+                    "HashKeyRange": {
+                        "StartingHashKey": str(child.starting_hash),
+                        "EndingHashKey": str(child.ending_hash),
+                    },
+                }
+                for child in stream.shards.values()
+                if child.parent == shard_id
+            ]
+        return result
+
+    setattr(models.Stream, "get_shard_for_key", shard_for_key)  # noqa: B010 - monkeypatching moto
+    setattr(models.Stream, "split_shard", split_shard)  # noqa: B010
+    setattr(responses.KinesisResponse, "get_records", get_records)  # noqa: B010
+    _resharding_patched = True
 
 
 class LocalAws:
     """An in-process local AWS bound to 127.0.0.1. Use as a context manager, or ``start``/``stop``."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, faults: FaultPlan | None = None) -> None:
         self.app = LocalAwsApp(moto_app())
+        self.app.inject(faults)
         self._socket = socket.create_server(("127.0.0.1", port))
         self.port: int = self._socket.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -148,9 +377,3 @@ class LocalAws:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def running(port: int = 0) -> Iterator[LocalAws]:
-    with LocalAws(port) as aws:
-        yield aws
