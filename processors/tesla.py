@@ -329,15 +329,34 @@ _OTHER_RECORD_TYPES = (
 
 def _not_vehicle_data(data: bytes) -> InvalidRecord:
     """Bytes that are no vehicle-data ``Payload``: another Tesla record type (with a VIN and its own
-    content), or nothing we know."""
+    content), or nothing we know.
+
+    These messages can parse as one another (an errors message often reads as alerts), so a type that
+    explains every byte is preferred; one with unknown fields still counts (its protos may be newer).
+    """
+    matches = []
     for message, marker, record_type in _OTHER_RECORD_TYPES:
         try:
             parsed = message.FromString(data)
         except DecodeError:
             continue
         if getattr(parsed, marker) and _is_vin(parsed.vin):
-            return InvalidRecord(RejectReason.UNSUPPORTED_RECORD_TYPE, f"tesla {record_type} record")
+            matches.append((_has_unknown_fields(parsed), record_type))
+    if matches:
+        record_type = min(matches, key=lambda match: match[0])[1]
+        return InvalidRecord(RejectReason.UNSUPPORTED_RECORD_TYPE, f"tesla {record_type} record")
     return InvalidRecord(RejectReason.UNKNOWN_FORMAT, "neither JSON nor a Tesla vehicle-data payload")
+
+
+def _has_unknown_fields(message: Message) -> bool:
+    if UnknownFieldSet(message):
+        return True
+    for field, value in message.ListFields():
+        if field.message_type is None or field.message_type.GetOptions().map_entry:
+            continue
+        if any(_has_unknown_fields(item) for item in (value if field.is_repeated else [value])):
+            return True
+    return False
 
 
 def _is_vin(raw: str) -> bool:

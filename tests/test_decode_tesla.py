@@ -394,9 +394,26 @@ def _connectivity() -> bytes:
     return message.SerializeToString()
 
 
-@pytest.mark.parametrize("build", [_alerts, _alerts_without_audiences, _errors, _connectivity])
-def test_other_tesla_protobuf_records_are_unsupported_not_misdecoded(build: Any) -> None:
-    assert rejected(build()).reason is RejectReason.UNSUPPORTED_RECORD_TYPE
+def _errors_without_times() -> bytes:
+    """Reads as an alerts message too (name as packed audiences, tags as a start time)."""
+    message = VehicleErrors(vin=VIN, errors=[VehicleError(name="CanBusTimeout", tags={"bus": "CH"})])
+    return message.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("build", "record_type"),
+    [
+        (_alerts, "alerts"),
+        (_alerts_without_audiences, "alerts"),
+        (_errors, "errors"),
+        (_errors_without_times, "errors"),
+        (_connectivity, "connectivity"),
+    ],
+)
+def test_other_tesla_protobuf_records_are_unsupported_not_misdecoded(build: Any, record_type: str) -> None:
+    error = rejected(build())
+    assert error.reason is RejectReason.UNSUPPORTED_RECORD_TYPE
+    assert error.detail == f"tesla {record_type} record"
 
 
 @pytest.mark.parametrize(
