@@ -345,7 +345,7 @@ def _not_vehicle_data(data: bytes) -> InvalidRecord:
     if matches:
         record_type = min(matches, key=lambda match: match[0])[1]
         return InvalidRecord(RejectReason.UNSUPPORTED_RECORD_TYPE, f"tesla {record_type} record")
-    return InvalidRecord(RejectReason.UNKNOWN_FORMAT, "neither JSON nor a Tesla vehicle-data payload")
+    return InvalidRecord(RejectReason.UNKNOWN_FORMAT, "not a JSON object, nor a Tesla vehicle-data Payload")
 
 
 def _has_unknown_fields(message: Message) -> bool:
