@@ -30,6 +30,9 @@ from processors.decode import DecodeLimits, Decoder
 from processors.errors import InvalidRecord, RejectReason
 from processors.signals import format_time, parse_event_time
 from schemas.records import Location, TelemetryRecord
+from tests.fixtures.build import HERE, sprinkle_whitespace
+from tests.oracle import leaked, vins_in
+from worker.replay import read_fixture
 
 VIN = "5YJ3E1EA7KF317000"
 CREATED_AT = "2025-03-05T14:32:01.123Z"
@@ -79,24 +82,6 @@ def rejected(data: bytes) -> InvalidRecord:
         DECODER.decode(data, ARRIVAL)
     assert VIN not in caught.value.detail.upper()
     return caught.value
-
-
-def sprinkle_whitespace(text: bytes, seed: int) -> bytes:
-    """What Go's protojson does on purpose: random whitespace between tokens (never inside strings)."""
-    rng = random.Random(seed)
-    out: list[str] = [rng.choice(("", "\n", " \t"))]
-    in_string = escaped = False
-    for char in text.decode():
-        out.append(char)
-        if in_string:
-            in_string = escaped or char != '"'
-            escaped = not escaped and char == "\\"
-        elif char == '"':
-            in_string = True
-        elif char in "{[,:":
-            out.append(rng.choice(("", " ", "  ", "\n", "\r\n  ", "\t")))
-    out.append(rng.choice(("", "\n", " \r\n")))
-    return "".join(out).encode()
 
 
 def test_the_issue_sample_decodes_to_canonical_signals() -> None:
@@ -497,3 +482,32 @@ def test_the_time_bounds_apply_to_tesla_records() -> None:
     too_old = ARRIVAL - 8 * 24 * 3600_000
     for data in (tesla_json(SOC_JSON, createdAt=too_far), protobuf(SOC, created_ms=too_old)):
         assert rejected(data).reason is RejectReason.TIMESTAMP_OUT_OF_RANGE
+
+
+def test_the_boundary_mix_fixture_exercises_every_path() -> None:
+    """The mixed stream decodes as the oracle expects: every reject class, all formats, no VIN leaking."""
+    path = HERE / "boundary-mix.jsonl"
+    decoder = Decoder(DecodeLimits(max_event_age_ms=100_000 * 3600_000))
+    arrival = parse_event_time("2026-01-01T00:00:00Z")
+    formats = Counter[str]()
+    reasons = Counter[RejectReason]()
+    decoded_vins: set[str] = set()
+    dropped = 0
+    every_vin = vins_in(path)
+    for entry in read_fixture(path):
+        try:
+            record = decoder.decode(entry.data, arrival)
+        except InvalidRecord as error:
+            reasons[error.reason] += 1
+            assert not leaked(every_vin, error.detail)
+            continue
+        formats[record.format] += 1
+        decoded_vins.add(record.vin)
+        dropped += record.dropped_location
+        assert not leaked(every_vin, orjson.dumps(record.signals, default=repr))
+    assert set(formats) == {"native", "tesla_json", "tesla_protobuf"}
+    assert min(formats.values()) >= 100
+    assert len(decoded_vins) >= 60
+    assert set(reasons) == set(RejectReason) - {RejectReason.UNWRITABLE}
+    assert min(reasons.values()) >= 3
+    assert dropped >= 3
