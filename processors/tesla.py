@@ -50,7 +50,8 @@ NUMERIC_FIELDS = {
 is absent; ``Location`` becomes ``location`` and ``Gear`` becomes ``shiftState``."""
 
 _FIELD_NAMES: dict[int, str] = {number: name for name, number in Field.items() if number > 0}
-_KNOWN_NAMES = frozenset(_FIELD_NAMES.values())
+_JSON_KEYS: dict[str | int, str] = {k: name for number, name in _FIELD_NAMES.items() for k in (number, name)}
+"""A protojson key that names a field we know: its name, or its number when the server lacked it."""
 _FIELD_LIKE = re.compile(r"[A-Z][A-Za-z0-9_]{0,99}")
 """A field name our protos lack (the server's are newer). Canonical signal names start lower-case, so a
 name of this shape can never overwrite one."""
@@ -66,17 +67,12 @@ _SHIFT_STATES = {
 _FLOAT32 = struct.Struct("<f")
 
 
-def _field_name(number: int) -> str:
-    return _FIELD_NAMES.get(number) or f"Field{number}"
-
-
 def _json_field_name(key: str | int) -> str | None:
-    """A name or a number (a field the server did not know); ``Unknown`` (0) and odd names are skipped."""
+    """A key that is not in ``_JSON_KEYS``: a number or a name our protos lack. ``Unknown`` (0), negative
+    numbers and odd names are skipped."""
     if isinstance(key, int):
-        return _field_name(key) if key > 0 else None
-    if key in _KNOWN_NAMES or (key != "Unknown" and _FIELD_LIKE.fullmatch(key)):
-        return key
-    return None
+        return f"Field{key}" if key > 0 else None
+    return key if key != "Unknown" and _FIELD_LIKE.fullmatch(key) else None
 
 
 def _same(value: Plain) -> Plain:
@@ -280,8 +276,8 @@ def decode_tesla_json(obj: dict[str, Any], arrival_ms: int) -> TelemetryRecord:
     event_time_ms = arrival_ms if payload.created_at is None else parse_event_time(payload.created_at)
     datums = []
     for datum in payload.data:
-        name = _json_field_name(datum.key)
-        value = datum.value
+        name = _JSON_KEYS.get(datum["key"]) or _json_field_name(datum["key"])
+        value = datum.get("value")
         if name is None or not value or len(value) != 1:
             continue
         [(member, raw)] = value.items()
@@ -307,7 +303,8 @@ def decode_tesla_protobuf(data: bytes, arrival_ms: int) -> TelemetryRecord:
         value = datum.value
         member = value.WhichOneof("value")
         if member is not None:
-            datums.append((_field_name(key), _FROM_PROTOBUF[member](getattr(value, member))))
+            name = _FIELD_NAMES.get(key) or f"Field{key}"
+            datums.append((name, _FROM_PROTOBUF[member](getattr(value, member))))
     if not payload.data:
         # Also exactly the bytes of an alerts or errors message with no items.
         raise _no_data() if _is_vin(payload.vin) else _not_vehicle_data(data)
