@@ -151,7 +151,7 @@ def _enum_converters(names: dict[int, str]) -> tuple[Converter, Converter]:
     def from_json(raw: object) -> str | int | None:
         if isinstance(raw, str):
             return spellings.get(raw, raw)
-        if isinstance(raw, int) and not isinstance(raw, bool):
+        if isinstance(raw, int) and not isinstance(raw, bool) and -(2**31) <= raw < 2**31:  # enums are int32
             return names.get(raw, raw)
         return None
 

@@ -215,6 +215,8 @@ def test_the_same_datum_gives_the_same_signals_in_protobuf_and_json(
             datum("SentryMode", sentryModeStateValue="SentryModeStateNew"),
             {"SentryMode": "SentryModeStateNew"},
         ),
+        (datum("SentryMode", sentryModeStateValue=3), {"SentryMode": "SentryModeStateArmed"}),
+        (datum("SentryMode", sentryModeStateValue=2**40), {}),
         (
             datum("Location", locationValue={"latitude": "37.41", "longitude": -122.14}),
             {"location": Location(37.41, -122.14)},
