@@ -1,6 +1,8 @@
 """Decoding: raw Kinesis bytes -> one canonical ``TelemetryRecord``, or ``InvalidRecord`` with a reason.
 
-Pure: no I/O, no clock (the stream's arrival time is passed in). The format is sniffed per record.
+Pure: no I/O, no clock (the stream's arrival time is passed in). The format is sniffed per record: a JSON
+object is native (``signals``) or Tesla protojson (``data``); anything else is tried as a Tesla protobuf
+``Payload`` (see ``processors.tesla``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from processors.errors import InvalidRecord, RejectReason
+from processors.errors import InvalidRecord, RejectReason, schema_detail
 from processors.signals import (
     NUMERIC_SIGNALS,
     STRING_SIGNALS,
@@ -20,6 +22,7 @@ from processors.signals import (
     normalize_vin,
     parse_event_time,
 )
+from processors.tesla import decode_tesla_json, decode_tesla_protobuf
 from schemas.records import NativeRecord, TelemetryRecord
 
 _JSON_WHITESPACE = b" \t\r\n"
@@ -48,16 +51,28 @@ class Decoder:
         if data.startswith(_FOREIGN_BOMS):
             raise InvalidRecord(RejectReason.NOT_UTF8, "UTF-16/32 encoded payload")
         text = data.removeprefix(_UTF8_BOM)
-        if text.lstrip(_JSON_WHITESPACE)[:1] != b"{":
-            raise InvalidRecord(RejectReason.UNKNOWN_FORMAT, "not a JSON object")
-        record = self._decode_json(_parse_json(text), arrival_ms)
+        if text.lstrip(_JSON_WHITESPACE)[:1] == b"{":
+            record = self._decode_json_text(text, arrival_ms)
+        else:
+            record = decode_tesla_protobuf(data, arrival_ms)
         return self._within_time_bounds(record, arrival_ms)
+
+    def _decode_json_text(self, text: bytes, arrival_ms: int) -> TelemetryRecord:
+        try:
+            obj = _parse_json(text)
+        except InvalidRecord as not_json:
+            if text[:1] == b"{":
+                raise
+            return _protobuf_after_all(text, arrival_ms, not_json)
+        return self._decode_json(obj, arrival_ms)
 
     def _decode_json(self, obj: Any, arrival_ms: int) -> TelemetryRecord:
         if not isinstance(obj, dict):
             raise InvalidRecord(RejectReason.UNKNOWN_FORMAT, "not a JSON object")
         if "signals" in obj:
             return decode_native(obj)
+        if "data" in obj:
+            return decode_tesla_json(obj, arrival_ms)
         for marker, record_type in _OTHER_TESLA_SHAPES:
             if marker in obj:
                 raise InvalidRecord(RejectReason.UNSUPPORTED_RECORD_TYPE, f"tesla {record_type} record")
@@ -92,11 +107,16 @@ def _parse_json(data: bytes) -> Any:
         raise InvalidRecord(RejectReason.MALFORMED_JSON, "payload is not valid JSON") from None
 
 
-def schema_detail(error: ValidationError) -> str:
-    """Field paths and error kinds only: pydantic's own message would echo input values (a VIN)."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in e['loc']) or 'record'}: {e['type']}" for e in error.errors()
-    )
+def _protobuf_after_all(data: bytes, arrival_ms: int, not_json: InvalidRecord) -> TelemetryRecord:
+    """A protobuf ``Payload`` starts with 0x0A, a newline to JSON; when its first datum is 123 bytes long the
+    next byte is ``{``. So bytes that only look like JSON after leading whitespace are also tried as protobuf.
+    """
+    try:
+        return decode_tesla_protobuf(data, arrival_ms)
+    except InvalidRecord as error:
+        if error.reason is RejectReason.UNKNOWN_FORMAT:
+            raise not_json from None
+        raise
 
 
 def decode_native(obj: dict[str, Any]) -> TelemetryRecord:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
 
 class RejectReason(StrEnum):
     NOT_UTF8 = "not_utf8"
@@ -38,3 +41,19 @@ class RetryableWriteError(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+def schema_detail(error: ValidationError) -> str:
+    """Field paths and error kinds only: pydantic's own message would echo input values (a VIN)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in e['loc']) or 'record'}: {e['type']}" for e in error.errors()
+    )
+
+
+def aws_error_code(error: BaseException) -> str | None:
+    """The AWS error code of a botocore error, else None.
+
+    Match on this, not on ``client.exceptions.X``: botocore builds those classes lazily per client, and
+    threads racing on the first access can end up with different classes for the same error.
+    """
+    return error.response.get("Error", {}).get("Code") if isinstance(error, ClientError) else None

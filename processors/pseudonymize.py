@@ -6,7 +6,6 @@ Pure core: ``Pseudonymizer`` (a keyed HMAC). I/O edge: ``load_pseudonym_key`` (S
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import threading
@@ -16,6 +15,9 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from botocore.exceptions import ClientError
+
+from processors.errors import aws_error_code
 from processors.signals import format_time
 from schemas.records import StreamPosition, TelemetryRecord, VehicleReading
 
@@ -81,8 +83,7 @@ class VinVault:
         ciphertext = self._kms.encrypt(
             KeyId=self._key_alias, Plaintext=vin.encode("ascii"), EncryptionContext={"pseudoVin": pseudo_vin}
         )["CiphertextBlob"]
-        # Another worker, or an earlier run, may have stored it first: that is the same mapping.
-        with contextlib.suppress(self._dynamodb.exceptions.ConditionalCheckFailedException):
+        try:
             self._dynamodb.put_item(
                 TableName=self._table,
                 Item={
@@ -92,6 +93,10 @@ class VinVault:
                 },
                 ConditionExpression="attribute_not_exists(pseudoVin)",
             )
+        except ClientError as error:
+            # Another worker, or an earlier run, stored it first: that is the same mapping.
+            if aws_error_code(error) != "ConditionalCheckFailedException":
+                raise
         with self._lock:
             self._known[pseudo_vin] = None
             if len(self._known) > self._cache_size:

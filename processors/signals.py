@@ -41,6 +41,8 @@ def mentions_vin(value: Any, vin: str) -> bool:
     Such a signal is dropped at the boundary: an identifier smuggled in a telemetry field is still a VIN.
     """
     if isinstance(value, str):
+        if len(value) < 17:  # most names and values: too short to hold a VIN, even before squeezing
+            return False
         squeezed = _WHITESPACE.sub("", value).upper()
         return vin in squeezed or VIN_PATTERN.fullmatch(squeezed) is not None
     if isinstance(value, dict):

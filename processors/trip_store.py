@@ -12,7 +12,9 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from processors.errors import RetryableWriteError
+from botocore.exceptions import ClientError
+
+from processors.errors import RetryableWriteError, aws_error_code
 from processors.signals import format_time, parse_time
 from processors.trips import (
     Breadcrumb,
@@ -265,7 +267,9 @@ class TripStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 **condition,
             )
-        except self._dynamodb.exceptions.ConditionalCheckFailedException as failed:
+        except ClientError as failed:
+            if aws_error_code(failed) != "ConditionalCheckFailedException":
+                raise
             raw = cast(dict[str, Any] | None, failed.response.get("Item"))
             current = TripStateItem.model_validate(from_item(raw)) if raw else None
             raise StaleTripState(item.pseudoVin, current) from None

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
+from botocore.exceptions import ClientError
 
-from processors.errors import RetryableWriteError
+from processors.errors import RetryableWriteError, aws_error_code
 from processors.signals import format_time, parse_time
 from schemas.dynamo import AttributeValue, from_item, to_attribute
 from schemas.records import Location, SignalValue, VehicleReading
@@ -177,7 +178,9 @@ class VehicleStateSink:
             try:
                 self._dynamodb.update_item(**update_request(self._table, pending, stored))
                 return rounds
-            except self._dynamodb.exceptions.ConditionalCheckFailedException as failed:
+            except ClientError as failed:
+                if aws_error_code(failed) != "ConditionalCheckFailedException":
+                    raise
                 stored = cast(Mapping[str, AttributeValue], failed.response.get("Item") or {})
             pending = outstanding(update, from_item(stored))
             if pending is None:

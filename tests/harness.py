@@ -63,8 +63,9 @@ def batches(records: Sequence[ShardRecord], size: int) -> Iterator[Sequence[Shar
 
 
 class ProcessExited(Exception):
-    def __init__(self, code: int | None) -> None:
-        super().__init__(f"record processor exited with {code}")
+    def __init__(self, code: int | None, last_lines: list[str] | None = None) -> None:
+        tail = "\n".join((last_lines or [])[-5:])
+        super().__init__(f"record processor exited with {code}; its last log lines:\n{tail}")
         self.code = code
 
 
@@ -169,7 +170,7 @@ class ProcessorHarness:
             self.proc.stdin.write(orjson.dumps(message) + b"\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
-            raise ProcessExited(self.proc.wait(self.timeout)) from None
+            raise ProcessExited(self.proc.wait(self.timeout), self.stderr_lines) from None
 
     def _next(self) -> dict[str, Any]:
         try:
@@ -177,7 +178,9 @@ class ProcessorHarness:
         except queue.Empty:
             raise AssertionError(f"no answer from the processor within {self.timeout}s") from None
         if message is None:
-            raise ProcessExited(self.proc.wait(self.timeout))
+            code = self.proc.wait(self.timeout)
+            time.sleep(0.1)  # let the stderr reader catch the last lines
+            raise ProcessExited(code, self.stderr_lines)
         return message
 
     def _read_stdout(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import orjson
 
 VIN_RE = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
+VIN_TOKEN = re.compile(r"(?<![A-Z0-9])[A-HJ-NPR-Z0-9]{17}(?![A-Z0-9])")
 
 
 def valid_native_records(path: Path) -> list[dict[str, Any]]:
@@ -33,9 +35,16 @@ def latest_by_vin(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def vins_in(path: Path) -> set[str]:
-    """Every VIN-looking string mentioned anywhere in a fixture (valid records or not)."""
-    text = path.read_text(errors="replace").upper()
-    return set(VIN_RE.findall(text))
+    """Every VIN in a fixture: standalone VIN-shaped tokens, raw (base64) payloads included."""
+    vins: set[str] = set()
+    for line in path.read_bytes().splitlines():
+        texts = [line.decode("utf-8", "replace")]
+        obj = orjson.loads(line)
+        if isinstance(obj, dict) and "_raw_b64" in obj:
+            texts.append(base64.b64decode(obj["_raw_b64"]).decode("latin-1"))
+        for text in texts:
+            vins.update(VIN_TOKEN.findall(text.upper()))
+    return vins
 
 
 def leaked(vins: set[str], blob: str | bytes) -> set[str]:

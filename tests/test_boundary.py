@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import subprocess
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -16,11 +18,12 @@ from processors.errors import RejectReason
 from processors.pseudonymize import Pseudonymizer
 from processors.signals import format_time
 from schemas.dynamo import from_item
-from tests.conftest import AwsEnv
+from tests.conftest import FIXTURES, AwsEnv
 from tests.harness import ProcessorHarness, ShardRecord, batches, fixture, shard_records
-from tests.oracle import dumps, leaked
+from tests.oracle import dumps, leaked, vins_in
 from worker.redrive import REDRIVEN_TAG, redrive
 from worker.replay import StreamEntry
+from worker.sweep import sweep_orphans
 
 KEY = "boundary-tests-key"
 PSEUDO = Pseudonymizer(KEY.encode())
@@ -189,3 +192,25 @@ def test_dead_letter_payload_never_reaches_logs(env: AwsEnv) -> None:
     quarantined = [line for line in harness.logs() if line["event"] == "record_quarantined"]
     assert [q["reason"] for q in quarantined] == ["malformed_json"]
     assert not leaked({VIN}, "\n".join(harness.stderr_lines))
+
+
+def test_no_vin_leaks_from_a_stream_of_every_format_and_every_bad_input(env: AwsEnv) -> None:
+    """boundary-mix: native, Tesla protojson and protobuf from 60+ vehicles, with every reject class."""
+    path = FIXTURES / "boundary-mix.jsonl"
+    vins = vins_in(path)
+    assert len(vins) >= 50
+    harness = run(env, shard_records(fixture("boundary-mix.jsonl")), size=64)
+    sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
+
+    reasons = {line["reason"] for line in harness.logs() if line["event"] == "record_quarantined"}
+    assert reasons == {r.value for r in RejectReason} - {"unwritable"}
+    for name, physical in env.settings.table_names.items():
+        items = [from_item(i) for i in env.clients.dynamodb.scan(TableName=physical)["Items"]]
+        assert items or name in ("trips-index",), name
+        assert not leaked(vins, dumps(items)), name
+    bucket = env.settings.archive_bucket
+    for entry in env.clients.s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        body = env.clients.s3.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read()
+        assert not leaked(vins, gzip.decompress(body) if entry["Key"].endswith(".gz") else body), entry["Key"]
+        assert not leaked(vins, entry["Key"])
+    assert not leaked(vins, "\n".join(harness.stderr_lines))

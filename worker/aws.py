@@ -49,7 +49,9 @@ class AwsClients:
             aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
             region_name=self.settings.region,
         )
-        return session.client(service, endpoint_url=self.settings.endpoint_url, config=cfg)  # type: ignore[call-overload]
+        client = session.client(service, endpoint_url=self.settings.endpoint_url, config=cfg)  # type: ignore[call-overload]
+        _ = client.exceptions  # built lazily and not thread-safely: build it before threads share the client
+        return client
 
     @cached_property
     def dynamodb(self) -> DynamoDBClient:
