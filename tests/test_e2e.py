@@ -10,6 +10,7 @@ import gzip
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from processors.pseudonymize import Pseudonymizer
 from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, expected_trips
+from tests.iam import TASK_POLICY, assert_policy_covers
 from tests.oracle import dumps, latest_by_vin, leaked, vins_in
 from worker.launcher import lease_checkpoints
 from worker.local_aws import LocalAws
@@ -37,6 +39,8 @@ class DaemonRun:
     daemon: subprocess.CompletedProcess[str]
     replayed: ReplayStats
     pseudo: Pseudonymizer
+    calls: Counter[tuple[str, str]]
+    """Every AWS request the daemon, its processors and the sweep made."""
 
     def table(self, name: str) -> list[dict[str, Any]]:
         raw = self.env.clients.dynamodb.scan(TableName=self.env.settings.table_names[name])["Items"]
@@ -62,10 +66,12 @@ def kcl_run(local_aws: LocalAws) -> Iterator[DaemonRun]:
         part = replay(env.clients.kinesis, env.settings.stream_name, read_fixture(FIXTURES / name))
         stats.records += part.records
         stats.last_sequence.update(part.last_sequence)
+    local_aws.app.reset_counts()  # from here on, only the worker (daemon, processors, sweep) calls AWS
     daemon = run_daemon(env)
     assert daemon.returncode == 0, daemon.stderr[-3000:]
     sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
-    yield DaemonRun(env, daemon, stats, Pseudonymizer(b"e2e-key"))
+    calls = Counter(local_aws.app.requests)
+    yield DaemonRun(env, daemon, stats, Pseudonymizer(b"e2e-key"), calls)
 
 
 def test_vehicle_state_holds_each_vehicles_latest_values(kcl_run: DaemonRun) -> None:
@@ -115,3 +121,8 @@ def test_processors_log_their_lifecycle_as_json_lines(kcl_run: DaemonRun) -> Non
     events = {line["event"] for line in lines}
     assert events >= {"initialize", "batch", "checkpoint", "shutdown_requested", "drained"}
     assert sum(line["records"] for line in lines if line["event"] == "batch") >= kcl_run.replayed.records
+
+
+def test_the_task_role_grants_exactly_what_the_worker_called(kcl_run: DaemonRun) -> None:
+    assert kcl_run.calls[("kinesis", "GetRecords")] > 0 and kcl_run.calls[("dynamodb", "UpdateItem")] > 0
+    assert_policy_covers(TASK_POLICY, kcl_run.calls)
