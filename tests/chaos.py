@@ -154,6 +154,9 @@ class Daemon:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def exited(self) -> bool:
+        return not self.alive()
+
     def kill_processor(self, rng: random.Random) -> bool:
         """kill -9 one record processor (the daemon then stops itself: the whole task restarts)."""
         children = self.processors()
@@ -284,20 +287,24 @@ def kills(local_aws: LocalAws, entries: Sequence[StreamEntry], kill_count: int, 
     env = fresh_env(local_aws, CHAOS_ENV)
     rng = random.Random(seed)
     started = time.monotonic()
-    replaying, stats = in_background(lambda: replay_all(env, entries, rate=400))
+    # Paced so that the replay is still going when the last kill lands (a kill cycle takes ~10 s).
+    rate = max(20.0, len(entries) / (kill_count * 10 + 10))
+    replaying, stats = in_background(lambda: replay_all(env, entries, rate=rate))
     result = Result("kills", len(entries))
     with tempfile.TemporaryDirectory() as tmp:
         fleet_ = Fleet(env, Path(tmp) / "daemon.log").start()
         try:
             while result.kills < kill_count:
-                time.sleep(rng.uniform(4, 12))
-                fleet_.replace_dead()
                 daemon = fleet_.daemons[0]
-                if rng.random() < 0.5 and daemon.kill_processor(rng):
-                    result.kills += 1
-                elif daemon.alive() and daemon.processors():
+                _wait_for(daemon.processors, 120, "processors to start")
+                time.sleep(rng.uniform(1, 4))
+                if not (rng.random() < 0.5 and daemon.kill_processor(rng)):
                     daemon.kill()
-                    result.kills += 1
+                result.kills += 1
+                # Killing a processor makes the daemon exit (after its shutdown grace): either way the
+                # task is dead now, and is replaced as ECS would replace it.
+                _wait_for(daemon.exited, 60, "the killed task to exit")
+                fleet_.replace_dead()
             replaying.join()
             wait_drained(fleet_, stats[0].last_sequence, timeout=600)
         finally:
@@ -306,6 +313,14 @@ def kills(local_aws: LocalAws, entries: Sequence[StreamEntry], kill_count: int, 
     result.elapsed = time.monotonic() - started
     result.digest_equal = state_digest(env.settings, env.clients) == expected
     return result
+
+
+def _wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout}s for {what}")
+        time.sleep(0.25)
 
 
 def lease_owners(env: AwsEnv) -> dict[str, str]:
