@@ -29,13 +29,23 @@ def redact(text: str) -> str:
 
 
 def _redact_value(value: Any) -> Any:
+    """``value`` with every VIN-shaped token redacted, as JSON-ready data.
+
+    Anything that is not plain JSON data (an exception, bytes, a path...) is rendered with ``str`` first,
+    so what ``orjson`` would render it as has been through the filter too; so has an integer that prints
+    as 17 digits.
+    """
     if isinstance(value, str):
         return redact(value)
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return REDACTED if redact(str(value)) != str(value) else value
     if isinstance(value, dict):
         return {redact(str(k)): _redact_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [_redact_value(v) for v in value]
-    return value
+    return redact(str(value))
 
 
 class JsonLineFormatter(logging.Formatter):
@@ -54,7 +64,7 @@ class JsonLineFormatter(logging.Formatter):
             line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(_redact_value(line), default=str).decode()
+        return orjson.dumps(_redact_value(line)).decode()
 
 
 def log_stream() -> IO[str]:
