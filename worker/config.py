@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     )
     kcl_log_level: str = Field("WARN", description="Log level of the Java daemon (logs go to stderr).")
     log_level: str = Field("INFO", description="Log level of the Python worker.")
+    metrics_namespace: str = Field(
+        "fleet-ingest",
+        description="CloudWatch namespace of the worker's metrics (EMF documents in its logs).",
+    )
 
     def table_name(self, spec: TableSpec) -> str:
         """The physical name of a data table: prefix + configured name."""

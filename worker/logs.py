@@ -17,6 +17,8 @@ from typing import IO, Any
 import orjson
 
 LOG_PATH_ENV = "FLEET_LOG_PATH"
+METRICS_LOGGER = "worker.metrics"
+"""Its records carry an EMF document (``extra={"emf": {...}}``), written as the whole line."""
 
 # A VIN-shaped token: 17 VIN characters not embedded in a longer alphanumeric run (so the 32-hex
 # pseudoVin, shard ids and sequence numbers pass untouched), in any case.
@@ -49,9 +51,13 @@ def _redact_value(value: Any) -> Any:
 
 
 class JsonLineFormatter(logging.Formatter):
-    """Renders ``log.info("event", extra={"fields": {...}})`` as one redacted JSON line."""
+    """Renders ``log.info("event", extra={"fields": {...}})`` as one redacted JSON line (and a metrics
+    record as its EMF document)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        emf = getattr(record, "emf", None)
+        if isinstance(emf, dict):
+            return orjson.dumps(_redact_value(emf)).decode()
         line: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -84,6 +90,7 @@ def configure_logging(level: str = "INFO", stream: IO[str] | None = None) -> Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger(METRICS_LOGGER).setLevel(logging.INFO)  # metrics whatever the log level
     for noisy in ("botocore", "boto3", "urllib3", "hypercorn", "werkzeug", "moto"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -26,6 +26,7 @@ from worker.aws import AwsClients
 from worker.checkpoint import CheckpointPolicy, LeaseLost, checkpoint
 from worker.config import Settings
 from worker.logs import configure_logging, event
+from worker.metrics import BatchMetrics, MetricsPublisher
 from worker.pipeline import Pipeline
 
 log = logging.getLogger("worker.processor")
@@ -62,6 +63,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         self._applied: StreamPosition | None = None
         self._pending = 0
         self._last_checkpoint_at = clock()
+        self._metrics = MetricsPublisher(settings.metrics_namespace, settings.application_name)
 
     # --- daemon callbacks -------------------------------------------------------------------------
 
@@ -88,6 +90,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             self._pending += outcome.records
         lag = process_records_input.millis_behind_latest
         if records:
+            duration_ms = round((self._clock() - started) * 1000, 1)
             event(
                 log,
                 "batch",
@@ -101,7 +104,18 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
                 tripsArchived=outcome.trips_completed,
                 invalidCoordinates=outcome.invalid_coordinates,
                 millisBehindLatest=lag,
-                durationMs=round((self._clock() - started) * 1000, 1),
+                durationMs=duration_ms,
+            )
+            self._metrics.batch(
+                self._shard_id,
+                BatchMetrics(
+                    records=outcome.records,
+                    dead_lettered=outcome.quarantined,
+                    trips_archived=outcome.trips_completed,
+                    write_requests=outcome.writes,
+                    duration_ms=duration_ms,
+                    millis_behind_latest=lag,
+                ),
             )
         now = self._clock()
         idle = not records
