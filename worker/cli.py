@@ -159,6 +159,14 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.health import check
+
+    health = check(settings.heartbeat_path, settings.heartbeat_max_age_seconds)
+    say(health.reason)
+    return 0 if health.healthy else 1
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from worker.demo import demo
 
@@ -245,6 +253,13 @@ def parser() -> argparse.ArgumentParser:
 
     p = command("resolve", cmd_resolve, "Admin: print the VIN behind a pseudoVin (needs kms:Decrypt).")
     p.add_argument("pseudo_vin")
+
+    command(
+        "health",
+        cmd_health,
+        "Exit 0 if the daemon and every record processor of this task beat within "
+        "FLEET_HEARTBEAT_MAX_AGE_SECONDS, else 1; prints why (the container's health check).",
+    )
 
     p = command("demo", cmd_demo, "Local AWS + bootstrap + simulated fleet + real KCL drain + summary.")
     p.add_argument("--vehicles", type=int, default=20)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from worker.aws import AwsClients, local_credentials_env
 from worker.config import Settings
+from worker.health import DAEMON, Heartbeat, clear
 from worker.logs import LOG_PATH_ENV, event
 
 if TYPE_CHECKING:
@@ -154,6 +155,8 @@ def run(settings: Settings, drain: bool = False, timeout: float | None = None) -
     """Run the daemon until it exits, a signal arrives, the drain completes or the timeout passes."""
     clients = AwsClients(settings)
     targets = drain_targets(settings, clients) if drain else {}
+    clear(settings.heartbeat_path)
+    heartbeat = Heartbeat(settings.heartbeat_path, DAEMON)
     with tempfile.TemporaryDirectory(prefix="fleet-ingest-kcl-") as tmp:
         files = write_daemon_files(settings, Path(tmp))
         started = time.monotonic()
@@ -169,17 +172,21 @@ def run(settings: Settings, drain: bool = False, timeout: float | None = None) -
 
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            return _supervise(settings, clients, daemon, targets if drain else None, started, timeout)
+            return _supervise(
+                settings, clients, daemon, heartbeat, targets if drain else None, started, timeout
+            )
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             _stop(daemon, settings)
+            heartbeat.stop()
 
 
 def _supervise(
     settings: Settings,
     clients: AwsClients,
     daemon: subprocess.Popen[bytes],
+    heartbeat: Heartbeat,
     targets: dict[str, str] | None,
     started: float,
     timeout: float | None,
@@ -189,6 +196,7 @@ def _supervise(
         if code is not None:
             event(log, "daemon_exited", code=code)
             return code
+        heartbeat.beat()
         if targets is not None and drained(settings, clients, targets):
             event(log, "drained", seconds=round(time.monotonic() - started, 1))
             return 0
