@@ -221,7 +221,7 @@ def drain_targets(settings: Settings, clients: AwsClients) -> dict[str, str]:
     """Shard id -> sequence number of the last record currently in that shard (shards with records)."""
     kinesis = clients.kinesis
     targets: dict[str, str] = {}
-    for shard in _shards(settings, clients):
+    for shard in shards_of(settings, clients):
         iterator = kinesis.get_shard_iterator(
             StreamName=settings.stream_name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
         ).get("ShardIterator")
@@ -235,7 +235,7 @@ def drain_targets(settings: Settings, clients: AwsClients) -> dict[str, str]:
     return targets
 
 
-def _shards(settings: Settings, clients: AwsClients) -> list[ShardTypeDef]:
+def shards_of(settings: Settings, clients: AwsClients) -> list[ShardTypeDef]:
     shards: list[ShardTypeDef] = []
     kwargs: dict[str, str] = {"StreamName": settings.stream_name}
     while True:
