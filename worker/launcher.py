@@ -1,7 +1,8 @@
 """Runs the KCL MultiLangDaemon (Java) with properties generated from our settings.
 
 The daemon owns leases, balancing and checkpoints; it starts one ``python -m worker process`` child per
-shard it holds. We forward SIGTERM/SIGINT to it for a graceful KCL shutdown, and in ``--drain`` mode we
+shard it holds. We forward SIGTERM/SIGINT to it for a graceful KCL shutdown (each processor checkpoints
+what it applied) and exit 0 once it is done: a stop we were asked for is a success. In ``--drain`` mode we
 stop it once every record that was in the stream at start has been processed and checkpointed.
 """
 
@@ -16,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MULTILANG_DAEMON = "software.amazon.kinesis.multilang.MultiLangDaemon"
+STOPPED_BY_SIGTERM = frozenset({0, 143, -signal.SIGTERM})
+"""How the JVM exits after SIGTERM (its shutdown hook ran the KCL's graceful shutdown): 128 + 15."""
 _MULTILANG_JAR = re.compile(r"amazon-kinesis-client-multilang-(\d+)\.(\d+)\.(\d+)\.jar")
 
 
@@ -166,15 +170,22 @@ def run(settings: Settings, drain: bool = False, timeout: float | None = None) -
         )
         event(log, "daemon_started", pid=daemon.pid, drain=drain, shards=len(targets))
 
+        stopping = threading.Event()
+
         def forward(signum: int, _frame: FrameType | None) -> None:
             event(log, "daemon_stopping", signal=signal.Signals(signum).name)
+            stopping.set()
             daemon.send_signal(signal.SIGTERM)
 
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            return _supervise(
+            code = _supervise(
                 settings, clients, daemon, heartbeat, targets if drain else None, started, timeout
             )
+            if stopping.is_set() and code in STOPPED_BY_SIGTERM:
+                event(log, "daemon_stopped", code=code)
+                return 0  # a stop we were asked for, done: success (ECS, systemd and shells expect 0)
+            return code
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
