@@ -29,7 +29,7 @@ demo: venv
 	$(PY) -m worker demo
 
 chaos: venv
-	$(PY) -m pytest -q -m chaos_full tests/test_chaos.py
+	$(PY) -m tests.chaos
 
 bench: venv
 	$(PY) -m bench

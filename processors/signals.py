@@ -53,10 +53,16 @@ def mentions_vin(value: Any, vin: str) -> bool:
 
 
 def finite_number(value: object) -> float | int | None:
-    """A JSON number that DynamoDB can store, or None (bools are not numbers here)."""
+    """A JSON number that DynamoDB can store, or None (bools are not numbers here).
+
+    DynamoDB keeps 38 significant digits between 1E-130 and 1E+126 in magnitude; anything else would
+    make the whole item write fail.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, int):
+        return value if abs(value) < 10**38 else None
+    if not math.isfinite(value) or not (value == 0 or 1e-130 <= abs(value) < 1e126):
         return None
     return value
 
@@ -86,6 +92,8 @@ def assemble(vin: str, pairs: Iterable[tuple[str, Any]]) -> tuple[dict[str, Sign
             lng = value
         elif name in RESERVED_NAMES or mentions_vin(name, vin) or mentions_vin(value, vin):
             continue
+        elif isinstance(value, int | float) and not isinstance(value, bool) and finite_number(value) is None:
+            continue  # an unknown signal DynamoDB could not store
         else:
             signals[name] = value
     dropped = False

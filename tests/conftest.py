@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +59,10 @@ def settings_from(environ: dict[str, str]) -> Settings:
         os.environ.update(saved)
 
 
-def fresh_env(local_aws: LocalAws, shards: int = 2, **overrides: str) -> AwsEnv:
+def fresh_env(local_aws: LocalAws, overrides: Mapping[str, str] | None = None, shards: int = 2) -> AwsEnv:
     """Reset the local AWS and bootstrap every resource; settings from ``TEST_ENV`` + ``overrides``."""
     local_aws.reset()
-    environ = {**os.environ, **TEST_ENV, "AWS_ENDPOINT_URL": local_aws.endpoint, **overrides}
+    environ = {**os.environ, **TEST_ENV, "AWS_ENDPOINT_URL": local_aws.endpoint, **(overrides or {})}
     settings = settings_from(environ)
     clients = AwsClients(settings)
     bootstrap(settings, clients, shards=shards)

@@ -214,3 +214,21 @@ def test_no_vin_leaks_from_a_stream_of_every_format_and_every_bad_input(env: Aws
         assert not leaked(vins, gzip.decompress(body) if entry["Key"].endswith(".gz") else body), entry["Key"]
         assert not leaked(vins, entry["Key"])
     assert not leaked(vins, "\n".join(harness.stderr_lines))
+
+
+def test_a_record_dynamodb_refuses_is_dead_lettered_alone_and_the_batch_goes_on(env: AwsEnv) -> None:
+    # Each record is valid, but together their distinct 60 KB signals outgrow a 400 KB item.
+    big = [native(vehicleSpeed=float(i), **{f"blob{i}": "z" * 60_000}) for i in range(8)]
+    others = [native(vin="1HGCM82633A004352", vehicleSpeed=7.0)]
+    harness = run(env, shard_records(big + others), size=20)
+    assert harness.checkpoints  # the batch was not failed
+    letters = dead_letters(env).values()
+    assert {d["reason"] for d in letters} == {"unwritable"}
+    assert 1 <= len(letters) < len(big)
+    state = {
+        i["pseudoVin"]["S"]: from_item(i)
+        for i in env.clients.dynamodb.scan(TableName=env.settings.table_names["vehicle-state"])["Items"]
+    }
+    assert state[PSEUDO.pseudo_vin("1HGCM82633A004352")]["vehicleSpeed"]["value"] == 7.0
+    stored = [k for k in state[PSEUDO.pseudo_vin(VIN)] if k.startswith("blob")]
+    assert len(stored) + len(letters) == len(big)

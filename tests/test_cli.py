@@ -264,7 +264,9 @@ class Processed:
 @pytest.fixture(scope="module")
 def processed(local_aws: LocalAws) -> Processed:
     """trips.jsonl applied by the record processor (no daemon needed to inspect what it wrote)."""
-    env = fresh_env(local_aws, FLEET_TRIP_GAP_SECONDS=str(TRIP_GAP_SECONDS), FLEET_PSEUDONYM_KEY="cli-key")
+    env = fresh_env(
+        local_aws, {"FLEET_TRIP_GAP_SECONDS": str(TRIP_GAP_SECONDS), "FLEET_PSEUDONYM_KEY": "cli-key"}
+    )
     harness = ProcessorHarness(env.environ)
     harness.initialize()
     for batch in batches(shard_records(fixture("trips.jsonl")), 500):

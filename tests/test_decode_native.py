@@ -126,3 +126,11 @@ def test_rejections_carry_a_reason_and_never_the_vin(data: bytes, reason: Reject
     error = rejected(data)
     assert error.reason is reason
     assert VIN not in error.detail and VIN.lower() not in error.detail.lower()
+
+
+def test_numbers_dynamodb_cannot_store_are_refused_at_the_boundary() -> None:
+    assert rejected(native(signals={"vehicleSpeed": 1e200})).reason is RejectReason.SCHEMA_VIOLATION
+    record = DECODER.decode(
+        native(signals={"vehicleSpeed": 3.0, "oemCounter": 1e130, "tiny": 1e-200}), ARRIVAL
+    )
+    assert record.signals == {"vehicleSpeed": 3.0}

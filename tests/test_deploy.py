@@ -553,7 +553,7 @@ def recording(local_aws: LocalAws) -> Iterator[Recording]:
         return request
 
     env = fresh_env(
-        local_aws, FLEET_TRIP_GAP_SECONDS=str(TRIP_GAP_SECONDS), FLEET_TRIP_SEGMENT_BREADCRUMBS="100"
+        local_aws, {"FLEET_TRIP_GAP_SECONDS": str(TRIP_GAP_SECONDS), "FLEET_TRIP_SEGMENT_BREADCRUMBS": "100"}
     )
     # No FLEET_PSEUDONYM_KEY: the processor reads the key from Secrets Manager, as on AWS.
     environ = {k: v for k, v in env.environ.items() if k != "FLEET_PSEUDONYM_KEY"}

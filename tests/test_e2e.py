@@ -60,7 +60,9 @@ def run_daemon(env: AwsEnv, timeout: float = 240) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def kcl_run(local_aws: LocalAws) -> Iterator[DaemonRun]:
-    env = fresh_env(local_aws, FLEET_TRIP_GAP_SECONDS=str(TRIP_GAP_SECONDS), FLEET_PSEUDONYM_KEY="e2e-key")
+    env = fresh_env(
+        local_aws, {"FLEET_TRIP_GAP_SECONDS": str(TRIP_GAP_SECONDS), "FLEET_PSEUDONYM_KEY": "e2e-key"}
+    )
     stats = ReplayStats()
     for name in STREAMS:
         part = replay(env.clients.kinesis, env.settings.stream_name, read_fixture(FIXTURES / name))

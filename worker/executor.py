@@ -25,13 +25,14 @@ from tenacity import (
 )
 
 from processors.archive import TripArchiver, TripCommitter
-from processors.batch import WritePlan
+from processors.batch import Quarantined, WritePlan
 from processors.dead_letter import DeadLetterSink, partition_key_hasher
-from processors.errors import RetryableWriteError
+from processors.errors import RetryableWriteError, aws_error_code
 from processors.pseudonymize import Pseudonymizer, VinVault
 from processors.trip_store import BATCH_WRITE_LIMIT, StaleTripState, TripStore
 from processors.trips import Breadcrumb, VehicleTripPlan
-from processors.vehicle_state import VehicleStateSink
+from processors.vehicle_state import StateUpdate, VehicleStateSink, coalesce
+from schemas.records import VehicleReading
 from worker.aws import AwsClients
 from worker.config import Settings
 from worker.logs import event
@@ -80,6 +81,13 @@ write_retry = retry(
 
 
 @dataclass(frozen=True, slots=True)
+class IndependentWrites:
+    requests: int
+    refused: list[str]
+    """Vehicles whose coalesced state update DynamoDB refused as invalid (not retryable)."""
+
+
+@dataclass(frozen=True, slots=True)
 class TripCommits:
     versions: dict[str, str | None]
     """pseudoVin -> version of the trip-state item now stored, for the vehicles committed."""
@@ -107,21 +115,48 @@ class PlanExecutor:
         )
         self._committer = TripCommitter(self.trip_store, archiver)
 
-    def write_independent(self, plan: WritePlan) -> int:
+    def write_independent(self, plan: WritePlan) -> IndependentWrites:
         """Writes nothing else waits on, all at once: the VIN vault, dead letters, vehicle state and
-        breadcrumbs. Returns requests made."""
-        requests = 0
+        breadcrumbs."""
+        refused: list[str] = []
         tasks: list[Callable[[], int]] = [
             partial(write_retry(self._vault.remember), pv, vin)
             for pv, vin in self._vault.unknown(plan.sightings).items()
         ]
-        if plan.quarantined:
-            data_key = write_retry(self._dead_letters.data_key)()  # one per batch: envelope encryption
-            requests += 1
-            tasks += [partial(write_retry(self._dead_letters.write), q, data_key) for q in plan.quarantined]
-        tasks += [partial(write_retry(self._vehicle_state.apply), update) for update in plan.vehicle_states]
+        tasks += [partial(self._vehicle_state_or_refused, update, refused) for update in plan.vehicle_states]
         tasks += self._breadcrumb_tasks(plan.breadcrumbs)
-        return requests + sum(self._run_all(lambda task: task(), tasks))
+        requests = self.dead_letter(plan.quarantined) + sum(self._run_all(lambda task: task(), tasks))
+        return IndependentWrites(requests, refused)
+
+    def dead_letter(self, quarantined: list[Quarantined]) -> int:
+        if not quarantined:
+            return 0
+        data_key = write_retry(self._dead_letters.data_key)()  # one per batch: envelope encryption
+        write = write_retry(self._dead_letters.write)
+        return 1 + sum(self._run_all(lambda q: write(q, data_key), quarantined))
+
+    def _vehicle_state_or_refused(self, update: StateUpdate, refused: list[str]) -> int:
+        try:
+            return write_retry(self._vehicle_state.apply)(update)
+        except ClientError as error:
+            if aws_error_code(error) != "ValidationException":
+                raise
+            refused.append(update.pseudo_vin)  # not retryable: find the record at fault, don't fail the batch
+            return 1
+
+    def refused_readings(self, readings: list[VehicleReading]) -> tuple[int, list[VehicleReading]]:
+        """Apply a vehicle's readings one at a time; return (requests, those DynamoDB refuses)."""
+        requests, refused = 0, []
+        for reading in readings:
+            (update,) = coalesce([reading]).values()
+            try:
+                requests += write_retry(self._vehicle_state.apply)(update)
+            except ClientError as error:
+                if aws_error_code(error) != "ValidationException":
+                    raise
+                requests += 1
+                refused.append(reading)
+        return requests, refused
 
     def _breadcrumb_tasks(self, crumbs: list[Breadcrumb]) -> list[Callable[[], int]]:
         put = write_retry(self.trip_store.put_breadcrumbs)

@@ -36,8 +36,8 @@ class Heartbeat:
         self._warned = False
 
     def start(self) -> None:
-        """Create the file if it is missing, keeping the time of an existing one: a processor that keeps
-        crashing before it completes a batch (and is restarted by the daemon) must go stale."""
+        """Create the file if it is missing, keeping the time of an existing one: a processor restarted
+        for the same shard within one daemon's life that never completes a batch must go stale."""
         if not self.path.exists():
             self.beat()
 

@@ -6,9 +6,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from processors.batch import TripPlanner, WritePlan, decode_batch
+from processors.batch import Quarantined, TripPlanner, WritePlan, decode_batch
 from processors.decode import DecodeLimits, Decoder
-from processors.errors import RetryableWriteError
+from processors.errors import RejectReason, RetryableWriteError
 from processors.pseudonymize import Pseudonymizer, load_pseudonym_key
 from processors.trips import TripStateMachine, TripThresholds
 from schemas.records import KinesisRecord, StreamPosition, VehicleReading
@@ -80,7 +80,8 @@ class Pipeline:
             )
         groups = plan.by_vehicle()
         self._plan_trips(plan, groups)
-        writes = self.executor.write_independent(plan)
+        independent = self.executor.write_independent(plan)
+        writes = independent.requests + self._quarantine_refused(records, groups, independent.refused, plan)
         writes += self._commit_trips(plan, groups)
         return BatchOutcome(
             records=len(records),
@@ -93,6 +94,39 @@ class Pipeline:
             invalid_coordinates=plan.invalid_coordinates,
             last_position=plan.last_position,
         )
+
+    def _quarantine_refused(
+        self,
+        records: Sequence[KinesisRecord],
+        groups: dict[str, list[VehicleReading]],
+        vehicles: list[str],
+        plan: WritePlan,
+    ) -> int:
+        """A vehicle's state update that DynamoDB refused as invalid: apply its records one by one and
+        dead-letter the ones refused, instead of failing (and endlessly redelivering) the batch."""
+        if not vehicles:
+            return 0
+        by_position = {record.position: record for record in records}
+        requests, quarantined = 0, []
+        for pseudo_vin in vehicles:
+            made, refused = self.executor.refused_readings(groups[pseudo_vin])
+            requests += made
+            for reading in refused:
+                detail = "vehicle-state refused the record as invalid (ValidationException)"
+                quarantined.append(
+                    Quarantined(by_position[reading.position], RejectReason.UNWRITABLE, detail)
+                )
+                event(
+                    log,
+                    "record_quarantined",
+                    logging.WARNING,
+                    reason="unwritable",
+                    detail=detail,
+                    shard=reading.position.shard_id,
+                    sequenceNumber=reading.position.sequence_number,
+                )
+        plan.quarantined += quarantined
+        return requests + self.executor.dead_letter(quarantined)
 
     def _plan_trips(self, plan: WritePlan, groups: dict[str, list[VehicleReading]]) -> None:
         unknown = self.trips.unknown(groups)

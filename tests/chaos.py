@@ -1,0 +1,488 @@
+"""Chaos scenarios against the real MultiLangDaemon, each judged by final-state equivalence.
+
+Every scenario replays a fleet stream into the local AWS, runs ``python -m worker run`` (restarting it
+whenever it dies, as ECS would) while something breaks, waits until every record is checkpointed, and
+compares a digest of everything the worker wrote (tests/digest.py) with the digest of one clean pass
+over the same records through the record processor.
+
+``python -m tests.chaos`` (``make chaos``) runs the full suite and prints a table; tests/test_chaos.py
+runs a short slice inside ``make test``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from tests.conftest import AwsEnv, fresh_env
+from tests.digest import state_digest
+from tests.harness import ProcessorHarness, batches, shard_records
+from worker.launcher import drained, lease_checkpoints
+from worker.local_aws import FaultPlan, LocalAws
+from worker.replay import ReplayStats, StreamEntry, replay
+from worker.simulate import simulate
+
+CHAOS_ENV = {
+    "FLEET_PSEUDONYM_KEY": "chaos-key",
+    "FLEET_TRIP_GAP_SECONDS": "60",
+    "FLEET_TRIP_SEGMENT_BREADCRUMBS": "200",
+    "FLEET_CHECKPOINT_EVERY_RECORDS": "300",
+    "FLEET_KCL_FAILOVER_TIME_MILLIS": "3000",
+    "FLEET_KCL_SHUTDOWN_GRACE_MILLIS": "5000",
+    "FLEET_KCL_SHARD_SYNC_INTERVAL_MILLIS": "1000",
+    "FLEET_KCL_IDLE_TIME_BETWEEN_READS_MILLIS": "250",
+}
+START_MS = int(datetime(2025, 3, 5, 14, 0, tzinfo=UTC).timestamp() * 1000)
+
+
+@dataclass
+class Result:
+    scenario: str
+    records: int
+    faults: int = 0
+    kills: int = 0
+    restarts: int = 0
+    elapsed: float = 0.0
+    digest_equal: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def row(self) -> str:
+        digest = {True: "digest equal", False: "DIGEST DIFFERS", None: "-"}[self.digest_equal]
+        return (
+            f"{self.scenario:<12} {self.records:>8} {self.faults:>7} {self.kills:>6} {self.restarts:>9} "
+            f"{self.elapsed:>8.1f}s  {digest}  {'; '.join(self.notes)}"
+        )
+
+
+HEADER = f"{'scenario':<12} {'records':>8} {'faults':>7} {'kills':>6} {'restarts':>9} {'elapsed':>9}  result"
+
+
+# --- streams ----------------------------------------------------------------------------------------
+
+
+def fleet(vehicles: int, minutes: float, seed: int = 3) -> list[StreamEntry]:
+    return [
+        StreamEntry(orjson.dumps(record), record["vin"])
+        for record in simulate(vehicles, minutes, seed=seed, start_ms=START_MS)
+    ]
+
+
+BAD_RECORDS: dict[str, Callable[[str], bytes]] = {
+    "not_utf8": lambda vin: b'{"vin": "' + vin.encode() + b'\xff"}',
+    "malformed_json": lambda vin: b'{"vin": "' + vin.encode() + b'", "timestamp": ',
+    "unknown_format": lambda vin: b"\x00\x01 garbage for " + vin.encode(),
+    "schema_violation": lambda vin: orjson.dumps(
+        {"vin": vin, "timestamp": "2025-03-05T14:00:00Z", "signals": 3}
+    ),
+    "invalid_vin": lambda vin: orjson.dumps(
+        {"vin": vin[:16], "timestamp": "2025-03-05T14:00:00Z", "signals": {}}
+    ),
+    "timestamp_out_of_range": lambda vin: orjson.dumps(
+        {"vin": vin, "timestamp": "2031-01-01T00:00:00Z", "signals": {"vehicleSpeed": 1.0}}
+    ),
+    "oversize": lambda vin: orjson.dumps({"vin": vin, "timestamp": 1, "signals": {"pad": "x" * 70_000}}),
+    "unsupported_record_type": lambda vin: orjson.dumps({"alerts": [{"name": "x"}], "vin": vin}),
+}
+
+
+def poisoned(
+    entries: Sequence[StreamEntry], share: float, seed: int
+) -> tuple[list[StreamEntry], dict[str, int]]:
+    """``entries`` with ``share`` bad records of every kind mixed in (on the vehicles' own shards)."""
+    rng = random.Random(seed)
+    out: list[StreamEntry] = []
+    injected: dict[str, int] = dict.fromkeys(BAD_RECORDS, 0)
+    kinds = list(BAD_RECORDS)
+    for entry in entries:
+        out.append(entry)
+        if rng.random() < share:
+            kind = kinds[len(out) % len(kinds)]
+            out.append(StreamEntry(BAD_RECORDS[kind](entry.partition_key), entry.partition_key))
+            injected[kind] += 1
+    return out, injected
+
+
+def reference(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> dict[str, Any]:
+    """The digest of one clean pass through the record processor."""
+    env = fresh_env(local_aws, CHAOS_ENV)
+    harness = ProcessorHarness(env.environ, timeout=300)
+    harness.initialize()
+    for batch in batches(shard_records(entries), 1000):
+        harness.process(batch)
+    harness.process([])
+    harness.lease_lost()
+    assert harness.close() == 0
+    return state_digest(env.settings, env.clients)
+
+
+# --- the daemon, as ECS runs it ----------------------------------------------------------------------
+
+
+class Daemon:
+    """One task: ``python -m worker run`` -> java MultiLangDaemon -> one processor per shard lease."""
+
+    def __init__(self, env: AwsEnv, log: Path) -> None:
+        self._log = log.open("ab")  # append mode: launcher, daemon and processors all write to it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"], env=env.environ, stdout=self._log, stderr=self._log
+        )
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def processors(self) -> list[psutil.Process]:
+        return [p for p in self._tree()[1:] if "worker" in " ".join(_cmdline(p)) and "process" in _cmdline(p)]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill_processor(self, rng: random.Random) -> bool:
+        """kill -9 one record processor (the daemon then stops itself: the whole task restarts)."""
+        children = self.processors()
+        if not children:
+            return False
+        rng.choice(children).kill()
+        return True
+
+    def kill(self) -> None:
+        """kill -9 the whole task, mid-whatever."""
+        for process in reversed(self._tree()):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        self.proc.wait(30)
+
+    def stop(self) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for process in self.processors():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total = max(total, process.memory_info().rss)
+        return total
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+@dataclass
+class Fleet:
+    """The tasks of the service; a dead task is replaced, as an ECS service does."""
+
+    env: AwsEnv
+    log: Path
+    size: int = 1
+    daemons: list[Daemon] = field(default_factory=list)
+    restarts: int = 0
+
+    def start(self) -> Fleet:
+        self.daemons = [Daemon(self.env, self.log) for _ in range(self.size)]
+        return self
+
+    def replace_dead(self) -> None:
+        for i, daemon in enumerate(self.daemons):
+            if not daemon.alive():
+                self.daemons[i] = Daemon(self.env, self.log)
+                self.restarts += 1
+
+    def stop(self) -> None:
+        for daemon in self.daemons:
+            daemon.stop()
+
+
+def wait_drained(
+    fleet_: Fleet, targets: dict[str, str], timeout: float, chaos: Callable[[], None] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not drained(fleet_.env.settings, fleet_.env.clients, targets):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not drained after {timeout}s; see {fleet_.log}")
+        if chaos is not None:
+            chaos()
+        fleet_.replace_dead()
+        time.sleep(0.5)
+
+
+def replay_all(env: AwsEnv, entries: Sequence[StreamEntry], rate: float | None = None) -> ReplayStats:
+    return replay(env.clients.kinesis, env.settings.stream_name, entries, rate)
+
+
+def in_background(work: Callable[[], ReplayStats]) -> tuple[threading.Thread, list[ReplayStats]]:
+    out: list[ReplayStats] = []
+    thread = threading.Thread(target=lambda: out.append(work()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+# --- scenarios -----------------------------------------------------------------------------------------
+
+
+def throttling(
+    local_aws: LocalAws, entries: Sequence[StreamEntry], rate: float = 0.2, seed: int = 7
+) -> Result:
+    """20 % of the worker's DynamoDB, S3 and KMS calls throttled or failing with 5xx (and partial batch
+    writes): retries ride it out, nothing is lost or applied twice."""
+    expected = reference(local_aws, entries)
+    env = fresh_env(local_aws, CHAOS_ENV)
+    started = time.monotonic()
+    stats = replay_all(env, entries)
+    faults = FaultPlan(
+        rate=rate,
+        scope="worker",
+        kinds=("throttle", "server_error", "unprocessed"),
+        seed=seed,
+        worker_tables=frozenset(env.settings.table_names.values()),
+    )
+    local_aws.app.inject(faults)
+    with tempfile.TemporaryDirectory() as tmp:
+        fleet_ = Fleet(env, Path(tmp) / "daemon.log").start()
+        try:
+            wait_drained(fleet_, stats.last_sequence, timeout=600)
+        finally:
+            local_aws.app.inject(None)
+            fleet_.stop()
+    result = Result(
+        "throttling", len(entries), faults=sum(local_aws.app.faults.values()), restarts=fleet_.restarts
+    )
+    result.elapsed = time.monotonic() - started
+    result.digest_equal = state_digest(env.settings, env.clients) == expected
+    return result
+
+
+def kills(local_aws: LocalAws, entries: Sequence[StreamEntry], kill_count: int, seed: int = 11) -> Result:
+    """kill -9 of a record processor, or of the whole task, at random points during a replay; the task is
+    restarted each time, and resumes from the last checkpoint."""
+    expected = reference(local_aws, entries)
+    env = fresh_env(local_aws, CHAOS_ENV)
+    rng = random.Random(seed)
+    started = time.monotonic()
+    replaying, stats = in_background(lambda: replay_all(env, entries, rate=400))
+    result = Result("kills", len(entries))
+    with tempfile.TemporaryDirectory() as tmp:
+        fleet_ = Fleet(env, Path(tmp) / "daemon.log").start()
+        try:
+            while result.kills < kill_count:
+                time.sleep(rng.uniform(4, 12))
+                fleet_.replace_dead()
+                daemon = fleet_.daemons[0]
+                if rng.random() < 0.5 and daemon.kill_processor(rng):
+                    result.kills += 1
+                elif daemon.alive() and daemon.processors():
+                    daemon.kill()
+                    result.kills += 1
+            replaying.join()
+            wait_drained(fleet_, stats[0].last_sequence, timeout=600)
+        finally:
+            fleet_.stop()
+    result.restarts = fleet_.restarts
+    result.elapsed = time.monotonic() - started
+    result.digest_equal = state_digest(env.settings, env.clients) == expected
+    return result
+
+
+def lease_owners(env: AwsEnv) -> dict[str, str]:
+    """Shard -> the worker holding its lease (empty until the KCL has created its lease table)."""
+    try:
+        items = env.clients.dynamodb.scan(TableName=env.settings.application_name, ConsistentRead=True)[
+            "Items"
+        ]
+    except env.clients.dynamodb.exceptions.ResourceNotFoundException:
+        return {}
+    return {i["leaseKey"]["S"]: i.get("leaseOwner", {}).get("S", "") for i in items}
+
+
+def failover(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
+    """Two tasks on a 4-shard stream split the leases; one is killed; the other takes all its shards."""
+    expected = reference(local_aws, entries)
+    env = fresh_env(local_aws, CHAOS_ENV, shards=4)
+    started = time.monotonic()
+    replaying, stats = in_background(lambda: replay_all(env, entries, rate=300))
+    result = Result("failover", len(entries))
+    with tempfile.TemporaryDirectory() as tmp:
+        fleet_ = Fleet(env, Path(tmp) / "daemon.log", size=2).start()
+        try:
+            deadline = time.monotonic() + 180
+            while len({owner for owner in lease_owners(env).values() if owner}) < 2:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the two tasks never split the leases")
+                time.sleep(0.5)
+            owners = lease_owners(env)
+            split = sorted(sum(1 for o in owners.values() if o == w) for w in set(owners.values()))
+            victim = fleet_.daemons[0]
+            victim.kill()
+            killed_at = time.monotonic()
+            result.kills = 1
+            fleet_.daemons = fleet_.daemons[1:]  # not replaced: the survivor must take over
+            while len(set(lease_owners(env).values())) != 1:
+                if time.monotonic() - killed_at > 120:
+                    raise TimeoutError("the survivor did not take the dead task's leases")
+                time.sleep(0.25)
+            takeover = time.monotonic() - killed_at
+            result.notes += [f"leases split {split[0]}/{split[1]}", f"takeover {takeover:.1f}s"]
+            replaying.join()
+            wait_drained(fleet_, stats[0].last_sequence, timeout=600)
+        finally:
+            fleet_.stop()
+    result.restarts = fleet_.restarts
+    result.elapsed = time.monotonic() - started
+    result.digest_equal = state_digest(env.settings, env.clients) == expected
+    return result
+
+
+def reshard(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
+    """A shard is split mid-replay: the parent is finished before its children start, so every vehicle's
+    records are still applied in order."""
+    expected = reference(local_aws, entries)
+    env = fresh_env(local_aws, CHAOS_ENV)
+    started = time.monotonic()
+    half = len(entries) // 2
+    first = replay_all(env, entries[:half])
+    result = Result("reshard", len(entries))
+    with tempfile.TemporaryDirectory() as tmp:
+        fleet_ = Fleet(env, Path(tmp) / "daemon.log").start()
+        try:
+            wait_drained(fleet_, first.last_sequence, timeout=300)
+            kinesis, stream = env.clients.kinesis, env.settings.stream_name
+            parent = kinesis.list_shards(StreamName=stream)["Shards"][0]
+            low, high = (int(parent["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey"))
+            kinesis.split_shard(
+                StreamName=stream, ShardToSplit=parent["ShardId"], NewStartingHashKey=str((low + high) // 2)
+            )
+            second = replay_all(env, entries[half:])
+            wait_drained(fleet_, {**first.last_sequence, **second.last_sequence}, timeout=300)
+            checkpoints = lease_checkpoints(env.settings, env.clients)
+            children = sorted(k for k in checkpoints if k not in first.last_sequence)
+            result.notes.append(
+                f"parent {parent['ShardId'][-2:]}: {checkpoints.get(parent['ShardId'], 'lease cleaned up')}, "
+                f"children {', '.join(c[-2:] for c in children)} checkpointed"
+            )
+        finally:
+            fleet_.stop()
+    result.restarts = fleet_.restarts
+    result.elapsed = time.monotonic() - started
+    result.digest_equal = state_digest(env.settings, env.clients) == expected
+    return result
+
+
+def poison(local_aws: LocalAws, entries: Sequence[StreamEntry], share: float = 0.10) -> Result:
+    """10 % bad records of every kind among good ones: every good record applied, every bad one
+    quarantined exactly once, no shard stalls."""
+    mixed, injected = poisoned(entries, share, seed=5)
+    expected = reference(local_aws, mixed)
+    env = fresh_env(local_aws, CHAOS_ENV)
+    started = time.monotonic()
+    stats = replay_all(env, mixed)
+    with tempfile.TemporaryDirectory() as tmp:
+        fleet_ = Fleet(env, Path(tmp) / "daemon.log").start()
+        try:
+            wait_drained(fleet_, stats.last_sequence, timeout=600)
+        finally:
+            fleet_.stop()
+    digest = state_digest(env.settings, env.clients)
+    quarantined = dict(digest["dead-letter/"])
+    once = quarantined == {kind: count for kind, count in injected.items() if count}
+    result = Result("poison", len(mixed), restarts=fleet_.restarts)
+    result.elapsed = time.monotonic() - started
+    result.digest_equal = digest == expected and once
+    result.notes.append(
+        f"{sum(injected.values())} bad records ({len(quarantined)} kinds), each quarantined once: {once}"
+    )
+    return result
+
+
+def load(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
+    """A large replay through one task: bounded memory, per-batch latency flat over the run."""
+    env = fresh_env(local_aws, CHAOS_ENV)
+    started = time.monotonic()
+    stats = replay_all(env, entries)
+    peak = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "daemon.log"
+        fleet_ = Fleet(env, log).start()
+
+        def sample() -> None:
+            nonlocal peak
+            peak = max(peak, *(d.rss_bytes() for d in fleet_.daemons))
+
+        try:
+            wait_drained(fleet_, stats.last_sequence, timeout=1800, chaos=sample)
+        finally:
+            fleet_.stop()
+        durations = [
+            line["durationMs"] / max(1, line["records"])
+            for line in map(_json, log.read_text(errors="replace").splitlines())
+            if line.get("event") == "batch"
+        ]
+    fifth = max(1, len(durations) // 5)
+    first, last = sum(durations[:fifth]) / fifth, sum(durations[-fifth:]) / fifth
+    result = Result("load", len(entries), restarts=fleet_.restarts, elapsed=time.monotonic() - started)
+    result.notes += [
+        f"processor peak RSS {peak / 2**20:.0f} MiB",
+        f"{len(durations)} batches, ms/record first fifth {first:.2f}, last fifth {last:.2f}",
+    ]
+    result.digest_equal = None
+    result.notes.append("memory bounded" if peak < 512 * 2**20 else "MEMORY UNBOUNDED?")
+    return result
+
+
+def _json(line: str) -> dict[str, Any]:
+    if not line.startswith('{"ts"'):
+        return {}
+    try:
+        parsed: dict[str, Any] = orjson.loads(line)
+        return parsed
+    except orjson.JSONDecodeError:
+        return {}
+
+
+def main() -> int:
+    results: list[Result] = []
+    with LocalAws() as aws:
+        small = fleet(vehicles=12, minutes=6)
+        scenarios: list[Callable[[], Result]] = [
+            lambda: throttling(aws, small),
+            lambda: kills(aws, fleet(vehicles=20, minutes=8, seed=4), kill_count=10),
+            lambda: failover(aws, small),
+            lambda: reshard(aws, small),
+            lambda: poison(aws, small),
+            lambda: load(aws, fleet(vehicles=100, minutes=34, seed=9)),
+        ]
+        for run in scenarios:
+            results.append(run())
+            print(results[-1].row(), file=sys.stderr, flush=True)
+    print(HEADER)
+    for result in results:
+        print(result.row())
+    return 0 if all(r.digest_equal is not False and "UNBOUNDED" not in r.row() for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

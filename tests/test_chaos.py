@@ -1,0 +1,39 @@
+"""A short slice of the chaos suite (``make chaos`` runs all of it): the real daemon, something breaks,
+and everything the worker wrote must equal one clean pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import chaos
+from worker.local_aws import LocalAws
+from worker.replay import StreamEntry
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[StreamEntry]:
+    return chaos.fleet(vehicles=6, minutes=3)
+
+
+def test_throttled_and_failing_aws_calls_lose_and_duplicate_nothing(
+    local_aws: LocalAws, stream: list[StreamEntry]
+) -> None:
+    result = chaos.throttling(local_aws, stream)
+    assert result.faults > 0
+    assert result.digest_equal, result.row()
+
+
+def test_a_killed_task_restarts_from_its_checkpoint(local_aws: LocalAws, stream: list[StreamEntry]) -> None:
+    result = chaos.kills(local_aws, stream, kill_count=1)
+    assert result.kills == 1 and result.restarts >= 1
+    assert result.digest_equal, result.row()
+
+
+def test_the_surviving_task_takes_over_a_dead_tasks_shards(
+    local_aws: LocalAws, stream: list[StreamEntry]
+) -> None:
+    result = chaos.failover(local_aws, stream)
+    assert any(note.startswith("takeover") for note in result.notes)
+    assert result.digest_equal, result.row()
