@@ -59,7 +59,7 @@ RUN groupadd --system --gid 10001 fleet \
 COPY --from=build /opt/venv /opt/venv
 
 # Bytecode was compiled at install time; the root filesystem may be read-only (only /tmp is written:
-# the daemon's properties, the JVM's perf data and the processors' heartbeat file).
+# the daemon's properties, the JVM's perf data and the heartbeat files).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
@@ -72,9 +72,9 @@ USER 10001:10001
 # task definition sets stopTimeout 120; with `docker stop`, use --time 60 or more).
 STOPSIGNAL SIGTERM
 
-# Unhealthy when the record processors stop touching their heartbeat file (FLEET_HEARTBEAT_PATH, stale
-# after FLEET_HEARTBEAT_MAX_AGE_SECONDS). The start period covers JVM start, lease table creation and
-# the first shard sync (FLEET_KCL_SHARD_SYNC_INTERVAL_MILLIS) before any processor runs.
+# Unhealthy when the daemon or one of the record processors stops touching its heartbeat file (in the
+# directory FLEET_HEARTBEAT_PATH, stale after FLEET_HEARTBEAT_MAX_AGE_SECONDS). The start period covers
+# JVM start, lease table creation and the first shard sync (FLEET_KCL_SHARD_SYNC_INTERVAL_MILLIS).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python", "-m", "worker", "health"]
 

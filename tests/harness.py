@@ -135,6 +135,14 @@ class ProcessorHarness:
         return self.proc.wait(self.timeout)
 
     def logs(self) -> list[dict[str, Any]]:
+        """The processor's log lines (JSON with an ``event``)."""
+        return [line for line in self._json_lines() if "event" in line]
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The processor's EMF documents (JSON with an ``_aws`` member)."""
+        return [line for line in self._json_lines() if "_aws" in line]
+
+    def _json_lines(self) -> list[dict[str, Any]]:
         return [orjson.loads(line) for line in self.stderr_lines if line.startswith("{")]
 
     # --- plumbing -------------------------------------------------------------------------------------

@@ -47,9 +47,11 @@ from tests.iam import (
     policy_actions,
 )
 from worker.config import Settings
+from worker.inspection import NotFound, trip_report, vehicle_report
 from worker.local_aws import LocalAws
 from worker.redrive import redrive
 from worker.replay import StreamEntry
+from worker.status import shard_status
 from worker.sweep import sweep_orphans
 
 ROOT = Path(__file__).parent.parent
@@ -384,13 +386,18 @@ WORKER_REQUESTS = {
 (checked against a recording in ``test_the_worker_calls_what_the_representative_set_says``)."""
 
 OPERATOR_REQUESTS = {
-    ("dynamodb", "GetItem"),  # resolve: vin-mapping
+    ("dynamodb", "GetItem"),  # resolve: vin-mapping; inspect: vehicle-state, trip-state, trips-index
     ("kms", "Decrypt"),  # resolve: the VIN; redrive: the dead letters' data keys
     ("s3", "ListObjectsV2"),  # redrive: dead-letter/
-    ("s3", "GetObject"),
+    ("s3", "GetObject"),  # redrive: dead-letter/; inspect trip: trips/
     ("s3", "GetObjectTagging"),
     ("s3", "PutObjectTagging"),
     ("kinesis", "PutRecords"),
+    ("dynamodb", "Scan"),  # status: the lease table; inspect trip: trip-state, for a running trip
+    ("dynamodb", "Query"),  # inspect: trips-index (and its tripDate-index), live-breadcrumbs
+    ("kinesis", "ListShards"),  # status: the shards, and each one read from its checkpoint
+    ("kinesis", "GetShardIterator"),
+    ("kinesis", "GetRecords"),
 }
 
 DATA_TABLE_ACTIONS = {
@@ -452,7 +459,7 @@ def test_task_policy_covers_exactly_what_the_worker_calls(recorded: set[tuple[st
     assert_policy_covers(TASK_POLICY, recorded)
 
 
-def test_operator_policy_covers_exactly_what_resolve_and_redrive_call() -> None:
+def test_operator_policy_covers_exactly_what_the_operator_tools_call() -> None:
     assert_policy_covers(OPERATOR_POLICY, OPERATOR_REQUESTS, not_exercised={})
 
 
@@ -521,7 +528,7 @@ class Recording:
     worker: set[tuple[str, str, str]]
     """(service, operation, resource) of the record processor and the orphan sweep."""
     operator: set[tuple[str, str, str]]
-    """... of redrive and resolve."""
+    """... of redrive, resolve, status and inspect."""
 
 
 def resource_of(service: str, environ: Mapping[str, Any], body: bytes) -> str:
@@ -565,22 +572,39 @@ def recording(local_aws: LocalAws) -> Iterator[Recording]:
 
         tables = env.settings.table_names
         pseudo_vin = env.clients.dynamodb.scan(TableName=tables["vin-mapping"])["Items"][0]["pseudoVin"]["S"]
+        trip = env.clients.dynamodb.scan(TableName=tables["trips-index"])["Items"][0]
         calls.clear()
         assert sum(redrive(env.settings, env.clients).redriven.values()) == 1
         vault = VinVault(
             env.clients.dynamodb, env.clients.kms, tables["vin-mapping"], env.settings.vin_key_alias
         )
         assert vault.resolve(pseudo_vin) is not None
+        operator_tools_read(env, trip["pseudoVin"]["S"], trip["tripId"]["S"])
         operator_calls = set(calls)
     yield Recording(env, worker_calls, operator_calls)
+
+
+def operator_tools_read(env: AwsEnv, pseudo_vin: str, trip_id: str) -> None:
+    """status (no lease table here: its Scan is made all the same) and every inspect path."""
+    assert len(shard_status(env.settings, env.clients)) == 2
+    assert vehicle_report(env.settings, env.clients, pseudo_vin)
+    assert trip_report(env.settings, env.clients, trip_id, None) == trip_report(
+        env.settings, env.clients, trip_id, pseudo_vin
+    )
+    with pytest.raises(NotFound):  # not indexed: looked for among running trips
+        trip_report(env.settings, env.clients, f"trip_20250101_000000_{pseudo_vin[:6]}", None)
 
 
 def test_the_worker_calls_what_the_representative_set_says(recording: Recording) -> None:
     assert {(service, operation) for service, operation, _ in recording.worker} == WORKER_REQUESTS
 
 
-def test_resolve_and_redrive_call_what_the_operator_set_says(recording: Recording) -> None:
+def test_operator_tools_call_what_the_operator_set_says(recording: Recording) -> None:
     assert {(service, operation) for service, operation, _ in recording.operator} == OPERATOR_REQUESTS
+
+
+def data_table(settings: Settings, name: str) -> str:
+    return arn("dynamodb", f"table/{settings.table_names[name]}", settings)
 
 
 def recorded_grants(calls: set[tuple[str, str, str]], settings: Settings) -> set[tuple[str, str]]:
@@ -605,10 +629,22 @@ def test_data_tables_and_archive_prefixes_get_exactly_the_recorded_actions(
     policy = render(TASK_POLICY if who == "worker" else OPERATOR_POLICY)
     settings = recording.env.settings
     data = {arn("dynamodb", f"table/{t}", settings) for t in settings.table_names.values()}
+
+    def data_or_archive(resource: str) -> bool:
+        return resource in data or resource.startswith("arn:aws:s3:::")
+
     granted = {
         (action, resource)
         for action, resources in grants(policy).items()
         for resource in resources
-        if resource in data or resource.startswith("arn:aws:s3:::")
+        if data_or_archive(resource)
     }
-    assert granted == recorded_grants(getattr(recording, who), settings)
+    needed = recorded_grants(getattr(recording, who), settings)
+    assert granted == {(action, resource) for action, resource in needed if data_or_archive(resource)}
+    if who == "operator":  # status reads the KCL's lease table, and nothing else of the KCL's
+        lease_table = arn("dynamodb", f"table/{settings.application_name}", settings)
+        assert {r for a, r in needed if r not in data and a.startswith("dynamodb:")} == {lease_table}
+        assert allowed(policy, "dynamodb:Scan", lease_table)
+        assert allowed(
+            policy, "dynamodb:Query", f"{data_table(settings, 'trips-index')}/index/tripDate-index"
+        )

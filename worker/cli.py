@@ -66,10 +66,16 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from worker.aws import AwsClients
+    from worker.progress import Progress
     from worker.replay import read_fixture, replay
 
     started = time.monotonic()
-    stats = replay(AwsClients(settings).kinesis, settings.stream_name, read_fixture(args.file), args.rate)
+    kinesis = AwsClients(settings).kinesis
+    progress = Progress("replay", None)
+    if progress.enabled:  # count the lines only to draw a bar on a terminal
+        progress.total = _count_lines(args.file)
+    with progress:
+        stats = replay(kinesis, settings.stream_name, read_fixture(args.file), args.rate, progress.advance)
     elapsed = time.monotonic() - started
     say(
         f"replayed {stats.records} records in {stats.requests} PutRecords "
@@ -81,6 +87,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
+    from worker.progress import Progress
     from worker.simulate import simulate
 
     start_ms = (
@@ -89,17 +96,25 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         else (int(time.time()) - int(args.minutes * 60)) * 1000
     )
     out = args.output.open("wb") if args.output else sys.stdout.buffer
+    total = args.vehicles * int(args.minutes * 60)
     try:
         count = 0
-        for record in simulate(args.vehicles, args.minutes, args.seed, start_ms):
-            out.write(orjson.dumps(record) + b"\n")
-            count += 1
+        with Progress("simulate", total) as progress:
+            for record in simulate(args.vehicles, args.minutes, args.seed, start_ms):
+                out.write(orjson.dumps(record) + b"\n")
+                count += 1
+                progress.advance()
     finally:
         if args.output:
             out.close()
     if args.output:
         say(f"wrote {count} records for {args.vehicles} vehicles to {args.output}")
     return 0
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as lines:
+        return sum(1 for line in lines if line.strip())
 
 
 def cmd_sweep_orphans(args: argparse.Namespace, settings: Settings) -> int:
@@ -156,6 +171,37 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
         sys.stderr.write(f"no vin-mapping item for {args.pseudo_vin}\n")
         return 1
     say(vin)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.health import check
+
+    health = check(settings.heartbeat_path, settings.heartbeat_max_age_seconds)
+    say(health.reason)
+    return 0 if health.healthy else 1
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.status import render, shard_status
+
+    for line in render(settings, shard_status(settings, AwsClients(settings))):
+        say(line)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.inspection import trip_report, vehicle_report
+
+    clients = AwsClients(settings)
+    if args.what == "vehicle":
+        lines = vehicle_report(settings, clients, args.pseudo_vin)
+    else:
+        lines = trip_report(settings, clients, args.trip_id, args.vehicle)
+    for line in lines:
+        say(line)
     return 0
 
 
@@ -216,9 +262,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="records per second (default: as fast as possible)")
 
     p = command("simulate", cmd_simulate, "Write a deterministic 1 Hz fleet stream (native JSON lines).")
-    p.add_argument("--vehicles", type=int, required=True)
-    p.add_argument("--minutes", type=float, required=True)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--vehicles", type=int, required=True, help="number of vehicles")
+    p.add_argument("--minutes", type=float, required=True, help="length of the stream in minutes")
+    p.add_argument("--seed", type=int, default=7, help="same seed and start, same stream (default 7)")
     p.add_argument(
         "--start", type=_iso, help="ISO time of the first record (default: so the stream ends now)"
     )
@@ -244,21 +290,120 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="count, decrypt, put nothing")
 
     p = command("resolve", cmd_resolve, "Admin: print the VIN behind a pseudoVin (needs kms:Decrypt).")
-    p.add_argument("pseudo_vin")
+    p.add_argument("pseudo_vin", metavar="PSEUDO_VIN", help="the vehicle's pseudoVin (32 hex characters)")
+
+    command(
+        "status",
+        cmd_status,
+        "Per shard: lease owner, checkpoint, owner switches since it, and how many records (and how old "
+        "the oldest) are not checkpointed yet. Reads the lease table and a few GetRecords pages a shard.",
+    )
+
+    p = command(
+        "inspect", cmd_inspect, "Print what is stored about one vehicle or one trip (read-only, no VINs)."
+    )
+    what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    vehicle = what.add_parser(
+        "vehicle",
+        help="latest values, trip machine, live breadcrumbs and recent archived trips of a vehicle",
+        description="Latest values (vehicle-state), the trip machine (trip-state), the live breadcrumb "
+        "count and the most recent archived trips (trips-index) of one vehicle.",
+    )
+    vehicle.add_argument(
+        "pseudo_vin", metavar="PSEUDO_VIN", help="the vehicle's pseudoVin (32 hex characters)"
+    )
+    trip = what.add_parser(
+        "trip",
+        help="a trip's index item and its S3 archive (or its running state)",
+        description="An archived trip's trips-index item and its S3 archive (breadcrumb count, first and "
+        "last points); a trip still running is shown from trip-state.",
+    )
+    trip.add_argument("trip_id", metavar="TRIP_ID", help="e.g. trip_20250305_143201_4f0c9a")
+    trip.add_argument(
+        "--vehicle",
+        metavar="PSEUDO_VIN",
+        help="the trip's vehicle: a direct read instead of a query by the trip's date",
+    )
+
+    command(
+        "health",
+        cmd_health,
+        "Exit 0 if the daemon and every record processor of this task beat within "
+        "FLEET_HEARTBEAT_MAX_AGE_SECONDS, else 1; prints why (the container's health check).",
+    )
 
     p = command("demo", cmd_demo, "Local AWS + bootstrap + simulated fleet + real KCL drain + summary.")
-    p.add_argument("--vehicles", type=int, default=20)
-    p.add_argument("--minutes", type=float, default=15)
-    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--vehicles", type=int, default=20, help="simulated vehicles (default 20)")
+    p.add_argument("--minutes", type=float, default=15, help="minutes of 1 Hz telemetry (default 15)")
+    p.add_argument("--shards", type=int, default=2, help="shards of the demo stream (default 2)")
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    settings = Settings()
-    if args.command != "process":
+    args = parser().parse_args(argv)  # bad arguments: argparse's usage and message, exit 2
+    handler: Command = args.handler
+    if args.command == "process":
+        # The daemon's child: an error must end it the way the protocol expects, not as a friendly line.
+        return handler(args, Settings())
+    try:
+        settings = Settings()
         from worker.logs import configure_logging
 
         configure_logging(settings.log_level)
-    handler: Command = args.handler
-    return handler(args, settings)
+        return handler(args, settings)
+    except KeyboardInterrupt:
+        return fail(args.command, "interrupted", EXIT_INTERRUPTED)
+    except Exception as error:
+        message = explain(error)
+        if message is None:
+            raise
+        return fail(args.command, message)
+
+
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def fail(command: str, message: str, code: int = EXIT_FAILED) -> int:
+    """One line on stderr, no traceback: an operator's mistake or an unreachable AWS is not a bug."""
+    from worker.logs import redact
+
+    sys.stderr.write(f"python -m worker {command}: error: {redact(message)}\n")
+    return code
+
+
+def explain(error: Exception) -> str | None:
+    """A one-line explanation of an error an operator can act on; None for a bug (keep the traceback)."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+    )
+    from pydantic import ValidationError
+
+    from worker.inspection import BadName, NotFound
+
+    if isinstance(error, NotFound | BadName):
+        return str(error)
+    if isinstance(error, EndpointConnectionError):
+        return f"{error} (check AWS_ENDPOINT_URL, the region and the network)"
+    if isinstance(error, NoCredentialsError | NoRegionError):
+        return f"{error} (configure AWS credentials and region, e.g. a profile or the task role)"
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        code, text = details.get("Code", "Error"), details.get("Message", "")
+        hint = " (has `python -m worker bootstrap` run?)" if code == "ResourceNotFoundException" else ""
+        return f"{error.operation_name}: {code}: {text}{hint}"
+    if isinstance(error, BotoCoreError):
+        return str(error)
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        name = "FLEET_" + "_".join(str(part) for part in first["loc"]).upper()
+        return f"invalid setting {name}: {first['msg']}"
+    if isinstance(error, FileNotFoundError):
+        return f"no such file: {error.filename}" if error.filename else str(error)
+    if isinstance(error, OSError):
+        return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+    return None

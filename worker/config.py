@@ -7,6 +7,7 @@ so the same settings drive boto3, the KCL daemon and the local AWS.
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -89,6 +90,17 @@ class Settings(BaseSettings):
     )
     kcl_log_level: str = Field("WARN", description="Log level of the Java daemon (logs go to stderr).")
     log_level: str = Field("INFO", description="Log level of the Python worker.")
+    heartbeat_path: Path = Field(
+        Path("/tmp/fleet-ingest-heartbeat"),  # noqa: S108 - the container's /tmp is its own task volume
+        description="Directory of heartbeat files (daemon, each shard) read by `python -m worker health`.",
+    )
+    heartbeat_max_age_seconds: float = Field(
+        120.0, description="`health` fails when the daemon's or a shard's heartbeat is older than this."
+    )
+    metrics_namespace: str = Field(
+        "fleet-ingest",
+        description="CloudWatch namespace of the worker's metrics (EMF documents in its logs).",
+    )
 
     def table_name(self, spec: TableSpec) -> str:
         """The physical name of a data table: prefix + configured name."""

@@ -1,7 +1,8 @@
 """Runs the KCL MultiLangDaemon (Java) with properties generated from our settings.
 
 The daemon owns leases, balancing and checkpoints; it starts one ``python -m worker process`` child per
-shard it holds. We forward SIGTERM/SIGINT to it for a graceful KCL shutdown, and in ``--drain`` mode we
+shard it holds. We forward SIGTERM/SIGINT to it for a graceful KCL shutdown (each processor checkpoints
+what it applied) and exit 0 once it is done: a stop we were asked for is a success. In ``--drain`` mode we
 stop it once every record that was in the stream at start has been processed and checkpointed.
 """
 
@@ -16,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from worker.aws import AwsClients, local_credentials_env
 from worker.config import Settings
+from worker.health import DAEMON, Heartbeat, clear
 from worker.logs import LOG_PATH_ENV, event
 
 if TYPE_CHECKING:
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MULTILANG_DAEMON = "software.amazon.kinesis.multilang.MultiLangDaemon"
+STOPPED_BY_SIGTERM = frozenset({0, 143, -signal.SIGTERM})
+"""How the JVM exits after SIGTERM (its shutdown hook ran the KCL's graceful shutdown): 128 + 15."""
 _MULTILANG_JAR = re.compile(r"amazon-kinesis-client-multilang-(\d+)\.(\d+)\.(\d+)\.jar")
 
 
@@ -154,6 +159,8 @@ def run(settings: Settings, drain: bool = False, timeout: float | None = None) -
     """Run the daemon until it exits, a signal arrives, the drain completes or the timeout passes."""
     clients = AwsClients(settings)
     targets = drain_targets(settings, clients) if drain else {}
+    clear(settings.heartbeat_path)
+    heartbeat = Heartbeat(settings.heartbeat_path, DAEMON)
     with tempfile.TemporaryDirectory(prefix="fleet-ingest-kcl-") as tmp:
         files = write_daemon_files(settings, Path(tmp))
         started = time.monotonic()
@@ -163,23 +170,34 @@ def run(settings: Settings, drain: bool = False, timeout: float | None = None) -
         )
         event(log, "daemon_started", pid=daemon.pid, drain=drain, shards=len(targets))
 
+        stopping = threading.Event()
+
         def forward(signum: int, _frame: FrameType | None) -> None:
             event(log, "daemon_stopping", signal=signal.Signals(signum).name)
+            stopping.set()
             daemon.send_signal(signal.SIGTERM)
 
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            return _supervise(settings, clients, daemon, targets if drain else None, started, timeout)
+            code = _supervise(
+                settings, clients, daemon, heartbeat, targets if drain else None, started, timeout
+            )
+            if stopping.is_set() and code in STOPPED_BY_SIGTERM:
+                event(log, "daemon_stopped", code=code)
+                return 0  # a stop we were asked for, done: success (ECS, systemd and shells expect 0)
+            return code
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             _stop(daemon, settings)
+            heartbeat.stop()
 
 
 def _supervise(
     settings: Settings,
     clients: AwsClients,
     daemon: subprocess.Popen[bytes],
+    heartbeat: Heartbeat,
     targets: dict[str, str] | None,
     started: float,
     timeout: float | None,
@@ -189,6 +207,7 @@ def _supervise(
         if code is not None:
             event(log, "daemon_exited", code=code)
             return code
+        heartbeat.beat()
         if targets is not None and drained(settings, clients, targets):
             event(log, "drained", seconds=round(time.monotonic() - started, 1))
             return 0
@@ -213,7 +232,7 @@ def drain_targets(settings: Settings, clients: AwsClients) -> dict[str, str]:
     """Shard id -> sequence number of the last record currently in that shard (shards with records)."""
     kinesis = clients.kinesis
     targets: dict[str, str] = {}
-    for shard in _shards(settings, clients):
+    for shard in shards_of(settings, clients):
         iterator = kinesis.get_shard_iterator(
             StreamName=settings.stream_name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
         ).get("ShardIterator")
@@ -227,7 +246,7 @@ def drain_targets(settings: Settings, clients: AwsClients) -> dict[str, str]:
     return targets
 
 
-def _shards(settings: Settings, clients: AwsClients) -> list[ShardTypeDef]:
+def shards_of(settings: Settings, clients: AwsClients) -> list[ShardTypeDef]:
     shards: list[ShardTypeDef] = []
     kwargs: dict[str, str] = {"StreamName": settings.stream_name}
     while True:

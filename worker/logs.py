@@ -17,6 +17,8 @@ from typing import IO, Any
 import orjson
 
 LOG_PATH_ENV = "FLEET_LOG_PATH"
+METRICS_LOGGER = "worker.metrics"
+"""Its records carry an EMF document (``extra={"emf": {...}}``), written as the whole line."""
 
 # A VIN-shaped token: 17 VIN characters not embedded in a longer alphanumeric run (so the 32-hex
 # pseudoVin, shard ids and sequence numbers pass untouched), in any case.
@@ -29,19 +31,33 @@ def redact(text: str) -> str:
 
 
 def _redact_value(value: Any) -> Any:
+    """``value`` with every VIN-shaped token redacted, as JSON-ready data.
+
+    Anything that is not plain JSON data (an exception, bytes, a path...) is rendered with ``str`` first,
+    so what ``orjson`` would render it as has been through the filter too; so has an integer that prints
+    as 17 digits.
+    """
     if isinstance(value, str):
         return redact(value)
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return REDACTED if redact(str(value)) != str(value) else value
     if isinstance(value, dict):
         return {redact(str(k)): _redact_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [_redact_value(v) for v in value]
-    return value
+    return redact(str(value))
 
 
 class JsonLineFormatter(logging.Formatter):
-    """Renders ``log.info("event", extra={"fields": {...}})`` as one redacted JSON line."""
+    """Renders ``log.info("event", extra={"fields": {...}})`` as one redacted JSON line (and a metrics
+    record as its EMF document)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        emf = getattr(record, "emf", None)
+        if isinstance(emf, dict):
+            return orjson.dumps(_redact_value(emf)).decode()
         line: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -54,7 +70,7 @@ class JsonLineFormatter(logging.Formatter):
             line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(_redact_value(line), default=str).decode()
+        return orjson.dumps(_redact_value(line)).decode()
 
 
 def log_stream() -> IO[str]:
@@ -74,6 +90,7 @@ def configure_logging(level: str = "INFO", stream: IO[str] | None = None) -> Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger(METRICS_LOGGER).setLevel(logging.INFO)  # metrics whatever the log level
     for noisy in ("botocore", "boto3", "urllib3", "hypercorn", "werkzeug", "moto"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -25,7 +25,9 @@ from schemas.records import KinesisRecord, StreamPosition
 from worker.aws import AwsClients
 from worker.checkpoint import CheckpointPolicy, LeaseLost, checkpoint
 from worker.config import Settings
+from worker.health import Heartbeat
 from worker.logs import configure_logging, event
+from worker.metrics import BatchMetrics, MetricsPublisher
 from worker.pipeline import Pipeline
 
 log = logging.getLogger("worker.processor")
@@ -62,12 +64,16 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         self._applied: StreamPosition | None = None
         self._pending = 0
         self._last_checkpoint_at = clock()
+        self._metrics = MetricsPublisher(settings.metrics_namespace, settings.application_name)
+        self._heartbeat: Heartbeat | None = None
 
     # --- daemon callbacks -------------------------------------------------------------------------
 
     def initialize(self, initialize_input: Any) -> None:
         self._shard_id = initialize_input.shard_id
         event(log, "initialize", shard=self._shard_id, startingAt=initialize_input.sequence_number)
+        self._heartbeat = Heartbeat(self._settings.heartbeat_path, self._shard_id)
+        self._heartbeat.start()
         try:
             self._pipeline = self._pipeline_factory()
         except Exception as error:
@@ -88,18 +94,32 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             self._pending += outcome.records
         lag = process_records_input.millis_behind_latest
         if records:
+            duration_ms = round((self._clock() - started) * 1000, 1)
             event(
                 log,
                 "batch",
                 shard=self._shard_id,
                 records=outcome.records,
                 applied=outcome.applied,
-                quarantined=outcome.quarantined,
+                deadLetters=outcome.quarantined,
                 vehicles=outcome.vehicles,
                 writes=outcome.writes,
+                breadcrumbs=outcome.breadcrumbs,
+                tripsArchived=outcome.trips_completed,
                 invalidCoordinates=outcome.invalid_coordinates,
                 millisBehindLatest=lag,
-                durationMs=round((self._clock() - started) * 1000, 1),
+                durationMs=duration_ms,
+            )
+            self._metrics.batch(
+                self._shard_id,
+                BatchMetrics(
+                    records=outcome.records,
+                    dead_lettered=outcome.quarantined,
+                    trips_archived=outcome.trips_completed,
+                    write_requests=outcome.writes,
+                    duration_ms=duration_ms,
+                    millis_behind_latest=lag,
+                ),
             )
         now = self._clock()
         idle = not records
@@ -107,6 +127,8 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             now=now, last_checkpoint_at=self._last_checkpoint_at, pending_records=self._pending, idle=idle
         ):
             self._checkpoint(process_records_input.checkpointer, self._applied)
+        if self._heartbeat is not None:
+            self._heartbeat.beat()
 
     def lease_lost(self, lease_lost_input: Any) -> None:
         event(log, "lease_lost", shard=self._shard_id, uncheckpointed=self._pending)
@@ -121,6 +143,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         event(log, "shutdown_requested", shard=self._shard_id, uncheckpointed=self._pending)
         if self._pending:
             self._checkpoint(shutdown_requested_input.checkpointer, self._applied)
+        self._stop_heartbeat()
 
     # --- internals ----------------------------------------------------------------------------------
 
@@ -142,9 +165,16 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         self._last_checkpoint_at = self._clock()
 
     def _close(self) -> None:
+        self._stop_heartbeat()
         if self._pipeline is not None:
             self._pipeline.close()
             self._pipeline = None
+
+    def _stop_heartbeat(self) -> None:
+        """This processor gives its shard up: the health check must not wait for it any more."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
 
     def _exit(self, code: int, name: str, error: BaseException) -> NoReturn:
         """Stop the process: amazon-kclpy re-raises SystemExit, the daemon restarts from the checkpoint."""

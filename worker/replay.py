@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,10 +75,15 @@ def _chunks(entries: Iterable[StreamEntry], max_records: int) -> Iterator[list[S
 
 
 def replay(
-    kinesis: KinesisClient, stream_name: str, entries: Iterable[StreamEntry], rate: float | None = None
+    kinesis: KinesisClient,
+    stream_name: str,
+    entries: Iterable[StreamEntry],
+    rate: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> ReplayStats:
     """PutRecords in order. On a partial failure everything from the first failed entry is sent again,
-    so one key's records never overtake each other (later successes may arrive twice: at-least-once)."""
+    so one key's records never overtake each other (later successes may arrive twice: at-least-once).
+    ``on_progress`` is called with the number of records of each chunk once it is in the stream."""
     stats = ReplayStats()
     started = time.monotonic()
     # A paced replay sends small requests (about four a second) rather than bursts of 500.
@@ -103,6 +108,8 @@ def replay(
             attempt += 1
             time.sleep(min(2.0, 0.05 * 2**attempt))
         stats.records += len(chunk)
+        if on_progress is not None:
+            on_progress(len(chunk))
         if rate:
             ahead = stats.records / rate - (time.monotonic() - started)
             if ahead > 0:

@@ -1,0 +1,279 @@
+"""``python -m worker inspect``: what the worker stored about one vehicle or one trip, readably.
+
+Read-only. A vehicle is named by its pseudoVin (never a VIN: this tool does not decrypt); a trip by its
+id, found in ``trips-index`` through the ``tripDate-index`` (the id carries the start date) unless the
+vehicle is given, then in ``trip-state`` if it is still running.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from schemas.dynamo import from_item
+from worker.aws import AwsClients
+from worker.config import Settings
+
+PSEUDO_VIN = re.compile(r"[0-9a-f]{32}")
+TRIP_ID = re.compile(r"trip_(\d{4})(\d{2})(\d{2})_\d{6}_([0-9a-f]{6})")
+RECENT_TRIPS = 5
+VALUE_COLUMN = 22
+
+
+class NotFound(Exception):
+    """Nothing stored under that name (the CLI prints it as one line)."""
+
+
+class BadName(ValueError):
+    """Not a pseudoVin / trip id. The message never echoes the input: it may be a VIN."""
+
+
+def check_pseudo_vin(text: str) -> str:
+    if not PSEUDO_VIN.fullmatch(text):
+        raise BadName("a pseudoVin is 32 lowercase hex characters (`resolve` maps the other way, for admins)")
+    return text
+
+
+def check_trip_id(text: str) -> re.Match[str]:
+    match = TRIP_ID.fullmatch(text)
+    if match is None:
+        raise BadName("a trip id looks like trip_YYYYMMDD_HHMMSS_xxxxxx (xxxxxx: the pseudoVin's first 6)")
+    return match
+
+
+# --- formatting ---------------------------------------------------------------------------------------
+
+
+def row(key: str, value: object, indent: int = 2) -> str:
+    """``key`` indented, ``value`` in one column for every indent (at least two spaces after the key)."""
+    label = " " * indent + key
+    return f"{label.ljust(max(VALUE_COLUMN, len(label) + 2))}{value}".rstrip()
+
+
+def place(location: Any) -> str:
+    if isinstance(location, dict) and "lat" in location and "lng" in location:
+        return f"{location['lat']:.5f}, {location['lng']:.5f}"
+    return "-"
+
+
+def value_text(value: Any) -> str:
+    if isinstance(value, dict) and set(value) == {"lat", "lng"}:
+        return place(value)
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def minutes(seconds: int | float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    return f"{whole // 60} min {whole % 60} s"
+
+
+# --- DynamoDB reads -----------------------------------------------------------------------------------
+
+
+def _get(clients: AwsClients, table: str, key: dict[str, str]) -> dict[str, Any] | None:
+    item = clients.dynamodb.get_item(
+        TableName=table, Key={name: {"S": value} for name, value in key.items()}, ConsistentRead=True
+    ).get("Item")
+    return from_item(item) if item else None
+
+
+def _query(clients: AwsClients, **request: Any) -> Iterator[dict[str, Any]]:
+    while True:
+        page = clients.dynamodb.query(**request)
+        for item in page.get("Items", []):
+            yield from_item(item)
+        if "LastEvaluatedKey" not in page:
+            return
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _count(clients: AwsClients, **request: Any) -> int:
+    total = 0
+    while True:
+        page = clients.dynamodb.query(Select="COUNT", **request)
+        total += page["Count"]
+        if "LastEvaluatedKey" not in page:
+            return total
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _by_vehicle(pseudo_vin: str) -> dict[str, Any]:
+    return {
+        "KeyConditionExpression": "pseudoVin = :p",
+        "ExpressionAttributeValues": {":p": {"S": pseudo_vin}},
+    }
+
+
+# --- inspect vehicle ----------------------------------------------------------------------------------
+
+
+def vehicle_report(settings: Settings, clients: AwsClients, pseudo_vin: str) -> list[str]:
+    check_pseudo_vin(pseudo_vin)
+    tables = settings.table_names
+    state = _get(clients, tables["vehicle-state"], {"pseudoVin": pseudo_vin})
+    trip = _get(clients, tables["trip-state"], {"pseudoVin": pseudo_vin})
+    trips = list(_query(clients, TableName=tables["trips-index"], **_by_vehicle(pseudo_vin)))
+    if state is None and trip is None and not trips:
+        raise NotFound(f"no vehicle {pseudo_vin} in {tables['vehicle-state']}, trip-state or trips-index")
+    crumbs = _count(clients, TableName=tables["live-breadcrumbs"], **_by_vehicle(pseudo_vin))
+
+    lines = [f"vehicle {pseudo_vin}"]
+    lines.append(f"  latest values ({tables['vehicle-state']})")
+    if state is None:
+        lines.append(row("(none)", "", 4))
+    else:
+        lines.append(row("newest record", state.get("timestamp", "-"), 4))
+        for name in sorted(k for k in state if k not in ("pseudoVin", "timestamp")):
+            signal = state[name]
+            if isinstance(signal, dict) and "value" in signal:
+                lines.append(row(name, f"{value_text(signal['value']):<28} at {signal.get('at', '-')}", 4))
+            else:
+                lines.append(row(name, value_text(signal), 4))
+    lines.append(f"  trip machine ({tables['trip-state']})")
+    if trip is None:
+        lines.append(row("(none)", "", 4))
+    else:
+        lines += trip_state_rows(trip)
+    lines.append(row("live breadcrumbs", f"{crumbs} ({tables['live-breadcrumbs']}, kept 24 h)"))
+    trips.sort(key=lambda item: str(item.get("startTime", "")), reverse=True)
+    shown = f"; the latest {min(len(trips), RECENT_TRIPS)}:" if trips else ""
+    lines.append(row("archived trips", f"{len(trips)} ({tables['trips-index']}){shown}"))
+    for item in trips[:RECENT_TRIPS]:
+        lines.append(
+            f"    {item['tripId']}  {item.get('startTime', '-')} -> {item.get('endTime', '-')}  "
+            f"{item.get('distanceMiles', 0):.2f} mi  {item.get('breadcrumbCount', 0)} breadcrumbs  "
+            f"{item.get('endReason', '-')}"
+        )
+    return lines
+
+
+def trip_state_rows(trip: dict[str, Any]) -> list[str]:
+    lines = [row("status", trip.get("status", "-"), 4)]
+    if trip.get("tripId"):
+        lines.append(row("tripId", trip["tripId"], 4))
+        lines.append(row("started", f"{trip.get('startTime', '-')} at {place(trip.get('startLocation'))}", 4))
+        lines.append(
+            row(
+                "so far",
+                f"{trip.get('breadcrumbCount', 0)} breadcrumbs, {trip.get('distanceMiles', 0):.2f} mi, "
+                f"max {trip.get('maxSpeedMph', 0)} mph",
+                4,
+            )
+        )
+    if trip.get("gapStartTime"):
+        lines.append(row("stopped at", f"{trip['gapStartTime']} (ends after the trip gap)", 4))
+    lines.append(row("last event", trip.get("lastEventTime", "-"), 4))
+    lines.append(row("last written", trip.get("lastUpdate", "-"), 4))
+    if trip.get("closing"):
+        lines.append(row("closing", "a completed trip is being archived (outbox not empty)", 4))
+    return lines
+
+
+# --- inspect trip ---------------------------------------------------------------------------------------
+
+
+def find_indexed_trip(
+    settings: Settings, clients: AwsClients, trip_id: str, pseudo_vin: str | None
+) -> dict[str, Any] | None:
+    table = settings.table_names["trips-index"]
+    if pseudo_vin is not None:
+        return _get(clients, table, {"pseudoVin": pseudo_vin, "tripId": trip_id})
+    year, month, day, _ = check_trip_id(trip_id).groups()
+    found = _query(
+        clients,
+        TableName=table,
+        IndexName="tripDate-index",
+        KeyConditionExpression="tripDate = :d",
+        FilterExpression="tripId = :t",
+        ExpressionAttributeValues={":d": {"S": f"{year}-{month}-{day}"}, ":t": {"S": trip_id}},
+    )
+    return next(found, None)
+
+
+def find_running_trip(
+    settings: Settings, clients: AwsClients, trip_id: str, pseudo_vin: str | None
+) -> dict[str, Any] | None:
+    table = settings.table_names["trip-state"]
+    if pseudo_vin is not None:
+        item = _get(clients, table, {"pseudoVin": pseudo_vin})
+        return item if item and item.get("tripId") == trip_id else None
+    request: dict[str, Any] = {
+        "TableName": table,
+        "FilterExpression": "tripId = :t",
+        "ExpressionAttributeValues": {":t": {"S": trip_id}},
+    }
+    while True:
+        page = clients.dynamodb.scan(**request)
+        if page["Items"]:
+            return from_item(page["Items"][0])
+        if "LastEvaluatedKey" not in page:
+            return None
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def trip_report(settings: Settings, clients: AwsClients, trip_id: str, pseudo_vin: str | None) -> list[str]:
+    prefix = check_trip_id(trip_id).group(4)
+    if pseudo_vin is not None and not check_pseudo_vin(pseudo_vin).startswith(prefix):
+        raise BadName(f"that trip id belongs to a vehicle whose pseudoVin starts with {prefix}")
+    item = find_indexed_trip(settings, clients, trip_id, pseudo_vin)
+    if item is None:
+        running = find_running_trip(settings, clients, trip_id, pseudo_vin)
+        if running is None:
+            raise NotFound(f"no trip {trip_id} in {settings.table_names['trips-index']} or trip-state")
+        return [
+            f"trip {trip_id}  (vehicle {running['pseudoVin']})",
+            row("status", "running, not archived yet (trip-state)"),
+            *trip_state_rows(running)[1:],
+        ]
+    lines = [
+        f"trip {trip_id}  (vehicle {item['pseudoVin']})",
+        row(
+            "status",
+            f"archived, ended by {item.get('endReason', '-')} ({settings.table_names['trips-index']})",
+        ),
+        row(
+            "start",
+            f"{item.get('startTime', '-')}  at {place(item.get('startLocation'))}  "
+            f"battery {item.get('startBattery', '-')} %",
+        ),
+        row(
+            "end",
+            f"{item.get('endTime', '-')}  at {place(item.get('endLocation'))}  "
+            f"battery {item.get('endBattery', '-')} %",
+        ),
+        row("duration", minutes(item.get("durationSeconds"))),
+        row(
+            "distance",
+            f"{item.get('distanceMiles', 0):.2f} mi, avg {item.get('avgSpeedMph', '-')} mph, "
+            f"max {item.get('maxSpeedMph', '-')} mph",
+        ),
+        row("breadcrumbs", item.get("breadcrumbCount", "-")),
+    ]
+    key = item.get("s3Key")
+    if key:
+        lines += archive_rows(settings, clients, str(key), item.get("breadcrumbCount"))
+    return lines
+
+
+def archive_rows(settings: Settings, clients: AwsClients, key: str, expected: Any) -> list[str]:
+    body = clients.s3.get_object(Bucket=settings.archive_bucket, Key=key)["Body"].read()
+    crumbs: list[dict[str, Any]] = orjson.loads(gzip.decompress(body))
+    agrees = "" if crumbs and len(crumbs) == expected else f"  (the index says {expected})"
+    lines = [row("archive", f"s3://{settings.archive_bucket}/{key}: {len(crumbs)} breadcrumbs{agrees}")]
+    for label, crumb in (("first", crumbs[0]), ("last", crumbs[-1])) if crumbs else ():
+        lines.append(
+            row(
+                label,
+                f"{crumb.get('timestamp', '-')}  {place(crumb)}  {crumb.get('vehicleSpeed', '-')} mph",
+                4,
+            )
+        )
+    return lines
