@@ -267,6 +267,8 @@ class LocalAwsApp:
     written: dict[tuple[str, str], Written] = field(default_factory=dict)
     """(service, table or bucket) -> what write requests stored there (injected failures store nothing)."""
     faults: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    busy: dict[tuple[str, str], float] = field(default_factory=dict)
+    """Seconds the backends spent serving each (service, operation): where an emulated run's time goes."""
     fault_plan: FaultPlan | None = None
     _rng: random.Random = field(default_factory=random.Random)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -297,7 +299,11 @@ class LocalAwsApp:
             self._tally(request, environ)
             # Materialize the response inside the lock: moto computes lazily in some paths. hypercorn
             # only starts a response on its first chunk, so an empty body (HEAD) still needs one.
-            return list(self.app(environ, start_response)) or [b""]
+            started = time.perf_counter()
+            response = list(self.app(environ, start_response)) or [b""]
+            key = (request.service, request.operation)
+            self.busy[key] = self.busy.get(key, 0.0) + time.perf_counter() - started
+            return response
 
     def _draw_fault(self, request: AwsRequest) -> str | None:
         with self._lock:
@@ -353,6 +359,7 @@ class LocalAwsApp:
         with self._lock:
             self.requests.clear()
             self.written.clear()
+            self.busy.clear()
             self.faults.clear()
 
 
