@@ -30,14 +30,15 @@ class Fleet:
         return self.vehicles * int(self.minutes * 60)
 
     def describe(self) -> str:
-        return f"{self.vehicles} vehicles x {self.minutes:g} min at 1 Hz ({self.records:,} records)"
+        skipped = f", from minute {self.skip_minutes:g} on" if self.skip_minutes else ""
+        return f"{self.vehicles} vehicles x {self.minutes:g} min at 1 Hz{skipped} ({self.records:,} records)"
 
-    def stream(self, start_ms: int | None = None) -> list[dict[str, Any]]:
-        """The records, in time order. By default the stream ends a few seconds ago (no clock clamping)."""
-        start = (
-            start_ms if start_ms is not None else int(time.time() * 1000) - int(self.minutes * 60_000) - 5_000
-        )
-        return list(simulate(self.vehicles, self.minutes, self.seed, start))
+    def stream(self) -> list[dict[str, Any]]:
+        """The records, in time order, ending a few seconds ago (no clock clamping)."""
+        total = self.minutes + self.skip_minutes
+        start = int(time.time() * 1000) - int(total * 60_000) - 5_000
+        skipped = self.vehicles * int(self.skip_minutes * 60)
+        return list(simulate(self.vehicles, total, self.seed, start))[skipped:]
 
 
 def entries(records: Sequence[dict[str, Any]]) -> list[StreamEntry]:
