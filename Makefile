@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: venv test lint typecheck unit demo chaos bench clean
 
@@ -14,6 +15,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The benchmark also needs the `bench` extra (matplotlib), installed on top of the usual ones.
+$(BENCH_STAMP): $(STAMP)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,kcl-local,bench]'
+	@touch $(BENCH_STAMP)
 
 lint: venv
 	$(PY) -m ruff check .
@@ -31,7 +37,7 @@ demo: venv
 chaos: venv
 	$(PY) -m tests.chaos
 
-bench: venv
+bench: $(BENCH_STAMP)
 	$(PY) -m bench
 
 clean:

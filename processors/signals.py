@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from processors.errors import InvalidRecord, RejectReason
@@ -123,8 +124,13 @@ def parse_event_time(value: int | float | str) -> int:
 
 def format_time(epoch_ms: int) -> str:
     """Epoch milliseconds -> ``2025-03-05T14:32:01.123Z`` (fixed width, so strings sort by time)."""
-    moment = datetime.fromtimestamp(epoch_ms // 1000, UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{epoch_ms % 1000:03d}Z"
+    return f"{_utc_second(epoch_ms // 1000)}.{epoch_ms % 1000:03d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _utc_second(epoch_seconds: int) -> str:
+    """Formatting a datetime costs ~2.5 us; a 1 Hz fleet formats the same few seconds over and over."""
+    return f"{datetime.fromtimestamp(epoch_seconds, UTC):%Y-%m-%dT%H:%M:%S}"
 
 
 def parse_time(text: str) -> int:

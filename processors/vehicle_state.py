@@ -41,6 +41,12 @@ class Observation:
     def order_key(self) -> tuple[int, bytes]:
         return self.at_ms, canonical_bytes(self.value)
 
+    def beats(self, other: Observation) -> bool:
+        """``self.order_key() > other.order_key()``, serializing values only to break a tie in time."""
+        if self.at_ms != other.at_ms:
+            return self.at_ms > other.at_ms
+        return canonical_bytes(self.value) > canonical_bytes(other.value)
+
 
 @dataclass(slots=True)
 class StateUpdate:
@@ -49,11 +55,12 @@ class StateUpdate:
     signals: dict[str, Observation] = field(default_factory=dict)
 
     def absorb(self, reading: VehicleReading) -> None:
-        self.timestamp_ms = max(self.timestamp_ms, reading.event_time_ms)
+        at_ms = reading.event_time_ms
+        self.timestamp_ms = max(self.timestamp_ms, at_ms)
         for name, value in reading.signals.items():
-            candidate = Observation(reading.event_time_ms, value)
+            candidate = Observation(at_ms, value)
             current = self.signals.get(name)
-            if current is None or candidate.order_key() > current.order_key():
+            if current is None or candidate.beats(current):
                 self.signals[name] = candidate
 
 
@@ -102,9 +109,7 @@ def outstanding(update: StateUpdate, item: Mapping[str, Any]) -> StateUpdate | N
     """What of ``update`` still beats the stored ``item``; None when the item already reflects it all."""
     stored_ts, stored = stored_observations(item)
     winners = {
-        name: obs
-        for name, obs in update.signals.items()
-        if name not in stored or obs.order_key() > stored[name].order_key()
+        name: obs for name, obs in update.signals.items() if name not in stored or obs.beats(stored[name])
     }
     newer = stored_ts is None or update.timestamp_ms > stored_ts
     if not winners and not newer:

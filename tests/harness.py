@@ -80,6 +80,8 @@ class Checkpoint:
 class ProcessorHarness:
     environ: dict[str, str]
     shard_id: str = "shardId-000000000000"
+    command: Sequence[str] = (sys.executable, "-m", "worker", "process")
+    """The record processor to drive (the benchmark also drives its naive peer)."""
     timeout: float = 60.0
     checkpoints: list[Checkpoint] = field(default_factory=list)
     stderr_lines: list[str] = field(default_factory=list)
@@ -87,7 +89,7 @@ class ProcessorHarness:
 
     def __post_init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "process"],
+            list(self.command),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -75,3 +75,14 @@ def test_fixtures_are_reproducible() -> None:
 
     for name in FIXTURES:
         assert (HERE / name).read_bytes() == render(name), f"{name} differs from tests/fixtures/build.py"
+
+
+def test_the_daemon_starts_this_worker_unless_another_processor_is_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.launcher import daemon_properties
+
+    assert daemon_properties(Settings(), (2, 5, 8))["executableName"].endswith(" -m worker process")
+    monkeypatch.setenv("FLEET_KCL_EXECUTABLE", "/usr/bin/python3 -m bench.naive_processor")
+    props = daemon_properties(Settings(), (2, 5, 8))
+    assert props["executableName"] == "/usr/bin/python3 -m bench.naive_processor"

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.trip_store import state_fields, state_from_item
+from processors.trip_store import BREADCRUMB_TTL_SECONDS, breadcrumb_item, state_fields, state_from_item
 from processors.trips import (
     Breadcrumb,
     CompletedTrip,
@@ -21,7 +21,8 @@ from processors.trips import (
     complete,
     trip_id,
 )
-from schemas.items import TripStateItem
+from schemas.dynamo import from_item
+from schemas.items import BreadcrumbItem, TripStateItem
 from schemas.records import Location, StreamPosition, VehicleReading
 
 PV = "4f0c9a7e11b2c3d4e5f60718293a4b5c"
@@ -244,3 +245,20 @@ def test_redelivery_batching_and_crashes_yield_the_effects_of_one_clean_pass(
     assert {(s.index, s.from_ms, s.to_ms) for s in out.seals} == {
         (s.index, s.from_ms, s.to_ms) for s in clean.effects.seals
     }
+
+
+def test_a_breadcrumb_is_stored_in_the_shape_of_its_schema() -> None:
+    crumb = Breadcrumb(PV, trip_id(PV, T0), T0 + 1_250, 39.7392, -104.9903, 31.5, None, 22683.6, 75.0)
+    item = breadcrumb_item(crumb)
+    assert item["lat"] == {"N": "39.7392"} and "heading" not in item
+    assert BreadcrumbItem.model_validate(from_item(item)) == BreadcrumbItem(
+        pseudoVin=PV,
+        timestamp="2025-03-05T14:32:02.250Z",
+        tripId="trip_20250305_143201_4f0c9a",
+        lat=39.7392,
+        lng=-104.9903,
+        vehicleSpeed=31.5,
+        odometer=22683.6,
+        batteryLevel=75.0,
+        expiresAt=(T0 + 1_250) // 1000 + BREADCRUMB_TTL_SECONDS,
+    )

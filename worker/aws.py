@@ -38,6 +38,9 @@ class AwsClients:
         # surface as errors that fail the batch (no checkpoint), so the KCL redelivers it.
         cfg = Config(
             retries={"mode": "standard", "total_max_attempts": self.settings.aws_max_attempts},
+            # Requests are built by code, not typed in, and AWS validates them anyway: botocore's own walk
+            # of every parameter cost the record processor 18% of its CPU (0.39 -> 0.32 ms a record).
+            parameter_validation=False,
             max_pool_connections=self.settings.write_concurrency + 8,
             connect_timeout=5,
             read_timeout=30,

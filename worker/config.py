@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     )
 
     # --- KCL MultiLangDaemon --------------------------------------------------------------------------
+    kcl_executable: str = Field(
+        "",
+        description="Record processor command the daemon starts per shard; empty means this worker's "
+        "(`<python> -m worker process`).",
+    )
     kcl_initial_position: str = Field("TRIM_HORIZON", description="Where a new lease starts reading.")
     kcl_failover_time_millis: int = Field(
         10_000, description="Lease expiry; a dead worker's shards move after it."

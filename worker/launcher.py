@@ -63,7 +63,7 @@ def kcl_version(jar_dir: Path) -> tuple[int, int, int]:
 def daemon_properties(settings: Settings, version: tuple[int, int, int]) -> dict[str, str]:
     """MultiLangDaemon properties for this KCL version (2.x before 2.7 used AWS SDK v1 provider names)."""
     props = {
-        "executableName": f"{sys.executable} -m worker process",
+        "executableName": settings.kcl_executable or f"{sys.executable} -m worker process",
         "streamName": settings.stream_name,
         "applicationName": settings.application_name,
         "processingLanguage": f"python/{sys.version_info.major}.{sys.version_info.minor}",

@@ -4,20 +4,25 @@ The KCL's Kinesis client speaks HTTP/2 only; hypercorn serves HTTP/1.1 and h2c (
 port, so boto3, the Java KCL and curl all talk to the same in-process moto backends.
 
 Requests pass through ``LocalAwsApp``, which serializes them (DynamoDB conditional writes must be atomic,
-as they are on AWS) and counts them per service and operation.
+as they are on AWS), counts them per service and operation, and tallies what writes store per table and
+bucket (items, bytes, DynamoDB write units), so a benchmark can report the cost of a record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import io
 import json
+import math
 import random
+import re
 import socket
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -61,6 +66,102 @@ def _s3_operation(environ: dict[str, Any]) -> str:
     return {"GET": "GetObject", "PUT": "PutObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(
         method, method
     )
+
+
+@dataclass(slots=True)
+class Written:
+    """What write requests stored in one table or bucket, and what AWS would bill for it."""
+
+    requests: int = 0
+    items: int = 0
+    bytes: int = 0
+    """DynamoDB: item sizes by DynamoDB's rules; S3: object bodies."""
+    units: int = 0
+    """DynamoDB: write capacity units, one per started KB of each item written; S3: PUT requests."""
+
+
+DYNAMODB_WRITE_UNIT = 1024
+_SET_ASSIGNMENT = re.compile(r"(#?[A-Za-z0-9_.]+)\s*=\s*(:[A-Za-z0-9_]+)")
+
+
+def attribute_size(value: dict[str, Any]) -> int:
+    """Bytes of one DynamoDB attribute value (in its JSON wire form) by DynamoDB's item-size rules."""
+    ((kind, raw),) = value.items()
+    if kind == "S":
+        return len(raw.encode())
+    if kind == "N":
+        digits = raw.lstrip("-").replace(".", "").split("e")[0].split("E")[0].strip("0") or "0"
+        return (len(digits) + 1) // 2 + 1
+    if kind == "B":
+        return len(base64.b64decode(raw))
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "M":
+        return 3 + sum(len(k.encode()) + attribute_size(v) + 1 for k, v in raw.items())
+    if kind == "L":
+        return 3 + sum(attribute_size(v) + 1 for v in raw)
+    if kind == "SS":
+        return sum(len(v.encode()) for v in raw)
+    if kind == "NS":
+        return sum(attribute_size({"N": v}) for v in raw)
+    if kind == "BS":
+        return sum(len(base64.b64decode(v)) for v in raw)
+    raise ValueError(f"unknown attribute type {kind}")
+
+
+def item_size(item: dict[str, Any]) -> int:
+    return sum(len(name.encode()) + attribute_size(value) for name, value in item.items())
+
+
+def _update_size(payload: dict[str, Any]) -> int:
+    """The key plus the attributes an UpdateItem's SET clause assigns. AWS bills the larger of the whole
+    item before and after, so this is a lower bound; it is exact when the update rewrites every
+    attribute (as a vehicle-state update of a record carrying all signals does)."""
+    names = payload.get("ExpressionAttributeNames", {})
+    values = payload.get("ExpressionAttributeValues", {})
+    expression = payload.get("UpdateExpression", "")
+    clause = (
+        re.split(r"\b(?:REMOVE|ADD|DELETE)\b", expression.split("SET", 1)[1])[0]
+        if "SET" in expression
+        else ""
+    )
+    size = item_size(payload.get("Key", {}))
+    for name, placeholder in _SET_ASSIGNMENT.findall(clause):
+        if placeholder in values:
+            size += len(names.get(name, name).encode()) + attribute_size(values[placeholder])
+    return size
+
+
+def written_items(request: AwsRequest, environ: dict[str, Any]) -> list[tuple[str, int]]:
+    """(table or bucket, bytes) of every item or object a write request stores; [] for other requests."""
+    if request.service == "s3" and request.operation == "PutObject":
+        bucket = urllib.parse.unquote(str(environ.get("PATH_INFO", "/"))).lstrip("/").split("/", 1)[0]
+        decoded = environ.get("HTTP_X_AMZ_DECODED_CONTENT_LENGTH")  # aws-chunked bodies carry framing
+        return [(bucket, int(decoded) if decoded else len(request.body))]
+    if request.service != "dynamodb" or request.operation not in (
+        "PutItem",
+        "UpdateItem",
+        "DeleteItem",
+        "BatchWriteItem",
+    ):
+        return []
+    payload = json.loads(request.body or b"{}")
+    if request.operation == "PutItem":
+        return [(payload["TableName"], item_size(payload["Item"]))]
+    if request.operation == "UpdateItem":
+        return [(payload["TableName"], _update_size(payload))]
+    if request.operation == "DeleteItem":
+        return [(payload["TableName"], item_size(payload["Key"]))]
+    return [
+        (
+            table,
+            item_size(
+                write["PutRequest"]["Item"] if "PutRequest" in write else write["DeleteRequest"]["Key"]
+            ),
+        )
+        for table, writes in payload.get("RequestItems", {}).items()
+        for write in writes
+    ]
 
 
 FAULT_KINDS = ("throttle", "server_error", "unprocessed", "latency")
@@ -163,7 +264,11 @@ class LocalAwsApp:
 
     app: WsgiApp
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    written: dict[tuple[str, str], Written] = field(default_factory=dict)
+    """(service, table or bucket) -> what write requests stored there (injected failures store nothing)."""
     faults: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    busy: dict[tuple[str, str], float] = field(default_factory=dict)
+    """Seconds the backends spent serving each (service, operation): where an emulated run's time goes."""
     fault_plan: FaultPlan | None = None
     _rng: random.Random = field(default_factory=random.Random)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -191,9 +296,14 @@ class LocalAwsApp:
                 return [payload]
             if kind == "unprocessed":
                 return self._partially(environ, body, start_response)
+            self._tally(request, environ)
             # Materialize the response inside the lock: moto computes lazily in some paths. hypercorn
             # only starts a response on its first chunk, so an empty body (HEAD) still needs one.
-            return list(self.app(environ, start_response)) or [b""]
+            started = time.perf_counter()
+            response = list(self.app(environ, start_response)) or [b""]
+            key = (request.service, request.operation)
+            self.busy[key] = self.busy.get(key, 0.0) + time.perf_counter() - started
+            return response
 
     def _draw_fault(self, request: AwsRequest) -> str | None:
         with self._lock:
@@ -219,6 +329,7 @@ class LocalAwsApp:
             if rest:
                 unprocessed[table] = rest
         forwarded = json.dumps(payload).encode()
+        self._tally(AwsRequest("dynamodb", "BatchWriteItem", forwarded), environ)
         environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(forwarded), str(len(forwarded))
         captured: dict[str, Any] = {}
         response = b"".join(self.app(environ, lambda status, headers, *_: captured.update(status=status)))
@@ -231,9 +342,24 @@ class LocalAwsApp:
         )
         return [out]
 
+    def _tally(self, request: AwsRequest, environ: dict[str, Any]) -> None:
+        """Account a write (called under the lock). A failed condition is billed on AWS too: counted."""
+        items = written_items(request, environ)
+        for resource, size in items:
+            tally = self.written.setdefault((request.service, resource), Written())
+            tally.items += 1
+            tally.bytes += size
+            tally.units += (
+                max(1, math.ceil(size / DYNAMODB_WRITE_UNIT)) if request.service == "dynamodb" else 1
+            )
+        for resource in {resource for resource, _ in items}:
+            self.written[(request.service, resource)].requests += 1
+
     def reset_counts(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.written.clear()
+            self.busy.clear()
             self.faults.clear()
 
 

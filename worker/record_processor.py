@@ -11,6 +11,7 @@ Contract with the daemon:
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -78,6 +79,9 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             self._pipeline = self._pipeline_factory()
         except Exception as error:
             self._exit(EXIT_INIT_FAILED, "initialize_failed", error)
+        # What exists now (boto3's service models, the pydantic and protobuf schemas) lives as long as the
+        # process: keep the collector from rescanning it on every full collection. 12% of the CPU a record.
+        gc.freeze()
         self._last_checkpoint_at = self._clock()
 
     def process_records(self, process_records_input: Any) -> None:

@@ -1,0 +1,114 @@
+"""The 1 Hz fleet replayed through a record processor against the local AWS: what a record costs.
+
+The processor (ours: ``python -m worker process``; the naive peer: ``python -m bench.naive_processor``)
+is driven through the MultiLangDaemon's JSON-line protocol by the test harness, in batches of
+``batch_seconds`` of the fleet (what a shard has accumulated between two KCL polls). The local AWS
+counts every request and what the writes store; the processor's CPU time (after ``initialize``) and
+peak RSS come from the OS.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench.stage import cpu_seconds, fresh_stage, peak_rss
+from bench.workload import Fleet, entries, windows
+from tests.harness import ProcessorHarness, shard_records
+from worker.local_aws import LocalAws
+
+PROCESSORS = {
+    "ours": (sys.executable, "-m", "worker", "process"),
+    "naive": (sys.executable, "-m", "bench.naive_processor"),
+}
+DATA_SERVICES = ("dynamodb", "s3")
+
+
+@dataclass
+class ReplayResult:
+    peer: str
+    records: int
+    batches: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_bytes: int
+    requests: dict[str, int]
+    """``service:Operation`` -> count."""
+    written: dict[str, dict[str, int]] = field(default_factory=dict)
+    """``service:table-or-bucket`` -> requests, items, bytes, units."""
+
+    def _sum(self, prefix: tuple[str, ...], key: str | None = None) -> int:
+        if key is None:
+            return sum(n for name, n in self.requests.items() if name.startswith(prefix))
+        return sum(w[key] for name, w in self.written.items() if name.startswith(prefix))
+
+    @property
+    def data_requests(self) -> int:
+        """DynamoDB + S3 requests: what the 0.35 per record target counts."""
+        return self._sum(tuple(f"{s}:" for s in DATA_SERVICES))
+
+    @property
+    def kms_requests(self) -> int:
+        return self._sum(("kms:",))
+
+    @property
+    def write_bytes(self) -> int:
+        return self._sum(tuple(f"{s}:" for s in DATA_SERVICES), "bytes")
+
+    @property
+    def dynamodb_write_units(self) -> int:
+        return self._sum(("dynamodb:",), "units")
+
+    @property
+    def s3_puts(self) -> int:
+        return self._sum(("s3:",), "units")
+
+    def per_record(self) -> dict[str, float]:
+        n = self.records
+        return {
+            "requests": self.data_requests / n,
+            "kms_requests": self.kms_requests / n,
+            "write_bytes": self.write_bytes / n,
+            "dynamodb_write_units": self.dynamodb_write_units / n,
+            "s3_puts": self.s3_puts / n,
+            "cpu_ms": self.cpu_seconds * 1000 / n,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {**asdict(self), "per_record": self.per_record()}
+
+
+def run(aws: LocalAws, peer: str, fleet: Fleet, batch_seconds: float, progress: Any = None) -> ReplayResult:
+    stage = fresh_stage(aws)
+    stream = entries(fleet.stream())
+    harness = ProcessorHarness(stage.environ, command=PROCESSORS[peer], timeout=600)
+    try:
+        harness.initialize()
+        aws.app.reset_counts()
+        cpu_before, started = cpu_seconds(harness.proc.pid), time.monotonic()
+        batches = list(windows(shard_records(stream), fleet.vehicles, batch_seconds))
+        for i, batch in enumerate(batches):
+            harness.process(batch)
+            if progress and i % max(1, len(batches) // 5) == 0:
+                progress(f"  {peer}: batch {i + 1}/{len(batches)}")
+        seconds = time.monotonic() - started
+        cpu = cpu_seconds(harness.proc.pid) - cpu_before
+        rss = peak_rss(harness.proc.pid)
+        requests = Counter(aws.app.requests)
+        written = {f"{service}:{resource}": asdict(w) for (service, resource), w in aws.app.written.items()}
+        harness.lease_lost()
+    finally:
+        harness.close()
+    return ReplayResult(
+        peer=peer,
+        records=len(stream),
+        batches=len(batches),
+        seconds=seconds,
+        cpu_seconds=cpu,
+        peak_rss_bytes=rss,
+        requests={f"{service}:{operation}": n for (service, operation), n in sorted(requests.items())},
+        written=written,
+    )
