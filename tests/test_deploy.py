@@ -648,3 +648,17 @@ def test_data_tables_and_archive_prefixes_get_exactly_the_recorded_actions(
         assert allowed(
             policy, "dynamodb:Query", f"{data_table(settings, 'trips-index')}/index/tripDate-index"
         )
+
+
+def test_the_sweep_task_runs_the_same_image_as_the_worker_with_the_sweep_entrypoint() -> None:
+    worker = json.loads(TASK_DEFINITION.read_text())
+    sweep = json.loads((DEPLOY / "sweep-task-definition.json").read_text())
+    (worker_container,) = worker["containerDefinitions"]
+    (container,) = sweep["containerDefinitions"]
+    assert container["entryPoint"] == ["python", "-m", "worker", "sweep-orphans"]
+    assert (container["image"], sweep["taskRoleArn"]) == (worker_container["image"], worker["taskRoleArn"])
+    assert container["user"] == worker_container["user"] and container["readonlyRootFilesystem"]
+    names = {e["name"] for e in container["environment"]}
+    settings = {f"FLEET_{name.upper()}" for name in Settings.model_fields}
+    assert names <= settings | {"AWS_REGION"}
+    assert {"FLEET_TABLE_PREFIX", "FLEET_ARCHIVE_BUCKET", "FLEET_TRIP_GAP_SECONDS"} <= names
