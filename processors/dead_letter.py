@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -125,6 +125,3 @@ def partition_key_hasher(pseudo_vin: Callable[[str], str]) -> Callable[[str], st
 
     return hash_key
 
-
-def read_documents(s3: S3Client, bucket: str, keys: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
-    return [(key, orjson.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())) for key in keys]
