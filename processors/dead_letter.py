@@ -124,4 +124,3 @@ def partition_key_hasher(pseudo_vin: Callable[[str], str]) -> Callable[[str], st
         return pseudo_vin(partition_key.strip().upper())
 
     return hash_key
-
