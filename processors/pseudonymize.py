@@ -38,7 +38,8 @@ class Pseudonymizer:
         self.pseudo_vin = lru_cache(maxsize=cache_size)(self._pseudo_vin)
 
     def _pseudo_vin(self, vin: str) -> str:
-        return hmac.new(self._key, vin.encode("ascii"), hashlib.sha256).hexdigest()[:32]
+        # UTF-8 equals ASCII for a VIN; it matters for partition keys, which Kinesis allows in Unicode.
+        return hmac.new(self._key, vin.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
     def __repr__(self) -> str:
         return "Pseudonymizer(key=<redacted>)"

@@ -30,6 +30,8 @@ class ShardRecord:
     partition_key: str
     sequence_number: str
     arrival_ms: int
+    sub_sequence_number: int = 0
+    """Non-zero for the sub-records of a KPL aggregate, which share the aggregate's sequence number."""
 
     def message(self) -> dict[str, Any]:
         return {
@@ -37,7 +39,7 @@ class ShardRecord:
             "data": base64.b64encode(self.data).decode(),
             "partitionKey": self.partition_key,
             "sequenceNumber": self.sequence_number,
-            "subSequenceNumber": 0,
+            "subSequenceNumber": self.sub_sequence_number,
             "approximateArrivalTimestamp": self.arrival_ms,
         }
 

@@ -144,6 +144,20 @@ def test_every_rejection_becomes_one_encrypted_dead_letter(
         unseal(doc["original"], key.replace(".json", "-moved.json"), decrypt_data_key(env))
 
 
+def test_kpl_sub_records_and_unicode_partition_keys_get_their_own_dead_letters(env: AwsEnv) -> None:
+    # The KCL de-aggregates a KPL record into sub-records sharing one sequence number; Kinesis allows
+    # any Unicode partition key. Neither may collide dead letters or stop the shard.
+    good, bad = shard_records([native(), StreamEntry(b"not json", "v\u00e9hicule-\u2603")])
+    aggregate = [ShardRecord(b"{", VIN, bad.sequence_number, bad.arrival_ms, sub) for sub in (0, 1, 2)]
+    harness = run(env, [good, bad, *aggregate[1:]])
+    keys = set(dead_letters(env))
+    day = format_time(bad.arrival_ms)[:10].replace("-", "/")
+    prefix = f"dead-letter/{day}/shardId-000000000000/"
+    assert keys == {f"{prefix}{bad.sequence_number}{sub}.json" for sub in ("", "-1", "-2")}
+    assert harness.checkpoints[-1].sequence_number == bad.sequence_number
+    assert harness.checkpoints[-1].sub_sequence_number == 2
+
+
 def test_quarantine_then_fix_then_redrive_applies_the_record(env: AwsEnv) -> None:
     big = native(vehicleSpeed=42.0, notes="y" * 400)  # larger than the (mis)configured limit below
     strict = env.with_settings(FLEET_MAX_RECORD_BYTES="300")
