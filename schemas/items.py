@@ -20,6 +20,14 @@ class LocationItem(_Item):
     lng: float
 
 
+class PositionItem(_Item):
+    """A record's place in the stream."""
+
+    shardId: str
+    sequenceNumber: str
+    subSequenceNumber: int = 0
+
+
 class StopSnapshot(_Item):
     """Trip aggregates frozen when the vehicle stopped (ENDING)."""
 
@@ -66,7 +74,9 @@ class TripStateItem(_Item):
     pseudoVin: str
     status: Literal["ACTIVE", "ENDING", "IDLE"]
     lastEventTime: str | None = None
-    """High-water mark: the newest record applied to the trip machine."""
+    """High-water mark: the event time of the newest record that changed the trip machine."""
+    appliedThrough: PositionItem | None = None
+    """That record's stream position: a redelivery at or before it (same shard) is skipped."""
     lastUpdate: str
     """Wall-clock time of the last write (volatile): orphan detection and optimistic concurrency."""
     tripId: str | None = None
