@@ -21,6 +21,13 @@ RESERVED_NAMES = frozenset({"pseudoVin", "timestamp", "vin", "location"})
 
 VIN_PATTERN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
 """17 characters: digits and capital letters except I, O and Q."""
+VIN_INSIDE = re.compile(
+    r"(?=[A-HJ-NPR-Z0-9]{0,16}[A-HJ-NPR-Z])"  # a letter among the 17
+    r"(?=[A-HJ-NPR-Z0-9]{0,16}[0-9])"  # and a digit
+    r"[A-HJ-NPR-Z0-9]{17}"
+)
+"""17 VIN-alphabet characters in a row, letters and digits mixed: any fleet's VIN, even inside a longer
+token (``car_1HGCM82633A004352``, ``X1HGCM82633A004352``), in upper-cased text."""
 _WHITESPACE = re.compile(r"\s+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -37,14 +44,21 @@ def normalize_vin(raw: str) -> str:
 
 
 def mentions_vin(value: Any, vin: str) -> bool:
-    """True when a (possibly nested) value contains the VIN, or anything VIN-shaped, in any case or spacing.
+    """True when a (possibly nested) value may hold a VIN: this record's in any case or spacing, any
+    VIN-shaped run of characters (another vehicle's, e.g. a paired trailer), or a value that is one
+    spaced-out VIN.
 
     Such a signal is dropped at the boundary: an identifier smuggled in a telemetry field is still a VIN.
+    The price is that an unknown signal holding a long opaque id (17+ letters and digits without I, O,
+    Q) is dropped too.
     """
     if isinstance(value, str):
         if len(value) < 17:  # most names and values: too short to hold a VIN, even before squeezing
             return False
-        squeezed = _WHITESPACE.sub("", value).upper()
+        upper = value.upper()
+        if VIN_INSIDE.search(upper) is not None:
+            return True
+        squeezed = _WHITESPACE.sub("", upper)
         return vin in squeezed or VIN_PATTERN.fullmatch(squeezed) is not None
     if isinstance(value, dict):
         return any(mentions_vin(k, vin) or mentions_vin(v, vin) for k, v in value.items())

@@ -91,6 +91,24 @@ def test_a_vin_smuggled_into_a_signal_is_dropped() -> None:
     assert record.signals == {"vehicleSpeed": 1.0}
 
 
+def test_another_vehicles_vin_inside_a_name_or_a_longer_text_is_dropped() -> None:
+    trailer = "1HGCM82633A004352"
+    signals = {
+        "vehicleSpeed": 1.0,
+        "trailer": f"paired {trailer.lower()}!",
+        f"car_{trailer}": 1,
+        "hitch": f"X{trailer}",
+        "firmware": "2024.44.25.3 7c1bd0b1",  # kept: letters and digits, but no 17 in a row
+        "sessionId": "12345678901234567890",  # kept: digits only, a number rather than a VIN
+    }
+    record = DECODER.decode(native(signals=signals), ARRIVAL)
+    assert record.signals == {
+        "vehicleSpeed": 1.0,
+        "firmware": "2024.44.25.3 7c1bd0b1",
+        "sessionId": "12345678901234567890",
+    }
+
+
 def test_a_vehicle_clock_ahead_of_the_stream_is_clamped_to_arrival() -> None:
     ahead = DECODER.decode(native(timestamp=format_time(ARRIVAL + 5 * 60_000)), ARRIVAL)
     assert ahead.event_time_ms == ARRIVAL
