@@ -83,8 +83,12 @@ def finite_number(value: object) -> float | int | None:
 
 
 def valid_location(lat: object, lng: object) -> Location | None:
+    """A location on the map, or None. Exactly (0, 0) is "no fix": an empty protobuf ``LocationValue``
+    reads as it, and a receiver without a fix reports it; no vehicle drives to that spot at sea."""
     lat_n, lng_n = finite_number(lat), finite_number(lng)
     if lat_n is None or lng_n is None or not (-90 <= lat_n <= 90 and -180 <= lng_n <= 180):
+        return None
+    if lat_n == 0 and lng_n == 0:
         return None
     return Location(float(lat_n), float(lng_n))
 

@@ -223,9 +223,14 @@ def _shift_state(value: Plain) -> str | None:
     return _SHIFT_STATES.get(value) if isinstance(value, str) else None
 
 
+_NOT_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
+
+
 def _other_signal(value: Plain) -> Plain:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, str) and value.strip() in _NOT_FINITE:
+        return None  # a number the vehicle could not measure, whichever member carried it
     if isinstance(value, tuple):
         location = valid_location(*value)
         return None if location is None else {"lat": location.lat, "lng": location.lng}
@@ -271,7 +276,8 @@ def decode_tesla_json(obj: dict[str, Any], arrival_ms: int) -> TelemetryRecord:
     vin = normalize_vin(payload.vin)
     if not payload.data:
         raise _no_data()
-    event_time_ms = arrival_ms if payload.created_at is None else parse_event_time(payload.created_at)
+    created_ms = None if payload.created_at is None else parse_event_time(payload.created_at)
+    event_time_ms = _event_time(created_ms, arrival_ms, bool(payload.is_resend))
     datums = []
     for datum in payload.data:
         name = _JSON_KEYS.get(datum["key"]) or _json_field_name(datum["key"])
@@ -307,12 +313,27 @@ def decode_tesla_protobuf(data: bytes, arrival_ms: int) -> TelemetryRecord:
         # Also exactly the bytes of an alerts or errors message with no items.
         raise _no_data() if _is_vin(payload.vin) else _not_vehicle_data(data)
     vin = normalize_vin(payload.vin)
+    created_ms = None
     if payload.HasField("created_at"):
         created = payload.created_at
-        event_time_ms = created.seconds * 1000 + created.nanos // 1_000_000
-    else:
-        event_time_ms = arrival_ms
-    return _record(vin, event_time_ms, datums, "tesla_protobuf")
+        created_ms = created.seconds * 1000 + created.nanos // 1_000_000
+    return _record(vin, _event_time(created_ms, arrival_ms, payload.is_resend), datums, "tesla_protobuf")
+
+
+def _event_time(created_ms: int | None, arrival_ms: int, is_resend: bool) -> int:
+    """The vehicle's time; without one, the stream's (a clock ahead is clamped to it later).
+
+    A resend repeats changes sent earlier, so it is only idempotent at the vehicle's own time. Placed
+    at its (later) arrival instead, old values would win over newer ones in last-writer-wins state, and
+    a resent location would become a second breadcrumb: such a resend is quarantined (redrivable).
+    """
+    if created_ms is None:
+        if is_resend:
+            raise InvalidRecord(RejectReason.TIMESTAMP_OUT_OF_RANGE, "resend without a vehicle time")
+        return arrival_ms
+    if is_resend and created_ms > arrival_ms:
+        raise InvalidRecord(RejectReason.TIMESTAMP_OUT_OF_RANGE, "resend stamped ahead of the stream's clock")
+    return created_ms
 
 
 _OTHER_RECORD_TYPES = (

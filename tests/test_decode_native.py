@@ -75,7 +75,7 @@ def test_deltas_carry_only_what_changed_and_unknown_signals_are_kept() -> None:
     assert record.signals == {"batteryLevel": 74, "cabinTemp": 21.5, "tpms": {"fl": 2.9}}
 
 
-@pytest.mark.parametrize(("lat", "lng"), [(91.0, 10.0), (10.0, -180.5), (None, 10.0), (10.0, None)])
+@pytest.mark.parametrize(("lat", "lng"), [(91.0, 10.0), (10.0, -180.5), (None, 10.0), (10.0, None), (0.0, 0)])
 def test_invalid_coordinates_drop_the_location_and_keep_the_record(lat: Any, lng: Any) -> None:
     signals = {"vehicleSpeed": 12.0, "lat": lat, "lng": lng}
     record = DECODER.decode(native(signals={k: v for k, v in signals.items() if v is not None}), ARRIVAL)

@@ -311,6 +311,19 @@ def test_a_resend_decodes_exactly_like_the_original() -> None:
     assert decoded(protobuf(message, is_resend=True)) == decoded(protobuf(message))
 
 
+def test_a_resend_without_its_own_vehicle_time_is_quarantined() -> None:
+    """Placed at its later arrival, a resend's old values would win over newer ones: not idempotent."""
+    ahead = ARRIVAL + 5 * 60_000
+    for data in (
+        tesla_json(SOC_JSON, createdAt=None, isResend=True),
+        tesla_json(SOC_JSON, createdAt=format_time(ahead), isResend=True),
+        protobuf(SOC, created_ms=None, is_resend=True),
+        protobuf(SOC, created_ms=ahead, is_resend=True),
+    ):
+        assert rejected(data).reason is RejectReason.TIMESTAMP_OUT_OF_RANGE
+    assert decoded(tesla_json(SOC_JSON, createdAt=None)).event_time_ms == ARRIVAL  # first sending: kept
+
+
 def test_vins_are_normalized_in_both_formats() -> None:
     assert decoded(tesla_json(SOC_JSON, vin=f" {VIN.lower()}\n")).vin == VIN
     assert decoded(protobuf(SOC, vin=f"{VIN.lower()} ")).vin == VIN
@@ -338,6 +351,24 @@ def test_a_protobuf_location_out_of_range_is_dropped_and_the_record_kept() -> No
     record = decoded(protobuf(far, Datum(key=Field.VehicleSpeed, value=Value(double_value=3.0))))
     assert record.dropped_location
     assert record.signals == {"vehicleSpeed": 3.0}
+
+
+def test_an_empty_location_is_no_fix_rather_than_null_island() -> None:
+    empty = Datum(key=Field.Location, value=Value(location_value=LocationValue()))
+    speed = Datum(key=Field.VehicleSpeed, value=Value(double_value=3.0))
+    for data in (
+        protobuf(empty, speed),
+        tesla_json(datum("Location", locationValue={}), datum("VehicleSpeed", doubleValue=3.0)),
+    ):
+        record = decoded(data)
+        assert record.dropped_location and "location" not in record.signals
+
+
+def test_unmeasurable_numbers_of_unmapped_fields_are_ignored_whatever_member_carries_them() -> None:
+    items = [datum("InsideTemp", stringValue=v) for v in ("NaN", "Infinity", "-Infinity")]
+    assert decoded(tesla_json(*items, datum("OutsideTemp", stringValue="12.5"))).signals == {
+        "OutsideTemp": "12.5"
+    }
 
 
 def test_a_protobuf_payload_that_looks_like_json_after_a_newline_is_still_protobuf() -> None:

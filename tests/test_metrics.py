@@ -25,6 +25,7 @@ METRICS = {
     "RecordsProcessed",
     "RecordsDeadLettered",
     "TripsArchived",
+    "InvalidCoordinates",
     "BatchDurationMs",
     "MillisBehindLatest",
     "WriteRequests",
@@ -57,6 +58,7 @@ SAMPLE = BatchMetrics(
     records=500,
     dead_lettered=3,
     trips_archived=2,
+    invalid_coordinates=4,
     write_requests=61,
     duration_ms=412.5,
     millis_behind_latest=1800,
@@ -80,6 +82,7 @@ def test_a_batch_document_follows_the_spec() -> None:
         3,
         2,
     )
+    assert document["InvalidCoordinates"] == 4
     assert (document["WriteRequests"], document["BatchDurationMs"], document["MillisBehindLatest"]) == (
         61,
         412.5,
@@ -88,7 +91,7 @@ def test_a_batch_document_follows_the_spec() -> None:
 
 
 def test_an_unknown_lag_is_left_out_not_reported_as_zero() -> None:
-    unknown = BatchMetrics(1, 0, 0, 1, 2.0, None)
+    unknown = BatchMetrics(1, 0, 0, 0, 1, 2.0, None)
     document = emf_document("ns", "app", "shardId-000000000000", unknown, int(time.time() * 1000))
     assert_emf(document)
     assert "MillisBehindLatest" not in document
@@ -139,3 +142,4 @@ def test_the_processor_emits_one_document_per_non_empty_batch_on_stderr(aws_env:
     batch_lines = [line for line in harness.logs() if line["event"] == "batch"]
     assert [d["RecordsDeadLettered"] for d in documents] == [b["deadLetters"] for b in batch_lines]
     assert [d["WriteRequests"] for d in documents] == [b["writes"] for b in batch_lines]
+    assert [d["InvalidCoordinates"] for d in documents] == [b["invalidCoordinates"] for b in batch_lines]

@@ -103,8 +103,9 @@ class Settings(BaseSettings):
         120.0, description="`health` fails when the daemon's or a shard's heartbeat is older than this."
     )
     metrics_namespace: str = Field(
-        "fleet-ingest",
-        description="CloudWatch namespace of the worker's metrics (EMF documents in its logs).",
+        "fleet-ingest/worker",
+        description="CloudWatch namespace of the worker's metrics (EMF documents in its logs); apart from "
+        "the KCL's own, which go to the namespace named after the application.",
     )
 
     def table_name(self, spec: TableSpec) -> str:

@@ -25,6 +25,7 @@ UNITS = {
     "RecordsProcessed": "Count",
     "RecordsDeadLettered": "Count",
     "TripsArchived": "Count",
+    "InvalidCoordinates": "Count",
     "WriteRequests": "Count",
     "BatchDurationMs": "Milliseconds",
     "MillisBehindLatest": "Milliseconds",
@@ -38,6 +39,8 @@ class BatchMetrics:
     records: int
     dead_lettered: int
     trips_archived: int
+    invalid_coordinates: int
+    """Records kept without their location (out of range, not finite, or no fix)."""
     write_requests: int
     duration_ms: float
     millis_behind_latest: int | None
@@ -48,6 +51,7 @@ class BatchMetrics:
             "RecordsProcessed": self.records,
             "RecordsDeadLettered": self.dead_lettered,
             "TripsArchived": self.trips_archived,
+            "InvalidCoordinates": self.invalid_coordinates,
             "WriteRequests": self.write_requests,
             "BatchDurationMs": self.duration_ms,
         }

@@ -122,6 +122,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
                     records=outcome.records,
                     dead_lettered=outcome.quarantined,
                     trips_archived=outcome.trips_completed,
+                    invalid_coordinates=outcome.invalid_coordinates,
                     write_requests=outcome.writes,
                     duration_ms=duration_ms,
                     millis_behind_latest=lag,
