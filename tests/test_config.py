@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from schemas.tables import ALL_TABLES
 from worker.config import Settings
@@ -45,7 +46,22 @@ def test_endpoint_and_region_come_from_the_standard_aws_variables(monkeypatch: p
     assert settings.region == "eu-west-1"
 
 
+def test_an_empty_endpoint_means_real_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "")
+    assert Settings().endpoint_url is None
+
+
+def test_the_pseudonym_key_is_refused_outside_the_local_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("FLEET_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("FLEET_PSEUDONYM_KEY", "super-secret-key")
+    with pytest.raises(ValidationError, match="local AWS only") as refused:
+        Settings()
+    assert "super-secret-key" not in str(refused.value)
+
+
 def test_the_pseudonym_key_is_never_rendered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
     monkeypatch.setenv("FLEET_PSEUDONYM_KEY", "super-secret-key")
     settings = Settings()
     assert "super-secret-key" not in repr(settings)

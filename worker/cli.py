@@ -400,6 +400,8 @@ def explain(error: Exception) -> str | None:
         return str(error)
     if isinstance(error, ValidationError):
         first = error.errors()[0]
+        if not first["loc"]:  # a rule across settings
+            return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
         name = "FLEET_" + "_".join(str(part) for part in first["loc"]).upper()
         return f"invalid setting {name}: {first['msg']}"
     if isinstance(error, FileNotFoundError):

@@ -9,14 +9,17 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.tables import ALL_TABLES, TableSpec
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLEET_", frozen=True, extra="ignore")
+    # Errors never echo input: a setting may be a secret.
+    model_config = SettingsConfigDict(
+        env_prefix="FLEET_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     # --- where things are ---------------------------------------------------------------------------
     stream_name: str = Field("vehicle-telemetry", description="Kinesis stream consumed by the worker.")
@@ -107,6 +110,20 @@ class Settings(BaseSettings):
         description="CloudWatch namespace of the worker's metrics (EMF documents in its logs); apart from "
         "the KCL's own, which go to the namespace named after the application.",
     )
+
+    @field_validator("endpoint_url", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value  # `AWS_ENDPOINT_URL=`
+
+    @model_validator(mode="after")
+    def _key_only_locally(self) -> Settings:
+        if self.pseudonym_key is not None and self.endpoint_url is None:
+            raise ValueError(
+                "FLEET_PSEUDONYM_KEY is for the local AWS only (with AWS_ENDPOINT_URL); on AWS the key "
+                "is read from Secrets Manager (FLEET_PSEUDONYM_SECRET_ID)"
+            )
+        return self
 
     def table_name(self, spec: TableSpec) -> str:
         """The physical name of a data table: prefix + configured name."""
