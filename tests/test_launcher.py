@@ -1,11 +1,17 @@
-"""The daemon's properties and the drain criterion, without starting Java."""
+"""The daemon's properties, the drain criterion and the stop bound, without starting Java."""
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from worker import launcher
 from worker.config import Settings
 from worker.launcher import daemon_properties, kcl_jar_dir, kcl_version, render_properties
 
@@ -50,3 +56,30 @@ def test_a_local_endpoint_points_both_kcl_clients_at_it(monkeypatch: pytest.Monk
     assert props["metricsLevel"] == "NONE"
     assert props["callProcessRecordsEvenForEmptyRecordList"] == "true"
     assert "kinesisEndpoint = http://127.0.0.1:4566\n" in render_properties(props)
+
+
+def test_a_daemon_hung_in_shutdown_is_killed_after_the_stop_bound(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "daemon.pid"
+    java = tmp_path / "java"  # a "JVM" that ignores SIGTERM
+    java.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -c 'import os, signal, time; "
+        f"signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f'open("{pid_file}", "w").write(str(os.getpid())); time.sleep(60)\'\n'
+    )
+    java.chmod(0o755)
+    monkeypatch.setenv("JAVA", str(java))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("FLEET_KCL_SHUTDOWN_GRACE_MILLIS", "200")
+    monkeypatch.setenv("FLEET_HEARTBEAT_PATH", str(tmp_path / "heartbeats"))
+    monkeypatch.setattr(launcher, "JVM_SHUTDOWN_MARGIN_SECONDS", 1.0)
+    threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM)).start()  # ECS stops the task
+
+    started = time.monotonic()
+    code = launcher.run(Settings())
+
+    assert code == -signal.SIGKILL
+    assert time.monotonic() - started < 10
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)

@@ -164,23 +164,30 @@ def run(settings: Settings, drain: bool = False, timeout: float | None = None) -
     with tempfile.TemporaryDirectory(prefix="fleet-ingest-kcl-") as tmp:
         files = write_daemon_files(settings, Path(tmp))
         started = time.monotonic()
-        # A session of its own: a terminal's Ctrl-C reaches only us, and we stop the daemon gracefully.
-        daemon = subprocess.Popen(
-            daemon_command(files), env=daemon_environment(settings), stdout=sys.stderr, start_new_session=True
-        )
-        event(log, "daemon_started", pid=daemon.pid, drain=drain, shards=len(targets))
-
         stopping = threading.Event()
+        daemon: subprocess.Popen[bytes] | None = None
 
         def forward(signum: int, _frame: FrameType | None) -> None:
             event(log, "daemon_stopping", signal=signal.Signals(signum).name)
             stopping.set()
-            daemon.send_signal(signal.SIGTERM)
+            if daemon is not None:
+                daemon.send_signal(signal.SIGTERM)
 
+        # Handlers first: a SIGTERM while the daemon starts must still stop it, not orphan it.
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            # A session of its own: a terminal's Ctrl-C reaches only us, and we stop the daemon gracefully.
+            daemon = subprocess.Popen(
+                daemon_command(files),
+                env=daemon_environment(settings),
+                stdout=sys.stderr,
+                start_new_session=True,
+            )
+            event(log, "daemon_started", pid=daemon.pid, drain=drain, shards=len(targets))
+            if stopping.is_set():
+                daemon.send_signal(signal.SIGTERM)
             code = _supervise(
-                settings, clients, daemon, heartbeat, targets if drain else None, started, timeout
+                settings, clients, daemon, heartbeat, targets if drain else None, started, timeout, stopping
             )
             if stopping.is_set() and code in STOPPED_BY_SIGTERM:
                 event(log, "daemon_stopped", code=code)
@@ -189,8 +196,17 @@ def run(settings: Settings, drain: bool = False, timeout: float | None = None) -
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            _stop(daemon, settings)
+            if daemon is not None:
+                _stop(daemon, settings)
             heartbeat.stop()
+
+
+JVM_SHUTDOWN_MARGIN_SECONDS = 15.0
+
+
+def stop_bound_seconds(settings: Settings) -> float:
+    """How long a stopping daemon may take: the processors' grace, plus the JVM's own shutdown."""
+    return settings.kcl_shutdown_grace_millis / 1000 + JVM_SHUTDOWN_MARGIN_SECONDS
 
 
 def _supervise(
@@ -201,7 +217,9 @@ def _supervise(
     targets: dict[str, str] | None,
     started: float,
     timeout: float | None,
+    stopping: threading.Event,
 ) -> int:
+    stop_started: float | None = None
     while True:
         code = daemon.poll()
         if code is not None:
@@ -214,6 +232,13 @@ def _supervise(
         if timeout is not None and time.monotonic() - started > timeout:
             event(log, "timeout", logging.ERROR, seconds=timeout)
             return 124
+        if stopping.is_set():
+            stop_started = stop_started or time.monotonic()
+            if time.monotonic() - stop_started > stop_bound_seconds(settings):
+                # A JVM hung in shutdown: end it before the orchestrator's SIGKILL takes us both.
+                event(log, "daemon_killed", logging.ERROR, seconds=stop_bound_seconds(settings))
+                daemon.kill()
+                return daemon.wait()
         time.sleep(0.5)
 
 
@@ -222,7 +247,7 @@ def _stop(daemon: subprocess.Popen[bytes], settings: Settings) -> None:
         return
     daemon.send_signal(signal.SIGTERM)
     try:
-        daemon.wait(settings.kcl_shutdown_grace_millis / 1000 + 15)
+        daemon.wait(stop_bound_seconds(settings))
     except subprocess.TimeoutExpired:
         daemon.kill()
         daemon.wait()
