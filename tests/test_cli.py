@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import pytest
@@ -120,9 +121,32 @@ def test_a_bad_setting_is_one_line() -> None:
     assert "FLEET_CHECKPOINT_EVERY_RECORDS" in line
 
 
-def test_bad_arguments_keep_argparse_usage() -> None:
+def test_bad_arguments_are_one_line_pointing_at_help() -> None:
     result = worker("simulate", "--vehicles", "two", "--minutes", "1")
-    assert result.returncode == 2 and result.stderr.startswith("usage: ") and "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert result.stderr == (
+        "python -m worker simulate: error: argument --vehicles: invalid int value: 'two' (see --help)\n"
+    )
+    missing = worker("frobnicate")
+    assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1
+    assert missing.stderr.startswith("python -m worker: error: argument COMMAND: invalid choice")
+
+
+def test_a_bad_fixture_line_names_the_line_and_sends_nothing(aws_env: AwsEnv, tmp_path: Path) -> None:
+    fixture = tmp_path / "bad.jsonl"
+    fixture.write_text('{"vin": "5YJ3E1EA7KF317000", "timestamp": 1, "signals": {}}\n{"vin": \n')
+    line = assert_one_line_error(worker("replay", str(fixture), env=aws_env.environ), "replay")
+    assert line.endswith(f"{fixture}:2: not a JSON line")
+    bad_base64 = tmp_path / "raw.jsonl"
+    bad_base64.write_text('{"_raw_b64": "%%%", "_partition_key": "k"}\n')
+    line = assert_one_line_error(worker("replay", str(bad_base64), env=aws_env.environ), "replay")
+    assert line.endswith(f"{bad_base64}:1: _raw_b64 is not base64")
+    kinesis, stream = aws_env.clients.kinesis, aws_env.settings.stream_name
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        assert kinesis.get_records(ShardIterator=iterator)["Records"] == []
 
 
 def test_a_vin_given_for_a_pseudo_vin_is_refused_without_echoing_it() -> None:

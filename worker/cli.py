@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 from worker.config import Settings
 
@@ -70,12 +71,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from worker.replay import read_fixture, replay
 
     started = time.monotonic()
+    entries = list(read_fixture(args.file))  # all of it first: a bad line must not leave half a replay
     kinesis = AwsClients(settings).kinesis
-    progress = Progress("replay", None)
-    if progress.enabled:  # count the lines only to draw a bar on a terminal
-        progress.total = _count_lines(args.file)
-    with progress:
-        stats = replay(kinesis, settings.stream_name, read_fixture(args.file), args.rate, progress.advance)
+    with Progress("replay", len(entries)) as progress:
+        stats = replay(kinesis, settings.stream_name, entries, args.rate, progress.advance)
     elapsed = time.monotonic() - started
     say(
         f"replayed {stats.records} records in {stats.requests} PutRecords "
@@ -110,11 +109,6 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.output:
         say(f"wrote {count} records for {args.vehicles} vehicles to {args.output}")
     return 0
-
-
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as lines:
-        return sum(1 for line in lines if line.strip())
 
 
 def cmd_sweep_orphans(args: argparse.Namespace, settings: Settings) -> int:
@@ -216,8 +210,15 @@ def _iso(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line, like every other operator error (argparse prints its usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
+    root = _Parser(
         prog="python -m worker",
         description="fleet-ingest: Kinesis telemetry -> DynamoDB/S3, run under the KCL MultiLangDaemon. "
         "Configuration comes from FLEET_* environment variables (see README).",
@@ -384,8 +385,9 @@ def explain(error: Exception) -> str | None:
     from pydantic import ValidationError
 
     from worker.inspection import BadName, NotFound
+    from worker.replay import BadFixtureLine
 
-    if isinstance(error, NotFound | BadName):
+    if isinstance(error, NotFound | BadName | BadFixtureLine):
         return str(error)
     if isinstance(error, EndpointConnectionError):
         return f"{error} (check AWS_ENDPOINT_URL, the region and the network)"

@@ -7,6 +7,7 @@ Each line is one record. A JSON object is sent as its compact JSON bytes. A line
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,18 +38,32 @@ def parse_line(line: str | bytes) -> StreamEntry:
     obj = orjson.loads(line)
     if isinstance(obj, dict) and "_raw_b64" in obj:
         return StreamEntry(
-            base64.b64decode(obj["_raw_b64"]), str(obj.get("_partition_key") or NO_PARTITION_KEY)
+            base64.b64decode(obj["_raw_b64"], validate=True),
+            str(obj.get("_partition_key") or NO_PARTITION_KEY),
         )
     vin = obj.get("vin") if isinstance(obj, dict) else None
     key = vin.strip() if isinstance(vin, str) and vin.strip() else NO_PARTITION_KEY
     return StreamEntry(orjson.dumps(obj), key)
 
 
+class BadFixtureLine(ValueError):
+    """A fixture line that is neither a JSON object nor a valid ``_raw_b64`` line."""
+
+    def __init__(self, path: Path, line_number: int, why: str) -> None:
+        super().__init__(f"{path}:{line_number}: {why}")
+
+
 def read_fixture(path: Path) -> Iterator[StreamEntry]:
     with path.open("rb") as lines:
-        for line in lines:
-            if line.strip():
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
                 yield parse_line(line)
+            except orjson.JSONDecodeError:
+                raise BadFixtureLine(path, number, "not a JSON line") from None
+            except (binascii.Error, TypeError):
+                raise BadFixtureLine(path, number, "_raw_b64 is not base64") from None
 
 
 @dataclass
