@@ -61,7 +61,7 @@ NOT_EXERCISED_LOCALLY: Mapping[str, str] = {
     "dynamodb:DeleteItem": "KCL deletes leases of parent shards after resharding; the e2e never reshards",
     "cloudwatch:PutMetricData": "KCL metrics; metricsLevel is NONE against the local AWS",
     "secretsmanager:GetSecretValue": "the pseudonymization key; the e2e passes FLEET_PSEUDONYM_KEY instead",
-    "kms:GenerateDataKey": "one data key per batch that quarantines a record; clean fixtures quarantine none",
+    "kms:GenerateDataKey": "a data key per batch that quarantines a record; a run without bad input has none",
     "s3:GetObject": "archiving a trip with sealed segments (FLEET_TRIP_SEGMENT_BREADCRUMBS, 3600 by default)",
 }
 """Task-role actions needed on AWS that a local end-to-end run may not exercise, each with its reason."""

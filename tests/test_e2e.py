@@ -21,7 +21,7 @@ import pytest
 from processors.pseudonymize import Pseudonymizer
 from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv, fresh_env
-from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, expected_trips
+from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, boundary_fleet_vins, expected_trips
 from tests.iam import TASK_POLICY, assert_policy_covers
 from tests.oracle import dumps, latest_by_vin, leaked, vins_in
 from worker.launcher import lease_checkpoints
@@ -79,7 +79,8 @@ def kcl_run(local_aws: LocalAws) -> Iterator[DaemonRun]:
 def test_vehicle_state_holds_each_vehicles_latest_values(kcl_run: DaemonRun) -> None:
     state = {item["pseudoVin"]: item for item in kcl_run.table("vehicle-state")}
     expected = latest_by_vin(FIXTURES / "fleet-small.jsonl") | latest_by_vin(FIXTURES / "trips.jsonl")
-    assert set(state) >= {kcl_run.pseudo.pseudo_vin(vin) for vin in expected}
+    vehicles = set(expected) | boundary_fleet_vins()
+    assert sorted(state) == sorted({kcl_run.pseudo.pseudo_vin(vin) for vin in vehicles})  # one item each
     for vin, latest in expected.items():
         item = state[kcl_run.pseudo.pseudo_vin(vin)]
         assert item["timestamp"] == latest["timestamp"]

@@ -13,7 +13,7 @@ from schemas.dynamo import from_item
 from worker.aws import AwsClients
 from worker.bootstrap import bootstrap
 from worker.config import Settings
-from worker.launcher import lease_checkpoints, run
+from worker.launcher import lease_checkpoints, run, shards_of
 from worker.local_aws import LocalAws
 from worker.replay import read_fixture, replay
 from worker.simulate import simulate
@@ -59,7 +59,7 @@ def demo(vehicles: int, minutes: float, shards: int) -> int:
         say(f"[4/5] replayed {stats.records} records in {stats.requests} PutRecords calls")
 
         processing_started = time.monotonic()
-        code = run(settings, drain=True, timeout=240)
+        code = run(settings, drain=True, timeout=150)  # the demo's whole budget is 3 minutes
         processing = time.monotonic() - processing_started
         if code != 0:
             say(f"the KCL did not drain the stream (exit {code})")
@@ -79,7 +79,7 @@ def summary(settings: Settings, clients: AwsClients, records: int, elapsed: floa
     say("fleet-ingest demo summary")
     say(f"  records replayed       {records}")
     say(f"  vehicles in state      {vehicles}")
-    say(f"  shards / leases        {len(leases)}")
+    say(f"  shards / leases        {len(shards_of(settings, clients))} / {len(leases)}")
     for shard, checkpoint in sorted(leases.items()):
         say(f"    {shard}  checkpoint {checkpoint[:24]}{'...' if len(checkpoint) > 24 else ''}")
     trips = [
