@@ -13,6 +13,7 @@ segments plus the tail. A bucket lifecycle rule expires segments.
 from __future__ import annotations
 
 import gzip
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,8 @@ from schemas.items import BreadcrumbItem, TripIndexItem, TripStateItem
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
 
 INDEX_TTL_SECONDS = 90 * 24 * 3600
 ARCHIVE_FIELDS = ("lat", "lng", "vehicleSpeed", "heading", "odometer", "batteryLevel")
@@ -102,6 +105,19 @@ class TripArchiver:
     def archive(self, trip: CompletedTrip) -> TripIndexItem:
         """Write the archive object, then its index item. Idempotent."""
         records = self._breadcrumbs(trip)
+        if len(records) != trip.breadcrumbs:
+            # Breadcrumbs expired (TTL) before they were staged: archived anyway, as they are, but loudly.
+            log.error(
+                "archive_incomplete",
+                extra={
+                    "fields": {
+                        "pseudoVin": trip.pseudo_vin,
+                        "tripId": trip.trip_id,
+                        "breadcrumbs": trip.breadcrumbs,
+                        "archived": len(records),
+                    }
+                },
+            )
         key = archive_key(trip.pseudo_vin, trip.trip_id)
         self._put(key, gzip_json(records))
         item = index_item(trip, len(records))

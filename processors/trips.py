@@ -56,7 +56,10 @@ class TripThresholds:
     end_speed_mph: float = 1.0
     gap_ms: int = 300_000
     segment_breadcrumbs: int = 3600
-    """Long trips are staged in segments of this many breadcrumbs (the live table keeps only 24 h)."""
+    """Long trips are staged in segments of this many breadcrumbs (the live table keeps only 24 h)..."""
+    segment_max_ms: int = 12 * 3600_000
+    """...or of this much event time, whichever comes first: a vehicle reporting its position rarely
+    must not keep unstaged breadcrumbs past the live table's TTL (12 h leaves 12 h of consumer lag)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,8 +315,11 @@ class TripStateMachine:
                 known.battery_level,
             )
         )
-        if trip.tail_breadcrumbs >= self.thresholds.segment_breadcrumbs:
-            since = trip.start_time_ms if trip.sealed_through_ms is None else trip.sealed_through_ms + 1
+        since = trip.start_time_ms if trip.sealed_through_ms is None else trip.sealed_through_ms + 1
+        if (
+            trip.tail_breadcrumbs >= self.thresholds.segment_breadcrumbs
+            or reading.event_time_ms - since >= self.thresholds.segment_max_ms
+        ):
             effects.seals.append(
                 SegmentSeal(vehicle, trip.trip_id, trip.segments, since, reading.event_time_ms)
             )

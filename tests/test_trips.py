@@ -174,6 +174,20 @@ def test_orphan_completion_ends_an_ending_trip_at_its_stop_and_an_active_one_at_
     assert (orphan.end_time_ms, orphan.breadcrumbs, orphan.end_reason) == (T0 + 10_000, 2, EndReason.ORPHAN)
 
 
+def test_a_rarely_reporting_trip_is_staged_at_least_every_12_hours_of_event_time() -> None:
+    """Few breadcrumbs, long trip: staging by count alone would leave them to the live table's TTL."""
+    machine = TripStateMachine(TripThresholds(segment_breadcrumbs=3600))
+    readings = [at(600 * i, 40) for i in range(181)]  # a position every 10 minutes for 30 hours
+    run = Run().feed(*readings, machine=machine)
+    hours = (
+        [(s.from_ms - T0) / 3600_000 for s in run.effects.seals],
+        [(s.to_ms - T0) / 3600_000 for s in run.effects.seals],
+    )
+    assert hours == ([0, 12 + 1 / 3600_000], [12, 24 + 1 / 6])
+    assert run.state.trip is not None and run.state.trip.sealed_through_ms is not None
+    assert readings[-1].event_time_ms - run.state.trip.sealed_through_ms < 12 * 3600_000
+
+
 def test_persisted_state_round_trips_exactly() -> None:
     run = Run().feed(at(0, 30, batteryLevel=80.5, heading=1, odometer=5.25), at(7.5, 0), at(9, 3))
     item = TripStateItem(**state_fields(run.state), lastUpdate="2026-01-01T00:00:00.000Z")

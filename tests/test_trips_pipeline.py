@@ -13,7 +13,7 @@ import pytest
 
 from processors.decode import DecodeLimits, Decoder
 from processors.pseudonymize import Pseudonymizer
-from processors.signals import format_time
+from processors.signals import format_time, parse_event_time
 from processors.trip_store import BREADCRUMB_TTL_SECONDS
 from processors.trips import (
     CompletedTrip,
@@ -163,6 +163,32 @@ def test_a_trip_outliving_the_breadcrumb_ttl_is_still_archived_whole(trip_env: A
     (item,) = table(trip_env, "trips-index")
     _, crumbs = archive(trip_env, item["s3Key"])
     assert len(crumbs) == item["breadcrumbCount"] == trip.breadcrumbs
+
+
+def test_a_breadcrumb_lost_before_it_was_staged_is_archived_without_but_reported(trip_env: AwsEnv) -> None:
+    records = [r for r in shard_records(fixture("trips.jsonl")) if r.partition_key.endswith("00001")]
+    ((first, *_), _) = clean_pass(records)
+    moving = [r for r in records if parse_event_time(orjson.loads(r.data)["timestamp"]) <= first.end_time_ms]
+    deliver(trip_env, moving)
+    assert first.sealed_through_ms is not None
+    staged, end = format_time(first.sealed_through_ms), format_time(first.end_time_ms)
+    unstaged = [
+        b
+        for b in table(trip_env, "live-breadcrumbs")
+        if b["tripId"] == first.trip_id and staged < b["timestamp"] <= end
+    ]
+    lost = unstaged[0]  # as if DynamoDB's TTL had taken it before the trip ended
+    trip_env.clients.dynamodb.delete_item(
+        TableName=trip_env.settings.table_names["live-breadcrumbs"],
+        Key={"pseudoVin": {"S": lost["pseudoVin"]}, "timestamp": {"S": lost["timestamp"]}},
+    )
+    harness = deliver(trip_env, records[len(moving) :])
+    item = next(i for i in table(trip_env, "trips-index") if i["tripId"] == first.trip_id)
+    _, crumbs = archive(trip_env, item["s3Key"])
+    assert len(crumbs) == item["breadcrumbCount"] == first.breadcrumbs - 1
+    (alarm,) = [line for line in harness.logs() if line["event"] == "archive_incomplete"]
+    assert alarm["level"] == "ERROR" and alarm["tripId"] == first.trip_id
+    assert (alarm["breadcrumbs"], alarm["archived"]) == (first.breadcrumbs, first.breadcrumbs - 1)
 
 
 def _epoch(iso: str) -> int:
