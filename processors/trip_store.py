@@ -8,6 +8,7 @@ state unnoticed: the loser gets the current item back (``StaleTripState``) and r
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -244,6 +245,12 @@ def next_last_update(previous: str | None, now_ms: int | None = None) -> str:
 # --- I/O edge -----------------------------------------------------------------------------------------
 
 
+def _back_off(attempt: int) -> None:
+    """Before re-sending unprocessed items: exponential, with full jitter so that the shards of a
+    worker (and the workers of a service) do not retry in step against the same partition."""
+    time.sleep(random.uniform(0, min(1.0, 0.05 * 2**attempt)))
+
+
 class TripStore:
     def __init__(self, dynamodb: DynamoDBClient, trip_table: str, breadcrumb_table: str) -> None:
         self._dynamodb = dynamodb
@@ -266,7 +273,7 @@ class TripStore:
                 request = dict(response.get("UnprocessedKeys") or {})
                 if not request:
                     break
-                time.sleep(min(1.0, 0.05 * 2**attempt))
+                _back_off(attempt)
             else:
                 raise RetryableWriteError("trip_state_load_throttled")
         return found
@@ -309,7 +316,7 @@ class TripStore:
                 chunk = list((response.get("UnprocessedItems") or {}).get(self.breadcrumb_table, []))
                 if not chunk:
                     break
-                time.sleep(min(1.0, 0.05 * 2**attempt))
+                _back_off(attempt)
             else:
                 raise RetryableWriteError("breadcrumbs_unprocessed", f"{len(chunk)} items")
         return requests

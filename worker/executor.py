@@ -77,7 +77,8 @@ write_retry = retry(
     before_sleep=_log_retry,
     reraise=True,
 )
-"""On top of botocore's own retries: rides out longer throttling storms before failing the batch."""
+"""On top of botocore's own retries: rides out longer throttling storms before failing the batch (for
+the reads a batch needs, too)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from processors.trips import TripStateMachine, TripThresholds
 from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 from worker.aws import AwsClients
 from worker.config import Settings
-from worker.executor import PlanExecutor
+from worker.executor import PlanExecutor, write_retry
 from worker.logs import event
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class Pipeline:
     def _plan_trips(self, plan: WritePlan, groups: dict[str, list[VehicleReading]]) -> None:
         unknown = self.trips.unknown(groups)
         if unknown:
-            stored = self.executor.trip_store.load(unknown)
+            stored = write_retry(self.executor.trip_store.load)(unknown)  # same policy as the writes
             for pseudo_vin in unknown:
                 self.trips.adopt(pseudo_vin, stored.get(pseudo_vin))
         for pseudo_vin, readings in groups.items():

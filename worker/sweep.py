@@ -10,6 +10,12 @@ wrote in between, the claim fails and the trip is left alone; if the claim wins,
 write fails instead and it re-plans on top of the claimed state. Archive and index are then written
 from the outbox, which is deterministic content whoever writes it. Outboxes left behind by a crashed
 processor are finished the same way.
+
+What it cannot see is the stream: "silent" means "no write for 2 x gap", so while a shard's consumer
+is more than 2 x gap behind (an outage, a backlog), its vehicles' trips look silent too. Swept, such a
+trip ends at its last applied record and the records still in the stream start a new one: the same
+data, cut differently from one clean pass. Skip the sweep while ``MillisBehindLatest`` is that high,
+or give it a longer ``--idle-seconds``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from processors.trip_store import StaleTripState, TripStore, completed_trip, sta
 from processors.trips import EndReason, VehicleTripPlan, complete
 from worker.aws import AwsClients
 from worker.config import Settings
+from worker.executor import write_retry
 from worker.logs import event
 
 log = logging.getLogger(__name__)
@@ -72,7 +79,7 @@ def sweep_orphans(
             write=True,
         )
         try:
-            committer.commit(plan)
+            write_retry(committer.commit)(plan)
         except StaleTripState:
             report.lost_race += 1  # the vehicle spoke up meanwhile: its processor owns the trip
             continue
