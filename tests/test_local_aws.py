@@ -98,6 +98,34 @@ def test_injected_faults_look_like_aws_errors(aws_env: AwsEnv) -> None:
     assert aws_env.aws.app.faults[("dynamodb", "BatchWriteItem", "unprocessed")] == 1
 
 
+def test_which_requests_fail_depends_on_the_seed_and_the_request_not_on_arrival_order(
+    aws_env: AwsEnv,
+) -> None:
+    no_retry = Config(retries={"mode": "standard", "total_max_attempts": 1})
+    ddb = boto3.client(
+        "dynamodb", endpoint_url=aws_env.aws.endpoint, region_name="us-east-1", config=no_retry
+    )
+    table = aws_env.settings.table_names["vehicle-state"]
+
+    def failures(order: list[int], seed: int) -> set[int]:
+        aws_env.aws.app.inject(
+            FaultPlan(rate=0.5, kinds=("throttle",), seed=seed, worker_tables=frozenset({table}))
+        )
+        failed = set()
+        for i in order:
+            try:
+                ddb.get_item(TableName=table, Key={"pseudoVin": {"S": f"vehicle-{i}"}})
+            except botocore.exceptions.ClientError:
+                failed.add(i)
+        aws_env.aws.app.inject(None)
+        return failed
+
+    forward = failures(list(range(40)), seed=7)
+    assert 5 < len(forward) < 35
+    assert failures(list(reversed(range(40))), seed=7) == forward
+    assert failures(list(range(40)), seed=8) != forward
+
+
 def test_a_split_shard_closes_routes_to_its_children_and_reports_them(aws_env: AwsEnv) -> None:
     kinesis, stream = aws_env.clients.kinesis, aws_env.settings.stream_name
     (parent, _) = kinesis.list_shards(StreamName=stream)["Shards"]

@@ -27,7 +27,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -172,6 +172,10 @@ WORKER_SERVICES = frozenset({"s3", "kms", "secretsmanager"})
 class FaultPlan:
     """Fail a share of requests the way AWS does, deterministically for a seed.
 
+    Whether a request fails is a function of the seed, the request (method, path, body) and how many
+    times that same request was seen before, not of arrival order: concurrent threads and processes
+    do not change which requests fail, and a retry is a fresh draw.
+
     ``scope`` picks whose calls fail: ``worker`` (S3, KMS, Secrets Manager and DynamoDB calls on the
     ``worker_tables``), ``kcl`` (Kinesis, and DynamoDB calls on any other table: the KCL's lease
     tables), or ``all``. Kinds: ``throttle`` (DynamoDB ProvisionedThroughputExceeded/Throttling,
@@ -239,6 +243,12 @@ _THROTTLE_CODES = {
 }
 
 
+class Fault(NamedTuple):
+    kind: str
+    rng: random.Random
+    """Shapes the failure (which error code, which status), from the same draw."""
+
+
 def _error_response(service: str, kind: str, rng: random.Random) -> tuple[str, list[tuple[str, str]], bytes]:
     """Status, headers and body of an injected failure, in the service's own error format."""
     if kind == "throttle":
@@ -270,28 +280,30 @@ class LocalAwsApp:
     busy: dict[tuple[str, str], float] = field(default_factory=dict)
     """Seconds the backends spent serving each (service, operation): where an emulated run's time goes."""
     fault_plan: FaultPlan | None = None
-    _rng: random.Random = field(default_factory=random.Random)
+    _seen: Counter[bytes] = field(default_factory=Counter)
+    """Digest of a request -> times seen while the plan was on (the draw for its next occurrence)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def inject(self, plan: FaultPlan | None) -> None:
         """Start (or, with None, stop) injecting faults."""
         with self._lock:
             self.fault_plan = plan
-            self._rng = random.Random(plan.seed if plan else 0)
+            self._seen.clear()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
         request = identify(environ, body)
-        kind = self._draw_fault(request)
+        fault = self._draw_fault(request, environ)
+        kind = fault.kind if fault else None
         if kind == "latency":
             time.sleep(self.fault_plan.latency_ms / 1000 if self.fault_plan else 0)
         with self._lock:
             if request.service != "unknown":
                 self.requests[(request.service, request.operation)] += 1
-            if kind in ("throttle", "server_error"):
-                status, headers, payload = _error_response(request.service, kind, self._rng)
+            if fault and fault.kind in ("throttle", "server_error"):
+                status, headers, payload = _error_response(request.service, fault.kind, fault.rng)
                 start_response(status, [*headers, ("Content-Length", str(len(payload)))])
                 return [payload]
             if kind == "unprocessed":
@@ -305,17 +317,33 @@ class LocalAwsApp:
             self.busy[key] = self.busy.get(key, 0.0) + time.perf_counter() - started
             return response
 
-    def _draw_fault(self, request: AwsRequest) -> str | None:
+    def _draw_fault(self, request: AwsRequest, environ: dict[str, Any]) -> Fault | None:
+        """The fault to inject, if any, with the generator that shapes it (which error, which status)."""
+        plan = self.fault_plan
+        if plan is None or not plan.applies_to(request):
+            return None
+        identity = hashlib.blake2b(digest_size=16)
+        for part in (
+            environ["REQUEST_METHOD"],
+            environ.get("PATH_INFO", ""),
+            environ.get("QUERY_STRING", ""),
+        ):
+            identity.update(part.encode("latin-1") + b"\0")
+        identity.update(request.body)
+        digest = identity.digest()
         with self._lock:
-            plan = self.fault_plan
-            if plan is None or not plan.applies_to(request) or self._rng.random() >= plan.rate:
-                return None
-            kinds = [k for k in plan.kinds if k != "unprocessed" or request.operation == "BatchWriteItem"]
-            if not kinds:
-                return None
-            kind = self._rng.choice(kinds)
+            occurrence = self._seen[digest]
+            self._seen[digest] += 1
+        rng = random.Random(f"{plan.seed}:{digest.hex()}:{occurrence}")  # str seeds hash the same everywhere
+        if rng.random() >= plan.rate:
+            return None
+        kinds = [k for k in plan.kinds if k != "unprocessed" or request.operation == "BatchWriteItem"]
+        if not kinds:
+            return None
+        kind = rng.choice(kinds)
+        with self._lock:
             self.faults[(request.service, request.operation, kind)] += 1
-            return kind
+        return Fault(kind, rng)
 
     def _partially(
         self, environ: dict[str, Any], body: bytes, start_response: StartResponse
