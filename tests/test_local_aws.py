@@ -67,6 +67,9 @@ def test_fault_spec_parsing_and_scopes() -> None:
         True,
         False,
     ]
+    puts = FaultPlan.parse("rate=1,ops=PutItem+PutObject", DATA)
+    put_item = AwsRequest("dynamodb", "PutItem", b'{"TableName": "vehicle-state"}')
+    assert [puts.applies_to(r) for r in (data_call, put_item, s3, kinesis)] == [False, True, True, False]
     for bad in ("rate=2", "scope=everyone,rate=0.1", "rate=0.1,kinds=meteor"):
         with pytest.raises(ValueError):
             FaultPlan.parse(bad, DATA)

@@ -28,9 +28,10 @@ from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv
 from tests.digest import state_digest
 from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, expected_trips
-from tests.harness import ProcessorHarness, ShardRecord, batches, fixture, shard_records
+from tests.harness import ProcessExited, ProcessorHarness, ShardRecord, batches, fixture, shard_records
 from tests.oracle import leaked, vins_in
 from worker.bootstrap import bootstrap
+from worker.local_aws import FaultPlan
 from worker.sweep import sweep_orphans
 
 SEGMENT = 100
@@ -243,4 +244,44 @@ def test_redelivering_random_overlapping_ranges_leaves_exactly_what_one_clean_pa
     crashes = replay_with_crashes(trip_env, records, seed)
     sweep_orphans(trip_env.settings, trip_env.clients, now_ms=AN_HOUR_LATER)
     assert crashes >= 2
+    assert state_digest(trip_env.settings, trip_env.clients) == clean
+
+
+def _objects(env: AwsEnv, prefix: str) -> list[str]:
+    listing = env.clients.s3.list_objects_v2(Bucket=env.settings.archive_bucket, Prefix=prefix)
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+@pytest.mark.parametrize("failing", ["trips-index", "trip-state"])
+def test_a_crash_between_two_writes_of_a_commit_is_finished_identically(
+    trip_env: AwsEnv, failing: str
+) -> None:
+    records = shard_records(fixture("trips.jsonl"))
+    deliver(trip_env, records)
+    sweep_orphans(trip_env.settings, trip_env.clients, now_ms=AN_HOUR_LATER)
+    clean = state_digest(trip_env.settings, trip_env.clients)
+
+    trip_env.aws.reset()
+    bootstrap(trip_env.settings, trip_env.clients, shards=2)
+    physical = frozenset({trip_env.settings.table_names[failing]})
+    trip_env.aws.app.inject(
+        FaultPlan(rate=1.0, kinds=("server_error",), ops=frozenset({"PutItem"}), worker_tables=physical)
+    )
+    harness = ProcessorHarness(trip_env.environ)
+    harness.initialize()
+    with pytest.raises(ProcessExited):  # retries exhausted: the processor ends, nothing checkpointed after
+        for batch in batches(records, 150):
+            harness.process(batch)
+    trip_env.aws.app.inject(None)
+    if failing == "trips-index":  # stopped between the archive object and its index item
+        assert _objects(trip_env, "trips/") and not table(trip_env, "trips-index")
+        assert any(item.get("closing") for item in table(trip_env, "trip-state"))
+    else:  # stopped between a vehicle's breadcrumbs and its trip state
+        assert table(trip_env, "live-breadcrumbs") and not table(trip_env, "trip-state")
+
+    # The KCL starts a new processor from the last checkpoint.
+    checkpointed = harness.checkpoints[-1].sequence_number if harness.checkpoints else None
+    resume = next((i + 1 for i, r in enumerate(records) if r.sequence_number == checkpointed), 0)
+    deliver(trip_env, records[resume:])
+    sweep_orphans(trip_env.settings, trip_env.clients, now_ms=AN_HOUR_LATER)
     assert state_digest(trip_env.settings, trip_env.clients) == clean

@@ -238,7 +238,8 @@ def parser() -> argparse.ArgumentParser:
         "--faults",
         metavar="SPEC",
         help="fail calls as AWS does, e.g. 'rate=0.2,scope=worker,kinds=throttle+server_error,seed=7' "
-        "(scope: worker|kcl|all; kinds: throttle, server_error, unprocessed, latency; latency_ms=N)",
+        "(scope: worker|kcl|all; kinds: throttle, server_error, unprocessed, latency; latency_ms=N; "
+        "ops=PutItem+PutObject narrows it to some operations)",
     )
 
     p = command(

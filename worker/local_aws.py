@@ -181,7 +181,8 @@ class FaultPlan:
     tables), or ``all``. Kinds: ``throttle`` (DynamoDB ProvisionedThroughputExceeded/Throttling,
     Kinesis ProvisionedThroughputExceeded, S3 SlowDown, KMS Throttling), ``server_error`` (HTTP 500 or
     503), ``unprocessed`` (BatchWriteItem applies only part of the batch and returns the rest as
-    UnprocessedItems), ``latency`` (the request succeeds after ``latency_ms``).
+    UnprocessedItems), ``latency`` (the request succeeds after ``latency_ms``). ``ops`` narrows it to
+    some operations (e.g. ``PutItem`` on ``worker_tables``: a crash between two writes of a commit).
     """
 
     rate: float
@@ -190,6 +191,8 @@ class FaultPlan:
     seed: int = 0
     latency_ms: int = 200
     worker_tables: frozenset[str] = frozenset()
+    ops: frozenset[str] = frozenset()
+    """Only these operations (empty: all)."""
 
     @classmethod
     def parse(cls, spec: str, worker_tables: Iterable[str] = ()) -> FaultPlan:
@@ -199,6 +202,8 @@ class FaultPlan:
             name, _, value = part.partition("=")
             if name == "kinds":
                 fields_[name] = tuple(value.split("+"))
+            elif name == "ops":
+                fields_[name] = frozenset(value.split("+"))
             elif name in ("rate",):
                 fields_[name] = float(value)
             elif name in ("seed", "latency_ms"):
@@ -215,6 +220,8 @@ class FaultPlan:
         return plan
 
     def applies_to(self, request: AwsRequest) -> bool:
+        if self.ops and request.operation not in self.ops:
+            return False
         if self.scope == "all":
             return request.service != "unknown"
         if request.service == "dynamodb":
