@@ -38,11 +38,9 @@ class Observation:
     at_ms: int
     value: SignalValue
 
-    def order_key(self) -> tuple[int, bytes]:
-        return self.at_ms, canonical_bytes(self.value)
-
     def beats(self, other: Observation) -> bool:
-        """``self.order_key() > other.order_key()``, serializing values only to break a tie in time."""
+        """Later wins; at the same time, the greater canonical value (serialized only to break a tie),
+        so that which of two equal-time readings wins never depends on arrival order."""
         if self.at_ms != other.at_ms:
             return self.at_ms > other.at_ms
         return canonical_bytes(self.value) > canonical_bytes(other.value)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -56,20 +58,45 @@ readings_strategy = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(readings_strategy, st.randoms())
-def test_merge_ignores_order_batching_and_duplicates(readings: list[VehicleReading], rnd: Any) -> None:
+def test_coalescing_ignores_order_and_duplicates(readings: list[VehicleReading], rnd: Any) -> None:
     shuffled = readings + readings[: len(readings) // 2]
     rnd.shuffle(shuffled)
-    cut = rnd.randint(0, len(shuffled))
-    merged_once = {pv: plain(u) for pv, u in coalesce(readings).items()}
-    in_two_batches = coalesce(shuffled[:cut])
-    for pv, update in coalesce(shuffled[cut:]).items():
-        target = in_two_batches.setdefault(pv, StateUpdate(pv, update.timestamp_ms))
-        for obs in update.signals.items():
-            current = target.signals.get(obs[0])
-            if current is None or obs[1].order_key() > current.order_key():
-                target.signals[obs[0]] = obs[1]
-        target.timestamp_ms = max(target.timestamp_ms, update.timestamp_ms)
-    assert {pv: plain(u) for pv, u in in_two_batches.items()} == merged_once
+    assert {pv: plain(u) for pv, u in coalesce(shuffled).items()} == {
+        pv: plain(u) for pv, u in coalesce(readings).items()
+    }
+
+
+def test_the_stored_item_ignores_order_batching_and_duplicates(aws_env: AwsEnv) -> None:
+    """Through the real conditional UpdateItem: one batch, or a shuffled, partly duplicated stream cut
+    into two batches (a redelivery), store the same item, equal-time ties included."""
+    table = aws_env.settings.table_names["vehicle-state"]
+    sink = VehicleStateSink(aws_env.clients.dynamodb, table)
+    rng = random.Random(11)
+
+    def stored(pseudo_vin: str, *batches: list[VehicleReading]) -> dict[str, Any]:
+        for batch in batches:
+            for update in coalesce([replace(r, pseudo_vin=pseudo_vin) for r in batch]).values():
+                sink.apply(update)
+        key = {"pseudoVin": {"S": pseudo_vin}}
+        item = from_item(aws_env.clients.dynamodb.get_item(TableName=table, Key=key)["Item"])
+        return {k: v for k, v in item.items() if k != "pseudoVin"}
+
+    for case in range(40):
+        readings = []
+        for _ in range(rng.randint(1, 12)):
+            signals: dict[str, Any] = {
+                "vehicleSpeed": rng.choice([None, 0.0, 12.5, 30.0]),
+                "batteryLevel": rng.choice([None, 70, 71]),
+                "shiftState": rng.choice([None, "D", "P"]),
+                "odometer": 100.0,
+            }
+            at_ms = 1_000 * rng.randint(0, 8)  # few distinct times: equal-time ties are common
+            readings.append(reading(at_ms, **{k: v for k, v in signals.items() if v is not None}))
+        shuffled = readings + readings[: len(readings) // 2]
+        rng.shuffle(shuffled)
+        cut = rng.randint(0, len(shuffled))
+        once = stored(f"{case:02d}a".ljust(32, "0"), readings)
+        assert stored(f"{case:02d}b".ljust(32, "0"), shuffled[:cut], shuffled[cut:]) == once, case
 
 
 def test_outstanding_is_what_still_beats_the_stored_item() -> None:
