@@ -480,6 +480,13 @@ def _reshard_like_kinesis() -> None:
     _resharding_patched = True
 
 
+def _quiet_on_cancel(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Connections still open at shutdown are cancelled: expected, not worth a traceback on stderr."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
 class LocalAws:
     """An in-process local AWS bound to 127.0.0.1. Use as a context manager, or ``start``/``stop``."""
 
@@ -512,6 +519,7 @@ class LocalAws:
         config.keep_alive_timeout = 75
         config.h2_max_concurrent_streams = 1000
         self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(_quiet_on_cancel)
         self._stopping = asyncio.Event()
         self._loop.call_soon(self._ready.set)
         stopping = self._stopping
