@@ -21,13 +21,10 @@ RESERVED_NAMES = frozenset({"pseudoVin", "timestamp", "vin", "location"})
 
 VIN_PATTERN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
 """17 characters: digits and capital letters except I, O and Q."""
-VIN_INSIDE = re.compile(
-    r"(?=[A-HJ-NPR-Z0-9]{0,16}[A-HJ-NPR-Z])"  # a letter among the 17
-    r"(?=[A-HJ-NPR-Z0-9]{0,16}[0-9])"  # and a digit
-    r"[A-HJ-NPR-Z0-9]{17}"
-)
-"""17 VIN-alphabet characters in a row, letters and digits mixed: any fleet's VIN, even inside a longer
-token (``car_1HGCM82633A004352``, ``X1HGCM82633A004352``), in upper-cased text."""
+_VIN_RUN = re.compile(r"[A-HJ-NPR-Z0-9]{17,}")
+VIN_MIN_DIGITS = 3
+"""A VIN ends in a numeric serial (ISO 3779), so it holds digits; camel-case field and enum names such
+as ``SemitruckTpmsPressureRe1L0`` or ``PassengerSeatBelt`` hold at most two."""
 _WHITESPACE = re.compile(r"\s+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -50,20 +47,30 @@ def mentions_vin(value: Any, vin: str) -> bool:
 
     Such a signal is dropped at the boundary: an identifier smuggled in a telemetry field is still a VIN.
     The price is that an unknown signal holding a long opaque id (17+ letters and digits without I, O,
-    Q) is dropped too.
+    Q, three digits or more) is dropped too.
     """
     if isinstance(value, str):
         if len(value) < 17:  # most names and values: too short to hold a VIN, even before squeezing
             return False
         upper = value.upper()
-        if VIN_INSIDE.search(upper) is not None:
+        if any(_vin_shaped(run) for run in _VIN_RUN.findall(upper)):
             return True
         squeezed = _WHITESPACE.sub("", upper)
-        return vin in squeezed or VIN_PATTERN.fullmatch(squeezed) is not None
+        return vin in squeezed or (VIN_PATTERN.fullmatch(squeezed) is not None and _vin_shaped(squeezed))
     if isinstance(value, dict):
         return any(mentions_vin(k, vin) or mentions_vin(v, vin) for k, v in value.items())
     if isinstance(value, list):
         return any(mentions_vin(v, vin) for v in value)
+    return False
+
+
+def _vin_shaped(run: str) -> bool:
+    """Some 17 consecutive characters of ``run`` (VIN alphabet only) mix letters with at least
+    ``VIN_MIN_DIGITS`` digits: any fleet's VIN, even inside a longer token (``car_1HGCM82633A004352``)."""
+    for start in range(len(run) - 16):
+        digits = sum(c.isdigit() for c in run[start : start + 17])
+        if VIN_MIN_DIGITS <= digits < 17:
+            return True
     return False
 
 

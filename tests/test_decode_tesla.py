@@ -10,6 +10,7 @@ from typing import Any, cast
 import orjson
 import pytest
 from google.protobuf import json_format
+from tesla_protocol.telemetry import vehicle_data_pb2
 from tesla_protocol.telemetry.vehicle_alert_pb2 import Audience, VehicleAlert, VehicleAlerts
 from tesla_protocol.telemetry.vehicle_connectivity_pb2 import ConnectivityEvent, VehicleConnectivity
 from tesla_protocol.telemetry.vehicle_data_pb2 import (
@@ -28,7 +29,7 @@ from tesla_protocol.telemetry.vehicle_error_pb2 import VehicleError, VehicleErro
 
 from processors.decode import DecodeLimits, Decoder
 from processors.errors import InvalidRecord, RejectReason
-from processors.signals import format_time, parse_event_time
+from processors.signals import format_time, mentions_vin, parse_event_time
 from schemas.records import Location, TelemetryRecord
 from tests.fixtures.build import HERE, sprinkle_whitespace
 from tests.oracle import leaked, vins_in
@@ -322,6 +323,27 @@ def test_a_resend_without_its_own_vehicle_time_is_quarantined() -> None:
     ):
         assert rejected(data).reason is RejectReason.TIMESTAMP_OUT_OF_RANGE
     assert decoded(tesla_json(SOC_JSON, createdAt=None)).event_time_ms == ARRIVAL  # first sending: kept
+
+
+def test_no_tesla_field_or_enum_name_is_mistaken_for_a_vin() -> None:
+    """Names like ``SemitruckTpmsPressureRe1L0`` or ``PassengerSeatBelt`` are 17+ VIN characters."""
+    names = [
+        value.name
+        for enum in vehicle_data_pb2.DESCRIPTOR.enum_types_by_name.values()
+        for value in enum.values
+    ]
+    assert len(names) > 500
+    assert [name for name in names if mentions_vin(name, VIN)] == []
+    record = decoded(
+        tesla_json(
+            datum("PassengerSeatBelt", booleanValue=True),
+            datum("SunroofInstalled", sunroofInstalledStateValue="SunroofInstalledStateGen1Installed"),
+        )
+    )
+    assert record.signals == {
+        "PassengerSeatBelt": True,
+        "SunroofInstalled": "SunroofInstalledStateGen1Installed",
+    }
 
 
 def test_vins_are_normalized_in_both_formats() -> None:
