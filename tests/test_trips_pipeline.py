@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
+from processors.archive import TripArchiver
 from processors.decode import DecodeLimits, Decoder
+from processors.errors import RetryableWriteError
 from processors.pseudonymize import Pseudonymizer
 from processors.signals import format_time, parse_event_time
 from processors.trip_store import BREADCRUMB_TTL_SECONDS
@@ -25,6 +27,7 @@ from processors.trips import (
     complete,
 )
 from schemas.dynamo import from_item
+from schemas.items import TripIndexItem
 from tests.conftest import FIXTURES, AwsEnv
 from tests.digest import state_digest
 from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, expected_trips
@@ -144,6 +147,27 @@ def test_trip_scenario_through_the_record_processor(trip_env: AwsEnv) -> None:
     assert not leaked(
         vins_in(FIXTURES / "trips.jsonl"), orjson.dumps([every_object, list(states.values()), live])
     )
+
+
+def test_a_sweep_whose_archive_step_fails_once_finishes_its_own_claim(
+    trip_env: AwsEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deliver(trip_env, shard_records(fixture("trips.jsonl")))
+    silent = next(i for i in table(trip_env, "trip-state") if i["pseudoVin"] == PV["3"])
+    archive_once = TripArchiver.archive
+    failures = iter([RetryableWriteError("SlowDown")])
+
+    def flaky_archive(self: TripArchiver, trip: CompletedTrip) -> TripIndexItem:
+        if (error := next(failures, None)) is not None:
+            raise error  # after the claim landed: the retry meets the sweep's own claim
+        return archive_once(self, trip)
+
+    monkeypatch.setattr(TripArchiver, "archive", flaky_archive)
+    report = sweep_orphans(trip_env.settings, trip_env.clients, now_ms=AN_HOUR_LATER)
+    assert (report.orphaned, report.lost_race) == ([silent["tripId"]], 0)
+    assert any(i["tripId"] == silent["tripId"] for i in table(trip_env, "trips-index"))
+    (state,) = [i for i in table(trip_env, "trip-state") if i["pseudoVin"] == PV["3"]]
+    assert state["status"] == "IDLE" and "closing" not in state
 
 
 def test_a_trip_outliving_the_breadcrumb_ttl_is_still_archived_whole(trip_env: AwsEnv) -> None:

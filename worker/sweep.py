@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from processors.archive import TripArchiver, TripCommitter
 from processors.signals import parse_time
 from processors.trip_store import StaleTripState, TripStore, completed_trip, state_fields, state_from_item
-from processors.trips import EndReason, VehicleTripPlan, complete
+from processors.trips import CompletedTrip, EndReason, VehicleTripPlan, complete
+from schemas.items import TripStateItem
 from worker.aws import AwsClients
 from worker.config import Settings
 from worker.executor import write_retry
@@ -46,6 +47,41 @@ class SweepReport:
     lost_race: int = 0
 
 
+def completion_plan(item: TripStateItem) -> tuple[VehicleTripPlan, CompletedTrip | None]:
+    """Finish the item's outbox and, if a trip is still open, complete it as an orphan."""
+    state = state_from_item(item)
+    outbox = [completed_trip(item.pseudoVin, c) for c in item.closing]
+    orphan = None
+    if state.trip is not None:
+        orphan = complete(item.pseudoVin, state.trip, EndReason.ORPHAN)
+        outbox.append(orphan)
+        state.trip = None
+    plan = VehicleTripPlan(
+        pseudo_vin=item.pseudoVin,
+        seals=[],
+        outbox=outbox,
+        new_completions=1 if orphan else 0,
+        state=state_fields(state),
+        expected_last_update=item.lastUpdate,
+        write=True,
+    )
+    return plan, orphan
+
+
+def _commit(committer: TripCommitter, plan: VehicleTripPlan, orphan: CompletedTrip | None) -> None:
+    """Commit with retries. When the claim landed but a later step failed, the retry meets our own
+    claim (the orphan in the stored outbox), not a live processor: finish that outbox instead."""
+    while True:
+        try:
+            write_retry(committer.commit)(plan)
+            return
+        except StaleTripState as stale:
+            current = stale.current
+            if orphan is None or current is None or orphan.trip_id not in {c.tripId for c in current.closing}:
+                raise
+            plan, _ = completion_plan(current)
+
+
 def sweep_orphans(
     settings: Settings, clients: AwsClients, now_ms: int | None = None, idle_ms: int | None = None
 ) -> SweepReport:
@@ -62,24 +98,9 @@ def sweep_orphans(
         report.scanned += 1
         if (item.status == "IDLE" and not item.closing) or parse_time(item.lastUpdate) > cutoff:
             continue
-        state = state_from_item(item)
-        outbox = [completed_trip(item.pseudoVin, c) for c in item.closing]
-        orphan = None
-        if state.trip is not None:
-            orphan = complete(item.pseudoVin, state.trip, EndReason.ORPHAN)
-            outbox.append(orphan)
-            state.trip = None
-        plan = VehicleTripPlan(
-            pseudo_vin=item.pseudoVin,
-            seals=[],
-            outbox=outbox,
-            new_completions=1 if orphan else 0,
-            state=state_fields(state),
-            expected_last_update=item.lastUpdate,
-            write=True,
-        )
+        plan, orphan = completion_plan(item)
         try:
-            write_retry(committer.commit)(plan)
+            _commit(committer, plan, orphan)
         except StaleTripState:
             report.lost_race += 1  # the vehicle spoke up meanwhile: its processor owns the trip
             continue
