@@ -138,9 +138,10 @@ def test_a_bad_fixture_line_names_the_line_and_sends_nothing(aws_env: AwsEnv, tm
     line = assert_one_line_error(worker("replay", str(fixture), env=aws_env.environ), "replay")
     assert line.endswith(f"{fixture}:2: not a JSON line")
     bad_base64 = tmp_path / "raw.jsonl"
-    bad_base64.write_text('{"_raw_b64": "%%%", "_partition_key": "k"}\n')
-    line = assert_one_line_error(worker("replay", str(bad_base64), env=aws_env.environ), "replay")
-    assert line.endswith(f"{bad_base64}:1: _raw_b64 is not base64")
+    for raw in ("%%%", "caf\u00e9"):
+        bad_base64.write_text(orjson.dumps({"_raw_b64": raw, "_partition_key": "k"}).decode() + "\n")
+        line = assert_one_line_error(worker("replay", str(bad_base64), env=aws_env.environ), "replay")
+        assert line.endswith(f"{bad_base64}:1: _raw_b64 is not base64")
     kinesis, stream = aws_env.clients.kinesis, aws_env.settings.stream_name
     for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
         iterator = kinesis.get_shard_iterator(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -9,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from worker import launcher
@@ -61,13 +63,16 @@ def test_a_local_endpoint_points_both_kcl_clients_at_it(monkeypatch: pytest.Monk
 def test_a_daemon_hung_in_shutdown_is_killed_after_the_stop_bound(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    pid_file = tmp_path / "daemon.pid"
-    java = tmp_path / "java"  # a "JVM" that ignores SIGTERM
-    java.write_text(
-        f"#!/bin/sh\nexec {sys.executable} -c 'import os, signal, time; "
-        f"signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        f'open("{pid_file}", "w").write(str(os.getpid())); time.sleep(60)\'\n'
-    )
+    def stubborn(pid_file: Path) -> str:
+        """A process that ignores SIGTERM, records its pid and sleeps."""
+        return (
+            f"{sys.executable} -c 'import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            f'open("{pid_file}", "w").write(str(os.getpid())); time.sleep(60)\''
+        )
+
+    jvm, child = tmp_path / "jvm.pid", tmp_path / "processor.pid"
+    java = tmp_path / "java"  # a "JVM" hung in shutdown, with a record processor of its own
+    java.write_text(f"#!/bin/sh\n{stubborn(child)} &\nexec {stubborn(jvm)}\n")
     java.chmod(0o755)
     monkeypatch.setenv("JAVA", str(java))
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
@@ -79,7 +84,12 @@ def test_a_daemon_hung_in_shutdown_is_killed_after_the_stop_bound(
     started = time.monotonic()
     code = launcher.run(Settings())
 
-    assert code == -signal.SIGKILL
+    assert code == launcher.KILLED == 137
     assert time.monotonic() - started < 10
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(pid_file.read_text()), 0)
+    for pid_file in (jvm, child):
+        pid = int(pid_file.read_text())
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # not ours to reap: the processor was the JVM's child
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, (
+            pid_file.name
+        )

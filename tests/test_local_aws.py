@@ -70,7 +70,7 @@ def test_fault_spec_parsing_and_scopes() -> None:
     puts = FaultPlan.parse("rate=1,ops=PutItem+PutObject", DATA)
     put_item = AwsRequest("dynamodb", "PutItem", b'{"TableName": "vehicle-state"}')
     assert [puts.applies_to(r) for r in (data_call, put_item, s3, kinesis)] == [False, True, True, False]
-    for bad in ("rate=2", "scope=everyone,rate=0.1", "rate=0.1,kinds=meteor"):
+    for bad in ("rate=2", "scope=everyone,rate=0.1", "rate=0.1,kinds=meteor", "rate=1,ops=Putitem"):
         with pytest.raises(ValueError):
             FaultPlan.parse(bad, DATA)
 

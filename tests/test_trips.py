@@ -238,7 +238,8 @@ def effects_of(
 def test_redelivery_batching_and_crashes_yield_the_effects_of_one_clean_pass(
     readings: list[VehicleReading], data: st.DataObject
 ) -> None:
-    machine = TripStateMachine(TripThresholds(segment_breadcrumbs=4))
+    # Small segments, by count and by time (the streams span up to 5 h): both seal paths replay too.
+    machine = TripStateMachine(TripThresholds(segment_breadcrumbs=4, segment_max_ms=600_000))
     clean = Run().feed(*readings, machine=machine)
 
     # The consumer: batches of random size; after each, the state is persisted (through the item

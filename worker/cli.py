@@ -71,10 +71,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from worker.replay import read_fixture, replay
 
     started = time.monotonic()
-    entries = list(read_fixture(args.file))  # all of it first: a bad line must not leave half a replay
+    total = sum(1 for _ in read_fixture(args.file))  # a first pass: a bad line must not leave half a replay
     kinesis = AwsClients(settings).kinesis
-    with Progress("replay", len(entries)) as progress:
-        stats = replay(kinesis, settings.stream_name, entries, args.rate, progress.advance)
+    with Progress("replay", total) as progress:
+        stats = replay(kinesis, settings.stream_name, read_fixture(args.file), args.rate, progress.advance)
     elapsed = time.monotonic() - started
     say(
         f"replayed {stats.records} records in {stats.requests} PutRecords "

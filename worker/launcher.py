@@ -8,6 +8,7 @@ stop it once every record that was in the stream at start has been processed and
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -235,11 +236,23 @@ def _supervise(
         if stopping.is_set():
             stop_started = stop_started or time.monotonic()
             if time.monotonic() - stop_started > stop_bound_seconds(settings):
-                # A JVM hung in shutdown: end it before the orchestrator's SIGKILL takes us both.
+                # A JVM hung in shutdown: end it, and the processors it started, before the
+                # orchestrator's SIGKILL takes us all.
                 event(log, "daemon_killed", logging.ERROR, seconds=stop_bound_seconds(settings))
-                daemon.kill()
-                return daemon.wait()
+                _kill_session(daemon)
+                return KILLED
         time.sleep(0.5)
+
+
+KILLED = 128 + signal.SIGKILL
+"""Exit status after the daemon had to be killed (as a shell reports a SIGKILL)."""
+
+
+def _kill_session(daemon: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the daemon's session: the JVM and its record processors (they ignore SIGTERM)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(daemon.pid, signal.SIGKILL)
+    daemon.wait()
 
 
 def _stop(daemon: subprocess.Popen[bytes], settings: Settings) -> None:
@@ -249,8 +262,7 @@ def _stop(daemon: subprocess.Popen[bytes], settings: Settings) -> None:
     try:
         daemon.wait(stop_bound_seconds(settings))
     except subprocess.TimeoutExpired:
-        daemon.kill()
-        daemon.wait()
+        _kill_session(daemon)
 
 
 def drain_targets(settings: Settings, clients: AwsClients) -> dict[str, str]:

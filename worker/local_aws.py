@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -28,6 +29,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+import botocore.session
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -215,6 +218,7 @@ class FaultPlan:
             not 0 <= plan.rate <= 1
             or plan.scope not in ("worker", "kcl", "all")
             or set(plan.kinds) - set(FAULT_KINDS)
+            or plan.ops - _operations()  # a typo would quietly inject nothing
         ):
             raise ValueError(f"bad fault spec {spec!r}")
         return plan
@@ -229,6 +233,17 @@ class FaultPlan:
         if request.service == "kinesis":
             return self.scope == "kcl"
         return request.service in WORKER_SERVICES and self.scope == "worker"
+
+
+@functools.cache
+def _operations() -> frozenset[str]:
+    """Every operation of the services the local AWS serves, from botocore's models."""
+    session = botocore.session.get_session()
+    return frozenset(
+        name
+        for service in ("dynamodb", "s3", "kms", "kinesis", "secretsmanager")
+        for name in session.get_service_model(service).operation_names
+    )
 
 
 def _tables_in(body: bytes) -> set[str]:
@@ -339,6 +354,8 @@ class LocalAwsApp:
         identity.update(request.body)
         digest = identity.digest()
         with self._lock:
+            if len(self._seen) > 100_000:
+                self._seen.clear()  # bounded memory on long runs; only repeats of very old requests differ
             occurrence = self._seen[digest]
             self._seen[digest] += 1
         rng = random.Random(f"{plan.seed}:{digest.hex()}:{occurrence}")  # str seeds hash the same everywhere

@@ -7,7 +7,6 @@ Each line is one record. A JSON object is sent as its compact JSON bytes. A line
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -62,7 +61,7 @@ def read_fixture(path: Path) -> Iterator[StreamEntry]:
                 yield parse_line(line)
             except orjson.JSONDecodeError:
                 raise BadFixtureLine(path, number, "not a JSON line") from None
-            except (binascii.Error, TypeError):
+            except (ValueError, TypeError):  # binascii.Error, or non-ASCII text, is a ValueError
                 raise BadFixtureLine(path, number, "_raw_b64 is not base64") from None
 
 
