@@ -88,7 +88,7 @@ def naive(records: Sequence[KinesisRecord]) -> float:
     started = time.process_time()
     for record in records:
         decoded, pseudo_vin = planner.decode(record.data)
-        writes = planner.plan(decoded, pseudo_vin, trip_items.get(pseudo_vin))
+        writes = planner.plan(decoded, pseudo_vin, trip_items.get(pseudo_vin), record.position)
         if writes.trip_state is not None:
             trip_items[pseudo_vin] = writes.trip_state
     return time.process_time() - started

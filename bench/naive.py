@@ -40,8 +40,6 @@ if TYPE_CHECKING:
     from worker.aws import AwsClients
     from worker.config import Settings
 
-POSITION = StreamPosition("naive", "0", 0, 0)
-
 
 def pseudonym_key(settings: Settings, clients: AwsClients) -> bytes:
     """The same HMAC key the worker uses, read the same way."""
@@ -91,7 +89,9 @@ class NaivePlanner:
         vin = record.vin.strip().upper()
         return record, hmac.new(self._key, vin.encode(), hashlib.sha256).hexdigest()[:32]
 
-    def plan(self, record: NaiveRecord, pseudo_vin: str, stored_trip: Item | None) -> NaiveWrites:
+    def plan(
+        self, record: NaiveRecord, pseudo_vin: str, stored_trip: Item | None, position: StreamPosition
+    ) -> NaiveWrites:
         at_ms = int(record.timestamp.timestamp() * 1000)
         at = format_time(at_ms)
         signals: dict[str, Any] = record.signals.model_dump(exclude_none=True)
@@ -108,7 +108,7 @@ class NaivePlanner:
             else VehicleTrips(pseudo_vin)
         )
         effects = TripEffects()
-        self._machine.apply(state, VehicleReading(pseudo_vin, at_ms, signals, POSITION), effects)
+        self._machine.apply(state, VehicleReading(pseudo_vin, at_ms, signals, position), effects)
         if effects.changed:
             item = TripStateItem(**state_fields(state), lastUpdate=next_last_update(None))
             writes.trip_state = to_item(item.model_dump(exclude_none=True, exclude={"closing"}))
@@ -128,7 +128,7 @@ class NaiveHandler:
         self._settings = settings
         self._tables = settings.table_names
 
-    def handle(self, data: bytes) -> None:
+    def handle(self, data: bytes, position: StreamPosition) -> None:
         record, pseudo_vin = self._planner.decode(data)
         self._remember_vin(pseudo_vin, record.vin.strip().upper())
         stored = cast(
@@ -139,7 +139,7 @@ class NaiveHandler:
                 ConsistentRead=True,
             ).get("Item"),
         )
-        writes = self._planner.plan(record, pseudo_vin, stored)
+        writes = self._planner.plan(record, pseudo_vin, stored, position)
         try:
             self._ddb.put_item(
                 TableName=self._tables["vehicle-state"],

@@ -15,13 +15,16 @@ from amazon_kclpy.v3 import processor
 from bench.naive import NaiveHandler, pseudonym_key
 from worker.aws import AwsClients
 from worker.config import Settings
+from worker.record_processor import kinesis_record
 
 
 class NaiveRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
     def __init__(self) -> None:
         self._handler: NaiveHandler | None = None
+        self._shard_id = "unknown"
 
     def initialize(self, initialize_input: Any) -> None:
+        self._shard_id = initialize_input.shard_id
         settings = Settings()
         clients = AwsClients(settings)
         self._handler = NaiveHandler(settings, clients, pseudonym_key(settings, clients))
@@ -30,7 +33,8 @@ class NaiveRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         assert self._handler is not None
         records = process_records_input.records
         for record in records:
-            self._handler.handle(record.binary_data)
+            # The same position the trip machine gets in ours: it is how a redelivery is recognised.
+            self._handler.handle(record.binary_data, kinesis_record(record, self._shard_id).position)
         if records:
             process_records_input.checkpointer.checkpoint()
 
