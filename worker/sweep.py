@@ -68,17 +68,23 @@ def completion_plan(item: TripStateItem) -> tuple[VehicleTripPlan, CompletedTrip
     return plan, orphan
 
 
+MAX_RECLAIMS = 3
+
+
 def _commit(committer: TripCommitter, plan: VehicleTripPlan, orphan: CompletedTrip | None) -> None:
     """Commit with retries. When the claim landed but a later step failed, the retry meets our own
-    claim (the orphan in the stored outbox), not a live processor: finish that outbox instead."""
-    while True:
+    claim (the orphan in the stored outbox), not a live processor: finish that outbox instead (a few
+    times at most; whoever loads the item next finishes it otherwise)."""
+    for attempt in range(MAX_RECLAIMS + 1):
         try:
             write_retry(committer.commit)(plan)
             return
         except StaleTripState as stale:
             current = stale.current
-            if orphan is None or current is None or orphan.trip_id not in {c.tripId for c in current.closing}:
+            if current is None or orphan is None or attempt == MAX_RECLAIMS:
                 raise
+            if orphan.trip_id not in {c.tripId for c in current.closing}:
+                raise  # not our claim: the vehicle's processor wrote meanwhile
             plan, _ = completion_plan(current)
 
 
