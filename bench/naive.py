@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -27,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from processors.archive import archive_key, archive_record, gzip_json, index_item
 from processors.errors import aws_error_code
-from processors.pseudonymize import load_pseudonym_key
+from processors.pseudonymize import VinVault, load_pseudonym_key
 from processors.signals import format_time
 from processors.trip_store import breadcrumb_item, next_last_update, state_fields, state_from_item
 from processors.trips import CompletedTrip, TripEffects, TripStateMachine, VehicleTrips
@@ -124,13 +123,16 @@ class NaiveHandler:
         self._planner = NaivePlanner(key, TripStateMachine(trip_thresholds(settings)))
         self._ddb = clients.dynamodb
         self._s3 = clients.s3
-        self._kms = clients.kms
+        self._vault = VinVault(
+            clients.dynamodb, clients.kms, settings.table_names["vin-mapping"], settings.vin_key_alias
+        )
         self._settings = settings
         self._tables = settings.table_names
 
     def handle(self, data: bytes, position: StreamPosition) -> None:
         record, pseudo_vin = self._planner.decode(data)
-        self._remember_vin(pseudo_vin, record.vin.strip().upper())
+        # The same conditional write as ours, but on every record: no cache asked first.
+        self._vault.remember(pseudo_vin, record.vin.strip().upper())
         stored = cast(
             Item | None,
             self._ddb.get_item(
@@ -157,26 +159,6 @@ class NaiveHandler:
             self._ddb.put_item(TableName=self._tables["live-breadcrumbs"], Item=crumb)
         for trip in writes.completed:
             self._archive(trip)
-
-    def _remember_vin(self, pseudo_vin: str, vin: str) -> None:
-        ciphertext = self._kms.encrypt(
-            KeyId=self._settings.vin_key_alias,
-            Plaintext=vin.encode(),
-            EncryptionContext={"pseudoVin": pseudo_vin},
-        )["CiphertextBlob"]
-        try:
-            self._ddb.put_item(
-                TableName=self._tables["vin-mapping"],
-                Item={
-                    "pseudoVin": {"S": pseudo_vin},
-                    "encryptedVin": {"B": ciphertext},
-                    "createdAt": {"S": format_time(int(time.time() * 1000))},
-                },
-                ConditionExpression="attribute_not_exists(pseudoVin)",
-            )
-        except ClientError as error:
-            if aws_error_code(error) != "ConditionalCheckFailedException":
-                raise
 
     def _archive(self, trip: CompletedTrip) -> None:
         page = self._ddb.query(

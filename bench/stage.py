@@ -10,7 +10,7 @@ import psutil
 
 from worker.aws import AwsClients
 from worker.bootstrap import bootstrap
-from worker.config import Settings
+from worker.config import Settings, settings_from
 from worker.local_aws import LocalAws
 
 BENCH_ENV = {
@@ -30,16 +30,6 @@ class Stage:
     settings: Settings
     clients: AwsClients
     environ: dict[str, str]
-
-
-def settings_from(environ: dict[str, str]) -> Settings:
-    saved = dict(os.environ)
-    os.environ.update(environ)
-    try:
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def fresh_stage(aws: LocalAws, shards: int = 1, **overrides: str) -> Stage:

@@ -62,6 +62,13 @@ class Result:
     healthy: bool = True
     """Checks other than the digest held (bounded memory, flat per-record CPU)."""
 
+    def conclude(self, fleet_: Fleet, started: float, env: AwsEnv, expected: dict[str, Any]) -> Result:
+        """Restarts, elapsed time and whether the stored state equals one clean pass."""
+        self.restarts = fleet_.restarts
+        self.elapsed = time.monotonic() - started
+        self.digest_equal = state_digest(env.settings, env.clients) == expected
+        return self
+
     def row(self) -> str:
         digest = {True: "digest equal", False: "DIGEST DIFFERS", None: "-"}[self.digest_equal]
         return (
@@ -279,15 +286,9 @@ def throttling(
         finally:
             local_aws.app.inject(None)
             fleet_.stop()
-    result = Result(
-        "throttling" if scope == "worker" else f"{scope}-faults",
-        len(entries),
-        faults=sum(local_aws.app.faults.values()),
-        restarts=fleet_.restarts,
-    )
-    result.elapsed = time.monotonic() - started
-    result.digest_equal = state_digest(env.settings, env.clients) == expected
-    return result
+    name = "throttling" if scope == "worker" else f"{scope}-faults"
+    result = Result(name, len(entries), faults=sum(local_aws.app.faults.values()))
+    return result.conclude(fleet_, started, env, expected)
 
 
 def kills(local_aws: LocalAws, entries: Sequence[StreamEntry], kill_count: int, seed: int = 11) -> Result:
@@ -319,10 +320,7 @@ def kills(local_aws: LocalAws, entries: Sequence[StreamEntry], kill_count: int, 
             wait_drained(fleet_, stats[0].last_sequence, timeout=600)
         finally:
             fleet_.stop()
-    result.restarts = fleet_.restarts
-    result.elapsed = time.monotonic() - started
-    result.digest_equal = state_digest(env.settings, env.clients) == expected
-    return result
+    return result.conclude(fleet_, started, env, expected)
 
 
 def _wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
@@ -376,10 +374,7 @@ def failover(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
             wait_drained(fleet_, stats[0].last_sequence, timeout=600)
         finally:
             fleet_.stop()
-    result.restarts = fleet_.restarts
-    result.elapsed = time.monotonic() - started
-    result.digest_equal = state_digest(env.settings, env.clients) == expected
-    return result
+    return result.conclude(fleet_, started, env, expected)
 
 
 def reshard(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
@@ -414,10 +409,7 @@ def reshard(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
             )
         finally:
             fleet_.stop()
-    result.restarts = fleet_.restarts
-    result.elapsed = time.monotonic() - started
-    result.digest_equal = state_digest(env.settings, env.clients) == expected
-    return result
+    return result.conclude(fleet_, started, env, expected)
 
 
 def poison(local_aws: LocalAws, entries: Sequence[StreamEntry], share: float = 0.10) -> Result:

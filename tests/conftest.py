@@ -11,7 +11,7 @@ import pytest
 
 from worker.aws import AwsClients
 from worker.bootstrap import bootstrap
-from worker.config import Settings
+from worker.config import Settings, settings_from
 from worker.local_aws import LocalAws
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -47,16 +47,6 @@ class AwsEnv:
     def with_settings(self, **overrides: str) -> AwsEnv:
         environ = {**self.environ, **overrides}
         return AwsEnv(self.aws, settings_from(environ), AwsClients(settings_from(environ)), environ)
-
-
-def settings_from(environ: dict[str, str]) -> Settings:
-    saved = dict(os.environ)
-    os.environ.update(environ)
-    try:
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def fresh_env(local_aws: LocalAws, overrides: Mapping[str, str] | None = None, shards: int = 2) -> AwsEnv:

@@ -254,17 +254,22 @@ def replay_with_crashes(env: AwsEnv, records: Sequence[ShardRecord], seed: int) 
     return crashes
 
 
+def clean_digest_then_reset(env: AwsEnv, records: Sequence[ShardRecord]) -> dict[str, Any]:
+    """The digest of one clean pass (the silent trip swept), then empty resources for the next run."""
+    deliver(env, records)
+    sweep_orphans(env.settings, env.clients, now_ms=AN_HOUR_LATER)
+    clean = state_digest(env.settings, env.clients)
+    env.aws.reset()
+    bootstrap(env.settings, env.clients, shards=2)
+    return clean
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_redelivering_random_overlapping_ranges_leaves_exactly_what_one_clean_pass_leaves(
     trip_env: AwsEnv, seed: int
 ) -> None:
     records = shard_records(fixture("trips.jsonl"))
-    deliver(trip_env, records)
-    sweep_orphans(trip_env.settings, trip_env.clients, now_ms=AN_HOUR_LATER)
-    clean = state_digest(trip_env.settings, trip_env.clients)
-
-    trip_env.aws.reset()
-    bootstrap(trip_env.settings, trip_env.clients, shards=2)
+    clean = clean_digest_then_reset(trip_env, records)
     crashes = replay_with_crashes(trip_env, records, seed)
     sweep_orphans(trip_env.settings, trip_env.clients, now_ms=AN_HOUR_LATER)
     assert crashes >= 2
@@ -281,12 +286,7 @@ def test_a_crash_between_two_writes_of_a_commit_is_finished_identically(
     trip_env: AwsEnv, failing: str
 ) -> None:
     records = shard_records(fixture("trips.jsonl"))
-    deliver(trip_env, records)
-    sweep_orphans(trip_env.settings, trip_env.clients, now_ms=AN_HOUR_LATER)
-    clean = state_digest(trip_env.settings, trip_env.clients)
-
-    trip_env.aws.reset()
-    bootstrap(trip_env.settings, trip_env.clients, shards=2)
+    clean = clean_digest_then_reset(trip_env, records)
     physical = frozenset({trip_env.settings.table_names[failing]})
     trip_env.aws.app.inject(
         FaultPlan(rate=1.0, kinds=("server_error",), ops=frozenset({"PutItem"}), worker_tables=physical)
