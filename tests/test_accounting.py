@@ -17,7 +17,16 @@ import pytest
 from processors.signals import format_time
 from tests.conftest import AwsEnv
 from tests.harness import ProcessorHarness, ShardRecord, shard_records
-from worker.local_aws import AwsRequest, attribute_size, item_size, written_items
+from worker.local_aws import (
+    AwsRequest,
+    Written,
+    attribute_size,
+    item_size,
+    write_units,
+    written_items,
+    written_keys,
+)
+from worker.local_aws_limits import KeySchema
 from worker.replay import StreamEntry
 
 GAP_SECONDS = 10
@@ -137,19 +146,123 @@ def test_item_sizes_follow_dynamodbs_rules() -> None:
     assert item_size(item) == 12 + 5 + 7 + 7
 
 
-def test_write_units_are_billed_per_started_kilobyte_of_each_item() -> None:
-    big = orjson.dumps({"TableName": "t", "Item": {"pseudoVin": {"S": "x" * 2500}}})
-    assert written_items(AwsRequest("dynamodb", "PutItem", big), {}) == [("t", 9 + 2500)]
-    update = orjson.dumps(
-        {
-            "TableName": "t",
-            "Key": {"pseudoVin": {"S": "v"}},
-            "UpdateExpression": "SET #ts = :ts, #s0 = :v0",
-            "ConditionExpression": "#ts < :ts AND #s0.#at < :t0",
-            "ExpressionAttributeNames": {"#ts": "timestamp", "#s0": "vehicleSpeed", "#at": "at"},
-            "ExpressionAttributeValues": {":ts": {"S": "2025"}, ":v0": {"N": "73.5"}, ":t0": {"S": "2025"}},
-        }
+def test_write_units_are_the_larger_whole_item_before_and_after_per_started_kilobyte() -> None:
+    assert write_units(0, 9 + 2500) == 3  # a new 2.5 KB item
+    assert write_units(3000, 500) == 3  # shrinking is billed at the size it had
+    assert write_units(0, 0) == 1  # deleting nothing, or a failed condition on no item: one unit
+    assert write_units(1024, 1024) == 1
+    update = AwsRequest(
+        "dynamodb",
+        "UpdateItem",
+        orjson.dumps({"TableName": "t", "Key": {"pseudoVin": {"S": "v"}}, "UpdateExpression": "SET a = :a"}),
     )
-    # key (9 + 1) + timestamp (9 + 4) + vehicleSpeed (12 + 3); the condition's values are not written
-    assert written_items(AwsRequest("dynamodb", "UpdateItem", update), {}) == [("t", 10 + 13 + 15)]
-    assert written_items(AwsRequest("dynamodb", "GetItem", b"{}"), {}) == []
+    batch = AwsRequest(
+        "dynamodb",
+        "BatchWriteItem",
+        orjson.dumps(
+            {
+                "RequestItems": {
+                    "c": [
+                        {
+                            "PutRequest": {
+                                "Item": {"pseudoVin": {"S": "v"}, "ts": {"S": "1"}, "x": {"N": "1"}}
+                            }
+                        },
+                        {"DeleteRequest": {"Key": {"pseudoVin": {"S": "v"}, "ts": {"S": "0"}}}},
+                    ]
+                }
+            }
+        ),
+    )
+    schemas: dict[str, KeySchema] = {"t": ("pseudoVin", None), "c": ("pseudoVin", "ts")}
+    assert written_keys(update, schemas.get) == [("t", {"pseudoVin": {"S": "v"}})]
+    assert written_keys(batch, schemas.get) == [
+        ("c", {"pseudoVin": {"S": "v"}, "ts": {"S": "1"}}),  # the key of the item put, not the item
+        ("c", {"pseudoVin": {"S": "v"}, "ts": {"S": "0"}}),
+    ]
+    assert (
+        written_keys(update, lambda _table: None) == []
+    )  # no such table: moto refuses it, AWS bills nothing
+    assert written_keys(AwsRequest("dynamodb", "GetItem", b"{}"), schemas.get) == []
+    assert written_items(AwsRequest("dynamodb", "PutItem", b"{}"), {}) == []  # billed from the backend
+
+
+def sized_item(size: int, key: str = "v") -> dict[str, Any]:
+    """An item of exactly ``size`` bytes by DynamoDB's rules."""
+    item = {"pseudoVin": {"S": key}, "blob": {"S": ""}}
+    item["blob"]["S"] = "x" * (size - item_size(item))
+    return item
+
+
+def billed(aws_env: AwsEnv, table: str) -> Written:
+    return aws_env.aws.app.written.get(("dynamodb", table), Written())
+
+
+def test_a_small_update_of_a_3_kb_item_bills_the_whole_item(aws_env: AwsEnv) -> None:
+    ddb, table = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
+    ddb.put_item(TableName=table, Item=sized_item(3000))
+    aws_env.aws.app.reset_counts()
+    ddb.update_item(
+        TableName=table,
+        Key={"pseudoVin": {"S": "v"}},
+        UpdateExpression="SET #s = :s",
+        ExpressionAttributeNames={"#s": "speed"},
+        ExpressionAttributeValues={":s": {"N": "73"}},
+    )
+    assert billed(aws_env, table) == Written(requests=1, items=1, bytes=3000 + 5 + 2, units=3)
+
+
+def test_an_update_that_shrinks_a_3_kb_item_to_half_a_kb_bills_the_larger_size(aws_env: AwsEnv) -> None:
+    ddb, table = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
+    ddb.put_item(TableName=table, Item=sized_item(3000))
+    aws_env.aws.app.reset_counts()
+    ddb.update_item(
+        TableName=table,
+        Key={"pseudoVin": {"S": "v"}},
+        UpdateExpression="SET #b = :b",
+        ExpressionAttributeNames={"#b": "blob"},
+        ExpressionAttributeValues={
+            ":b": {"S": "x" * (512 - item_size({"pseudoVin": {"S": "v"}, "blob": {"S": ""}}))}
+        },
+    )
+    assert item_size(ddb.get_item(TableName=table, Key={"pseudoVin": {"S": "v"}})["Item"]) == 512
+    assert billed(aws_env, table) == Written(requests=1, items=1, bytes=3000, units=3)
+
+
+def test_a_failed_conditional_put_on_a_2_kb_item_bills_the_stored_item(aws_env: AwsEnv) -> None:
+    ddb, table = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
+    ddb.put_item(TableName=table, Item=sized_item(2000))
+    aws_env.aws.app.reset_counts()
+    with pytest.raises(ddb.exceptions.ConditionalCheckFailedException):
+        ddb.put_item(
+            TableName=table,
+            Item={"pseudoVin": {"S": "v"}},
+            ConditionExpression="attribute_not_exists(pseudoVin)",
+        )
+    assert billed(aws_env, table) == Written(requests=1, items=1, bytes=2000, units=2)
+
+
+def test_a_batch_write_of_3_small_items_bills_3_units(aws_env: AwsEnv) -> None:
+    ddb, table = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
+    ddb.batch_write_item(
+        RequestItems={table: [{"PutRequest": {"Item": {"pseudoVin": {"S": str(i)}}}} for i in range(3)]}
+    )
+    assert billed(aws_env, table) == Written(requests=1, items=3, bytes=3 * (9 + 1), units=3)
+
+
+def test_a_delete_bills_the_deleted_items_size_and_at_least_one_unit(aws_env: AwsEnv) -> None:
+    ddb, table = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
+    ddb.put_item(TableName=table, Item=sized_item(3000))
+    aws_env.aws.app.reset_counts()
+    ddb.delete_item(TableName=table, Key={"pseudoVin": {"S": "v"}})
+    ddb.delete_item(TableName=table, Key={"pseudoVin": {"S": "v"}})  # nothing left to delete
+    assert billed(aws_env, table) == Written(requests=2, items=2, bytes=3000, units=3 + 1)
+
+
+def test_requests_dynamodb_refuses_bill_nothing(aws_env: AwsEnv) -> None:
+    ddb, table = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
+    with pytest.raises(ddb.exceptions.ClientError):
+        ddb.put_item(TableName=table, Item={"pseudoVin": {"S": "k" * 2049}})
+    with pytest.raises(ddb.exceptions.ResourceNotFoundException):
+        ddb.put_item(TableName="no-such-table", Item={"pseudoVin": {"S": "v"}})
+    assert aws_env.aws.app.written == {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections import Counter
+from typing import Any
 
 import boto3
 import botocore.exceptions
@@ -11,7 +13,7 @@ import pytest
 from botocore.config import Config
 
 from tests.conftest import AwsEnv
-from worker.local_aws import AwsRequest, FaultPlan
+from worker.local_aws import AwsRequest, FaultPlan, item_size
 
 DATA = frozenset({"vehicle-state"})
 
@@ -153,3 +155,167 @@ def test_a_split_shard_closes_routes_to_its_children_and_reports_them(aws_env: A
     )  # kept in the parent
     assert "NextShardIterator" not in page
     assert {c["ShardId"] for c in page["ChildShards"]} == children
+
+
+def refused(call: Any, *args: Any, **kwargs: Any) -> tuple[str, int]:
+    """The error code and HTTP status botocore reports for a call the local AWS must refuse."""
+    with pytest.raises(botocore.exceptions.ClientError) as error:
+        call(*args, **kwargs)
+    response = error.value.response
+    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def nested(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"S": "leaf"}
+    for _ in range(levels):
+        value = {"M": {"a": value}}
+    return value
+
+
+def sized_item(size: int, key: str = "v") -> dict[str, Any]:
+    item = {"pseudoVin": {"S": key}, "blob": {"S": ""}}
+    item["blob"]["S"] = "x" * (size - item_size(item))
+    return item
+
+
+def test_dynamodb_limits_are_refused_as_dynamodb_refuses_them_and_nothing_is_stored(aws_env: AwsEnv) -> None:
+    ddb, tables = aws_env.clients.dynamodb, aws_env.settings.table_names
+    state, crumbs = tables["vehicle-state"], tables["live-breadcrumbs"]
+    key = {"pseudoVin": {"S": "v"}}
+    many_operators = "NOT NOT " + " AND ".join(f"#a = :v{i}" for i in range(150))
+    calls: dict[str, tuple[Any, dict[str, Any]]] = {
+        "expression_too_long": (
+            ddb.update_item,
+            {"TableName": state, "Key": key, "UpdateExpression": "SET #" + "n" * 4095 + " = :v"},
+        ),
+        "too_many_operators": (
+            ddb.put_item,
+            {
+                "TableName": state,
+                "Item": key,
+                "ConditionExpression": many_operators,
+                "ExpressionAttributeNames": {"#a": "a"},
+                "ExpressionAttributeValues": {f":v{i}": {"N": str(i)} for i in range(150)},
+            },
+        ),
+        "nesting_too_deep": (ddb.put_item, {"TableName": state, "Item": {**key, "deep": nested(33)}}),
+        "item_too_large": (ddb.put_item, {"TableName": state, "Item": sized_item(400 * 1024 + 1)}),
+        "batch_write_too_many": (
+            ddb.batch_write_item,
+            {
+                "RequestItems": {
+                    state: [{"PutRequest": {"Item": {"pseudoVin": {"S": str(i)}}}} for i in range(26)]
+                }
+            },
+        ),
+        "batch_get_too_many": (
+            ddb.batch_get_item,
+            {"RequestItems": {state: {"Keys": [{"pseudoVin": {"S": str(i)}} for i in range(101)]}}},
+        ),
+        "transaction_too_many": (
+            ddb.transact_write_items,
+            {
+                "TransactItems": [
+                    {"Put": {"TableName": state, "Item": {"pseudoVin": {"S": str(i)}}}} for i in range(101)
+                ]
+            },
+        ),
+        "partition_key_too_long": (
+            ddb.put_item,
+            {"TableName": state, "Item": {"pseudoVin": {"S": "k" * 2049}}},
+        ),
+        "sort_key_too_long": (
+            ddb.put_item,
+            {"TableName": crumbs, "Item": {"pseudoVin": {"S": "v"}, "timestamp": {"S": "t" * 1025}}},
+        ),
+    }
+    for reason, (call, kwargs) in calls.items():
+        assert refused(call, **kwargs) == ("ValidationException", 400), reason
+    assert sorted(reason for _, _, reason in aws_env.aws.app.refused.elements()) == sorted(calls)
+    assert ddb.scan(TableName=state)["Count"] == 0
+    assert ddb.scan(TableName=crumbs)["Count"] == 0
+
+
+def test_dynamodb_requests_at_the_limits_pass(aws_env: AwsEnv) -> None:
+    ddb, tables = aws_env.clients.dynamodb, aws_env.settings.table_names
+    state, crumbs = tables["vehicle-state"], tables["live-breadcrumbs"]
+    ddb.put_item(TableName=state, Item=sized_item(400 * 1024, key="big"))  # moto's own 405,000 is lifted
+    ddb.put_item(TableName=state, Item={"pseudoVin": {"S": "deep"}, "deep": nested(32)})
+    ddb.put_item(TableName=state, Item={"pseudoVin": {"S": "k" * 2048}})
+    ddb.put_item(TableName=crumbs, Item={"pseudoVin": {"S": "v"}, "timestamp": {"S": "t" * 1024}})
+    ddb.batch_write_item(
+        RequestItems={state: [{"PutRequest": {"Item": {"pseudoVin": {"S": str(i)}}}} for i in range(25)]}
+    )
+    # 4,096 bytes of expression, with every attribute name under the 255-byte limit on a single name.
+    names = [f"p{i:03}" for i in range(4096 // 5)]  # "p000," ... 5 bytes each with the comma
+    projection = ",".join(names) + ",p" + "x" * (4096 - len(",".join(names)) - 2)
+    assert len(projection) == 4096
+    ddb.get_item(TableName=state, Key={"pseudoVin": {"S": "0"}}, ProjectionExpression=projection)
+    stored = ddb.get_item(TableName=state, Key={"pseudoVin": {"S": "big"}})["Item"]
+    assert item_size(stored) == 400 * 1024
+    assert ddb.scan(TableName=state, Select="COUNT")["Count"] == 3 + 25
+    assert not aws_env.aws.app.refused
+
+
+def test_an_update_that_would_leave_an_item_over_400_kb_is_refused_and_changes_nothing(
+    aws_env: AwsEnv,
+) -> None:
+    ddb, state = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
+    ddb.put_item(TableName=state, Item=sized_item(300 * 1024))
+    key = {"pseudoVin": {"S": "v"}}
+
+    def grow(by: int) -> dict[str, Any]:
+        return {
+            "TableName": state,
+            "Key": key,
+            "UpdateExpression": "SET #more = :more",
+            "ExpressionAttributeNames": {"#more": "more"},
+            "ExpressionAttributeValues": {":more": {"S": "y" * (by - len("more"))}},
+        }
+
+    assert refused(ddb.update_item, **grow(100 * 1024 + 1)) == ("ValidationException", 400)
+    assert item_size(ddb.get_item(TableName=state, Key=key)["Item"]) == 300 * 1024  # rolled back
+    assert aws_env.aws.app.refused == Counter({("dynamodb", "UpdateItem", "item_too_large"): 1})
+    ddb.update_item(**grow(100 * 1024))
+    assert item_size(ddb.get_item(TableName=state, Key=key)["Item"]) == 400 * 1024
+    # An update creating the item is undone too.
+    created = {**grow(400 * 1024), "Key": {"pseudoVin": {"S": "new"}}}
+    assert refused(ddb.update_item, **created) == ("ValidationException", 400)
+    assert "Item" not in ddb.get_item(TableName=state, Key={"pseudoVin": {"S": "new"}})
+
+
+def test_kinesis_limits_are_refused_with_kinesis_error_codes(aws_env: AwsEnv) -> None:
+    kinesis, stream = aws_env.clients.kinesis, aws_env.settings.stream_name
+    mib = 1024 * 1024
+    assert refused(
+        kinesis.put_records, StreamName=stream, Records=[{"Data": b"x", "PartitionKey": "k"}] * 501
+    ) == ("ValidationException", 400)
+    assert refused(kinesis.put_record, StreamName=stream, Data=b"x", PartitionKey="k" * 257) == (
+        "ValidationException",
+        400,
+    )
+    assert refused(kinesis.put_record, StreamName=stream, Data=b"x" * (mib - 2), PartitionKey="abc") == (
+        "InvalidArgumentException",
+        400,
+    )
+    five = [{"Data": b"x" * (mib - 1), "PartitionKey": "k"}] * 5
+    assert refused(
+        kinesis.put_records, StreamName=stream, Records=[*five, {"Data": b"", "PartitionKey": "k"}]
+    ) == (
+        "InvalidArgumentException",
+        400,
+    )
+    assert (
+        kinesis.put_records(StreamName=stream, Records=[{"Data": b"x", "PartitionKey": "k" * 256}] * 500)[
+            "FailedRecordCount"
+        ]
+        == 0
+    )
+    assert kinesis.put_record(StreamName=stream, Data=b"x" * (mib - 3), PartitionKey="abc")["ShardId"]
+
+
+def test_an_s3_key_over_1024_bytes_is_refused_with_key_too_long(aws_env: AwsEnv) -> None:
+    s3, bucket = aws_env.clients.s3, aws_env.settings.archive_bucket
+    assert refused(s3.put_object, Bucket=bucket, Key="é" * 512 + "k", Body=b"x") == ("KeyTooLongError", 400)
+    s3.put_object(Bucket=bucket, Key="é" * 512, Body=b"x")  # 1,024 bytes in UTF-8
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["é" * 512]

@@ -4,27 +4,30 @@ The KCL's Kinesis client speaks HTTP/2 only; hypercorn serves HTTP/1.1 and h2c (
 port, so boto3, the Java KCL and curl all talk to the same in-process moto backends.
 
 Requests pass through ``LocalAwsApp``, which serializes them (DynamoDB conditional writes must be atomic,
-as they are on AWS), counts them per service and operation, and tallies what writes store per table and
-bucket (items, bytes, DynamoDB write units), so a benchmark can report the cost of a record.
+as they are on AWS), counts them per service and operation, refuses what AWS refuses for a documented limit
+(``worker.local_aws_limits``: moto alone accepts it, production would not), and tallies what writes store
+per table and bucket (items, bytes, and DynamoDB write units as AWS bills them: the whole item, before or
+after the write, whichever is larger), so a benchmark can report the cost of a record.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import copy
 import functools
 import hashlib
 import io
 import json
 import math
+import os
 import random
-import re
 import socket
 import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,15 +35,26 @@ from typing import Any, NamedTuple
 
 import botocore.session
 
+from worker.local_aws_limits import (
+    AwsRequest,
+    KeySchema,
+    KeySchemaOf,
+    LimitExceeded,
+    attribute_size,
+    check,
+    check_item_size,
+    check_nesting,
+    item_size,
+)
+
+__all__ = [  # names the limits module now defines, kept importable from here
+    "AwsRequest",
+    "attribute_size",
+    "item_size",
+]
+
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-
-@dataclass(frozen=True, slots=True)
-class AwsRequest:
-    service: str
-    operation: str
-    body: bytes
 
 
 def identify(environ: dict[str, Any], body: bytes) -> AwsRequest:
@@ -49,11 +63,12 @@ def identify(environ: dict[str, Any], body: bytes) -> AwsRequest:
     auth = environ.get("HTTP_AUTHORIZATION", "")
     scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/") if "Credential=" in auth else []
     service = scope[3] if len(scope) > 3 else "unknown"
+    method, path = str(environ.get("REQUEST_METHOD", "?")), str(environ.get("PATH_INFO", ""))
     if target:
-        return AwsRequest(service, target.rsplit(".", 1)[-1], body)
+        return AwsRequest(service, target.rsplit(".", 1)[-1], body, method, path)
     if service == "s3":
-        return AwsRequest(service, _s3_operation(environ), body)
-    return AwsRequest(service, environ.get("REQUEST_METHOD", "?"), body)
+        return AwsRequest(service, _s3_operation(environ), body, method, path)
+    return AwsRequest(service, method, body, method, path)
 
 
 def _s3_operation(environ: dict[str, Any]) -> str:
@@ -78,93 +93,58 @@ class Written:
     requests: int = 0
     items: int = 0
     bytes: int = 0
-    """DynamoDB: item sizes by DynamoDB's rules; S3: object bodies."""
+    """DynamoDB: the billed size of each item (by DynamoDB's rules, the whole item before or after the write,
+    whichever is larger); S3: object bodies."""
     units: int = 0
-    """DynamoDB: write capacity units, one per started KB of each item written; S3: PUT requests."""
+    """DynamoDB: write capacity units as AWS bills them (``write_units``); S3: PUT requests."""
 
 
 DYNAMODB_WRITE_UNIT = 1024
-_SET_ASSIGNMENT = re.compile(r"(#?[A-Za-z0-9_.]+)\s*=\s*(:[A-Za-z0-9_]+)")
+DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
+"""The writes billed per item. TransactWriteItems (AWS bills it double) is not: nothing of ours sends it."""
 
 
-def attribute_size(value: dict[str, Any]) -> int:
-    """Bytes of one DynamoDB attribute value (in its JSON wire form) by DynamoDB's item-size rules."""
-    ((kind, raw),) = value.items()
-    if kind == "S":
-        return len(raw.encode())
-    if kind == "N":
-        digits = raw.lstrip("-").replace(".", "").split("e")[0].split("E")[0].strip("0") or "0"
-        return (len(digits) + 1) // 2 + 1
-    if kind == "B":
-        return len(base64.b64decode(raw))
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "M":
-        return 3 + sum(len(k.encode()) + attribute_size(v) + 1 for k, v in raw.items())
-    if kind == "L":
-        return 3 + sum(attribute_size(v) + 1 for v in raw)
-    if kind == "SS":
-        return sum(len(v.encode()) for v in raw)
-    if kind == "NS":
-        return sum(attribute_size({"N": v}) for v in raw)
-    if kind == "BS":
-        return sum(len(base64.b64decode(v)) for v in raw)
-    raise ValueError(f"unknown attribute type {kind}")
+def write_units(before: int, after: int) -> int:
+    """What DynamoDB bills one item written: the larger of its whole size before and after the write,
+    one unit per started KB, at least one (a delete of nothing and a failed condition included)."""
+    return max(1, math.ceil(max(before, after) / DYNAMODB_WRITE_UNIT))
 
 
-def item_size(item: dict[str, Any]) -> int:
-    return sum(len(name.encode()) + attribute_size(value) for name, value in item.items())
-
-
-def _update_size(payload: dict[str, Any]) -> int:
-    """The key plus the attributes an UpdateItem's SET clause assigns. AWS bills the larger of the whole
-    item before and after, so this is a lower bound; it is exact when the update rewrites every
-    attribute (as a vehicle-state update of a record carrying all signals does)."""
-    names = payload.get("ExpressionAttributeNames", {})
-    values = payload.get("ExpressionAttributeValues", {})
-    expression = payload.get("UpdateExpression", "")
-    clause = (
-        re.split(r"\b(?:REMOVE|ADD|DELETE)\b", expression.split("SET", 1)[1])[0]
-        if "SET" in expression
-        else ""
-    )
-    size = item_size(payload.get("Key", {}))
-    for name, placeholder in _SET_ASSIGNMENT.findall(clause):
-        if placeholder in values:
-            size += len(names.get(name, name).encode()) + attribute_size(values[placeholder])
-    return size
+def written_keys(request: AwsRequest, key_schema: KeySchemaOf) -> list[tuple[str, dict[str, Any]]]:
+    """(table, key) of every item a DynamoDB write request may change; [] for other requests and for
+    tables that do not exist (moto refuses those, and AWS bills nothing for them)."""
+    if request.service != "dynamodb" or request.operation not in DYNAMODB_WRITES:
+        return []
+    payload = json.loads(request.body or b"{}")
+    named: list[tuple[str, dict[str, Any]]] = []
+    if request.operation == "PutItem":
+        named.append((payload.get("TableName", ""), payload.get("Item", {})))
+    elif request.operation in ("UpdateItem", "DeleteItem"):
+        named.append((payload.get("TableName", ""), payload.get("Key", {})))
+    for table, writes in payload.get("RequestItems", {}).items():
+        for write in writes:
+            named.append(
+                (
+                    table,
+                    write["PutRequest"]["Item"] if "PutRequest" in write else write["DeleteRequest"]["Key"],
+                )
+            )
+    keys = []
+    for table, item in named:
+        schema = key_schema(table)
+        if schema is not None:
+            keys.append((table, {name: item[name] for name in schema if name is not None and name in item}))
+    return keys
 
 
 def written_items(request: AwsRequest, environ: dict[str, Any]) -> list[tuple[str, int]]:
-    """(table or bucket, bytes) of every item or object a write request stores; [] for other requests."""
+    """(bucket, bytes) of the object an S3 PutObject stores; [] for other requests. DynamoDB writes are
+    billed from the stored items before and after (``LocalAwsApp``), which a request alone cannot tell."""
     if request.service == "s3" and request.operation == "PutObject":
         bucket = urllib.parse.unquote(str(environ.get("PATH_INFO", "/"))).lstrip("/").split("/", 1)[0]
         decoded = environ.get("HTTP_X_AMZ_DECODED_CONTENT_LENGTH")  # aws-chunked bodies carry framing
         return [(bucket, int(decoded) if decoded else len(request.body))]
-    if request.service != "dynamodb" or request.operation not in (
-        "PutItem",
-        "UpdateItem",
-        "DeleteItem",
-        "BatchWriteItem",
-    ):
-        return []
-    payload = json.loads(request.body or b"{}")
-    if request.operation == "PutItem":
-        return [(payload["TableName"], item_size(payload["Item"]))]
-    if request.operation == "UpdateItem":
-        return [(payload["TableName"], _update_size(payload))]
-    if request.operation == "DeleteItem":
-        return [(payload["TableName"], item_size(payload["Key"]))]
-    return [
-        (
-            table,
-            item_size(
-                write["PutRequest"]["Item"] if "PutRequest" in write else write["DeleteRequest"]["Key"]
-            ),
-        )
-        for table, writes in payload.get("RequestItems", {}).items()
-        for write in writes
-    ]
+    return []
 
 
 FAULT_KINDS = ("throttle", "server_error", "unprocessed", "latency")
@@ -290,15 +270,115 @@ def _error_response(service: str, kind: str, rng: random.Random) -> tuple[str, l
     return status, [("Content-Type", "application/x-amz-json-1.0")], body
 
 
+def _refusal_response(refusal: LimitExceeded) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Status, headers and body of a refused request, in the service's own error format."""
+    status = f"{refusal.status} Bad Request"
+    request_id = [("x-amzn-RequestId", str(uuid.uuid4()))]
+    if refusal.service == "s3":
+        xml = (
+            f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{refusal.code}</Code>"
+            f"<Message>{refusal.message}</Message></Error>"
+        )
+        return status, [("Content-Type", "application/xml"), *request_id], xml.encode()
+    content_type = (
+        "application/x-amz-json-1.1" if refusal.service == "kinesis" else "application/x-amz-json-1.0"
+    )
+    body = json.dumps({"__type": refusal.code, "message": refusal.message}).encode()
+    return status, [("Content-Type", content_type), *request_id], body
+
+
+def _no_tables(_table: str) -> KeySchema | None:
+    return None
+
+
+class StoredItems:
+    """The items moto holds for one request's account and region: read to bill a write by the whole item
+    before and after it, and written only to undo an update DynamoDB would have refused. Use it only
+    while holding ``LocalAwsApp``'s lock: requests are serialized, so nothing changes in between."""
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        from moto.dynamodb.models import dynamodb_backends
+        from moto.iam.models import get_account_id_from
+
+        auth = str(environ.get("HTTP_AUTHORIZATION", ""))
+        scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/") if "Credential=" in auth else []
+        region = scope[2] if len(scope) > 2 else "us-east-1"
+        # The account moto itself picks for this request (moto.core.responses.get_current_account).
+        account = (
+            os.environ.get("MOTO_ACCOUNT_ID")
+            or environ.get("HTTP_X_MOTO_ACCOUNT_ID")
+            or get_account_id_from(scope[0] if scope else "")
+        )
+        self._backend = dynamodb_backends[account][region]
+
+    def key_schema(self, table: str) -> KeySchema | None:
+        found = self._backend.tables.get(table)
+        return None if found is None else (found.hash_key_attr, found.range_key_attr)
+
+    def _locate(self, table: str, key: dict[str, Any]) -> tuple[Any, Any, Any] | None:
+        """moto's table and the moto keys of an item (None if the key does not fit the table)."""
+        from moto.dynamodb.models.dynamo_type import DynamoType
+
+        found = self._backend.tables.get(table)
+        if found is None or found.hash_key_attr not in key:
+            return None
+        if found.range_key_attr is not None and found.range_key_attr not in key:
+            return None
+        sort = DynamoType(key[found.range_key_attr]) if found.range_key_attr is not None else None
+        return found, DynamoType(key[found.hash_key_attr]), sort
+
+    def get(self, table: str, key: dict[str, Any]) -> Any:
+        """moto's Item for a key, or None. Read with ``.get``: moto's own lookup inserts empty buckets."""
+        located = self._locate(table, key)
+        if located is None:
+            return None
+        found, partition, sort = located
+        stored = found.items.get(partition)
+        return stored.get(sort) if sort is not None and stored is not None else stored
+
+    def size(self, table: str, key: dict[str, Any]) -> int:
+        """The whole stored item's size by DynamoDB's rules (0 if there is none)."""
+        stored = self.get(table, key)
+        return 0 if stored is None else item_size(stored.to_json()["Attributes"])
+
+    def restore(self, table: str, key: dict[str, Any], previous: Any) -> None:
+        """Put back the item as it was before a write (``previous`` None: there was none)."""
+        located = self._locate(table, key)
+        if located is None:
+            return
+        found, partition, sort = located
+        if sort is None:
+            if previous is None:
+                found.items.pop(partition, None)
+            else:
+                found.items[partition] = previous
+        elif previous is None:
+            found.items.get(partition, {}).pop(sort, None)
+        else:
+            found.items[partition][sort] = previous
+
+
+def refuse_updated_item(stored: Any) -> LimitExceeded | None:
+    """The limits on the item an UpdateItem left (moto applied it): DynamoDB refuses the update instead."""
+    if stored is None:
+        return None
+    attributes = stored.to_json()["Attributes"]
+    return check_nesting(attributes.values()) or check_item_size(attributes, update=True)
+
+
 @dataclass
 class LocalAwsApp:
-    """WSGI middleware around moto: one request at a time, each counted, some failed on purpose."""
+    """WSGI middleware around moto: one request at a time, each counted, some failed on purpose, and
+    every request AWS would refuse for a documented limit refused (``worker.local_aws_limits``)."""
 
     app: WsgiApp
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     written: dict[tuple[str, str], Written] = field(default_factory=dict)
-    """(service, table or bucket) -> what write requests stored there (injected failures store nothing)."""
+    """(service, table or bucket) -> what write requests stored there and what AWS bills for them
+    (injected failures and refused requests store and bill nothing)."""
     faults: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    refused: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    """(service, operation, reason) -> requests refused for an AWS limit."""
     busy: dict[tuple[str, str], float] = field(default_factory=dict)
     """Seconds the backends spent serving each (service, operation): where an emulated run's time goes."""
     fault_plan: FaultPlan | None = None
@@ -317,27 +397,26 @@ class LocalAwsApp:
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
         request = identify(environ, body)
+        with self._lock:
+            stored = StoredItems(environ) if request.service == "dynamodb" else None
+            if request.service != "unknown":
+                self.requests[(request.service, request.operation)] += 1
+            # Before faults: a refused request is refused whatever the draw, as on AWS.
+            refusal = check(request, stored.key_schema if stored else _no_tables)
+            if refusal is not None:
+                self.refused[(request.service, request.operation, refusal.reason)] += 1
+        if refusal is not None:
+            return self._respond(start_response, *_refusal_response(refusal))
         fault = self._draw_fault(request, environ)
         kind = fault.kind if fault else None
         if kind == "latency":
             time.sleep(self.fault_plan.latency_ms / 1000 if self.fault_plan else 0)
         with self._lock:
-            if request.service != "unknown":
-                self.requests[(request.service, request.operation)] += 1
             if fault and fault.kind in ("throttle", "server_error"):
-                status, headers, payload = _error_response(request.service, fault.kind, fault.rng)
-                start_response(status, [*headers, ("Content-Length", str(len(payload)))])
-                return [payload]
-            if kind == "unprocessed":
-                return self._partially(environ, body, start_response)
-            self._tally(request, environ)
-            # Materialize the response inside the lock: moto computes lazily in some paths. hypercorn
-            # only starts a response on its first chunk, so an empty body (HEAD) still needs one.
-            started = time.perf_counter()
-            response = list(self.app(environ, start_response)) or [b""]
-            key = (request.service, request.operation)
-            self.busy[key] = self.busy.get(key, 0.0) + time.perf_counter() - started
-            return response
+                return self._respond(start_response, *_error_response(request.service, fault.kind, fault.rng))
+            if kind == "unprocessed" and stored is not None:
+                return self._partially(request, environ, stored, start_response)
+            return self._respond(start_response, *self._serve(request, environ, stored))
 
     def _draw_fault(self, request: AwsRequest, environ: dict[str, Any]) -> Fault | None:
         """The fault to inject, if any, with the generator that shapes it (which error, which status)."""
@@ -369,11 +448,60 @@ class LocalAwsApp:
             self.faults[(request.service, request.operation, kind)] += 1
         return Fault(kind, rng)
 
+    @staticmethod
+    def _respond(
+        start_response: StartResponse, status: str, headers: list[tuple[str, str]], payload: bytes
+    ) -> Iterable[bytes]:
+        if not any(name.lower() == "content-length" for name, _ in headers):
+            headers = [*headers, ("Content-Length", str(len(payload)))]  # moto's stays: a HEAD has no body
+        start_response(status, headers)
+        # hypercorn only starts a response on its first chunk, so an empty body (HEAD) still needs one.
+        return [payload]
+
+    def _serve(
+        self, request: AwsRequest, environ: dict[str, Any], stored: StoredItems | None
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Have moto serve a request (called under the lock) and account what it wrote."""
+        keys = written_keys(request, stored.key_schema) if stored is not None else []
+        before = [stored.size(table, key) for table, key in keys] if stored is not None else []
+        undo = (
+            copy.deepcopy(stored.get(*keys[0]))  # moto updates its item in place
+            if stored is not None and keys and request.operation == "UpdateItem"
+            else None
+        )
+        if stored is None:
+            self._tally_objects(request, environ)
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], *_: object) -> None:
+            captured.update(status=status, headers=headers)
+
+        started = time.perf_counter()
+        # Materialize the response inside the lock: moto computes lazily in some paths.
+        payload = b"".join(self.app(environ, capture))
+        operation = (request.service, request.operation)
+        self.busy[operation] = self.busy.get(operation, 0.0) + time.perf_counter() - started
+        status: str = captured.get("status", "200 OK")
+        headers: list[tuple[str, str]] = list(captured.get("headers", []))
+        if stored is None or not keys:
+            return status, headers, payload
+        if request.operation == "UpdateItem" and status.startswith("200"):
+            refusal = refuse_updated_item(stored.get(*keys[0]))
+            if refusal is not None:
+                stored.restore(*keys[0], undo)
+                self.refused[(request.service, request.operation, refusal.reason)] += 1
+                return _refusal_response(refusal)
+        # AWS bills a failed condition as a write of the item as it is; other errors bill nothing.
+        if status.startswith("200") or b"ConditionalCheckFailedException" in payload:
+            after = [stored.size(table, key) for table, key in keys]
+            self._tally_items(keys, before, after)
+        return status, headers, payload
+
     def _partially(
-        self, environ: dict[str, Any], body: bytes, start_response: StartResponse
+        self, request: AwsRequest, environ: dict[str, Any], stored: StoredItems, start_response: StartResponse
     ) -> Iterable[bytes]:
         """BatchWriteItem that writes the first half of each table's items and returns the rest."""
-        payload = json.loads(body)
+        payload = json.loads(request.body)
         unprocessed = {}
         for table, items in payload["RequestItems"].items():
             keep = (len(items) + 1) // 2
@@ -381,31 +509,39 @@ class LocalAwsApp:
             if rest:
                 unprocessed[table] = rest
         forwarded = json.dumps(payload).encode()
-        self._tally(AwsRequest("dynamodb", "BatchWriteItem", forwarded), environ)
         environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(forwarded), str(len(forwarded))
-        captured: dict[str, Any] = {}
-        response = b"".join(self.app(environ, lambda status, headers, *_: captured.update(status=status)))
+        status, _, response = self._serve(
+            AwsRequest("dynamodb", "BatchWriteItem", forwarded, request.method, request.path), environ, stored
+        )
         result = json.loads(response or b"{}")
         result["UnprocessedItems"] = unprocessed
-        out = json.dumps(result).encode()
-        start_response(
-            captured.get("status", "200 OK"),
-            [("Content-Type", "application/x-amz-json-1.0"), ("Content-Length", str(len(out)))],
+        return self._respond(
+            start_response,
+            status,
+            [("Content-Type", "application/x-amz-json-1.0")],
+            json.dumps(result).encode(),
         )
-        return [out]
 
-    def _tally(self, request: AwsRequest, environ: dict[str, Any]) -> None:
-        """Account a write (called under the lock). A failed condition is billed on AWS too: counted."""
-        items = written_items(request, environ)
-        for resource, size in items:
-            tally = self.written.setdefault((request.service, resource), Written())
+    def _tally_items(
+        self, keys: list[tuple[str, dict[str, Any]]], before: list[int], after: list[int]
+    ) -> None:
+        """Bill DynamoDB items as AWS does (``write_units``); ``bytes`` is the billed size of each."""
+        for (table, _), was, now in zip(keys, before, after, strict=True):
+            tally = self.written.setdefault(("dynamodb", table), Written())
+            tally.items += 1
+            tally.bytes += max(was, now)
+            tally.units += write_units(was, now)
+        for table in {table for table, _ in keys}:
+            self.written[("dynamodb", table)].requests += 1
+
+    def _tally_objects(self, request: AwsRequest, environ: dict[str, Any]) -> None:
+        """Account an S3 object stored (one PUT request each)."""
+        for bucket, size in written_items(request, environ):
+            tally = self.written.setdefault((request.service, bucket), Written())
+            tally.requests += 1
             tally.items += 1
             tally.bytes += size
-            tally.units += (
-                max(1, math.ceil(size / DYNAMODB_WRITE_UNIT)) if request.service == "dynamodb" else 1
-            )
-        for resource in {resource for resource, _ in items}:
-            self.written[(request.service, resource)].requests += 1
+            tally.units += 1
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -413,14 +549,25 @@ class LocalAwsApp:
             self.written.clear()
             self.busy.clear()
             self.faults.clear()
+            self.refused.clear()
 
 
 def moto_app() -> WsgiApp:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     _reshard_like_kinesis()
+    _leave_item_size_to_our_limits()
     app: WsgiApp = DomainDispatcherApplication(create_backend_app)
     return app
+
+
+def _leave_item_size_to_our_limits() -> None:
+    """moto refuses items over 405,000 bytes as it measures them (a number as its text), which is
+    neither DynamoDB's limit nor its rules, and it checks on every attribute set (quadratic in the
+    attributes). ``check`` and ``refuse_updated_item`` enforce DynamoDB's 400 KB by DynamoDB's rules."""
+    from moto.dynamodb.models import dynamo_type
+
+    setattr(dynamo_type.LimitedSizeDict, "__setitem__", dict.__setitem__)  # noqa: B010 - patching moto
 
 
 _resharding_patched = False
