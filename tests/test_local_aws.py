@@ -319,3 +319,13 @@ def test_an_s3_key_over_1024_bytes_is_refused_with_key_too_long(aws_env: AwsEnv)
     assert refused(s3.put_object, Bucket=bucket, Key="é" * 512 + "k", Body=b"x") == ("KeyTooLongError", 400)
     s3.put_object(Bucket=bucket, Key="é" * 512, Body=b"x")  # 1,024 bytes in UTF-8
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["é" * 512]
+
+
+def test_every_operation_served_is_recorded_refused_ones_included(aws_env: AwsEnv) -> None:
+    ddb, state = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
+    ddb.get_item(TableName=state, Key={"pseudoVin": {"S": "v"}})
+    refused(ddb.put_item, TableName=state, Item={"pseudoVin": {"S": "k" * 2049}})
+    seen = aws_env.aws.app.operations_seen()
+    assert seen == Counter({("dynamodb", "GetItem"): 1, ("dynamodb", "PutItem"): 1})
+    seen.clear()  # a copy: the app's record is untouched
+    assert aws_env.aws.app.operations_seen()[("dynamodb", "GetItem")] == 1

@@ -373,6 +373,7 @@ class LocalAwsApp:
 
     app: WsgiApp
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(service, operation) -> requests served, refused and failed ones included: see ``operations_seen``."""
     written: dict[tuple[str, str], Written] = field(default_factory=dict)
     """(service, table or bucket) -> what write requests stored there and what AWS bills for them
     (injected failures and refused requests store and bill nothing)."""
@@ -391,6 +392,12 @@ class LocalAwsApp:
         with self._lock:
             self.fault_plan = plan
             self._seen.clear()
+
+    def operations_seen(self) -> Counter[tuple[str, str]]:
+        """Every (SigV4 service, operation) asked of the local AWS since the last reset, refused and
+        failed requests included (IAM authorizes a request before it is validated): a copy."""
+        with self._lock:
+            return Counter(self.requests)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
