@@ -60,14 +60,26 @@ class WritePlan:
 def decode_batch(
     records: Sequence[KinesisRecord], decoder: Decoder, pseudonymizer: Pseudonymizer
 ) -> WritePlan:
+    """Every record is either planned or quarantined, whatever it holds: the per-record boundary.
+
+    An exception nobody foresaw, out of decoding or this record's planning, quarantines the record as
+    ``internal_error`` (the exception's type only: its message may quote input) instead of failing the
+    batch, which the KCL would redeliver forever. Only the record's own work runs inside the boundary;
+    what follows (``coalesce``) works on readings that already passed it.
+    """
     plan = WritePlan(last_position=records[-1].position if records else None)
     for record in records:
         try:
             decoded = decoder.decode(record.data, record.position.arrival_ms)
+            reading = pseudonymizer.reading(decoded, record.position)
         except InvalidRecord as invalid:
             plan.quarantined.append(Quarantined(record, invalid.reason, invalid.detail))
             continue
-        reading = pseudonymizer.reading(decoded, record.position)
+        except Exception as unexpected:  # see the docstring
+            plan.quarantined.append(
+                Quarantined(record, RejectReason.INTERNAL_ERROR, type(unexpected).__name__)
+            )
+            continue
         plan.sightings[reading.pseudo_vin] = decoded.vin
         plan.invalid_coordinates += decoded.dropped_location
         plan.readings.append(reading)
