@@ -16,6 +16,8 @@ NUMERIC_SIGNALS = frozenset(
     {"vehicleSpeed", "heading", "odometer", "batteryLevel", "batteryRange", "lat", "lng"}
 )
 STRING_SIGNALS = frozenset({"shiftState"})
+CANONICAL_SIGNALS = (NUMERIC_SIGNALS - {"lat", "lng"}) | STRING_SIGNALS | {"location", "soc"}
+"""Signal names as stored: lat/lng become ``location``; ``soc`` is Tesla's BMS state of charge."""
 RESERVED_NAMES = frozenset({"pseudoVin", "timestamp", "vin", "location"})
 """Item attributes of ``vehicle-state``, and ``location`` which decoding builds from lat/lng."""
 

@@ -50,6 +50,7 @@ NUMERIC_FIELDS = {
 is absent; ``Location`` becomes ``location`` and ``Gear`` becomes ``shiftState``."""
 
 _FIELD_NAMES: dict[int, str] = {number: name for name, number in Field.items() if number > 0}
+TESLA_FIELD_NAMES = frozenset(_FIELD_NAMES.values())
 _JSON_KEYS: dict[str | int, str] = {k: name for number, name in _FIELD_NAMES.items() for k in (number, name)}
 """A protojson key that names a field we know: its name, or its number when the server lacked it."""
 _FIELD_LIKE = re.compile(r"[A-Z][A-Za-z0-9_]{0,99}")

@@ -563,6 +563,7 @@ def test_the_boundary_mix_fixture_exercises_every_path() -> None:
     assert set(formats) == {"native", "tesla_json", "tesla_protobuf"}
     assert min(formats.values()) >= 100
     assert len(decoded_vins) >= 60
-    assert set(reasons) == set(RejectReason) - {RejectReason.UNWRITABLE}
+    # unwritable is found by DynamoDB, not by decoding; internal_error by a bug: none must show here
+    assert set(reasons) == set(RejectReason) - {RejectReason.UNWRITABLE, RejectReason.INTERNAL_ERROR}
     assert min(reasons.values()) >= 3
     assert dropped >= 3
