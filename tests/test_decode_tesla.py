@@ -643,3 +643,24 @@ def test_only_what_can_really_be_a_vin_is_taken_for_one() -> None:
     for text in ("aB3dE5gH7jK9mN1pR2sT4", "k9F2a8" + other.lower() + "Zq", "xx1hgcM82633A004352yy"):
         assert not mentions_vin(text, VIN), text
 
+
+# --- a key-0 (Unknown) datum next to good ones: skipped in both encodings ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("unknown", "unknown_json"),
+    [
+        (Datum(), {"key": 0}),  # no key, no value: the empty datum
+        (Datum(), {"key": "Unknown", "value": {}}),
+        (Datum(key=Field.Unknown, value=Value(int_value=3)), datum("Unknown", intValue=3)),
+        (Datum(key=Field.Unknown, value=Value(string_value="x")), datum(0, stringValue="x")),
+    ],
+)
+def test_an_unknown_keyed_datum_is_skipped_alike_in_protobuf_and_protojson(
+    unknown: Datum, unknown_json: dict[str, Any]
+) -> None:
+    good = Datum(key=Field.VehicleSpeed, value=Value(double_value=12.5))
+    good_json = datum("VehicleSpeed", doubleValue=12.5)
+    for data in (protobuf(unknown, good), protobuf(good, unknown)):
+        assert decoded(data).signals == {"vehicleSpeed": 12.5}
+    assert decoded(tesla_json(unknown_json, good_json)).signals == {"vehicleSpeed": 12.5}
