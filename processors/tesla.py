@@ -47,10 +47,13 @@ NUMERIC_FIELDS = {
     "GpsHeading": "heading",
     "Odometer": "odometer",
     "BatteryLevel": "batteryLevel",
+    "Soc": "soc",
     "EstBatteryRange": "batteryRange",
 }
-"""Tesla fields that are canonical numeric signals. ``Soc`` also feeds ``batteryLevel`` when ``BatteryLevel``
-is absent; ``Location`` becomes ``location`` and ``Gear`` becomes ``shiftState``."""
+"""Tesla fields that are canonical numeric signals; ``Location`` becomes ``location`` and ``Gear`` becomes
+``shiftState``. ``BatteryLevel`` (the level the car displays) and ``Soc`` (the battery management system's
+state of charge) differ by a few percent: each is its own signal, or a delta carrying only one of them
+would make the stored value jump between the two."""
 
 _FIELD_NAMES: dict[int, str] = {number: name for name, number in Field.items() if number > 0}
 TESLA_FIELD_NAMES = frozenset(_FIELD_NAMES.values())
@@ -245,7 +248,6 @@ def _record(
     vin: str, event_time_ms: int, datums: Iterable[tuple[str, Plain]], format_: str
 ) -> TelemetryRecord:
     pairs: list[tuple[str, Any]] = []
-    soc: float | int | None = None
     for name, value in datums:
         if value is None:
             continue
@@ -257,12 +259,8 @@ def _record(
                 pairs += (("lat", value[0]), ("lng", value[1]))
         elif name == "Gear":
             pairs.append(("shiftState", _shift_state(value)))
-        elif name == "Soc":
-            soc = _number(value)
         else:
             pairs.append((name, _other_signal(value)))
-    if soc is not None:
-        pairs.insert(0, ("batteryLevel", soc))  # first, so that a BatteryLevel in the same record wins
     signals, dropped = assemble(vin, pairs)
     return TelemetryRecord(vin, event_time_ms, signals, format_, dropped)
 

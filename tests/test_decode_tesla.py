@@ -115,7 +115,7 @@ SAME_DATUM_IN_BOTH_FORMATS = [
     (Datum(key=Field.GpsHeading, value=Value(double_value=182.0)), {"heading": 182.0}),
     (Datum(key=Field.EstBatteryRange, value=Value(double_value=212.5)), {"batteryRange": 212.5}),
     (Datum(key=Field.BatteryLevel, value=Value(double_value=71.5)), {"batteryLevel": 71.5}),
-    (Datum(key=Field.Soc, value=Value(double_value=70.25)), {"batteryLevel": 70.25}),
+    (Datum(key=Field.Soc, value=Value(double_value=70.25)), {"soc": 70.25}),
     (Datum(key=Field.Location, value=LOCATION), {"location": Location(37.41, -122.14)}),
     (Datum(key=Field.Gear, value=Value(shift_state_value=ShiftState.ShiftStateD)), {"shiftState": "D"}),
     (Datum(key=Field.Gear, value=Value(shift_state_value=ShiftState.ShiftStateP)), {"shiftState": "P"}),
@@ -235,7 +235,7 @@ def test_the_same_datum_gives_the_same_signals_in_protobuf_and_json(
             datum("TpmsHardWarnings", tireLocationValue={"front_left": True}),
             {"TpmsHardWarnings": {"frontLeft": True}},
         ),
-        (datum(8, doubleValue=70.5), {"batteryLevel": 70.5}),
+        (datum(8, doubleValue=70.5), {"soc": 70.5}),
         (datum(85, doubleValue=21.5), {"InsideTemp": 21.5}),
         (datum(999, intValue=3), {"Field999": 3}),
         (datum("NewFieldFromANewerServer", stringValue="on"), {"NewFieldFromANewerServer": "on"}),
@@ -254,16 +254,23 @@ def test_what_real_protojson_carries(item: dict[str, Any], signals: dict[str, An
 
 
 @pytest.mark.parametrize(
-    ("items", "battery"),
+    ("items", "signals"),
     [
-        ([SOC_JSON], 70.5),
-        ([SOC_JSON, datum("BatteryLevel", doubleValue=71.0)], 71.0),
-        ([datum("BatteryLevel", doubleValue=71.0), SOC_JSON], 71.0),
-        ([datum("BatteryLevel", invalid=True), SOC_JSON], 70.5),
+        ([SOC_JSON], {"soc": 70.5}),
+        ([SOC_JSON, datum("BatteryLevel", doubleValue=71.0)], {"soc": 70.5, "batteryLevel": 71.0}),
+        ([datum("BatteryLevel", doubleValue=71.0), SOC_JSON], {"soc": 70.5, "batteryLevel": 71.0}),
+        ([datum("BatteryLevel", invalid=True), SOC_JSON], {"soc": 70.5}),
     ],
 )
-def test_battery_level_wins_over_soc_in_one_record(items: list[dict[str, Any]], battery: float) -> None:
-    assert decoded(tesla_json(*items)).signals == {"batteryLevel": battery}
+def test_soc_and_battery_level_are_separate_signals(
+    items: list[dict[str, Any]], signals: dict[str, Any]
+) -> None:
+    """The displayed level and the BMS state of charge differ: a delta without BatteryLevel taking Soc
+    for it made the stored batteryLevel jump between the two."""
+    assert decoded(tesla_json(*items)).signals == signals
+    as_protobuf = payload()
+    json_format.ParseDict({"data": items}, as_protobuf, ignore_unknown_fields=True)
+    assert decoded(protobuf(*as_protobuf.data)).signals == signals
 
 
 def test_a_delta_record_with_many_fields() -> None:
@@ -281,7 +288,7 @@ def test_a_delta_record_with_many_fields() -> None:
     assert record.signals == {
         "vehicleSpeed": 0.0,
         "shiftState": "P",
-        "batteryLevel": 80.1,
+        "soc": 80.1,
         "ChargeState": "Charging",
         "InsideTemp": 21.5,
         "Locked": True,
