@@ -129,6 +129,7 @@ def state_fields(state: VehicleTrips) -> dict[str, Any]:
         "lastEventTime": _time(state.high_water_ms),
         "appliedThrough": _position(state.applied_through),
         "status": TripStatus.IDLE.value,
+        "reportsBatteryLevel": state.reports_battery_level,
     }
     trip = state.trip
     if trip is None:
@@ -170,7 +171,9 @@ def state_fields(state: VehicleTrips) -> dict[str, Any]:
 
 
 def state_from_item(item: TripStateItem) -> VehicleTrips:
-    state = VehicleTrips(item.pseudoVin, _ms(item.lastEventTime))
+    state = VehicleTrips(
+        item.pseudoVin, _ms(item.lastEventTime), reports_battery_level=item.reportsBatteryLevel
+    )
     if (through := item.appliedThrough) is not None:
         state.applied_through = StreamPosition(
             through.shardId, through.sequenceNumber, through.subSequenceNumber, 0

@@ -155,6 +155,9 @@ class VehicleTrips:
     trip: Trip | None = None
     applied_through: StreamPosition | None = None
     """Stream position of the record that set the high-water mark."""
+    reports_battery_level: bool = False
+    """The vehicle has sent ``batteryLevel`` in a trip: its trips' battery figures come from that signal
+    only. Until then they come from ``soc`` (Tesla vehicles that send only the BMS state of charge)."""
 
 
 def already_applied(position: StreamPosition, through: StreamPosition | None) -> bool:
@@ -198,6 +201,25 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
+
+
+def _battery(state: VehicleTrips, reading: VehicleReading) -> float | None:
+    """The record's battery figure: ``batteryLevel``, or ``soc`` for a vehicle never seen to report
+    ``batteryLevel``. Never one or the other by record: they differ, and the figures would flap."""
+    name = "batteryLevel" if state.reports_battery_level else "soc"
+    return _number(reading.signals.get(name))
+
+
+def _reports_battery_level(state: VehicleTrips) -> None:
+    """The vehicle turns out to report ``batteryLevel``: a running trip's figures taken from ``soc``
+    are forgotten, to be taken again from ``batteryLevel`` (breadcrumbs already written keep theirs)."""
+    state.reports_battery_level = True
+    trip = state.trip
+    if trip is None:
+        return
+    trip.start_battery = trip.known.battery_level = trip.stats.end_battery = None
+    if trip.stop is not None:
+        trip.stop.end_battery = None
 
 
 def complete(vehicle: str, trip: Trip, reason: EndReason) -> CompletedTrip:
@@ -244,24 +266,29 @@ class TripStateMachine:
                 state.high_water_ms, state.applied_through = t, reading.position
                 effects.changed = True
 
+        if trip is None and (speed is None or speed <= limits.start_speed_mph):
+            # An idle record changes nothing, so it does not move the mark either: the mark
+            # is then the same whether or not the state was persisted since (replay-exact).
+            return
+        if not state.reports_battery_level and _number(reading.signals.get("batteryLevel")) is not None:
+            # Learned only from a record that moves the machine, so it is persisted with that move:
+            # learned from an idle record, a restart would forget it and the same stream would give
+            # other figures (and a vehicle that never drove would need a trip-state item).
+            _reports_battery_level(state)
         if trip is None:
-            if speed is None or speed <= limits.start_speed_mph:
-                # An idle record changes nothing, so it does not move the mark either: the mark
-                # is then the same whether or not the state was persisted since (replay-exact).
-                return
             trip = state.trip = Trip(
                 trip_id=trip_id(state.pseudo_vin, t),
                 status=TripStatus.ACTIVE,
                 start_time_ms=t,
                 start_location=reading.location,
-                start_battery=_number(reading.signals.get("batteryLevel")),
+                start_battery=_battery(state, reading),
                 stats=TripStats(end_time_ms=t),
                 known=LastKnown(),
             )
 
         state.high_water_ms, state.applied_through = t, reading.position
         effects.changed = True
-        self._include(state.pseudo_vin, trip, reading, effects)
+        self._include(state.pseudo_vin, trip, reading, _battery(state, reading), effects)
 
         if trip.status is TripStatus.ACTIVE and speed is not None and speed <= limits.end_speed_mph:
             trip.status = TripStatus.ENDING
@@ -272,7 +299,9 @@ class TripStateMachine:
             trip.gap_start_ms = None
             trip.stop = None
 
-    def _include(self, vehicle: str, trip: Trip, reading: VehicleReading, effects: TripEffects) -> None:
+    def _include(
+        self, vehicle: str, trip: Trip, reading: VehicleReading, battery: float | None, effects: TripEffects
+    ) -> None:
         signals = reading.signals
         known, stats = trip.known, trip.stats
         speed = reading.speed
@@ -280,7 +309,6 @@ class TripStateMachine:
             known.vehicle_speed = speed
             stats.max_speed_mph = max(stats.max_speed_mph, speed)
         heading, odometer = _number(signals.get("heading")), _number(signals.get("odometer"))
-        battery = _number(signals.get("batteryLevel"))
         if heading is not None:
             known.heading = heading
         if odometer is not None:

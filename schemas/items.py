@@ -77,6 +77,8 @@ class TripStateItem(_Item):
     """High-water mark: the event time of the newest record that changed the trip machine."""
     appliedThrough: PositionItem | None = None
     """That record's stream position: a redelivery at or before it (same shard) is skipped."""
+    reportsBatteryLevel: bool = False
+    """The vehicle has sent ``batteryLevel``; until then its trips' battery figures come from ``soc``."""
     lastUpdate: str
     """Wall-clock time of the last write (volatile): orphan detection and optimistic concurrency."""
     tripId: str | None = None

@@ -7,6 +7,7 @@ import gzip
 import subprocess
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -217,7 +218,7 @@ def test_no_vin_leaks_from_a_stream_of_every_format_and_every_bad_input(env: Aws
     sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
 
     reasons = {line["reason"] for line in harness.logs() if line["event"] == "record_quarantined"}
-    assert reasons == {r.value for r in RejectReason} - {"unwritable"}
+    assert reasons == {r.value for r in RejectReason} - {"unwritable", "internal_error"}  # no bug shows here
     for name, physical in env.settings.table_names.items():
         items = [from_item(i) for i in env.clients.dynamodb.scan(TableName=physical)["Items"]]
         assert items or name in ("trips-index",), name
@@ -231,8 +232,12 @@ def test_no_vin_leaks_from_a_stream_of_every_format_and_every_bad_input(env: Aws
 
 
 def test_a_record_dynamodb_refuses_is_dead_lettered_alone_and_the_batch_goes_on(env: AwsEnv) -> None:
-    # Each record is valid, but together their distinct 60 KB signals outgrow a 400 KB item.
-    big = [native(vehicleSpeed=float(i), **{f"blob{i}": "z" * 60_000}) for i in range(8)]
+    # Each record is valid and within every per-record bound (30 values of 2 KB), but together their
+    # distinct signals outgrow a 400 KB item.
+    big = [
+        native(vehicleSpeed=float(i), **{f"blob{i}_{j:02d}": "z" * 1_990 for j in range(30)})
+        for i in range(8)
+    ]
     others = [native(vin="1HGCM82633A004352", vehicleSpeed=7.0)]
     harness = run(env, shard_records(big + others), size=20)
     assert harness.checkpoints  # the batch was not failed
@@ -244,5 +249,8 @@ def test_a_record_dynamodb_refuses_is_dead_lettered_alone_and_the_batch_goes_on(
         for i in env.clients.dynamodb.scan(TableName=env.settings.table_names["vehicle-state"])["Items"]
     }
     assert state[PSEUDO.pseudo_vin("1HGCM82633A004352")]["vehicleSpeed"]["value"] == 7.0
-    stored = [k for k in state[PSEUDO.pseudo_vin(VIN)] if k.startswith("blob")]
-    assert len(stored) + len(letters) == len(big)
+    # Every record is stored whole or dead-lettered. A dead-lettered one may have left some of its signals
+    # (each a valid last-writer-wins value) when its update took several requests: a transaction cannot
+    # write one item twice, so chunks are not atomic together; its redrive writes the rest.
+    stored = Counter(k.split("_")[0] for k in state[PSEUDO.pseudo_vin(VIN)] if k.startswith("blob"))
+    assert len([blobs for blobs in stored.values() if blobs == 30]) + len(letters) == len(big)

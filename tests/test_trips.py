@@ -154,6 +154,49 @@ def test_delta_records_are_completed_from_the_values_last_seen_in_the_trip() -> 
     assert crumbs == [(30, 90, 100.0, 80), (30, 90, 100.0, 80), (32, 95, 100.0, 79)]
 
 
+def battery_figures(run: Run) -> tuple[list[float | None], float | None, float | None]:
+    trip = run.state.trip
+    assert trip is not None
+    return [b.battery_level for b in run.effects.breadcrumbs], trip.start_battery, trip.stats.end_battery
+
+
+def test_a_vehicle_reporting_battery_level_never_takes_soc_for_it() -> None:
+    """Soc (BMS) and BatteryLevel (displayed) differ by a few percent: mixing them made figures flap."""
+    run = Run().feed(
+        at(0, 30, batteryLevel=80, soc=83),
+        at(1, 31, soc=82.5),
+        at(2, 32, batteryLevel=79, soc=82),
+        at(3, 33, soc=81.5),
+    )
+    assert battery_figures(run) == ([80, 80, 79, 79], 80, 79)
+    assert run.state.reports_battery_level
+    # The next trip too, though it starts on a record without batteryLevel.
+    run.feed(at(4, 0), at(400, 30, soc=80.5), at(401, 31, batteryLevel=77))
+    assert battery_figures(run)[1:] == (77, 77)
+
+
+def test_a_vehicle_that_never_reports_battery_level_falls_back_to_soc() -> None:
+    run = Run().feed(at(0, 30, soc=82.5), at(1, 31), at(2, 32, soc=82))
+    assert battery_figures(run) == ([82.5, 82.5, 82], 82.5, 82)
+    assert not run.state.reports_battery_level
+
+
+def test_a_first_battery_level_mid_trip_replaces_the_soc_figures() -> None:
+    run = Run().feed(at(0, 30, soc=82.5), at(1, 31, batteryLevel=80), at(2, 32, soc=81))
+    assert battery_figures(run) == ([82.5, 80, 80], 80, 80)
+
+
+def test_what_a_vehicle_reports_is_learned_from_its_trips_and_persisted_with_them() -> None:
+    """Learned from an idle record, a restart would forget it, and the same stream would give other
+    figures after the restart; a vehicle that never drove keeps no trip-state item."""
+    idle = Run().feed(at(0, 0, batteryLevel=80))
+    assert not idle.effects.changed and not idle.state.reports_battery_level
+    moving = Run().feed(at(0, 30, batteryLevel=80), at(1, 0), at(400, 0))
+    assert moving.state.trip is None and moving.state.reports_battery_level
+    item = TripStateItem(**state_fields(moving.state), lastUpdate="x")
+    assert state_from_item(item).reports_battery_level
+
+
 def test_long_trips_seal_segments_of_fixed_size() -> None:
     machine = TripStateMachine(TripThresholds(segment_breadcrumbs=3))
     run = Run().feed(*(at(s, 30) for s in range(8)), machine=machine)
@@ -190,6 +233,7 @@ def test_a_rarely_reporting_trip_is_staged_at_least_every_12_hours_of_event_time
 
 def test_persisted_state_round_trips_exactly() -> None:
     run = Run().feed(at(0, 30, batteryLevel=80.5, heading=1, odometer=5.25), at(7.5, 0), at(9, 3))
+    assert run.state.reports_battery_level
     item = TripStateItem(**state_fields(run.state), lastUpdate="2026-01-01T00:00:00.000Z")
     assert state_from_item(TripStateItem.model_validate(item.model_dump())) == run.state
 
