@@ -7,11 +7,12 @@ once every write in it has succeeded.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from processors.decode import Decoder
 from processors.errors import InvalidRecord, RejectReason
 from processors.pseudonymize import Pseudonymizer
+from processors.signal_bounds import SignalBounds, bound_signals
 from processors.trip_store import completed_trip, state_fields, state_from_item
 from processors.trips import (
     Breadcrumb,
@@ -43,6 +44,8 @@ class WritePlan:
     breadcrumbs: list[Breadcrumb] = field(default_factory=list)
     trips: list[VehicleTripPlan] = field(default_factory=list)
     invalid_coordinates: int = 0
+    signals_dropped: int = 0
+    """Signals left out of records that were kept (too many, too large, unstorable: ``SignalBounds``)."""
     last_position: StreamPosition | None = None
 
     @property
@@ -58,16 +61,36 @@ class WritePlan:
 
 
 def decode_batch(
-    records: Sequence[KinesisRecord], decoder: Decoder, pseudonymizer: Pseudonymizer
+    records: Sequence[KinesisRecord],
+    decoder: Decoder,
+    pseudonymizer: Pseudonymizer,
+    bounds: SignalBounds | None = None,
 ) -> WritePlan:
+    """Every record is either planned or quarantined, whatever it holds: the per-record boundary.
+
+    An exception nobody foresaw, out of decoding or this record's planning, quarantines the record as
+    ``internal_error`` (the exception's type only: its message may quote input) instead of failing the
+    batch, which the KCL would redeliver forever. Only the record's own work runs inside the boundary;
+    what follows (``coalesce``) works on readings that already passed it.
+    """
+    bounds = bounds or SignalBounds()
     plan = WritePlan(last_position=records[-1].position if records else None)
     for record in records:
         try:
             decoded = decoder.decode(record.data, record.position.arrival_ms)
+            reading = pseudonymizer.reading(decoded, record.position)
+            signals, dropped = bound_signals(reading.signals, bounds)
         except InvalidRecord as invalid:
             plan.quarantined.append(Quarantined(record, invalid.reason, invalid.detail))
             continue
-        reading = pseudonymizer.reading(decoded, record.position)
+        except Exception as unexpected:  # see the docstring
+            plan.quarantined.append(
+                Quarantined(record, RejectReason.INTERNAL_ERROR, type(unexpected).__name__)
+            )
+            continue
+        if dropped:
+            reading = replace(reading, signals=signals)
+            plan.signals_dropped += dropped
         plan.sightings[reading.pseudo_vin] = decoded.vin
         plan.invalid_coordinates += decoded.dropped_location
         plan.readings.append(reading)

@@ -7,6 +7,7 @@ object is native (``signals``) or Tesla protojson (``data``); anything else is t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,13 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _FOREIGN_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 _OTHER_TESLA_SHAPES = (("alerts", "alerts"), ("errors", "errors"), ("connectionId", "connectivity"))
 
+MAX_NESTING = 32
+"""Levels of lists and objects a JSON record may nest, the record itself included: DynamoDB refuses
+attribute values nested deeper than 32 levels, and a record two levels (record, ``signals``) above its
+values stores each value one level (``{"value", "at"}``) below a top-level attribute."""
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(rb"[\[\]{}]")
+
 
 @dataclass(frozen=True, slots=True)
 class DecodeLimits:
@@ -43,7 +51,19 @@ class Decoder:
         self.limits = limits or DecodeLimits()
 
     def decode(self, data: bytes, arrival_ms: int) -> TelemetryRecord:
-        """Decode one record. ``arrival_ms`` is the stream's clock, used for the time checks."""
+        """Decode one record. ``arrival_ms`` is the stream's clock, used for the time checks.
+
+        Total: returns a record or raises ``InvalidRecord``, whatever the bytes. An exception nobody
+        foresaw becomes ``internal_error`` naming only its type: its message may quote the input (a VIN).
+        """
+        try:
+            return self._decode(data, arrival_ms)
+        except InvalidRecord:
+            raise
+        except Exception as unexpected:  # one bad record must not fail (and stall) the shard
+            raise InvalidRecord(RejectReason.INTERNAL_ERROR, type(unexpected).__name__) from None
+
+    def _decode(self, data: bytes, arrival_ms: int) -> TelemetryRecord:
         if len(data) > self.limits.max_record_bytes:
             raise InvalidRecord(
                 RejectReason.OVERSIZE, f"{len(data)} bytes > limit {self.limits.max_record_bytes}"
@@ -64,6 +84,8 @@ class Decoder:
             if text[:1] == b"{":
                 raise
             return _protobuf_after_all(text, arrival_ms, not_json)
+        if nesting_depth(obj, stop_above=MAX_NESTING) > MAX_NESTING:
+            raise _too_deep()
         return self._decode_json(obj, arrival_ms)
 
     def _decode_json(self, obj: Any, arrival_ms: int) -> TelemetryRecord:
@@ -96,6 +118,43 @@ class Decoder:
         return record
 
 
+def nesting_depth(value: Any, stop_above: int | None = None) -> int:
+    """Levels of lists and dicts in ``value`` (a scalar is 0, ``[]`` is 1), measured with an explicit
+    stack: a hostile record can nest far deeper than Python may recurse. With ``stop_above``, returns as
+    soon as the depth is known to exceed it."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if stop_above is not None and deepest > stop_above:
+                return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def _too_deep() -> InvalidRecord:
+    return InvalidRecord(RejectReason.SCHEMA_VIOLATION, f"nested deeper than {MAX_NESTING} levels")
+
+
+def _bracket_depth(data: bytes) -> int:
+    """How deep the brackets of unparseable JSON text go, outside strings: orjson gives up past 1024
+    levels with the same error as for broken text, but such a record is too deep before it is broken."""
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_JSON_STRING.sub(b"", data)):
+        depth += 1 if bracket in (b"[", b"{") else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _parse_json(data: bytes) -> Any:
     try:
         return orjson.loads(data)
@@ -104,6 +163,8 @@ def _parse_json(data: bytes) -> Any:
             data.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidRecord(RejectReason.NOT_UTF8, "payload is not valid UTF-8") from None
+        if _bracket_depth(data) > MAX_NESTING:
+            raise _too_deep() from None
         raise InvalidRecord(RejectReason.MALFORMED_JSON, "payload is not valid JSON") from None
 
 

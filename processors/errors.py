@@ -24,6 +24,9 @@ class RejectReason(StrEnum):
     UNSUPPORTED_RECORD_TYPE = "unsupported_record_type"
     UNWRITABLE = "unwritable"
     """The record decoded, but a store refused its content as invalid (e.g. a DynamoDB validation error)."""
+    INTERNAL_ERROR = "internal_error"
+    """Decoding or planning the record raised an exception nobody foresaw (a bug, or input it did not
+    expect): the detail names the exception's type only, never its message, which may quote input."""
 
 
 class InvalidRecord(Exception):

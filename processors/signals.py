@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from collections.abc import Iterable
@@ -16,12 +18,18 @@ NUMERIC_SIGNALS = frozenset(
     {"vehicleSpeed", "heading", "odometer", "batteryLevel", "batteryRange", "lat", "lng"}
 )
 STRING_SIGNALS = frozenset({"shiftState"})
+CANONICAL_SIGNALS = (NUMERIC_SIGNALS - {"lat", "lng"}) | STRING_SIGNALS | {"location", "soc"}
+"""Signal names as stored: lat/lng become ``location``; ``soc`` is Tesla's BMS state of charge."""
 RESERVED_NAMES = frozenset({"pseudoVin", "timestamp", "vin", "location"})
 """Item attributes of ``vehicle-state``, and ``location`` which decoding builds from lat/lng."""
 
 VIN_PATTERN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
 """17 characters: digits and capital letters except I, O and Q."""
 _VIN_RUN = re.compile(r"[A-HJ-NPR-Z0-9]{17,}")
+_ONE_CASE_TOKEN = re.compile(r"(?<![A-Za-z0-9])(?:[A-HJ-NPR-Z0-9]{17}|[a-hj-npr-z0-9]{17})(?![A-Za-z0-9])")
+"""17 VIN characters in one case, not part of a longer run of letters and digits."""
+ENCODED_SIGNALS = frozenset({"RouteLine"})
+"""Tesla fields whose value is base64 of a protobuf (``RouteLine``: the navigation route)."""
 VIN_MIN_DIGITS = 3
 """A VIN ends in a numeric serial (ISO 3779), so it holds digits; camel-case field and enum names such
 as ``SemitruckTpmsPressureRe1L0`` or ``PassengerSeatBelt`` hold at most two."""
@@ -41,27 +49,46 @@ def normalize_vin(raw: str) -> str:
 
 
 def mentions_vin(value: Any, vin: str) -> bool:
-    """True when a (possibly nested) value may hold a VIN: this record's in any case or spacing, any
-    VIN-shaped run of characters (another vehicle's, e.g. a paired trailer), or a value that is one
-    spaced-out VIN.
+    """True when a (possibly nested) value may hold a VIN: this record's, in any case or spacing; any
+    other VIN (a paired trailer's), as it can really occur; or a value that is one spaced-out VIN.
 
     Such a signal is dropped at the boundary: an identifier smuggled in a telemetry field is still a VIN.
-    The price is that an unknown signal holding a long opaque id (17+ letters and digits without I, O,
-    Q, three digits or more) is dropped too.
+    "As it can really occur": VINs are upper case, so a run of upper-case VIN characters is one wherever
+    it sits (``car_1HGCM82633A004352``, ``X1HGCM82633A004352``); a producer that lower-cased one wrote it
+    all in one case, and as a token of its own (``paired 1hgcm82633a004352!``). A mixed-case run inside
+    longer letters and digits is encoded data, not a VIN: upper-casing it first made about one base64
+    value in ten look like one. Either way a VIN-shaped run mixes letters with at least three digits.
+    An unknown signal holding a long upper-case opaque id is still dropped.
     """
     if isinstance(value, str):
         if len(value) < 17:  # most names and values: too short to hold a VIN, even before squeezing
             return False
-        upper = value.upper()
-        if any(_vin_shaped(run) for run in _VIN_RUN.findall(upper)):
+        if any(_vin_shaped(run) for run in _VIN_RUN.findall(value)):
             return True
-        squeezed = _WHITESPACE.sub("", upper)
+        if any(_vin_shaped(token.upper()) for token in _ONE_CASE_TOKEN.findall(value)):
+            return True
+        squeezed = _WHITESPACE.sub("", value).upper()
         return vin in squeezed or (VIN_PATTERN.fullmatch(squeezed) is not None and _vin_shaped(squeezed))
     if isinstance(value, dict):
         return any(mentions_vin(k, vin) or mentions_vin(v, vin) for k, v in value.items())
     if isinstance(value, list):
         return any(mentions_vin(v, vin) for v in value)
     return False
+
+
+def signal_mentions_vin(name: str, value: Any, vin: str) -> bool:
+    """``mentions_vin`` for one signal. An encoded signal (``ENCODED_SIGNALS``) is looked at as what
+    it encodes: random bytes in base64 are letters and digits in every mix, while a VIN hidden in the
+    encoding shows in the decoded bytes. Not base64 after all, its text is looked at as any other."""
+    if mentions_vin(name, vin):
+        return True
+    if name in ENCODED_SIGNALS and isinstance(value, str):
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return mentions_vin(value, vin)
+        return mentions_vin(decoded.decode("latin-1"), vin)
+    return mentions_vin(value, vin)
 
 
 def _vin_shaped(run: str) -> bool:
@@ -116,7 +143,7 @@ def assemble(vin: str, pairs: Iterable[tuple[str, Any]]) -> tuple[dict[str, Sign
             lat = value
         elif name == "lng":
             lng = value
-        elif name in RESERVED_NAMES or mentions_vin(name, vin) or mentions_vin(value, vin):
+        elif name in RESERVED_NAMES or signal_mentions_vin(name, value, vin):
             continue
         elif isinstance(value, int | float) and not isinstance(value, bool) and finite_number(value) is None:
             continue  # an unknown signal DynamoDB could not store

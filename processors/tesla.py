@@ -7,8 +7,11 @@ belongs, an unknown or unset gear) is skipped, never zeroed: the rest of the rec
 
 Protobuf parsing is permissive: an alerts or errors message, and even random bytes, can parse as a
 ``Payload``. So bytes count as vehicle data only in the shape a server writes: no unknown fields on the
-payload or its datums, at least one datum, and every datum keyed above ``Unknown`` (0). A datum whose
-``Value`` has no member set is kept as a datum without a usable value, as in protojson (``"value": {}``).
+payload or its datums, and at least one datum keyed above ``Unknown`` (0). A datum keyed ``Unknown`` is
+skipped, as protojson's ``"key": 0`` is: the empty datum is also exactly the bytes of an empty alert, so
+a payload of nothing else is not taken for vehicle data, but next to a keyed datum it is just skipped.
+A datum whose ``Value`` has no member set is kept as a datum without a usable value, as in protojson
+(``"value": {}``).
 
 Everything that can be computed from the compiled protos is computed once, at import.
 """
@@ -50,6 +53,7 @@ NUMERIC_FIELDS = {
 is absent; ``Location`` becomes ``location`` and ``Gear`` becomes ``shiftState``."""
 
 _FIELD_NAMES: dict[int, str] = {number: name for name, number in Field.items() if number > 0}
+TESLA_FIELD_NAMES = frozenset(_FIELD_NAMES.values())
 _JSON_KEYS: dict[str | int, str] = {k: name for number, name in _FIELD_NAMES.items() for k in (number, name)}
 """A protojson key that names a field we know: its name, or its number when the server lacked it."""
 _FIELD_LIKE = re.compile(r"[A-Z][A-Za-z0-9_]{0,99}")
@@ -300,10 +304,14 @@ def decode_tesla_protobuf(data: bytes, arrival_ms: int) -> TelemetryRecord:
     if UnknownFieldSet(payload):
         raise _not_vehicle_data(data)
     datums = []
+    keyed = False
     for datum in payload.data:
-        key = datum.key
-        if key <= 0 or UnknownFieldSet(datum):
+        if UnknownFieldSet(datum):
             raise _not_vehicle_data(data)
+        key = datum.key
+        if key <= 0:
+            continue  # Unknown (or a negative number): skipped, as in protojson
+        keyed = True
         value = datum.value
         member = value.WhichOneof("value")
         if member is not None:
@@ -312,6 +320,8 @@ def decode_tesla_protobuf(data: bytes, arrival_ms: int) -> TelemetryRecord:
     if not payload.data:
         # Also exactly the bytes of an alerts or errors message with no items.
         raise _no_data() if _is_vin(payload.vin) else _not_vehicle_data(data)
+    if not keyed:
+        raise _not_vehicle_data(data)
     vin = normalize_vin(payload.vin)
     created_ms = None
     if payload.HasField("created_at"):

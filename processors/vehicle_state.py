@@ -10,9 +10,21 @@ Item shape::
      "vehicleSpeed": {"value": 73.5, "at": "2025-03-05T14:32:01.000Z"},
      "location": {"value": {"lat": 39.73, "lng": -104.99}, "at": "..."}, ...}
 
-Pure core: ``coalesce`` and ``outstanding``. I/O edge: ``VehicleStateSink`` writes one conditional
-``UpdateItem`` per vehicle per batch; the condition (each signal strictly newer) makes the common case
-a single blind write, and a failed condition returns the stored item so the exact remainder is retried.
+Pure core: ``coalesce``, ``chunks`` and ``outstanding``. I/O edge: ``VehicleStateSink`` writes one
+conditional ``UpdateItem`` per vehicle per batch; the condition (each signal strictly newer) makes the
+common case a single blind write, and a failed condition returns the stored item so the exact remainder
+is retried.
+
+**Chunks.** A condition holds one clause per signal, and DynamoDB refuses an expression over 4 KB or
+300 operators: one request for a Tesla snapshot after a reconnect (up to ~270 fields) would be refused
+as invalid. So an update of more than ``CHUNK_SIGNALS`` signals is written as several requests of at most
+that many signals each. That is safe because every signal is its own register: each chunk's condition
+only guards its own signals, a failed condition is resolved per chunk against the item it returns, and
+the item's ``timestamp`` (newest record applied) is written by the last chunk only, once the others are
+stored. A crash between chunks leaves some registers at their new values and the rest at older ones;
+the redelivery writes the rest and finds the written ones already current. Every register converges to
+the same winner whatever the cut, so the item is still a function of the set of records applied (a
+reader may meanwhile see a record half applied, as it may see one vehicle's batch half applied).
 """
 
 from __future__ import annotations
@@ -46,11 +58,20 @@ class Observation:
         return canonical_bytes(self.value) > canonical_bytes(other.value)
 
 
+CHUNK_SIGNALS = 40
+"""Signals per ``UpdateItem``. Each signal costs at most 4 operators (``attribute_not_exists``, ``OR``,
+``<``, ``AND``) and ~55 bytes of condition, so a chunk stays near half of DynamoDB's 300 operators and
+4 KB per expression (tested), and a 270-field snapshot takes 7 requests. The common delta, a handful of
+signals, stays one request."""
+
+
 @dataclass(slots=True)
 class StateUpdate:
     pseudo_vin: str
     timestamp_ms: int
     signals: dict[str, Observation] = field(default_factory=dict)
+    sets_timestamp: bool = True
+    """False for all but the last chunk of an update: the item's ``timestamp`` moves once all is stored."""
 
     def absorb(self, reading: VehicleReading) -> None:
         at_ms = reading.event_time_ms
@@ -92,6 +113,24 @@ def coalesce(readings: Iterable[VehicleReading]) -> dict[str, StateUpdate]:
     return updates
 
 
+def chunks(update: StateUpdate, size: int = CHUNK_SIGNALS) -> list[StateUpdate]:
+    """``update`` as requests of at most ``size`` signals each (see the module docstring); just
+    ``update`` when it fits in one. Signals go in name order, so a replay cuts the same chunks."""
+    if len(update.signals) <= size:
+        return [update]
+    names = sorted(update.signals)
+    parts = [names[i : i + size] for i in range(0, len(names), size)]
+    return [
+        StateUpdate(
+            update.pseudo_vin,
+            update.timestamp_ms,
+            {name: update.signals[name] for name in part},
+            sets_timestamp=update.sets_timestamp and last,
+        )
+        for last, part in ((i == len(parts) - 1, part) for i, part in enumerate(parts))
+    ]
+
+
 def stored_observations(item: Mapping[str, Any]) -> tuple[int | None, dict[str, Observation]]:
     """Decode a stored item (plain values, see ``from_item``) into its timestamp and observations."""
     timestamp = parse_time(item["timestamp"]) if "timestamp" in item else None
@@ -109,10 +148,11 @@ def outstanding(update: StateUpdate, item: Mapping[str, Any]) -> StateUpdate | N
     winners = {
         name: obs for name, obs in update.signals.items() if name not in stored or obs.beats(stored[name])
     }
-    newer = stored_ts is None or update.timestamp_ms > stored_ts
+    newer = update.sets_timestamp and (stored_ts is None or update.timestamp_ms > stored_ts)
     if not winners and not newer:
         return None
-    return StateUpdate(update.pseudo_vin, update.timestamp_ms if newer else stored_ts or 0, winners)
+    timestamp = update.timestamp_ms if newer or stored_ts is None else stored_ts
+    return StateUpdate(update.pseudo_vin, timestamp, winners, sets_timestamp=newer)
 
 
 def update_request(
@@ -120,24 +160,27 @@ def update_request(
 ) -> dict[str, Any]:
     """``UpdateItem`` arguments. Without ``stored``: guard that every value is strictly newer.
     With ``stored`` (the item a failed condition returned): guard that nothing touched has changed.
+    The item's ``timestamp`` is written (and guarded) only when ``update.sets_timestamp``.
     """
-    names: dict[str, str] = {"#ts": "timestamp"}
+    names: dict[str, str] = {}
     values: dict[str, AttributeValue] = {}
     assignments: list[str] = []
     conditions: list[str] = []
-    new_ts = format_time(update.timestamp_ms)
-    stored_ts = stored.get("timestamp") if stored is not None else None
-    if stored is None:
-        assignments.append("#ts = :ts")
-        conditions.append("(attribute_not_exists(#ts) OR #ts < :ts)")
-        values[":ts"] = {"S": new_ts}
-    else:
-        if stored_ts is None or new_ts > stored_ts["S"]:
+    if update.sets_timestamp:
+        names["#ts"] = "timestamp"
+        new_ts = format_time(update.timestamp_ms)
+        stored_ts = stored.get("timestamp") if stored is not None else None
+        if stored is None:
             assignments.append("#ts = :ts")
+            conditions.append("(attribute_not_exists(#ts) OR #ts < :ts)")
             values[":ts"] = {"S": new_ts}
-        conditions.append("#ts = :oldts" if stored_ts is not None else "attribute_not_exists(#ts)")
-        if stored_ts is not None:
-            values[":oldts"] = stored_ts
+        else:
+            if stored_ts is None or new_ts > stored_ts["S"]:
+                assignments.append("#ts = :ts")
+                values[":ts"] = {"S": new_ts}
+            conditions.append("#ts = :oldts" if stored_ts is not None else "attribute_not_exists(#ts)")
+            if stored_ts is not None:
+                values[":oldts"] = stored_ts
     for i, (name, obs) in enumerate(sorted(update.signals.items())):
         names[f"#s{i}"] = name
         at = format_time(obs.at_ms)
@@ -168,12 +211,18 @@ class VehicleStateSink:
 
     MAX_ROUNDS = 8
 
-    def __init__(self, dynamodb: DynamoDBClient, table: str) -> None:
+    def __init__(self, dynamodb: DynamoDBClient, table: str, chunk_signals: int = CHUNK_SIGNALS) -> None:
         self._dynamodb = dynamodb
         self._table = table
+        self._chunk_signals = chunk_signals
 
     def apply(self, update: StateUpdate) -> int:
-        """Write until the item reflects ``update``; returns the number of UpdateItem calls made."""
+        """Write until the item reflects ``update``, chunk by chunk, the item's timestamp last; returns
+        the number of UpdateItem calls made. Raised out of a later chunk, an error leaves the earlier
+        chunks stored: applying the update again finds them current (one failed condition each)."""
+        return sum(self._apply(chunk) for chunk in chunks(update, self._chunk_signals))
+
+    def _apply(self, update: StateUpdate) -> int:
         pending: StateUpdate | None = update
         stored: Mapping[str, AttributeValue] | None = None
         for rounds in range(1, self.MAX_ROUNDS + 1):

@@ -1,19 +1,35 @@
 from __future__ import annotations
 
+import itertools
+import math
 import random
+import re
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from hypothesis import given, settings
+from botocore.exceptions import ClientError
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors.vehicle_state import StateUpdate, VehicleStateSink, coalesce, outstanding
+from processors.vehicle_state import (
+    CHUNK_SIGNALS,
+    StateUpdate,
+    VehicleStateSink,
+    chunks,
+    coalesce,
+    outstanding,
+    update_request,
+)
 from schemas.dynamo import from_item
 from schemas.records import Location, StreamPosition, VehicleReading
 from tests.conftest import AwsEnv
 
 PV = "0123456789abcdef0123456789abcdef"
 POS = StreamPosition("shardId-000000000000", "1", 0, 0)
+NAMES = [f"s{i}" for i in range(12)]
+PVS: Iterator[str] = (f"{n:032x}" for n in itertools.count())
+"""Fresh vehicles for each example of a hypothesis test, which shares one table across its examples."""
 
 
 def reading(t: int, pseudo_vin: str = PV, **signals: Any) -> VehicleReading:
@@ -147,3 +163,113 @@ def test_one_update_item_per_vehicle_per_batch(aws_env: AwsEnv) -> None:
     for update in coalesce(batch).values():
         sink.apply(update)
     assert aws_env.aws.app.requests[("dynamodb", "UpdateItem")] == 2
+
+
+# --- DynamoDB's expression limits: one condition clause per signal outgrew them at ~75-80 signals --
+
+EXPRESSION_BYTES = 4096
+EXPRESSION_OPERATORS = 300
+_OPERATORS = re.compile(
+    r"\b(?:AND|OR|NOT|BETWEEN|IN|attribute_exists|attribute_not_exists|attribute_type|begins_with|"
+    r"contains|size)\b|<>|<=|>=|[=<>]"
+)
+SNAPSHOT = {f"Tesla{i:03d}": float(i) for i in range(268)} | {"vehicleSpeed": 1.0, "odometer": 2.0}
+"""A snapshot after a reconnect: about 270 fields at once."""
+
+
+def operators(expression: str) -> int:
+    """What DynamoDB counts against its 300 operators or functions per expression (``=`` included,
+    which only over-counts an update expression's assignments)."""
+    return len(_OPERATORS.findall(expression))
+
+
+def refused_by_dynamodb(request: dict[str, Any]) -> str | None:
+    """Why DynamoDB would refuse this request's expressions, per its documented limits, else None."""
+    for key in ("UpdateExpression", "ConditionExpression"):
+        expression = request.get(key, "")
+        if len(expression.encode()) > EXPRESSION_BYTES:
+            return f"{key} longer than 4 KB"
+        if operators(expression) > EXPRESSION_OPERATORS:
+            return f"{key} has more than 300 operators"
+    return None
+
+
+class LimitedDynamoDB:
+    """The local AWS with DynamoDB's expression limits: refused the way DynamoDB refuses them."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.update_items = client, 0
+
+    def update_item(self, **request: Any) -> Any:
+        self.update_items += 1
+        why = refused_by_dynamodb(request)
+        if why is not None:
+            error = {"Error": {"Code": "ValidationException", "Message": why}}
+            raise ClientError(error, "UpdateItem")  # type: ignore[arg-type]
+        return self.client.update_item(**request)
+
+
+def test_the_limit_check_refuses_what_a_single_request_for_a_snapshot_was() -> None:
+    clauses = [f"(attribute_not_exists(#s{i}) OR #s{i}.#at < :t{i})" for i in range(80)]
+    assert refused_by_dynamodb({"ConditionExpression": " AND ".join(clauses)}) is not None
+    assert refused_by_dynamodb({"ConditionExpression": " AND ".join(clauses[:40])}) is None
+
+
+def test_every_request_for_a_full_snapshot_is_well_within_the_expression_limits() -> None:
+    (update,) = coalesce([VehicleReading(PV, 1_000, SNAPSHOT, POS)]).values()
+    older = {"timestamp": {"S": "1970-01-01T00:00:00.000Z"}} | {n: {"S": "old"} for n in SNAPSHOT}
+    for stored in (None, older):  # the first attempt, and the retry after a failed condition
+        requests = [update_request("t", chunk, stored) for chunk in chunks(update)]
+        assert len(requests) == math.ceil(len(SNAPSHOT) / CHUNK_SIGNALS) == 7
+        for request in requests:
+            for key in ("UpdateExpression", "ConditionExpression"):
+                assert len(request[key].encode()) <= EXPRESSION_BYTES // 2, key
+                assert operators(request[key]) <= EXPRESSION_OPERATORS * 2 // 3, key
+        # Every signal written exactly once, and the item's timestamp by the last request only.
+        names = [n for r in requests for k, n in r["ExpressionAttributeNames"].items() if k.startswith("#s")]
+        assert sorted(names) == sorted(SNAPSHOT)
+        assert ["#ts = :ts" in r["UpdateExpression"] for r in requests] == [False] * 6 + [True]
+
+
+def test_a_full_snapshot_is_stored_whole_in_a_few_requests_and_replays_as_no_ops(aws_env: AwsEnv) -> None:
+    table = aws_env.settings.table_names["vehicle-state"]
+    dynamodb = LimitedDynamoDB(aws_env.clients.dynamodb)
+    sink = VehicleStateSink(dynamodb, table)  # type: ignore[arg-type]
+    (update,) = coalesce([VehicleReading(PV, 5_000, SNAPSHOT, POS)]).values()
+    assert sink.apply(update) == dynamodb.update_items == 7
+    assert sink.apply(update) == 7  # a replay: each request's condition fails, nothing is left to write
+    item = from_item(aws_env.clients.dynamodb.get_item(TableName=table, Key={"pseudoVin": {"S": PV}})["Item"])
+    assert item.pop("timestamp") == "1970-01-01T00:00:05.000Z"
+    assert item.pop("pseudoVin") == PV
+    assert item == {n: {"value": v, "at": "1970-01-01T00:00:05.000Z"} for n, v in SNAPSHOT.items()}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 6), st.dictionaries(st.sampled_from(NAMES), st.integers(0, 3), max_size=9)),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(1, 3),
+    st.randoms(),
+)
+def test_chunked_writes_keep_the_item_a_function_of_the_set_of_records(
+    aws_env: AwsEnv, records: list[tuple[int, dict[str, int]]], chunk: int, rnd: Any
+) -> None:
+    """Tiny chunks, so that every update is split: a shuffled, partly duplicated stream cut into
+    batches stores what one batch stores, conditional failures in any chunk included."""
+    dynamodb, table = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
+    sink = VehicleStateSink(dynamodb, table, chunk_signals=chunk)
+    readings = [VehicleReading(PV, 1_000 * t, signals, POS) for t, signals in records]
+    stream = readings + readings[: len(readings) // 2]
+    rnd.shuffle(stream)
+    cuts = sorted(rnd.sample(range(len(stream) + 1), 2))
+    stored = []
+    for pv, batches in ((next(PVS), [readings]), (next(PVS), [stream[: cuts[0]], stream[cuts[0] :]])):
+        for batch in batches:
+            for update in coalesce([replace(r, pseudo_vin=pv) for r in batch]).values():
+                sink.apply(update)
+        got = dynamodb.get_item(TableName=table, Key={"pseudoVin": {"S": pv}}).get("Item", {})
+        stored.append({k: v for k, v in from_item(got).items() if k != "pseudoVin"})
+    assert stored[0] == stored[1]

@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     max_event_age_hours: float = Field(
         168.0, description="Event times older than this before arrival are rejected (set to the retention)."
     )
+    max_signals_per_vehicle: int = Field(
+        300,
+        gt=0,
+        description="Signals one record may write to its vehicle's `vehicle-state` item: known signals "
+        "first, then unknown names in name order; the rest are dropped and counted (`signalsDropped`).",
+    )
+    max_signal_value_bytes: int = Field(
+        2048,
+        gt=0,
+        description="Largest value (as JSON) of one signal in `vehicle-state`; larger ones are dropped "
+        "and counted.",
+    )
     write_concurrency: int = Field(16, description="Concurrent AWS writes per record processor.")
     aws_max_attempts: int = Field(
         3, description="botocore attempts per AWS call (retried further by the worker)."

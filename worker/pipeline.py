@@ -10,6 +10,7 @@ from processors.batch import Quarantined, TripPlanner, WritePlan, decode_batch
 from processors.decode import DecodeLimits, Decoder
 from processors.errors import RejectReason, RetryableWriteError
 from processors.pseudonymize import Pseudonymizer, load_pseudonym_key
+from processors.signal_bounds import SignalBounds
 from processors.trips import TripStateMachine, TripThresholds
 from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 from worker.aws import AwsClients
@@ -31,6 +32,7 @@ class BatchOutcome:
     trips_completed: int
     invalid_coordinates: int
     last_position: StreamPosition | None
+    signals_dropped: int = 0
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:
@@ -38,6 +40,12 @@ def decode_limits(settings: Settings) -> DecodeLimits:
         max_record_bytes=settings.max_record_bytes,
         max_future_skew_ms=settings.max_future_skew_seconds * 1000,
         max_event_age_ms=int(settings.max_event_age_hours * 3600 * 1000),
+    )
+
+
+def signal_bounds(settings: Settings) -> SignalBounds:
+    return SignalBounds(
+        max_signals=settings.max_signals_per_vehicle, max_value_bytes=settings.max_signal_value_bytes
     )
 
 
@@ -61,13 +69,17 @@ class Pipeline:
 
     def __init__(self, settings: Settings, clients: AwsClients) -> None:
         self.decoder = Decoder(decode_limits(settings))
+        self.bounds = signal_bounds(settings)
         self.pseudonymizer = pseudonymizer_for(settings, clients)
         self.executor = PlanExecutor(settings, clients, self.pseudonymizer)
         self.trips = TripPlanner(TripStateMachine(trip_thresholds(settings)))
 
     def process(self, records: Sequence[KinesisRecord]) -> BatchOutcome:
         """Apply a batch. Returns only when every write is durable; raises otherwise."""
-        plan = decode_batch(records, self.decoder, self.pseudonymizer)
+        plan = decode_batch(records, self.decoder, self.pseudonymizer, self.bounds)
+        if plan.signals_dropped:
+            # Not a rejection: the records apply without these signals (see processors.signal_bounds).
+            event(log, "signals_dropped", logging.WARNING, signalsDropped=plan.signals_dropped)
         for quarantined in plan.quarantined:
             event(
                 log,
@@ -93,6 +105,7 @@ class Pipeline:
             trips_completed=sum(len(t.outbox) for t in plan.trips),
             invalid_coordinates=plan.invalid_coordinates,
             last_position=plan.last_position,
+            signals_dropped=plan.signals_dropped,
         )
 
     def _quarantine_refused(

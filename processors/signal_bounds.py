@@ -1,0 +1,86 @@
+"""What one record may add to its vehicle's ``vehicle-state`` item: a bounded number of storable values.
+
+DynamoDB refuses an item over 400 KB, and an item gains an attribute for every signal name it is ever
+sent: unbounded, unknown names would grow it until every write to the vehicle is refused.
+
+**The policy, and why it needs no read.** A bound on the item's attribute count enforced against the
+item ("admit a new name while the item holds fewer than N") would need the item read before every write,
+and would make the item depend on arrival order: which names got in first. Instead every bound here is
+a function of the one record, so the item stays a function of the set of records applied:
+
+- a record keeps at most ``max_signals`` signals: the known ones first (``KNOWN_SIGNALS``: the canonical
+  signals and every Tesla ``Field`` our protos name, ~290, all of them when ``max_signals`` is at least
+  that many), then unknown names in name order;
+- a value is kept only if DynamoDB can store it (finite numbers of at most 38 digits, no empty map key,
+  a name of 1-255 bytes) and its canonical JSON is at most ``max_value_bytes``;
+- everything dropped is counted (``signals_dropped``), the rest of the record applies.
+
+So the names an item can hold are the known ones, a fixed vocabulary whose values are small (Tesla
+fields are scalars but for a few encoded ones such as ``RouteLine``), plus the unknown names producers
+actually send: per record at most ``max_signals`` minus the known ones present. A producer sending
+endless distinct unknown names still grows its item; stopping that without a read would take an
+allow-list of unknown names, which would drop the unknown signals the native format promises to keep.
+Such a vehicle's writes then fail as ``unwritable`` dead letters, one record at a time, never the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from processors.signals import CANONICAL_SIGNALS, finite_number
+from processors.tesla import TESLA_FIELD_NAMES
+from processors.vehicle_state import canonical_bytes
+from schemas.records import Location, SignalValue
+
+KNOWN_SIGNALS = CANONICAL_SIGNALS | TESLA_FIELD_NAMES
+MAX_NAME_BYTES = 255
+
+
+@dataclass(frozen=True, slots=True)
+class SignalBounds:
+    max_signals: int = 300
+    max_value_bytes: int = 2048
+
+
+def bound_signals(
+    signals: Mapping[str, SignalValue], bounds: SignalBounds
+) -> tuple[dict[str, SignalValue], int]:
+    """The signals kept of one record (see the module docstring), and how many were dropped."""
+    kept: dict[str, SignalValue] = {}
+    for name in sorted(signals, key=lambda n: (n not in KNOWN_SIGNALS, n)):
+        if len(kept) >= bounds.max_signals:
+            break
+        value = signals[name]
+        if not _storable_name(name) or not _storable(value):
+            continue
+        if len(canonical_bytes(value)) <= bounds.max_value_bytes:
+            kept[name] = value
+    return kept, len(signals) - len(kept)
+
+
+def _storable_name(name: str) -> bool:
+    return 0 < len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES
+
+
+def _storable(value: Any) -> bool:
+    """DynamoDB can hold it: every number within its range, every map key non-empty. Iterative: a value
+    is at most 30 levels deep by now, but this must not be the place that finds out otherwise."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, bool | str | Location) or node is None:
+            continue
+        if isinstance(node, int | float):
+            if finite_number(node) is None:
+                return False
+        elif isinstance(node, Mapping):
+            if any(not isinstance(key, str) or not key for key in node):
+                return False
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+        else:
+            return False
+    return True
