@@ -345,6 +345,16 @@ def lease_owners(env: AwsEnv) -> dict[str, str]:
     return {i["leaseKey"]["S"]: i.get("leaseOwner", {}).get("S", "") for i in items}
 
 
+def kcl_leader(env: AwsEnv) -> str | None:
+    """The worker holding KCL 3's leader lock (an item of ``<app>-CoordinatorState`` with an owner)."""
+    table = f"{env.settings.application_name}-CoordinatorState"
+    try:
+        items = env.clients.dynamodb.scan(TableName=table, ConsistentRead=True)["Items"]
+    except env.clients.dynamodb.exceptions.ResourceNotFoundException:
+        return None
+    return next((i["ownerName"]["S"] for i in items if "ownerName" in i), None)
+
+
 def failover(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
     """Two tasks on a 4-shard stream split the leases; one is killed; the other takes all its shards."""
     expected = reference(local_aws, entries)
@@ -362,17 +372,26 @@ def failover(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
                 time.sleep(0.5)
             owners = lease_owners(env)
             split = sorted(sum(1 for o in owners.values() if o == w) for w in set(owners.values()))
+            leader = kcl_leader(env)
             victim = fleet_.daemons[0]
             victim.kill()
             killed_at = time.monotonic()
             result.kills = 1
             fleet_.daemons = fleet_.daemons[1:]  # not replaced: the survivor must take over
+            # KCL 3: only the leader reassigns leases. A dead leader's lock (in -CoordinatorState) is taken
+            # over once its 2-minute lease has run out unrenewed, checked every 30 s: up to ~150 s.
             while len(set(lease_owners(env).values())) != 1:
-                if time.monotonic() - killed_at > 120:
+                if time.monotonic() - killed_at > 210:
                     raise TimeoutError("the survivor did not take the dead task's leases")
                 time.sleep(0.25)
             takeover = time.monotonic() - killed_at
-            result.notes += [f"leases split {split[0]}/{split[1]}", f"takeover {takeover:.1f}s"]
+            (survivor,) = set(lease_owners(env).values())
+            killed_leader = leader is not None and leader != survivor
+            result.notes += [
+                f"leases split {split[0]}/{split[1]}",
+                f"takeover {takeover:.1f}s",
+                f"the killed task {'was' if killed_leader else 'was not'} the KCL leader",
+            ]
             replaying.join()
             wait_drained(fleet_, stats[0].last_sequence, timeout=600)
         finally:
@@ -517,7 +536,7 @@ def poison_pill(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
         DEAD_LETTER_PILLS
     )
     state = _vehicle_state(env, vin)
-    bound = int(getattr(env.settings, "max_signals_per_vehicle", PILL_SIGNALS))
+    bound = env.settings.max_signals_per_vehicle
     landed = sum(1 for name in state if name.startswith("probe"))
     image = state.get("firmwareImage", {}).get("value")
     dropped_and_counted = any(line.get("event") == "signals_dropped" for line in lines)
