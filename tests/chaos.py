@@ -11,6 +11,7 @@ runs a short slice inside ``make test``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import random
 import signal
@@ -28,6 +29,8 @@ from typing import Any
 import orjson
 import psutil
 
+from processors.pseudonymize import Pseudonymizer
+from schemas.dynamo import from_item
 from tests.conftest import AwsEnv, fresh_env
 from tests.digest import state_digest
 from tests.harness import ProcessorHarness, batches, shard_records
@@ -342,6 +345,16 @@ def lease_owners(env: AwsEnv) -> dict[str, str]:
     return {i["leaseKey"]["S"]: i.get("leaseOwner", {}).get("S", "") for i in items}
 
 
+def kcl_leader(env: AwsEnv) -> str | None:
+    """The worker holding KCL 3's leader lock (an item of ``<app>-CoordinatorState`` with an owner)."""
+    table = f"{env.settings.application_name}-CoordinatorState"
+    try:
+        items = env.clients.dynamodb.scan(TableName=table, ConsistentRead=True)["Items"]
+    except env.clients.dynamodb.exceptions.ResourceNotFoundException:
+        return None
+    return next((i["ownerName"]["S"] for i in items if "ownerName" in i), None)
+
+
 def failover(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
     """Two tasks on a 4-shard stream split the leases; one is killed; the other takes all its shards."""
     expected = reference(local_aws, entries)
@@ -359,17 +372,26 @@ def failover(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
                 time.sleep(0.5)
             owners = lease_owners(env)
             split = sorted(sum(1 for o in owners.values() if o == w) for w in set(owners.values()))
+            leader = kcl_leader(env)
             victim = fleet_.daemons[0]
             victim.kill()
             killed_at = time.monotonic()
             result.kills = 1
             fleet_.daemons = fleet_.daemons[1:]  # not replaced: the survivor must take over
+            # KCL 3: only the leader reassigns leases. A dead leader's lock (in -CoordinatorState) is taken
+            # over once its 2-minute lease has run out unrenewed, checked every 30 s: up to ~150 s.
             while len(set(lease_owners(env).values())) != 1:
-                if time.monotonic() - killed_at > 120:
+                if time.monotonic() - killed_at > 210:
                     raise TimeoutError("the survivor did not take the dead task's leases")
                 time.sleep(0.25)
             takeover = time.monotonic() - killed_at
-            result.notes += [f"leases split {split[0]}/{split[1]}", f"takeover {takeover:.1f}s"]
+            (survivor,) = set(lease_owners(env).values())
+            killed_leader = leader is not None and leader != survivor
+            result.notes += [
+                f"leases split {split[0]}/{split[1]}",
+                f"takeover {takeover:.1f}s",
+                f"the killed task {'was' if killed_leader else 'was not'} the KCL leader",
+            ]
             replaying.join()
             wait_drained(fleet_, stats[0].last_sequence, timeout=600)
         finally:
@@ -436,6 +458,130 @@ def poison(local_aws: LocalAws, entries: Sequence[StreamEntry], share: float = 0
         f"{sum(injected.values())} bad records ({len(quarantined)} kinds), each quarantined once: {once}"
     )
     return result
+
+
+def nested_record(vin: str, timestamp: str, depth: int) -> bytes:
+    """A record whose JSON is ``depth`` containers deep: the record, its signals, then one signal's value
+    nested in maps. Built as text: serializers refuse such depths (orjson stops at 255)."""
+    inner = depth - 2
+    value = '{"n": ' * inner + "1.5" + "}" * inner
+    return f'{{"vin": "{vin}", "timestamp": "{timestamp}", "signals": {{"deep": {value}}}}}'.encode()
+
+
+PILL_SIGNALS = 300
+PILL_VALUE_BYTES = 2048
+
+
+def poison_pills(vin: str, timestamp: str) -> dict[str, bytes]:
+    """The records of the poison-pill scenario, all on one vehicle (so one shard). The deep ones must
+    become one dead letter each; the wide and the large one are good records that must land."""
+    blob = base64.b64encode(random.Random(vin).randbytes(PILL_VALUE_BYTES * 3 // 4)).decode()
+    assert len(blob) == PILL_VALUE_BYTES
+    return {
+        "nested_400": nested_record(vin, timestamp, 400),  # deeper than any recursive walk should go
+        "nested_40": nested_record(vin, timestamp, 40),  # deeper than DynamoDB's 32 levels
+        "signals_300": orjson.dumps(
+            {"vin": vin, "timestamp": timestamp, "signals": {f"probe{i:03d}": i + 0.5 for i in range(300)}}
+        ),  # one UpdateItem for all of them would pass DynamoDB's expression limits
+        "value_2kb": orjson.dumps({"vin": vin, "timestamp": timestamp, "signals": {"firmwareImage": blob}}),
+    }
+
+
+DEAD_LETTER_PILLS = ("nested_400", "nested_40")
+FAILURE_EVENTS = frozenset({"initialize_failed", "batch_failed", "checkpoint_failed"})
+
+
+def poison_pill(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
+    """Two tasks on a 4-shard stream; one shard carries a 400-deep and a 40-deep record, a 300-signal
+    record and a 2 KB base64 value among good records. No task stops, no processor exits, each deep
+    record is one dead letter, and everything else lands as in one clean pass (300 signals and the
+    large value included, up to the worker's per-record bounds)."""
+    vin = entries[0].partition_key
+    own = [orjson.loads(e.data) for e in entries if e.partition_key == vin]
+    timestamp = str(own[len(own) // 2]["timestamp"])
+    pills = poison_pills(vin, timestamp)
+    third = len(entries) // 3
+    mixed = [*entries[:third], *(StreamEntry(data, vin) for data in pills.values()), *entries[third:]]
+    expected = reference(local_aws, mixed)
+    env = fresh_env(local_aws, CHAOS_ENV, shards=4)
+    started = time.monotonic()
+    kinesis, stream = env.clients.kinesis, env.settings.stream_name
+    first = replay_all(env, entries[:third])
+    placed = {}
+    for kind, data in pills.items():
+        put = kinesis.put_record(StreamName=stream, Data=data, PartitionKey=vin)
+        placed[kind] = (put["ShardId"], put["SequenceNumber"])
+    rest = replay_all(env, entries[third:])
+    targets = dict(first.last_sequence)
+    for shard, sequence in [*(placed.values()), *rest.last_sequence.items()]:
+        if shard not in targets or int(sequence) > int(targets[shard]):
+            targets[shard] = sequence
+    result = Result("poison-pill", len(mixed))
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "daemon.log"
+        fleet_ = Fleet(env, log, size=2).start()
+        try:
+            wait_drained(fleet_, targets, timeout=600)
+            owners = {owner for owner in lease_owners(env).values() if owner}
+            alive = sum(daemon.alive() for daemon in fleet_.daemons)
+        finally:
+            fleet_.stop()
+        lines = [_json(line) for line in log.read_text(errors="replace").splitlines()]
+    failures = sorted({line["event"] for line in lines if line.get("event") in FAILURE_EVENTS})
+    result.conclude(fleet_, started, env, expected)
+
+    letters = _dead_letters(env)
+    per_pill = {kind: letters.get(placed[kind], []) for kind in pills}
+    one_each = all(len(per_pill[kind]) == 1 for kind in DEAD_LETTER_PILLS) and len(letters) == len(
+        DEAD_LETTER_PILLS
+    )
+    state = _vehicle_state(env, vin)
+    bound = env.settings.max_signals_per_vehicle
+    landed = sum(1 for name in state if name.startswith("probe"))
+    image = state.get("firmwareImage", {}).get("value")
+    dropped_and_counted = any(line.get("event") == "signals_dropped" for line in lines)
+    large_value = "kept" if image is not None else ("dropped, counted" if dropped_and_counted else "LOST")
+    result.healthy = (
+        fleet_.restarts == 0
+        and alive == 2
+        and not failures
+        and one_each
+        and landed == min(PILL_SIGNALS, bound)
+        and large_value != "LOST"
+        and (image is None or len(image) == PILL_VALUE_BYTES)
+    )
+    result.notes += [
+        f"{alive}/2 tasks alive, {len(owners)} held leases",
+        f"processor failures: {', '.join(failures) or 'none'}",
+        "dead letters: "
+        + ", ".join(
+            f"{kind} {len(per_pill[kind])} ({'/'.join(per_pill[kind])})" for kind in DEAD_LETTER_PILLS
+        )
+        + f"; {len(letters)} in all",
+        f"{landed}/{PILL_SIGNALS} probe signals in vehicle-state (bound {bound})",
+        f"2 KB value {large_value}",
+    ]
+    return result
+
+
+def _dead_letters(env: AwsEnv) -> dict[tuple[str, str], list[str]]:
+    """(shard, sequence number) -> reasons of the dead letters written for that record."""
+    s3, bucket = env.clients.s3, env.settings.archive_bucket
+    found: dict[tuple[str, str], list[str]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="dead-letter/"):
+        for entry in page.get("Contents", []):
+            *_, shard, name = entry["Key"].split("/")
+            body = orjson.loads(s3.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read())
+            found.setdefault((shard, name.removesuffix(".json")), []).append(str(body["reason"]))
+    return found
+
+
+def _vehicle_state(env: AwsEnv, vin: str) -> dict[str, Any]:
+    key = {"pseudoVin": {"S": Pseudonymizer(CHAOS_ENV["FLEET_PSEUDONYM_KEY"].encode()).pseudo_vin(vin)}}
+    item = env.clients.dynamodb.get_item(
+        TableName=env.settings.table_names["vehicle-state"], Key=key, ConsistentRead=True
+    ).get("Item")
+    return from_item(item) if item else {}
 
 
 def load(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
@@ -507,6 +653,7 @@ def main() -> int:
             lambda: failover(aws, small),
             lambda: reshard(aws, small),
             lambda: poison(aws, small),
+            lambda: poison_pill(aws, fleet(vehicles=8, minutes=1, seed=5)),
             lambda: load(aws, fleet(vehicles=100, minutes=34, seed=9)),
         ]
         for run in scenarios:

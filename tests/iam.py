@@ -15,10 +15,17 @@ assertions (PutRecords, ListObjectsV2, ...) do not count as the worker's::
 
 from __future__ import annotations
 
+import fnmatch
 import json
-from collections.abc import Collection, Iterable, Mapping
+import re
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+import worker.local_aws
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 TASK_POLICY = DEPLOY / "iam-task-policy.json"
@@ -56,15 +63,98 @@ operators' dynamodb:GetItem on vin-mapping is an action the KCL needs too, on it
 is told apart by resource, see tests/test_deploy.py.)"""
 
 NOT_EXERCISED_LOCALLY: Mapping[str, str] = {
-    "kinesis:DescribeStreamSummary": "KCL 3.x checks the stream first; KCL 2.5.8 polling never calls it",
-    "dynamodb:UpdateTable": "KCL 3.x adds its leaseOwner index to a lease table created without it",
-    "dynamodb:DeleteItem": "KCL deletes leases of parent shards after resharding; the e2e never reshards",
     "cloudwatch:PutMetricData": "KCL metrics; metricsLevel is NONE against the local AWS",
     "secretsmanager:GetSecretValue": "the pseudonymization key; the e2e passes FLEET_PSEUDONYM_KEY instead",
-    "kms:GenerateDataKey": "a data key per batch that quarantines a record; a run without bad input has none",
-    "s3:GetObject": "archiving a trip with sealed segments (FLEET_TRIP_SEGMENT_BREADCRUMBS, 3600 by default)",
 }
 """Task-role actions needed on AWS that a local end-to-end run may not exercise, each with its reason."""
+
+
+PLACEHOLDERS = {
+    "AWS_ACCOUNT_ID": "123456789012",
+    "AWS_REGION": "us-east-1",
+    "IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet-ingest:1",
+    "TABLE_PREFIX": "",
+    "VIN_KEY_ID": "vin-key-id",
+}
+"""Every ``${NAME}`` the deploy/ files may use (README: Deploying on ECS), with values that make the
+rendered policies match the local AWS (moto's account, our default names)."""
+
+
+def render(path: Path, values: Mapping[str, str] = PLACEHOLDERS) -> Any:
+    text = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], path.read_text())
+    return json.loads(text)
+
+
+def arn(service: str, resource: str, region: str) -> str:
+    """The ARN of a resource path (``table/x``, ``stream/x``, ``bucket/key``) in the placeholder account."""
+    if service == "s3":
+        return f"arn:aws:s3:::{resource}"
+    return f"arn:aws:{service}:{region}:{PLACEHOLDERS['AWS_ACCOUNT_ID']}:{resource}"
+
+
+def allowed(policy: Mapping[str, Any], action: str, resource_arn: str) -> bool:
+    """Whether the policy allows this action on a resource pattern matching the ARN (conditions aside)."""
+    return any(fnmatch.fnmatchcase(resource_arn, pattern) for pattern in grants(policy).get(action, ()))
+
+
+def resource_of(service: str, environ: Mapping[str, Any], body: bytes) -> str:
+    """The resource a request addresses: tables, or one table's index (DynamoDB), bucket/key (S3), the
+    stream (Kinesis); "" elsewhere (the KMS key and the secret are named differently here than on AWS)."""
+    if service == "dynamodb":
+        request = json.loads(body or b"{}")
+        if "IndexName" in request:
+            return f"table/{request['TableName']}/index/{request['IndexName']}"
+        tables = [request["TableName"]] if "TableName" in request else sorted(request.get("RequestItems", {}))
+        return ",".join(f"table/{t}" for t in tables)
+    if service == "s3":
+        return str(environ.get("PATH_INFO", "")).strip("/")
+    if service == "kinesis":
+        request = json.loads(body or b"{}")
+        if "StreamName" in request:
+            return f"stream/{request['StreamName']}"
+        if "StreamARN" in request:
+            return f"stream/{str(request['StreamARN']).rsplit('/', 1)[-1]}"
+        if "ShardIterator" in request:
+            return "stream/*"  # GetRecords names no stream: its iterator was issued for one
+    return ""
+
+
+@contextmanager
+def recording_resources() -> Iterator[set[tuple[str, str, str]]]:
+    """Record (service, operation, resource) of every request the local AWS serves meanwhile."""
+    calls: set[tuple[str, str, str]] = set()
+    identify: Callable[[dict[str, Any], bytes], worker.local_aws.AwsRequest] = worker.local_aws.identify
+
+    def recording_identify(environ: dict[str, Any], body: bytes) -> worker.local_aws.AwsRequest:
+        request = identify(environ, body)
+        calls.add((request.service, request.operation, resource_of(request.service, environ, body)))
+        return request
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(worker.local_aws, "identify", recording_identify)
+        yield calls
+
+
+def disallowed_resources(
+    policy_path: Path, calls: Iterable[tuple[str, str, str]], region: str
+) -> list[tuple[str, str]]:
+    """(action, ARN) of each recorded call the rendered policy does not allow on the resource it touched
+    (calls on resources without a comparable name here, KMS keys and secrets, are checked by action)."""
+    policy = render(policy_path)
+    refused = []
+    for service, operation, resource in calls:
+        action = iam_action(service, operation)
+        targets = [arn(service, part, region) for part in resource.split(",") if part] or ["*"]
+        for target in targets:
+            if target == "*":
+                ok = action in grants(policy)
+            elif target.endswith(":stream/*"):
+                ok = any(":stream/" in pattern for pattern in grants(policy).get(action, ()))
+            else:
+                ok = allowed(policy, action, target)
+            if not ok:
+                refused.append((action, target))
+    return sorted(refused)
 
 
 def iam_action(service: str, operation: str) -> str:

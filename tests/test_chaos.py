@@ -35,5 +35,14 @@ def test_the_surviving_task_takes_over_a_dead_tasks_shards(
     local_aws: LocalAws, stream: list[StreamEntry]
 ) -> None:
     result = chaos.failover(local_aws, stream)
+    print(result.row())  # the split and the takeover time, with -s
     assert any(note.startswith("takeover") for note in result.notes)
     assert result.digest_equal, result.row()
+
+
+def test_poison_pills_on_one_shard_stop_no_task_and_land_every_good_record(local_aws: LocalAws) -> None:
+    result = chaos.poison_pill(local_aws, chaos.fleet(vehicles=8, minutes=1, seed=5))
+    print(result.row())
+    assert result.restarts == 0, result.row()  # no task stopped, so none was replaced
+    assert result.healthy, result.row()  # one dead letter per deep record, no processor exit, signals in
+    assert result.digest_equal, result.row()  # every good record as in one clean pass

@@ -98,7 +98,7 @@ def test_the_daemon_starts_this_worker_unless_another_processor_is_configured(
 ) -> None:
     from worker.launcher import daemon_properties
 
-    assert daemon_properties(Settings(), (2, 5, 8))["executableName"].endswith(" -m worker process")
+    assert daemon_properties(Settings())["executableName"].endswith(" -m worker process")
     monkeypatch.setenv("FLEET_KCL_EXECUTABLE", "/usr/bin/python3 -m bench.naive_processor")
-    props = daemon_properties(Settings(), (2, 5, 8))
+    props = daemon_properties(Settings())
     assert props["executableName"] == "/usr/bin/python3 -m bench.naive_processor"

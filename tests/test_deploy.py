@@ -3,9 +3,9 @@
 No Docker engine runs on our machines, so the Dockerfile is checked statically (and linted by hadolint
 when its binary is installed). The IAM policies are checked against the AWS requests the code makes:
 the record processor, the orphan sweep and the operator tools run against the local AWS here, recorded
-with the resource each request touched; the KCL's own requests come from reading KCL 2.5.8 (the local
-jars) and the KCL 3.x documentation. The authoritative check of the task policy runs in the end-to-end
-test, on what the real daemon asked for (``tests.iam.assert_policy_covers``).
+with the resource each request touched; the KCL's own requests are those KCL 3.1.3 (the local jars) made
+in the end-to-end run. The authoritative check of the task policy runs in that end-to-end test, on what
+the real daemon asked for (``tests.iam.assert_policy_covers``, ``tests.iam.disallowed_resources``).
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import worker.local_aws
 from processors.pseudonymize import VinVault
 from tests.conftest import AwsEnv, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS
@@ -36,8 +35,10 @@ from tests.iam import (
     DEPLOY,
     NOT_EXERCISED_LOCALLY,
     OPERATOR_POLICY,
+    PLACEHOLDERS,
     TASK_POLICY,
     allow_statements,
+    allowed,
     assert_policy_covers,
     grants,
     iam_action,
@@ -45,7 +46,10 @@ from tests.iam import (
     listed,
     load_policy,
     policy_actions,
+    recording_resources,
+    render,
 )
+from tests.iam import arn as iam_arn
 from worker.config import Settings
 from worker.inspection import NotFound, trip_report, vehicle_report
 from worker.local_aws import LocalAws
@@ -251,22 +255,6 @@ def test_hadolint_finds_nothing() -> None:
 # ECS task definition
 # ---------------------------------------------------------------------------------------------------
 
-PLACEHOLDERS = {
-    "AWS_ACCOUNT_ID": "123456789012",
-    "AWS_REGION": "us-east-1",
-    "IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet-ingest:1",
-    "TABLE_PREFIX": "",
-    "VIN_KEY_ID": "vin-key-id",
-}
-"""Every ``${NAME}`` the deploy/ files may use (README: Deploying on ECS), with values that make the
-rendered policies match the local AWS (moto's account, our default names)."""
-
-
-def render(path: Path, values: Mapping[str, str] = PLACEHOLDERS) -> Any:
-    text = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], path.read_text())
-    return json.loads(text)
-
-
 TASK = render(TASK_DEFINITION)
 (CONTAINER,) = TASK["containerDefinitions"]
 ENVIRONMENT = {e["name"]: e["value"] for e in CONTAINER["environment"]}
@@ -360,14 +348,17 @@ KCL_REQUESTS = {
     ("kinesis", "GetShardIterator"),
     ("kinesis", "GetRecords"),
     ("dynamodb", "DescribeTable"),
-    ("dynamodb", "CreateTable"),
+    ("dynamodb", "CreateTable"),  # the lease table, -CoordinatorState, -WorkerMetricStats
+    ("dynamodb", "UpdateTable"),  # adds the LeaseOwnerToLeaseKeyIndex to the lease table
+    ("dynamodb", "Query"),  # that index: the leases assigned to this worker
     ("dynamodb", "Scan"),
     ("dynamodb", "GetItem"),
     ("dynamodb", "PutItem"),
     ("dynamodb", "UpdateItem"),
+    ("dynamodb", "DeleteItem"),  # the leader lock on a graceful stop; parent shards' leases after a reshard
 }
-"""What KCL 2.5.8 asks of Kinesis and its lease table in polling mode (read from its bytecode);
-KCL 3.x's extra actions are in ``tests.iam.NOT_EXERCISED_LOCALLY``."""
+"""What KCL 3.1.3 (the local jars) asks of Kinesis and its three tables in polling mode, as recorded by
+the end-to-end test (tests/test_e2e.py checks the policy against that recording itself)."""
 
 WORKER_REQUESTS = {
     ("secretsmanager", "GetSecretValue"),  # pseudonymize: the HMAC key, once per processor
@@ -470,14 +461,7 @@ def test_the_task_role_has_no_operator_action() -> None:
 
 
 def arn(service: str, resource: str, settings: Settings) -> str:
-    if service == "s3":
-        return f"arn:aws:s3:::{resource}"
-    return f"arn:aws:{service}:{settings.region}:{PLACEHOLDERS['AWS_ACCOUNT_ID']}:{resource}"
-
-
-def allowed(policy: Mapping[str, Any], action: str, resource_arn: str) -> bool:
-    """Whether the policy allows this action on a resource pattern matching the ARN (conditions aside)."""
-    return any(fnmatch.fnmatchcase(resource_arn, pattern) for pattern in grants(policy).get(action, ()))
+    return iam_arn(service, resource, settings.region)
 
 
 def test_every_resource_is_named_and_only_metrics_go_to_any(task_settings: Settings) -> None:
@@ -531,27 +515,8 @@ class Recording:
     """... of redrive, resolve, status and inspect."""
 
 
-def resource_of(service: str, environ: Mapping[str, Any], body: bytes) -> str:
-    """The resource a request addresses: tables (DynamoDB), bucket/key (S3); "" elsewhere (one each)."""
-    if service == "dynamodb":
-        request = json.loads(body or b"{}")
-        tables = [request["TableName"]] if "TableName" in request else sorted(request.get("RequestItems", {}))
-        return ",".join(f"table/{t}" for t in tables)
-    if service == "s3":
-        return str(environ.get("PATH_INFO", "")).strip("/")
-    return ""
-
-
 @pytest.fixture(scope="module")
 def recording(local_aws: LocalAws) -> Iterator[Recording]:
-    calls: set[tuple[str, str, str]] = set()
-    identify = worker.local_aws.identify
-
-    def recording_identify(environ: dict[str, Any], body: bytes) -> worker.local_aws.AwsRequest:
-        request = identify(environ, body)
-        calls.add((request.service, request.operation, resource_of(request.service, environ, body)))
-        return request
-
     env = fresh_env(
         local_aws, {"FLEET_TRIP_GAP_SECONDS": str(TRIP_GAP_SECONDS), "FLEET_TRIP_SEGMENT_BREADCRUMBS": "100"}
     )
@@ -559,8 +524,7 @@ def recording(local_aws: LocalAws) -> Iterator[Recording]:
     environ = {k: v for k, v in env.environ.items() if k != "FLEET_PSEUDONYM_KEY"}
     bad = StreamEntry(b'{"vin": "not a vin", "timestamp": 0, "signals": {}}', "not a vin")
     records = shard_records([*fixture("trips.jsonl"), bad])
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(worker.local_aws, "identify", recording_identify)
+    with recording_resources() as calls:
         harness = ProcessorHarness(environ)
         harness.initialize()
         for batch in batches(records, 500):
@@ -643,11 +607,13 @@ def test_data_tables_and_archive_prefixes_get_exactly_the_recorded_actions(
     assert granted == {(action, resource) for action, resource in needed if data_or_archive(resource)}
     if who == "operator":  # status reads the KCL's lease table, and nothing else of the KCL's
         lease_table = arn("dynamodb", f"table/{settings.application_name}", settings)
-        assert {r for a, r in needed if r not in data and a.startswith("dynamodb:")} == {lease_table}
+        trip_dates = f"{data_table(settings, 'trips-index')}/index/tripDate-index"
+        assert {r for a, r in needed if r not in data and a.startswith("dynamodb:")} == {
+            lease_table,
+            trip_dates,
+        }
         assert allowed(policy, "dynamodb:Scan", lease_table)
-        assert allowed(
-            policy, "dynamodb:Query", f"{data_table(settings, 'trips-index')}/index/tripDate-index"
-        )
+        assert allowed(policy, "dynamodb:Query", trip_dates)
 
 
 def test_the_sweep_task_runs_the_same_image_as_the_worker_with_the_sweep_entrypoint() -> None:

@@ -1,7 +1,7 @@
-"""The real KCL MultiLangDaemon, end to end, against the embedded local AWS.
+"""The real KCL MultiLangDaemon (3.x, as in production), end to end, against the embedded local AWS.
 
 One daemon run (a new lease table costs the KCL a random 1-30 s wait) over a 2-shard stream carrying
-two fixture streams; each test checks one aspect of the result.
+three fixture streams; each test checks one aspect of the result.
 """
 
 from __future__ import annotations
@@ -22,11 +22,21 @@ from processors.pseudonymize import Pseudonymizer
 from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, boundary_fleet_vins, expected_trips
-from tests.iam import TASK_POLICY, assert_policy_covers
+from tests.iam import (
+    NOT_EXERCISED_LOCALLY,
+    TASK_POLICY,
+    assert_policy_covers,
+    disallowed_resources,
+    iam_actions,
+    load_policy,
+    policy_actions,
+    recording_resources,
+)
 from tests.oracle import dumps, latest_by_vin, leaked, vins_in
 from worker.launcher import lease_checkpoints
 from worker.local_aws import LocalAws
 from worker.replay import ReplayStats, read_fixture, replay
+from worker.status import shard_status
 from worker.sweep import sweep_orphans
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +50,9 @@ class DaemonRun:
     replayed: ReplayStats
     pseudo: Pseudonymizer
     calls: Counter[tuple[str, str]]
-    """Every AWS request the daemon, its processors and the sweep made."""
+    """Every AWS request the launcher, the daemon, its processors and the sweep made."""
+    resources: set[tuple[str, str, str]]
+    """The same requests as (service, operation, resource touched)."""
 
     def table(self, name: str) -> list[dict[str, Any]]:
         raw = self.env.clients.dynamodb.scan(TableName=self.env.settings.table_names[name])["Items"]
@@ -69,11 +81,13 @@ def kcl_run(local_aws: LocalAws) -> Iterator[DaemonRun]:
         stats.records += part.records
         stats.last_sequence.update(part.last_sequence)
     local_aws.app.reset_counts()  # from here on, only the worker (daemon, processors, sweep) calls AWS
-    daemon = run_daemon(env)
-    assert daemon.returncode == 0, daemon.stderr[-3000:]
-    sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
-    calls = Counter(local_aws.app.requests)
-    yield DaemonRun(env, daemon, stats, Pseudonymizer(b"e2e-key"), calls)
+    with recording_resources() as resources:
+        daemon = run_daemon(env)
+        assert daemon.returncode == 0, daemon.stderr[-3000:]
+        sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
+        calls = Counter(local_aws.app.requests)
+        touched = set(resources)
+    yield DaemonRun(env, daemon, stats, Pseudonymizer(b"e2e-key"), calls, touched)
 
 
 def test_vehicle_state_holds_each_vehicles_latest_values(kcl_run: DaemonRun) -> None:
@@ -128,4 +142,56 @@ def test_processors_log_their_lifecycle_as_json_lines(kcl_run: DaemonRun) -> Non
 
 def test_the_task_role_grants_exactly_what_the_worker_called(kcl_run: DaemonRun) -> None:
     assert kcl_run.calls[("kinesis", "GetRecords")] > 0 and kcl_run.calls[("dynamodb", "UpdateItem")] > 0
+    # KCL 3's own: its lease table's index (created, then queried), and its two extra tables.
+    assert kcl_run.calls[("dynamodb", "UpdateTable")] >= 1 and kcl_run.calls[("dynamodb", "Query")] >= 1
     assert_policy_covers(TASK_POLICY, kcl_run.calls)
+    never = policy_actions(load_policy(TASK_POLICY)) - iam_actions(kcl_run.calls)
+    assert never == set(NOT_EXERCISED_LOCALLY), "each action this run did not call has its reason"
+    print(f"task policy actions this run never called: {sorted(never)}")
+
+
+def test_every_call_is_allowed_on_the_resource_it_touched(kcl_run: DaemonRun) -> None:
+    """By ARN, not only by action: the lease table's index, the KCL's own tables, each data table."""
+    app = kcl_run.env.settings.application_name
+    touched = {resource for _, _, resource in kcl_run.resources}
+    assert {
+        f"table/{app}",
+        f"table/{app}/index/LeaseOwnerToLeaseKeyIndex",
+        f"table/{app}-CoordinatorState",
+        f"table/{app}-WorkerMetricStats",
+    } <= touched
+    assert disallowed_resources(TASK_POLICY, kcl_run.resources, kcl_run.env.settings.region) == []
+
+
+def test_kcl_3_creates_its_coordinator_and_worker_metrics_tables_and_the_lease_owner_index(
+    kcl_run: DaemonRun,
+) -> None:
+    dynamodb, app = kcl_run.env.clients.dynamodb, kcl_run.env.settings.application_name
+    (index,) = dynamodb.describe_table(TableName=app)["Table"]["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "LeaseOwnerToLeaseKeyIndex" and index["IndexStatus"] == "ACTIVE"
+    assert [(k["AttributeName"], k["KeyType"]) for k in index["KeySchema"]] == [
+        ("leaseOwner", "HASH"),
+        ("leaseKey", "RANGE"),
+    ]
+    state = {i["key"]["S"]: i for i in dynamodb.scan(TableName=f"{app}-CoordinatorState")["Items"]}
+    assert state["Migration3.0"]["cv"]["S"] == "CLIENT_VERSION_3X"  # a new application: 3.x from the start
+    # The leader's lock is deleted on a graceful stop: only the migration state is left.
+    assert set(state) == {"Migration3.0"}
+    workers = dynamodb.scan(TableName=f"{app}-WorkerMetricStats")["Items"]
+    assert len(workers) == 1 and "wid" in workers[0]  # one daemon ran
+    # Off AWS the worker metrics are off, so the KCL never asked the EC2 instance metadata address.
+    assert "instance metadata" not in kcl_run.daemon.stderr and "169.254" not in kcl_run.daemon.stderr
+
+
+def test_status_reads_kcl_3_lease_items(kcl_run: DaemonRun) -> None:
+    dynamodb, app = kcl_run.env.clients.dynamodb, kcl_run.env.settings.application_name
+    (worker_id,) = {i["wid"]["S"] for i in dynamodb.scan(TableName=f"{app}-WorkerMetricStats")["Items"]}
+    leases = dynamodb.scan(TableName=app)["Items"]
+    # KCL 3 adds throughputKBps to each lease (checkpointOwner only while a lease is handed over); a
+    # graceful stop leaves the owner in place, for the next leader to reassign once it expires.
+    assert all({"leaseOwner", "checkpoint", "leaseCounter", "throughputKBps"} <= set(i) for i in leases)
+    statuses = shard_status(kcl_run.env.settings, kcl_run.env.clients)
+    assert len(statuses) == 2
+    for status in statuses:
+        assert status.owner == worker_id and status.checkpoint is not None and status.checkpoint.isdigit()
+        assert status.behind is not None and status.behind.records == 0 and status.behind.exact

