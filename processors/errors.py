@@ -1,5 +1,7 @@
 """Typed errors, each carrying a reason code.
 
+``FleetIngestError`` is the base of them all: ``OperatorError`` for what the CLI prints as one line,
+``TransientError`` for what is worth trying again.
 ``InvalidRecord`` is the quarantine path: the record is dead-lettered and the shard moves on.
 ``RetryableWriteError`` is the slow-down path: the batch is retried and, once retries are exhausted,
 fails without a checkpoint so the KCL redelivers it.
@@ -29,7 +31,25 @@ class RejectReason(StrEnum):
     expect): the detail names the exception's type only, never its message, which may quote input."""
 
 
-class InvalidRecord(Exception):
+class FleetIngestError(Exception):
+    """The base of every error this project raises on purpose. A message never holds a VIN or a payload."""
+
+
+class OperatorError(FleetIngestError):
+    """A mistake an operator can act on (a bad argument, a name that is not stored, an unusable install):
+    the CLI prints it as one line, without a traceback."""
+
+
+class TransientError(FleetIngestError):
+    """Something that may succeed when tried again (throttling, 5xx, a lost optimistic-concurrency race).
+    ``reason`` is a short code for logs and metrics."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class InvalidRecord(FleetIngestError):
     """A record that can never be applied. ``detail`` must never contain a VIN or the payload."""
 
     def __init__(self, reason: RejectReason, detail: str) -> None:
@@ -38,12 +58,8 @@ class InvalidRecord(Exception):
         self.detail = detail
 
 
-class RetryableWriteError(Exception):
-    """A write that may succeed later (throttling, 5xx, a lost optimistic-concurrency race)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+class RetryableWriteError(TransientError):
+    """A write that may succeed later: the batch is retried, then fails without a checkpoint."""
 
 
 def schema_detail(error: ValidationError) -> str:

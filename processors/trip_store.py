@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
-from processors.errors import RetryableWriteError, aws_error_code
+from processors.errors import FleetIngestError, RetryableWriteError, aws_error_code
 from processors.signals import format_time, parse_time
 from processors.trips import (
     Breadcrumb,
@@ -47,7 +47,7 @@ BATCH_WRITE_LIMIT = 25
 BATCH_GET_LIMIT = 100
 
 
-class StaleTripState(Exception):
+class StaleTripState(FleetIngestError):
     """The stored item changed since we read it; ``current`` is what is stored now (None: no item)."""
 
     def __init__(self, pseudo_vin: str, current: TripStateItem | None) -> None:

@@ -13,6 +13,7 @@ from typing import Protocol
 from amazon_kclpy.checkpoint_error import CheckpointError
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from processors.errors import FleetIngestError
 from schemas.records import StreamPosition
 from worker.logs import event
 
@@ -50,7 +51,7 @@ def _retryable(error: BaseException) -> bool:
     return isinstance(error, CheckpointError) and error.value in RETRYABLE_CHECKPOINT_ERRORS
 
 
-class LeaseLost(Exception):
+class LeaseLost(FleetIngestError):
     """Checkpointing was refused because this worker no longer owns the shard."""
 
 

@@ -385,10 +385,9 @@ def explain(error: Exception) -> str | None:
     )
     from pydantic import ValidationError
 
-    from worker.inspection import BadName, NotFound
-    from worker.replay import BadFixtureLine
+    from processors.errors import OperatorError
 
-    if isinstance(error, NotFound | BadName | BadFixtureLine):
+    if isinstance(error, OperatorError):
         return str(error)
     if isinstance(error, EndpointConnectionError):
         return f"{error} (check AWS_ENDPOINT_URL, the region and the network)"

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from processors.errors import OperatorError
 from schemas.dynamo import from_item
 from worker.aws import AwsClients
 from worker.config import Settings
@@ -24,11 +25,11 @@ RECENT_TRIPS = 5
 VALUE_COLUMN = 22
 
 
-class NotFound(Exception):
+class NotFound(OperatorError):
     """Nothing stored under that name (the CLI prints it as one line)."""
 
 
-class BadName(ValueError):
+class BadName(OperatorError):
     """Not a pseudoVin / trip id. The message never echoes the input: it may be a VIN."""
 
 

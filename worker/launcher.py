@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from processors.errors import OperatorError
 from worker.aws import AwsClients, local_credentials_env
 from worker.config import Settings
 from worker.health import DAEMON, Heartbeat, clear
@@ -46,7 +47,7 @@ KCL_MAJOR = 3
 """The KCL major version production runs (Dockerfile) and every local run installs (``kcl-local``)."""
 
 
-class UnsupportedKcl(RuntimeError):
+class UnsupportedKcl(OperatorError):
     """The installed jars are not one KCL 3.x: the properties we write, and the tables, index and lease
     assignment the rest of the worker expects, are KCL 3's."""
 

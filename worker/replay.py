@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from processors.errors import OperatorError
+
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
     from mypy_boto3_kinesis.type_defs import PutRecordsRequestEntryTypeDef
@@ -45,7 +47,7 @@ def parse_line(line: str | bytes) -> StreamEntry:
     return StreamEntry(orjson.dumps(obj), key)
 
 
-class BadFixtureLine(ValueError):
+class BadFixtureLine(OperatorError):
     """A fixture line that is neither a JSON object nor a valid ``_raw_b64`` line."""
 
     def __init__(self, path: Path, line_number: int, why: str) -> None:
