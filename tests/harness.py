@@ -1,7 +1,7 @@
 """Drives ``python -m worker process`` through the MultiLangDaemon's JSON-line protocol, as the daemon does.
 
-Every message the processor sends is answered the way KCL 2.x answers it; the checkpoints it asks for
-are recorded, and a checkpoint can be made to fail with a KCL exception name.
+Every message the processor sends is answered the way the KCL 3.x MultiLangDaemon answers it; the checkpoints
+it asks for are recorded, and a checkpoint can be made to fail with a KCL exception name.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ METRICS = {
     "RecordsDeadLettered",
     "TripsArchived",
     "InvalidCoordinates",
+    "SignalsDropped",
     "BatchDurationMs",
     "MillisBehindLatest",
     "WriteRequests",
@@ -59,6 +60,7 @@ SAMPLE = BatchMetrics(
     dead_lettered=3,
     trips_archived=2,
     invalid_coordinates=4,
+    signals_dropped=7,
     write_requests=61,
     duration_ms=412.5,
     millis_behind_latest=1800,
@@ -83,6 +85,7 @@ def test_a_batch_document_follows_the_spec() -> None:
         2,
     )
     assert document["InvalidCoordinates"] == 4
+    assert document["SignalsDropped"] == 7
     assert (document["WriteRequests"], document["BatchDurationMs"], document["MillisBehindLatest"]) == (
         61,
         412.5,
@@ -91,7 +94,7 @@ def test_a_batch_document_follows_the_spec() -> None:
 
 
 def test_an_unknown_lag_is_left_out_not_reported_as_zero() -> None:
-    unknown = BatchMetrics(1, 0, 0, 0, 1, 2.0, None)
+    unknown = BatchMetrics(1, 0, 0, 0, 0, 1, 2.0, None)
     document = emf_document("ns", "app", "shardId-000000000000", unknown, int(time.time() * 1000))
     assert_emf(document)
     assert "MillisBehindLatest" not in document
@@ -143,3 +146,4 @@ def test_the_processor_emits_one_document_per_non_empty_batch_on_stderr(aws_env:
     assert [d["RecordsDeadLettered"] for d in documents] == [b["deadLetters"] for b in batch_lines]
     assert [d["WriteRequests"] for d in documents] == [b["writes"] for b in batch_lines]
     assert [d["InvalidCoordinates"] for d in documents] == [b["invalidCoordinates"] for b in batch_lines]
+    assert [d["SignalsDropped"] for d in documents] == [b["signalsDropped"] for b in batch_lines]

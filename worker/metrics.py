@@ -26,6 +26,7 @@ UNITS = {
     "RecordsDeadLettered": "Count",
     "TripsArchived": "Count",
     "InvalidCoordinates": "Count",
+    "SignalsDropped": "Count",
     "WriteRequests": "Count",
     "BatchDurationMs": "Milliseconds",
     "MillisBehindLatest": "Milliseconds",
@@ -41,6 +42,8 @@ class BatchMetrics:
     trips_archived: int
     invalid_coordinates: int
     """Records kept without their location (out of range, not finite, or no fix)."""
+    signals_dropped: int
+    """Signals left out of applied records by the per-record bounds (count, value size, storability)."""
     write_requests: int
     duration_ms: float
     millis_behind_latest: int | None
@@ -52,6 +55,7 @@ class BatchMetrics:
             "RecordsDeadLettered": self.dead_lettered,
             "TripsArchived": self.trips_archived,
             "InvalidCoordinates": self.invalid_coordinates,
+            "SignalsDropped": self.signals_dropped,
             "WriteRequests": self.write_requests,
             "BatchDurationMs": self.duration_ms,
         }

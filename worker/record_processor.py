@@ -111,6 +111,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
                 breadcrumbs=outcome.breadcrumbs,
                 tripsArchived=outcome.trips_completed,
                 invalidCoordinates=outcome.invalid_coordinates,
+                signalsDropped=outcome.signals_dropped,
                 millisBehindLatest=lag,
                 durationMs=duration_ms,
                 # The worker's own CPU (all threads): duration minus this is waiting on AWS.
@@ -123,6 +124,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
                     dead_lettered=outcome.quarantined,
                     trips_archived=outcome.trips_completed,
                     invalid_coordinates=outcome.invalid_coordinates,
+                    signals_dropped=outcome.signals_dropped,
                     write_requests=outcome.writes,
                     duration_ms=duration_ms,
                     millis_behind_latest=lag,
