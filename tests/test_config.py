@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from schemas.tables import ALL_TABLES
 from worker.config import Settings
 
-README = Path(__file__).parent.parent / "README.md"
+OPERATING = Path(__file__).parent.parent / "docs" / "operating.md"
 
 
 def test_defaults_match_the_seed_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,17 +73,17 @@ def test_every_table_has_a_setting() -> None:
 
 
 def test_readme_documents_every_setting_with_its_default() -> None:
-    readme = README.read_text()
+    readme = OPERATING.read_text()
     for name, info in Settings.model_fields.items():
         variable = f"FLEET_{name.upper()}"
         if name == "endpoint_url":
             variable = "AWS_ENDPOINT_URL"
         row = next((line for line in readme.splitlines() if line.startswith(f"| `{variable}` |")), None)
-        assert row is not None, f"README does not document {variable}"
+        assert row is not None, f"docs/operating.md does not document {variable}"
         default = info.default
         if default not in (None, ""):
             shown = f"{default:g}" if isinstance(default, float) else str(default)
-            assert f"| `{shown}` |" in row, f"{variable}: default {default!r} not in README"
+            assert f"| `{shown}` |" in row, f"{variable}: default {default!r} not in docs/operating.md"
 
 
 def test_fixtures_are_reproducible() -> None:
