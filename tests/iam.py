@@ -2,7 +2,8 @@
 
 The local AWS (``worker.local_aws.LocalAwsApp.requests``) counts every request it served as a
 (service, operation) pair, the service being the SigV4 signing name. ``iam_actions`` names the IAM
-action each pair needs; ``assert_policy_covers`` checks a policy file against them.
+action each pair needs; ``assert_policy_covers`` checks a role's policy against them. The policies are the
+roles' inline policies in deploy/fleet-ingest.yaml, rendered with the local AWS's names (``tests.cfn``).
 
 The authoritative check runs in the end-to-end test, on what the real daemon, its record processors and
 the orphan sweep asked of the local AWS. Record only that window, so that the test's own producer and
@@ -10,26 +11,28 @@ assertions (PutRecords, ListObjectsV2, ...) do not count as the worker's::
 
     local_aws.app.reset_counts()          # after replaying the fixtures
     run_daemon(env); sweep_orphans(...)
-    assert_policy_covers(TASK_POLICY, local_aws.app.requests)
+    assert_policy_covers(WORKER_POLICY, local_aws.app.requests)
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import worker.local_aws
+from tests.cfn import ACCOUNT, render
 
-DEPLOY = Path(__file__).parent.parent / "deploy"
-TASK_POLICY = DEPLOY / "iam-task-policy.json"
-OPERATOR_POLICY = DEPLOY / "iam-operator-policy.json"
+STACK = render()
+"""deploy/fleet-ingest.yaml rendered with the local AWS's names (``tests.cfn.TEST_PARAMETERS``)."""
+WORKER_POLICY = STACK.policy("WorkerTaskRole")
+SWEEP_POLICY = STACK.policy("SweepTaskRole")
+OPERATOR_POLICY = STACK.policy("OperatorRole")
+ADMIN_POLICY = STACK.policy("AdminRole")
 
 # SigV4 signing names that differ from the IAM service prefix.
 _IAM_PREFIX = {"monitoring": "cloudwatch"}
@@ -52,13 +55,13 @@ _S3_ACTIONS = {
 }
 
 ADMIN_ONLY: Mapping[str, str] = {
-    "kms:Decrypt": "resolve (a VIN) and redrive (dead-letter data keys): deploy/iam-operator-policy.json",
+    "kms:Decrypt": "resolve (a VIN: AdminRole) and redrive (dead-letter data keys: OperatorRole)",
     "kinesis:PutRecords": "redrive puts dead letters back; the worker never writes to the stream",
     "s3:ListBucket": "redrive lists dead-letter/; the worker only reads and writes keys it computes",
     "s3:GetObjectTagging": "redrive skips dead letters tagged redrivenAt",
     "s3:PutObjectTagging": "redrive tags what it put back",
 }
-"""Actions only the operator tools need (deploy/iam-operator-policy.json); never the task role's. (The
+"""Actions only the operator tools need (OperatorRole, AdminRole); never a task role's. (The
 operators' dynamodb:GetItem on vin-mapping is an action the KCL needs too, on its own tables: that one
 is told apart by resource, see tests/test_deploy.py.)"""
 
@@ -69,27 +72,11 @@ NOT_EXERCISED_LOCALLY: Mapping[str, str] = {
 """Task-role actions needed on AWS that a local end-to-end run may not exercise, each with its reason."""
 
 
-PLACEHOLDERS = {
-    "AWS_ACCOUNT_ID": "123456789012",
-    "AWS_REGION": "us-east-1",
-    "IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet-ingest:1",
-    "TABLE_PREFIX": "",
-    "VIN_KEY_ID": "vin-key-id",
-}
-"""Every ``${NAME}`` the deploy/ files may use (README: Deploying on ECS), with values that make the
-rendered policies match the local AWS (moto's account, our default names)."""
-
-
-def render(path: Path, values: Mapping[str, str] = PLACEHOLDERS) -> Any:
-    text = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], path.read_text())
-    return json.loads(text)
-
-
 def arn(service: str, resource: str, region: str) -> str:
     """The ARN of a resource path (``table/x``, ``stream/x``, ``bucket/key``) in the placeholder account."""
     if service == "s3":
         return f"arn:aws:s3:::{resource}"
-    return f"arn:aws:{service}:{region}:{PLACEHOLDERS['AWS_ACCOUNT_ID']}:{resource}"
+    return f"arn:aws:{service}:{region}:{ACCOUNT}:{resource}"
 
 
 def allowed(policy: Mapping[str, Any], action: str, resource_arn: str) -> bool:
@@ -136,11 +123,10 @@ def recording_resources() -> Iterator[set[tuple[str, str, str]]]:
 
 
 def disallowed_resources(
-    policy_path: Path, calls: Iterable[tuple[str, str, str]], region: str
+    policy: Mapping[str, Any], calls: Iterable[tuple[str, str, str]], region: str
 ) -> list[tuple[str, str]]:
-    """(action, ARN) of each recorded call the rendered policy does not allow on the resource it touched
+    """(action, ARN) of each recorded call the policy does not allow on the resource it touched
     (calls on resources without a comparable name here, KMS keys and secrets, are checked by action)."""
-    policy = render(policy_path)
     refused = []
     for service, operation, resource in calls:
         action = iam_action(service, operation)
@@ -172,11 +158,6 @@ def iam_action(service: str, operation: str) -> str:
 def iam_actions(requests: Iterable[tuple[str, str]]) -> set[str]:
     """IAM actions for recorded (service, operation) pairs (a ``Counter`` of them works too)."""
     return {iam_action(service, operation) for service, operation in requests}
-
-
-def load_policy(path: Path) -> dict[str, Any]:
-    policy: dict[str, Any] = json.loads(path.read_text())
-    return policy
 
 
 def allow_statements(policy: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -213,10 +194,11 @@ def grants(policy: Mapping[str, Any]) -> dict[str, set[str]]:
 
 
 def assert_policy_covers(
-    policy_path: Path,
+    policy: Mapping[str, Any],
     recorded: Iterable[tuple[str, str]],
     admin_only: Collection[str] = (),
     not_exercised: Mapping[str, str] = NOT_EXERCISED_LOCALLY,
+    name: str = "the policy",
 ) -> None:
     """The policy grants every action the recorded requests needed, and nothing else but the actions in
     ``not_exercised`` (needed on AWS, with the reason a local run may not show them).
@@ -225,8 +207,7 @@ def assert_policy_covers(
     actions are not counted as used, and the policy must not grant them.
     """
     used = iam_actions(recorded) - set(admin_only)
-    granted = policy_actions(load_policy(policy_path))
-    name = policy_path.name
+    granted = policy_actions(policy)
     problems = []
     if missing := used - granted:
         problems.append(f"{name} lacks actions the code called: {sorted(missing)}")

@@ -1,11 +1,13 @@
-"""The deployment artefacts: Dockerfile, .dockerignore, ECS task definition, IAM policies.
+"""The deployment artefacts: Dockerfile, .dockerignore, and the ECS task definitions and IAM roles of
+deploy/fleet-ingest.yaml (rendered offline with the local AWS's names, ``tests.cfn``).
 
 No Docker engine runs on our machines, so the Dockerfile is checked statically (and linted by hadolint
-when its binary is installed). The IAM policies are checked against the AWS requests the code makes:
-the record processor, the orphan sweep and the operator tools run against the local AWS here, recorded
-with the resource each request touched; the KCL's own requests are those KCL 3.1.3 (the local jars) made
-in the end-to-end run. The authoritative check of the task policy runs in that end-to-end test, on what
-the real daemon asked for (``tests.iam.assert_policy_covers``, ``tests.iam.disallowed_resources``).
+when its binary is installed). The roles' policies are checked against the AWS requests the code makes:
+the record processor, the orphan sweep, the operator tools and resolve run against the local AWS here,
+each recorded apart with the resource each request touched; the KCL's own requests are those KCL 3.1.3
+(the local jars) made in the end-to-end run. The authoritative check of the worker task role runs in
+that end-to-end test, on what the real daemon asked for (``tests.iam.assert_policy_covers``,
+``tests.iam.disallowed_resources``). The rest of the template is checked in tests/test_stack.py.
 """
 
 from __future__ import annotations
@@ -27,16 +29,18 @@ from typing import Any
 import pytest
 
 from processors.pseudonymize import VinVault
+from tests.cfn import TEST_PARAMETERS
 from tests.conftest import AwsEnv, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.harness import ProcessorHarness, batches, fixture, shard_records
 from tests.iam import (
     ADMIN_ONLY,
-    DEPLOY,
+    ADMIN_POLICY,
     NOT_EXERCISED_LOCALLY,
     OPERATOR_POLICY,
-    PLACEHOLDERS,
-    TASK_POLICY,
+    STACK,
+    SWEEP_POLICY,
+    WORKER_POLICY,
     allow_statements,
     allowed,
     assert_policy_covers,
@@ -44,10 +48,8 @@ from tests.iam import (
     iam_action,
     iam_actions,
     listed,
-    load_policy,
     policy_actions,
     recording_resources,
-    render,
 )
 from tests.iam import arn as iam_arn
 from worker.config import Settings
@@ -60,7 +62,6 @@ from worker.sweep import sweep_orphans
 
 ROOT = Path(__file__).parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
-TASK_DEFINITION = DEPLOY / "task-definition.json"
 
 # ---------------------------------------------------------------------------------------------------
 # Dockerfile
@@ -221,7 +222,7 @@ def test_dockerignore_keeps_the_context_to_what_the_image_installs() -> None:
         ".ruff_cache/content",
         ".hypothesis/examples/x",
         "worker/__pycache__/cli.cpython-311.pyc",
-        "deploy/task-definition.json",
+        "deploy/fleet-ingest.yaml",
         "fleet_ingest.egg-info/PKG-INFO",
         "build/lib/worker/cli.py",
     ):
@@ -252,12 +253,15 @@ def test_hadolint_finds_nothing() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# ECS task definition
+# ECS task definitions (deploy/fleet-ingest.yaml)
 # ---------------------------------------------------------------------------------------------------
 
-TASK = render(TASK_DEFINITION)
-(CONTAINER,) = TASK["containerDefinitions"]
-ENVIRONMENT = {e["name"]: e["value"] for e in CONTAINER["environment"]}
+TASK = STACK.properties("WorkerTaskDefinition")
+(CONTAINER,) = TASK["ContainerDefinitions"]
+ENVIRONMENT = {e["Name"]: e["Value"] for e in CONTAINER["Environment"]}
+SWEEP_TASK = STACK.properties("SweepTaskDefinition")
+(SWEEP_CONTAINER,) = SWEEP_TASK["ContainerDefinitions"]
+SWEEP_ENVIRONMENT = {e["Name"]: e["Value"] for e in SWEEP_CONTAINER["Environment"]}
 
 
 def settings_variables() -> set[str]:
@@ -270,35 +274,31 @@ def settings_variables() -> set[str]:
     return names
 
 
-@pytest.fixture
-def task_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The settings a task of this task definition runs with."""
+def settings_of(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
     for name in settings_variables():
         monkeypatch.delenv(name, raising=False)
-    for name, value in ENVIRONMENT.items():
-        monkeypatch.setenv(name, value)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, str(value))
     return Settings()
 
 
-def test_the_placeholders_are_the_documented_ones() -> None:
-    used = set()
-    for path in DEPLOY.glob("*.json"):
-        used |= set(re.findall(r"\$\{(\w+)\}", path.read_text()))
-    assert used == set(PLACEHOLDERS)
-    documented = (ROOT / "docs" / "operating.md").read_text()  # "Running on ECS"
-    assert all(f"${{{name}}}" in documented for name in PLACEHOLDERS)
+@pytest.fixture
+def task_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a worker task of this task definition runs with."""
+    return settings_of(ENVIRONMENT, monkeypatch)
 
 
 def test_it_is_one_fargate_task_running_the_image_as_a_non_root_user() -> None:
-    assert TASK["requiresCompatibilities"] == ["FARGATE"] and TASK["networkMode"] == "awsvpc"
-    assert (int(TASK["cpu"]), int(TASK["memory"])) == (1024, 2048)
-    assert CONTAINER["image"] == PLACEHOLDERS["IMAGE"] and CONTAINER["essential"] is True
-    assert CONTAINER["user"] == only("USER").args
-    assert CONTAINER["linuxParameters"]["initProcessEnabled"] is True  # reaps orphaned processors
-    if CONTAINER.get("readonlyRootFilesystem"):
-        volumes = {v["name"] for v in TASK["volumes"]}
-        tmp = [m for m in CONTAINER["mountPoints"] if m["containerPath"] == "/tmp"]
-        assert tmp and tmp[0]["sourceVolume"] in volumes and not tmp[0]["readOnly"]
+    assert TASK["RequiresCompatibilities"] == ["FARGATE"] and TASK["NetworkMode"] == "awsvpc"
+    assert (int(TASK["Cpu"]), int(TASK["Memory"])) == (1024, 2048)
+    assert CONTAINER["Image"] == TEST_PARAMETERS["Image"] and CONTAINER["Essential"] is True
+    assert CONTAINER["User"] == only("USER").args
+    assert CONTAINER["LinuxParameters"]["InitProcessEnabled"] is True  # reaps orphaned processors
+    assert "EntryPoint" not in CONTAINER and "Command" not in CONTAINER, "the image's `worker run`"
+    if CONTAINER.get("ReadonlyRootFilesystem"):
+        volumes = {v["Name"] for v in TASK["Volumes"]}
+        tmp = [m for m in CONTAINER["MountPoints"] if m["ContainerPath"] == "/tmp"]
+        assert tmp and tmp[0]["SourceVolume"] in volumes and not tmp[0]["ReadOnly"]
 
 
 def test_the_stop_timeout_leaves_time_for_a_graceful_kcl_shutdown(task_settings: Settings) -> None:
@@ -306,26 +306,44 @@ def test_the_stop_timeout_leaves_time_for_a_graceful_kcl_shutdown(task_settings:
     failover = task_settings.kcl_failover_time_millis / 1000
     # SIGTERM -> the daemon asks each processor to checkpoint (up to the grace), then releases its
     # leases (until then other tasks wait for them to expire); the launcher gives up 15 s after the grace.
-    assert CONTAINER["stopTimeout"] >= grace + failover + 15
-    assert CONTAINER["stopTimeout"] <= 120, "Fargate's maximum"
+    assert CONTAINER["StopTimeout"] >= grace + failover + 15
+    assert CONTAINER["StopTimeout"] <= 120, "Fargate's maximum"
 
 
-def test_every_variable_is_a_real_setting_and_none_points_away_from_aws() -> None:
-    unknown = set(ENVIRONMENT) - settings_variables()
+@pytest.mark.parametrize("environment", [ENVIRONMENT, SWEEP_ENVIRONMENT], ids=["worker", "sweep"])
+def test_every_variable_is_a_real_setting_and_none_points_away_from_aws(environment: dict[str, str]) -> None:
+    unknown = set(environment) - settings_variables()
     assert all(name.startswith("AWS_") for name in unknown), unknown
     forbidden = {"AWS_ENDPOINT_URL", "FLEET_ENDPOINT_URL", "FLEET_PSEUDONYM_KEY"}
     forbidden |= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
-    assert not forbidden & set(ENVIRONMENT), (
+    assert not forbidden & set(environment), (
         "the task role provides credentials; the key is in Secrets Manager"
     )
-    assert "secrets" not in CONTAINER, "the worker reads its one secret itself, with the task role"
+    assert "Secrets" not in CONTAINER, "the worker reads its one secret itself, with the task role"
+
+
+def test_the_tasks_name_the_stacks_resources(
+    task_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tables = {p["TableName"] for p in STACK.of_type("AWS::DynamoDB::Table").values()}
+    stream = STACK.properties("Stream")["Name"]
+    bucket = STACK.properties("ArchiveBucket")["BucketName"]
+    sweep = settings_of(SWEEP_ENVIRONMENT, monkeypatch)
+    for settings in (task_settings, sweep):
+        assert set(settings.table_names.values()) == tables
+        assert (settings.stream_name, settings.archive_bucket) == (stream, bucket)
+        assert settings.trip_gap_seconds == int(STACK.parameters["TripGapSeconds"])
+    assert task_settings.vin_key_alias == STACK.properties("VinAlias")["AliasName"]
+    assert task_settings.pseudonym_secret_id == STACK.properties("PseudonymSecret")["Name"]
+    retention = int(STACK.properties("Stream")["RetentionPeriodHours"])
+    assert task_settings.max_event_age_hours == retention, "events the stream still holds are accepted"
 
 
 def test_the_health_check_mirrors_the_dockerfile() -> None:
     options, command = healthcheck_options()
-    check = CONTAINER["healthCheck"]
-    assert check["command"] == ["CMD", *command]
-    assert (check["interval"], check["timeout"], check["retries"], check["startPeriod"]) == (
+    check = CONTAINER["HealthCheck"]
+    assert check["Command"] == ["CMD", *command]
+    assert (check["Interval"], check["Timeout"], check["Retries"], check["StartPeriod"]) == (
         options["interval"],
         options["timeout"],
         options["retries"],
@@ -333,14 +351,27 @@ def test_the_health_check_mirrors_the_dockerfile() -> None:
     )
 
 
-def test_logs_go_to_cloudwatch_logs() -> None:
-    logs = CONTAINER["logConfiguration"]
-    assert logs["logDriver"] == "awslogs"
-    assert {"awslogs-group", "awslogs-region", "awslogs-stream-prefix"} <= set(logs["options"])
+@pytest.mark.parametrize("container", [CONTAINER, SWEEP_CONTAINER], ids=["worker", "sweep"])
+def test_logs_go_to_the_stacks_log_group(container: dict[str, Any]) -> None:
+    logs = container["LogConfiguration"]
+    assert logs["LogDriver"] == "awslogs"
+    assert logs["Options"]["awslogs-group"] == STACK.properties("LogGroup")["LogGroupName"]
+    assert {"awslogs-region", "awslogs-stream-prefix"} <= set(logs["Options"])
+
+
+def test_the_sweep_task_runs_the_same_image_as_the_worker_with_the_sweep_entrypoint_and_its_own_role() -> (
+    None
+):
+    assert SWEEP_CONTAINER["EntryPoint"] == ["python", "-m", "worker", "sweep-orphans"]
+    assert SWEEP_CONTAINER["Image"] == CONTAINER["Image"]
+    assert SWEEP_TASK["TaskRoleArn"] != TASK["TaskRoleArn"], "the sweep scans; the worker must not"
+    assert SWEEP_TASK["ExecutionRoleArn"] == TASK["ExecutionRoleArn"]
+    assert SWEEP_CONTAINER["User"] == CONTAINER["User"] and SWEEP_CONTAINER["ReadonlyRootFilesystem"]
+    assert {"FLEET_TABLE_PREFIX", "FLEET_ARCHIVE_BUCKET", "FLEET_TRIP_GAP_SECONDS"} <= set(SWEEP_ENVIRONMENT)
 
 
 # ---------------------------------------------------------------------------------------------------
-# IAM: the task role (worker, orphan sweep) and the operators (resolve, redrive)
+# IAM: worker task, sweep task, operator (status, inspect, redrive), admin (resolve)
 # ---------------------------------------------------------------------------------------------------
 
 KCL_REQUESTS = {
@@ -368,17 +399,24 @@ WORKER_REQUESTS = {
     ("dynamodb", "BatchGetItem"),  # trip-state, loading vehicles new to this processor
     ("dynamodb", "BatchWriteItem"),  # live-breadcrumbs
     ("dynamodb", "Query"),  # live-breadcrumbs of a trip, when sealing or archiving it
-    ("dynamodb", "Scan"),  # trip-state, the orphan sweep
     ("s3", "PutObject"),  # trips/, trip-segments/, dead-letter/
     ("s3", "GetObject"),  # trip-segments/, when archiving a long trip
     ("kms", "GenerateDataKey"),  # dead letters: one data key per batch that quarantines a record
 }
-"""What the record processor and the orphan sweep ask of AWS, from reading processors/ and worker/
-(checked against a recording in ``test_the_worker_calls_what_the_representative_set_says``)."""
+"""What the record processor asks of AWS, from reading processors/ and worker/ (checked against a
+recording in ``test_each_role_s_code_calls_what_its_set_says``)."""
+
+SWEEP_REQUESTS = {
+    ("dynamodb", "Scan"),  # trip-state: the silent vehicles
+    ("dynamodb", "PutItem"),  # trip-state (the claim, then the emptied outbox), trips-index
+    ("dynamodb", "Query"),  # live-breadcrumbs of the trip it archives
+    ("s3", "GetObject"),  # trip-segments/ of a long trip
+    ("s3", "PutObject"),  # trips/
+}
 
 OPERATOR_REQUESTS = {
-    ("dynamodb", "GetItem"),  # resolve: vin-mapping; inspect: vehicle-state, trip-state, trips-index
-    ("kms", "Decrypt"),  # resolve: the VIN; redrive: the dead letters' data keys
+    ("dynamodb", "GetItem"),  # inspect: vehicle-state, trip-state, trips-index
+    ("kms", "Decrypt"),  # redrive: the dead letters' data keys
     ("s3", "ListObjectsV2"),  # redrive: dead-letter/
     ("s3", "GetObject"),  # redrive: dead-letter/; inspect trip: trips/
     ("s3", "GetObjectTagging"),
@@ -391,18 +429,37 @@ OPERATOR_REQUESTS = {
     ("kinesis", "GetRecords"),
 }
 
+ADMIN_REQUESTS = {
+    ("dynamodb", "GetItem"),  # resolve: vin-mapping
+    ("kms", "Decrypt"),  # resolve: the VIN, under its pseudoVin
+}
+
+POLICIES = {
+    "worker": WORKER_POLICY,
+    "sweep": SWEEP_POLICY,
+    "operator": OPERATOR_POLICY,
+    "admin": ADMIN_POLICY,
+}
+
 DATA_TABLE_ACTIONS = {
-    "vehicle-state": {"dynamodb:UpdateItem"},
-    "trip-state": {"dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:Scan"},
-    "live-breadcrumbs": {"dynamodb:BatchWriteItem", "dynamodb:Query"},
-    "trips-index": {"dynamodb:PutItem"},
-    "vin-mapping": {"dynamodb:PutItem"},
+    "worker": {
+        "vehicle-state": {"dynamodb:UpdateItem"},
+        "trip-state": {"dynamodb:BatchGetItem", "dynamodb:PutItem"},
+        "live-breadcrumbs": {"dynamodb:BatchWriteItem", "dynamodb:Query"},
+        "trips-index": {"dynamodb:PutItem"},
+        "vin-mapping": {"dynamodb:PutItem"},
+    },
+    "sweep": {
+        "trip-state": {"dynamodb:Scan", "dynamodb:PutItem"},
+        "live-breadcrumbs": {"dynamodb:Query"},
+        "trips-index": {"dynamodb:PutItem"},
+    },
 }
 
 
 @pytest.fixture
 def recorded() -> set[tuple[str, str]]:
-    """A representative recording of the task role's requests: what a worker task makes on AWS."""
+    """A representative recording of the worker task role's requests: what a worker task makes on AWS."""
     return KCL_REQUESTS | WORKER_REQUESTS
 
 
@@ -431,14 +488,13 @@ def test_policy_actions_refuses_what_it_cannot_check() -> None:
         policy_actions(policy)
 
 
-def test_assert_policy_covers_names_what_is_missing_extra_or_operator_only(tmp_path: Path) -> None:
-    policy = tmp_path / "policy.json"
+def test_assert_policy_covers_names_what_is_missing_extra_or_operator_only() -> None:
     statement = {"Effect": "Allow", "Action": ["s3:GetObject", "kms:Decrypt"], "Resource": "*"}
-    policy.write_text(json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
+    policy = {"Version": "2012-10-17", "Statement": [statement]}
     assert_policy_covers(policy, {("s3", "GetObject"), ("kms", "Decrypt")}, not_exercised={})
-    with pytest.raises(AssertionError, match=r"lacks actions the code called: \['s3:PutObject'\]"):
+    with pytest.raises(AssertionError, match=r"P lacks actions the code called: \['s3:PutObject'\]"):
         assert_policy_covers(
-            policy, {("s3", "PutObject")}, not_exercised={"s3:GetObject": "", "kms:Decrypt": ""}
+            policy, {("s3", "PutObject")}, not_exercised={"s3:GetObject": "", "kms:Decrypt": ""}, name="P"
         )
     with pytest.raises(AssertionError, match=r"grants actions nothing called .*\['kms:Decrypt'\]"):
         assert_policy_covers(policy, {("s3", "GetObject")}, not_exercised={})
@@ -446,61 +502,131 @@ def test_assert_policy_covers_names_what_is_missing_extra_or_operator_only(tmp_p
         assert_policy_covers(policy, {("s3", "GetObject")}, admin_only=ADMIN_ONLY, not_exercised={})
 
 
-def test_task_policy_covers_exactly_what_the_worker_calls(recorded: set[tuple[str, str]]) -> None:
-    assert_policy_covers(TASK_POLICY, recorded)
+def test_worker_policy_covers_exactly_what_the_worker_calls(recorded: set[tuple[str, str]]) -> None:
+    assert_policy_covers(WORKER_POLICY, recorded, name="WorkerTaskRole")
 
 
-def test_operator_policy_covers_exactly_what_the_operator_tools_call() -> None:
-    assert_policy_covers(OPERATOR_POLICY, OPERATOR_REQUESTS, not_exercised={})
+def test_sweep_operator_and_admin_policies_cover_exactly_what_their_code_calls() -> None:
+    assert_policy_covers(SWEEP_POLICY, SWEEP_REQUESTS, not_exercised={}, name="SweepTaskRole")
+    assert_policy_covers(OPERATOR_POLICY, OPERATOR_REQUESTS, not_exercised={}, name="OperatorRole")
+    assert_policy_covers(ADMIN_POLICY, ADMIN_REQUESTS, not_exercised={}, name="AdminRole")
 
 
-def test_the_task_role_has_no_operator_action() -> None:
-    assert not policy_actions(load_policy(TASK_POLICY)) & set(ADMIN_ONLY)
-    assert set(ADMIN_ONLY) <= policy_actions(load_policy(OPERATOR_POLICY))
+def test_the_task_roles_have_no_operator_action_and_the_worker_no_scan() -> None:
+    for policy in (WORKER_POLICY, SWEEP_POLICY):
+        assert not policy_actions(policy) & set(ADMIN_ONLY)
+    assert set(ADMIN_ONLY) <= policy_actions(OPERATOR_POLICY) | policy_actions(ADMIN_POLICY)
     assert NOT_EXERCISED_LOCALLY and all(NOT_EXERCISED_LOCALLY.values()), "a reason for each"
+    data_tables = {p["TableName"] for p in STACK.of_type("AWS::DynamoDB::Table").values()}
+    scanned = {r.rsplit("/", 1)[-1] for r in grants(WORKER_POLICY).get("dynamodb:Scan", set())}
+    assert not scanned & data_tables, "only the sweep scans trip-state"
+    sweep = policy_actions(SWEEP_POLICY)
+    assert not {"kms:GenerateDataKey", "kms:Encrypt", "secretsmanager:GetSecretValue"} & sweep
+    assert not any("dead-letter" in r for r in grants(SWEEP_POLICY).get("s3:PutObject", ())), (
+        "the sweep writes no dead letters for an operator's redrive to put back on the stream"
+    )
+
+
+def kms_statements(policy: dict[str, Any], action: str) -> list[dict[str, Any]]:
+    return [s for s in allow_statements(policy) if action in listed(s["Action"])]
+
+
+def test_vin_decrypt_is_the_admin_s_alone_and_bound_to_one_pseudo_vin() -> None:
+    vin_key = STACK.outputs["VinKeyArn"]
+    (admin,) = kms_statements(ADMIN_POLICY, "kms:Decrypt")
+    assert admin["Resource"] == vin_key
+    assert admin["Condition"]["StringLike"] == {"kms:EncryptionContext:pseudoVin": "?*"}
+    assert admin["Condition"]["ForAllValues:StringEquals"] == {"kms:EncryptionContextKeys": ["pseudoVin"]}
+    (operator,) = kms_statements(OPERATOR_POLICY, "kms:Decrypt")
+    assert operator["Condition"] == {
+        "StringEquals": {"kms:EncryptionContext:purpose": "fleet-ingest-dead-letter"}
+    }
+    (encrypt,) = kms_statements(WORKER_POLICY, "kms:Encrypt")
+    assert encrypt["Condition"] == admin["Condition"], "VINs are stored under the context resolve decrypts"
+    trust = STACK.properties("AdminRole")["AssumeRolePolicyDocument"]["Statement"][0]
+    assert trust["Condition"] == {"Bool": {"aws:MultiFactorAuthPresent": "true"}}
+
+
+class RecordingKms:
+    """Just enough of a KMS client to see the encryption context a VinVault uses."""
+
+    def __init__(self) -> None:
+        self.contexts: list[tuple[str, dict[str, str]]] = []
+
+    def encrypt(self, **request: Any) -> dict[str, Any]:
+        self.contexts.append(("Encrypt", request["EncryptionContext"]))
+        return {"CiphertextBlob": b"sealed:" + request["Plaintext"]}
+
+    def decrypt(self, **request: Any) -> dict[str, Any]:
+        self.contexts.append(("Decrypt", request["EncryptionContext"]))
+        return {"Plaintext": request["CiphertextBlob"].removeprefix(b"sealed:")}
+
+
+class OneItemTable:
+    def __init__(self) -> None:
+        self.item: dict[str, Any] | None = None
+
+    def put_item(self, **request: Any) -> dict[str, Any]:
+        self.item = request["Item"]
+        return {}
+
+    def get_item(self, **_: Any) -> dict[str, Any]:
+        return {"Item": self.item} if self.item else {}
+
+
+def test_the_vault_encrypts_each_vin_under_its_pseudo_vin_so_cloudtrail_names_the_vehicle() -> None:
+    kms, table = RecordingKms(), OneItemTable()
+    vault = VinVault(table, kms, "vin-mapping", "alias/fleet-ingest-vin")  # type: ignore[arg-type]
+    vault.remember("a" * 32, "5YJ3E1EA7KF000001")
+    assert vault.resolve("a" * 32) == "5YJ3E1EA7KF000001"
+    assert kms.contexts == [("Encrypt", {"pseudoVin": "a" * 32}), ("Decrypt", {"pseudoVin": "a" * 32})]
 
 
 def arn(service: str, resource: str, settings: Settings) -> str:
     return iam_arn(service, resource, settings.region)
 
 
-def test_every_resource_is_named_and_only_metrics_go_to_any(task_settings: Settings) -> None:
-    for path in (TASK_POLICY, OPERATOR_POLICY):
-        policy = render(path)
-        assert policy["Version"] == "2012-10-17"
-        for statement in allow_statements(policy):
-            assert statement["Sid"] and isinstance(statement["Action"], list)
-            resources = listed(statement["Resource"])
-            if resources == ["*"]:
-                assert statement["Action"] == ["cloudwatch:PutMetricData"], statement["Sid"]
-                namespace = statement["Condition"]["StringEquals"]["cloudwatch:namespace"]
-                assert namespace == task_settings.application_name, "the KCL's metrics namespace"
-            else:
-                assert all(r.startswith("arn:aws:") and "*" not in r.split(":")[4] for r in resources)
+@pytest.mark.parametrize("who", sorted(POLICIES))
+def test_every_resource_is_named_and_only_metrics_go_to_any(who: str, task_settings: Settings) -> None:
+    policy = POLICIES[who]
+    assert policy["Version"] == "2012-10-17"
+    for statement in allow_statements(policy):
+        assert statement["Sid"] and isinstance(statement["Action"], list)
+        resources = listed(statement["Resource"])
+        if resources == ["*"]:
+            assert statement["Action"] == ["cloudwatch:PutMetricData"], statement["Sid"]
+            namespace = statement["Condition"]["StringEquals"]["cloudwatch:namespace"]
+            assert namespace == task_settings.application_name, "the KCL's metrics namespace"
+        else:
+            assert all(r.startswith("arn:aws:") and "*" not in r.split(":")[4] for r in resources)
 
 
-def test_the_policies_name_the_resources_the_task_definition_configures(task_settings: Settings) -> None:
-    policy, operator = render(TASK_POLICY), render(OPERATOR_POLICY)
+def test_the_policies_name_the_resources_the_task_definitions_configure(task_settings: Settings) -> None:
     s = task_settings
     table = {name: arn("dynamodb", f"table/{physical}", s) for name, physical in s.table_names.items()}
     stream = arn("kinesis", f"stream/{s.stream_name}", s)
     app = s.application_name
     for action in ("kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:ListShards"):
-        assert allowed(policy, action, stream)
+        assert allowed(WORKER_POLICY, action, stream)
     for kcl_table in (app, f"{app}-CoordinatorState", f"{app}-WorkerMetricStats"):
         for action in ("dynamodb:CreateTable", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"):
-            assert allowed(policy, action, arn("dynamodb", f"table/{kcl_table}", s)), (action, kcl_table)
+            assert allowed(WORKER_POLICY, action, arn("dynamodb", f"table/{kcl_table}", s)), (
+                action,
+                kcl_table,
+            )
     assert allowed(
-        policy, "dynamodb:Query", arn("dynamodb", f"table/{app}/index/LeaseOwnerToLeaseKeyIndex", s)
+        WORKER_POLICY, "dynamodb:Query", arn("dynamodb", f"table/{app}/index/LeaseOwnerToLeaseKeyIndex", s)
     )
-    for name, actions in DATA_TABLE_ACTIONS.items():
-        granted = {a for a, resources in grants(policy).items() if table[name] in resources}
-        assert granted == actions, name
-    assert allowed(operator, "dynamodb:GetItem", table["vin-mapping"])
-    assert not allowed(policy, "dynamodb:GetItem", table["vin-mapping"]), "resolve is for operators"
+    for who, tables in DATA_TABLE_ACTIONS.items():
+        for name, table_arn in table.items():
+            granted = {a for a, resources in grants(POLICIES[who]).items() if table_arn in resources}
+            assert granted == tables.get(name, set()), (who, name)
+    assert allowed(ADMIN_POLICY, "dynamodb:GetItem", table["vin-mapping"])
+    for who in ("worker", "sweep", "operator"):
+        assert not allowed(POLICIES[who], "dynamodb:GetItem", table["vin-mapping"]), "resolve is the admin's"
     secret = arn("secretsmanager", f"secret:{s.pseudonym_secret_id}-AbCdEf", s)
-    assert allowed(policy, "secretsmanager:GetSecretValue", secret)
-    assert allowed(operator, "kinesis:PutRecords", stream)
+    assert allowed(WORKER_POLICY, "secretsmanager:GetSecretValue", secret)
+    assert allowed(OPERATOR_POLICY, "kinesis:PutRecords", stream)
 
 
 # --- recorded against the local AWS, with the resource each request touched -------------------------
@@ -509,10 +635,9 @@ def test_the_policies_name_the_resources_the_task_definition_configures(task_set
 @dataclass
 class Recording:
     env: AwsEnv
-    worker: set[tuple[str, str, str]]
-    """(service, operation, resource) of the record processor and the orphan sweep."""
-    operator: set[tuple[str, str, str]]
-    """... of redrive, resolve, status and inspect."""
+    calls: dict[str, set[tuple[str, str, str]]]
+    """Who ("worker": the record processor, "sweep", "operator": redrive, status, inspect, "admin":
+    resolve) -> (service, operation, resource) of each request it made."""
 
 
 @pytest.fixture(scope="module")
@@ -523,29 +648,36 @@ def recording(local_aws: LocalAws) -> Iterator[Recording]:
     # No FLEET_PSEUDONYM_KEY: the processor reads the key from Secrets Manager, as on AWS.
     environ = {k: v for k, v in env.environ.items() if k != "FLEET_PSEUDONYM_KEY"}
     bad = StreamEntry(b'{"vin": "not a vin", "timestamp": 0, "signals": {}}', "not a vin")
-    records = shard_records([*fixture("trips.jsonl"), bad])
-    with recording_resources() as calls:
+    records = shard_records([bad, *fixture("trips.jsonl")])
+    calls: dict[str, set[tuple[str, str, str]]] = {}
+    with recording_resources() as recorded:
         harness = ProcessorHarness(environ)
         harness.initialize()
-        for batch in batches(records, 500):
+        # Stop before the last records: the vehicles whose trips they would end are left for the sweep.
+        for batch in batches(records[: len(records) * 3 // 4], 500):
             harness.process(batch)
         harness.lease_lost()
         assert harness.close() == 0, harness.stderr_lines[-20:]
-        sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
-        worker_calls = set(calls)
+        calls["worker"] = set(recorded)
+        recorded.clear()
+        swept = sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
+        assert swept.orphaned, "the sweep had trips to complete"
+        calls["sweep"] = set(recorded)
 
         tables = env.settings.table_names
         pseudo_vin = env.clients.dynamodb.scan(TableName=tables["vin-mapping"])["Items"][0]["pseudoVin"]["S"]
         trip = env.clients.dynamodb.scan(TableName=tables["trips-index"])["Items"][0]
-        calls.clear()
+        recorded.clear()
         assert sum(redrive(env.settings, env.clients).redriven.values()) == 1
+        operator_tools_read(env, trip["pseudoVin"]["S"], trip["tripId"]["S"])
+        calls["operator"] = set(recorded)
+        recorded.clear()
         vault = VinVault(
             env.clients.dynamodb, env.clients.kms, tables["vin-mapping"], env.settings.vin_key_alias
         )
         assert vault.resolve(pseudo_vin) is not None
-        operator_tools_read(env, trip["pseudoVin"]["S"], trip["tripId"]["S"])
-        operator_calls = set(calls)
-    yield Recording(env, worker_calls, operator_calls)
+        calls["admin"] = set(recorded)
+    yield Recording(env, calls)
 
 
 def operator_tools_read(env: AwsEnv, pseudo_vin: str, trip_id: str) -> None:
@@ -559,12 +691,19 @@ def operator_tools_read(env: AwsEnv, pseudo_vin: str, trip_id: str) -> None:
         trip_report(env.settings, env.clients, f"trip_20250101_000000_{pseudo_vin[:6]}", None)
 
 
-def test_the_worker_calls_what_the_representative_set_says(recording: Recording) -> None:
-    assert {(service, operation) for service, operation, _ in recording.worker} == WORKER_REQUESTS
-
-
-def test_operator_tools_call_what_the_operator_set_says(recording: Recording) -> None:
-    assert {(service, operation) for service, operation, _ in recording.operator} == OPERATOR_REQUESTS
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [
+        ("worker", WORKER_REQUESTS),
+        ("sweep", SWEEP_REQUESTS),
+        ("operator", OPERATOR_REQUESTS),
+        ("admin", ADMIN_REQUESTS),
+    ],
+)
+def test_each_role_s_code_calls_what_its_set_says(
+    recording: Recording, who: str, expected: set[tuple[str, str]]
+) -> None:
+    assert {(service, operation) for service, operation, _ in recording.calls[who]} == expected
 
 
 def data_table(settings: Settings, name: str) -> str:
@@ -586,11 +725,11 @@ def recorded_grants(calls: set[tuple[str, str, str]], settings: Settings) -> set
     return needed
 
 
-@pytest.mark.parametrize("who", ["worker", "operator"])
+@pytest.mark.parametrize("who", sorted(POLICIES))
 def test_data_tables_and_archive_prefixes_get_exactly_the_recorded_actions(
     recording: Recording, who: str
 ) -> None:
-    policy = render(TASK_POLICY if who == "worker" else OPERATOR_POLICY)
+    policy = POLICIES[who]
     settings = recording.env.settings
     data = {arn("dynamodb", f"table/{t}", settings) for t in settings.table_names.values()}
 
@@ -603,7 +742,7 @@ def test_data_tables_and_archive_prefixes_get_exactly_the_recorded_actions(
         for resource in resources
         if data_or_archive(resource)
     }
-    needed = recorded_grants(getattr(recording, who), settings)
+    needed = recorded_grants(recording.calls[who], settings)
     assert granted == {(action, resource) for action, resource in needed if data_or_archive(resource)}
     if who == "operator":  # status reads the KCL's lease table, and nothing else of the KCL's
         lease_table = arn("dynamodb", f"table/{settings.application_name}", settings)
@@ -614,17 +753,3 @@ def test_data_tables_and_archive_prefixes_get_exactly_the_recorded_actions(
         }
         assert allowed(policy, "dynamodb:Scan", lease_table)
         assert allowed(policy, "dynamodb:Query", trip_dates)
-
-
-def test_the_sweep_task_runs_the_same_image_as_the_worker_with_the_sweep_entrypoint() -> None:
-    worker = json.loads(TASK_DEFINITION.read_text())
-    sweep = json.loads((DEPLOY / "sweep-task-definition.json").read_text())
-    (worker_container,) = worker["containerDefinitions"]
-    (container,) = sweep["containerDefinitions"]
-    assert container["entryPoint"] == ["python", "-m", "worker", "sweep-orphans"]
-    assert (container["image"], sweep["taskRoleArn"]) == (worker_container["image"], worker["taskRoleArn"])
-    assert container["user"] == worker_container["user"] and container["readonlyRootFilesystem"]
-    names = {e["name"] for e in container["environment"]}
-    settings = {f"FLEET_{name.upper()}" for name in Settings.model_fields}
-    assert names <= settings | {"AWS_REGION"}
-    assert {"FLEET_TABLE_PREFIX", "FLEET_ARCHIVE_BUCKET", "FLEET_TRIP_GAP_SECONDS"} <= names

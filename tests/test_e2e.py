@@ -24,11 +24,11 @@ from tests.conftest import FIXTURES, AwsEnv, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, boundary_fleet_vins, expected_trips
 from tests.iam import (
     NOT_EXERCISED_LOCALLY,
-    TASK_POLICY,
+    SWEEP_POLICY,
+    WORKER_POLICY,
     assert_policy_covers,
     disallowed_resources,
     iam_actions,
-    load_policy,
     policy_actions,
     recording_resources,
 )
@@ -42,6 +42,13 @@ from worker.sweep import sweep_orphans
 pytestmark = pytest.mark.e2e
 STREAMS = ("fleet-small.jsonl", "trips.jsonl", "boundary-mix.jsonl")
 
+NOT_EXERCISED_HERE = {
+    **NOT_EXERCISED_LOCALLY,
+    # With its own role the sweep's calls no longer count as the worker's.
+    "s3:GetObject": "trip-segments/ of a long trip completed by the worker: this run's long trip ends as an "
+    "orphan, so the sweep reads its segments (tests/test_deploy.py records the worker reading them)",
+}
+
 
 @dataclass
 class DaemonRun:
@@ -50,9 +57,11 @@ class DaemonRun:
     replayed: ReplayStats
     pseudo: Pseudonymizer
     calls: Counter[tuple[str, str]]
-    """Every AWS request the launcher, the daemon, its processors and the sweep made."""
+    """Every AWS request the launcher, the daemon and its processors made (the worker task role's)."""
     resources: set[tuple[str, str, str]]
     """The same requests as (service, operation, resource touched)."""
+    sweep_resources: set[tuple[str, str, str]]
+    """The orphan sweep's requests after the run (the sweep task role's)."""
 
     def table(self, name: str) -> list[dict[str, Any]]:
         raw = self.env.clients.dynamodb.scan(TableName=self.env.settings.table_names[name])["Items"]
@@ -80,14 +89,16 @@ def kcl_run(local_aws: LocalAws) -> Iterator[DaemonRun]:
         part = replay(env.clients.kinesis, env.settings.stream_name, read_fixture(FIXTURES / name))
         stats.records += part.records
         stats.last_sequence.update(part.last_sequence)
-    local_aws.app.reset_counts()  # from here on, only the worker (daemon, processors, sweep) calls AWS
+    local_aws.app.reset_counts()  # from here on, only the worker (daemon, processors), then the sweep
     with recording_resources() as resources:
         daemon = run_daemon(env)
         assert daemon.returncode == 0, daemon.stderr[-3000:]
-        sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
         calls = Counter(local_aws.app.requests)
         touched = set(resources)
-    yield DaemonRun(env, daemon, stats, Pseudonymizer(b"e2e-key"), calls, touched)
+        resources.clear()
+        sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
+        swept = set(resources)
+    yield DaemonRun(env, daemon, stats, Pseudonymizer(b"e2e-key"), calls, touched, swept)
 
 
 def test_vehicle_state_holds_each_vehicles_latest_values(kcl_run: DaemonRun) -> None:
@@ -144,9 +155,15 @@ def test_the_task_role_grants_exactly_what_the_worker_called(kcl_run: DaemonRun)
     assert kcl_run.calls[("kinesis", "GetRecords")] > 0 and kcl_run.calls[("dynamodb", "UpdateItem")] > 0
     # KCL 3's own: its lease table's index (created, then queried), and its two extra tables.
     assert kcl_run.calls[("dynamodb", "UpdateTable")] >= 1 and kcl_run.calls[("dynamodb", "Query")] >= 1
-    assert_policy_covers(TASK_POLICY, kcl_run.calls)
-    never = policy_actions(load_policy(TASK_POLICY)) - iam_actions(kcl_run.calls)
-    assert never == set(NOT_EXERCISED_LOCALLY), "each action this run did not call has its reason"
+    assert_policy_covers(
+        WORKER_POLICY, kcl_run.calls, not_exercised=NOT_EXERCISED_HERE, name="WorkerTaskRole (deploy/)"
+    )
+    never = policy_actions(WORKER_POLICY) - iam_actions(kcl_run.calls)
+    assert never == set(NOT_EXERCISED_HERE), "each action this run did not call has its reason"
+    segment_reads = [
+        r for _, op, r in kcl_run.sweep_resources if op == "GetObject" and "/trip-segments/" in r
+    ]
+    assert segment_reads, "the reason given for s3:GetObject holds: the sweep read this run's segments"
     print(f"task policy actions this run never called: {sorted(never)}")
 
 
@@ -160,7 +177,9 @@ def test_every_call_is_allowed_on_the_resource_it_touched(kcl_run: DaemonRun) ->
         f"table/{app}-CoordinatorState",
         f"table/{app}-WorkerMetricStats",
     } <= touched
-    assert disallowed_resources(TASK_POLICY, kcl_run.resources, kcl_run.env.settings.region) == []
+    assert disallowed_resources(WORKER_POLICY, kcl_run.resources, kcl_run.env.settings.region) == []
+    assert kcl_run.sweep_resources, "the sweep completed orphaned trips"
+    assert disallowed_resources(SWEEP_POLICY, kcl_run.sweep_resources, kcl_run.env.settings.region) == []
 
 
 def test_kcl_3_creates_its_coordinator_and_worker_metrics_tables_and_the_lease_owner_index(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
@@ -13,10 +14,46 @@ from worker.aws import AwsClients
 from worker.config import Settings
 from worker.logs import event
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
 log = logging.getLogger(__name__)
 
-SEGMENT_PREFIX = "trip-segments/"
-SEGMENT_EXPIRY_DAYS = 30
+LIFECYCLE_RULES: tuple[dict[str, Any], ...] = (
+    # The data model: archives 90 days in S3 Standard (while their trips-index item lives), then a year in
+    # Glacier Instant Retrieval, then gone (docs/deploying.md).
+    {
+        "ID": "archive-trips",
+        "Filter": {"Prefix": "trips/"},
+        "Status": "Enabled",
+        "Transitions": [{"Days": 90, "StorageClass": "GLACIER_IR"}],
+        "Expiration": {"Days": 90 + 365},
+    },
+    # Segments of running long trips are staging data, read once when the trip is archived: kept well past
+    # a trip plus the stream's retention of backlog plus the orphan sweep's delay.
+    {
+        "ID": "expire-trip-segments",
+        "Filter": {"Prefix": "trip-segments/"},
+        "Status": "Enabled",
+        "Expiration": {"Days": 30},
+    },
+    # Dead letters: a quarter to find the cause, fix it and redrive.
+    {
+        "ID": "expire-dead-letters",
+        "Filter": {"Prefix": "dead-letter/"},
+        "Status": "Enabled",
+        "Expiration": {"Days": 90},
+    },
+    {
+        "ID": "abort-incomplete-uploads",
+        "Filter": {"Prefix": ""},
+        "Status": "Enabled",
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+    },
+)
+"""The archive bucket's lifecycle, as deploy/fleet-ingest.yaml declares it with its default parameters
+(tests/test_stack.py checks they agree). Bootstrap merges these by ID into the bucket's rules: an operator's
+own rules stay."""
 
 
 @dataclass
@@ -96,21 +133,23 @@ def _bucket(settings: Settings, clients: AwsClients) -> bool:
             "RestrictPublicBuckets": True,
         },
     )
-    # Segments of long trips are staging data: the archive object supersedes them.
-    s3.put_bucket_lifecycle_configuration(
-        Bucket=settings.archive_bucket,
-        LifecycleConfiguration={
-            "Rules": [
-                {
-                    "ID": "expire-trip-segments",
-                    "Filter": {"Prefix": SEGMENT_PREFIX},
-                    "Status": "Enabled",
-                    "Expiration": {"Days": SEGMENT_EXPIRY_DAYS},
-                }
-            ]
-        },
-    )
+    _merge_lifecycle(s3, settings.archive_bucket)
     return created
+
+
+def _merge_lifecycle(s3: S3Client, bucket: str) -> None:
+    """Put LIFECYCLE_RULES, replacing only rules with their IDs: PutBucketLifecycleConfiguration replaces
+    the whole configuration, so the others are read first and put back."""
+    try:
+        existing = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    except botocore.exceptions.ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+            raise
+        existing = []
+    ours = {rule["ID"] for rule in LIFECYCLE_RULES}
+    kept = [rule for rule in existing if rule.get("ID") not in ours]
+    rules: list[Any] = [*kept, *LIFECYCLE_RULES]
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
 
 
 def _kms_key(settings: Settings, clients: AwsClients) -> bool:
