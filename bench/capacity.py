@@ -198,7 +198,8 @@ def render(results: dict[str, Any]) -> str:
         f" 1 MB/s for records of a few hundred bytes); planned at {SHARD_UTILIZATION:.0%} so a hot"
         " partition or a reshard has room: one shard per"
         f" {int(SHARD_RECORDS_PER_SECOND * SHARD_UTILIZATION):,} vehicles.",
-        f"- Tasks: the Fargate task of `deploy/fleet-ingest.yaml` ({TASK_VCPU:g} vCPU, {TASK_MEMORY_MB} MB) runs the KCL"
+        "- Tasks: the Fargate task of `deploy/fleet-ingest.yaml`"
+        f" ({TASK_VCPU:g} vCPU, {TASK_MEMORY_MB} MB by default) runs the KCL"
         f" daemon (assumed {DAEMON_VCPU:g} vCPU and {DAEMON_MEMORY_MB} MB, not measured here) and one"
         " processor per shard lease; shards per task are what fits under"
         f" {TASK_CPU_TARGET:.0%} CPU and {MEMORY_TARGET:.0%} memory, from the processor's measured CPU"
