@@ -33,7 +33,7 @@ from tests.iam import (
     recording_resources,
 )
 from tests.oracle import dumps, latest_by_vin, leaked, vins_in
-from worker.launcher import lease_checkpoints
+from worker.leases import lease_checkpoints
 from worker.local_aws import LocalAws
 from worker.replay import ReplayStats, read_fixture, replay
 from worker.status import shard_status

@@ -29,7 +29,7 @@ from tests.harness import ProcessorHarness, batches, shard_records
 from worker.aws import AwsClients
 from worker.bootstrap import bootstrap
 from worker.config import settings_from
-from worker.launcher import lease_checkpoints
+from worker.leases import lease_checkpoints
 from worker.local_aws import LocalAws
 from worker.replay import ReplayStats, StreamEntry, read_fixture, replay
 

@@ -13,9 +13,11 @@ from schemas.dynamo import from_item
 from worker.aws import AwsClients
 from worker.bootstrap import bootstrap
 from worker.config import Settings
-from worker.launcher import lease_checkpoints, run, shards_of
+from worker.launcher import run
+from worker.leases import lease_checkpoints
 from worker.local_aws import LocalAws
 from worker.replay import read_fixture, replay
+from worker.shards import shards_of
 from worker.simulate import simulate
 
 # Fast lease takeover and shard sync: a demo should not wait out production timeouts.
