@@ -29,16 +29,16 @@ from typing import Any
 import orjson
 import psutil
 
+from devtools.local_aws import FaultPlan, LocalAws
+from devtools.simulate import simulate
 from processors.pseudonymize import Pseudonymizer
 from schemas.dynamo import from_item
 from tests.conftest import AwsEnv, fresh_env
 from tests.digest import state_digest
 from tests.harness import ProcessorHarness, batches, shard_records
 from worker.leases import lease_checkpoints, lease_owners
-from worker.local_aws import FaultPlan, LocalAws
 from worker.replay import ReplayStats, StreamEntry, replay
 from worker.shards import drained
-from worker.simulate import simulate
 
 CHAOS_ENV = {
     "FLEET_PSEUDONYM_KEY": "chaos-key",

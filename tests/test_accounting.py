@@ -14,10 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from processors.signals import format_time
-from tests.conftest import AwsEnv
-from tests.harness import ProcessorHarness, ShardRecord, shard_records
-from worker.local_aws import (
+from devtools.local_aws.limits import KeySchema
+from devtools.local_aws.server import (
     AwsRequest,
     Written,
     attribute_size,
@@ -26,7 +24,9 @@ from worker.local_aws import (
     written_items,
     written_keys,
 )
-from worker.local_aws_limits import KeySchema
+from processors.signals import format_time
+from tests.conftest import AwsEnv
+from tests.harness import ProcessorHarness, ShardRecord, shard_records
 from worker.replay import StreamEntry
 
 GAP_SECONDS = 10

@@ -5,7 +5,7 @@ port, so boto3, the Java KCL and curl all talk to the same in-process moto backe
 
 Requests pass through ``LocalAwsApp``, which serializes them (DynamoDB conditional writes must be atomic,
 as they are on AWS), counts them per service and operation, refuses what AWS refuses for a documented limit
-(``worker.local_aws_limits``: moto alone accepts it, production would not), and tallies what writes store
+(``devtools.local_aws.limits``: moto alone accepts it, production would not), and tallies what writes store
 per table and bucket (items, bytes, and DynamoDB write units as AWS bills them: the whole item, before or
 after the write, whichever is larger), so a benchmark can report the cost of a record.
 """
@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import botocore.session
 
-from worker.local_aws_limits import (
+from devtools.local_aws.limits import (
     AwsRequest,
     KeySchema,
     KeySchemaOf,
@@ -369,7 +369,7 @@ def refuse_updated_item(stored: Any) -> LimitExceeded | None:
 @dataclass
 class LocalAwsApp:
     """WSGI middleware around moto: one request at a time, each counted, some failed on purpose, and
-    every request AWS would refuse for a documented limit refused (``worker.local_aws_limits``)."""
+    every request AWS would refuse for a documented limit refused (``devtools.local_aws.limits``)."""
 
     app: WsgiApp
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -703,6 +703,12 @@ class LocalAws:
             self._thread.join(10)
         with contextlib.suppress(OSError):
             self._socket.close()
+
+    def serve_until_interrupted(self) -> None:
+        """Block until Ctrl-C (the server runs in its own thread meanwhile)."""
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
 
     def reset(self) -> None:
         """Forget every resource (moto's reset API) and the request counts."""
