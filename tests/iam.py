@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from devtools.local_aws import server as local_aws_server
+from devtools.local_aws.limits import AwsRequest
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 TASK_POLICY = DEPLOY / "iam-task-policy.json"
@@ -123,9 +124,9 @@ def resource_of(service: str, environ: Mapping[str, Any], body: bytes) -> str:
 def recording_resources() -> Iterator[set[tuple[str, str, str]]]:
     """Record (service, operation, resource) of every request the local AWS serves meanwhile."""
     calls: set[tuple[str, str, str]] = set()
-    identify: Callable[[dict[str, Any], bytes], local_aws_server.AwsRequest] = local_aws_server.identify
+    identify: Callable[[dict[str, Any], bytes], AwsRequest] = local_aws_server.identify
 
-    def recording_identify(environ: dict[str, Any], body: bytes) -> local_aws_server.AwsRequest:
+    def recording_identify(environ: dict[str, Any], body: bytes) -> AwsRequest:
         request = identify(environ, body)
         calls.add((request.service, request.operation, resource_of(request.service, environ, body)))
         return request

@@ -14,16 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from devtools.local_aws.limits import KeySchema
-from devtools.local_aws.server import (
-    AwsRequest,
-    Written,
-    attribute_size,
-    item_size,
-    write_units,
-    written_items,
-    written_keys,
-)
+from devtools.local_aws.billing import Written, write_units, written_items, written_keys
+from devtools.local_aws.limits import AwsRequest, KeySchema, attribute_size, item_size
 from processors.signals import format_time
 from tests.conftest import AwsEnv
 from tests.harness import ProcessorHarness, ShardRecord, shard_records

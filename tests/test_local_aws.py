@@ -12,8 +12,8 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
+from devtools.local_aws.faults import FaultPlan
 from devtools.local_aws.limits import AwsRequest, item_size
-from devtools.local_aws.server import FaultPlan
 from tests.conftest import AwsEnv
 
 DATA = frozenset({"vehicle-state"})

@@ -4,7 +4,8 @@
 limits, ``faults`` the fault plans, ``billing`` what AWS would bill, ``moto_patches`` what we change in moto.
 """
 
+from devtools.local_aws.faults import FaultPlan
 from devtools.local_aws.limits import AwsRequest
-from devtools.local_aws.server import FaultPlan, LocalAws
+from devtools.local_aws.server import LocalAws
 
 __all__ = ["AwsRequest", "FaultPlan", "LocalAws"]
