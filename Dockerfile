@@ -36,7 +36,7 @@ COPY worker/ worker/
 # only building needed. (DL3013: this installs the project itself; pyproject.toml bounds its dependencies.)
 # hadolint ignore=DL3013
 RUN pip install ".[kcl]" \
- && python -P -c "from worker.launcher import kcl_jar_dir, kcl_version; v = kcl_version(kcl_jar_dir()); assert v >= (3, 0, 0), v; print('KCL', v)" \
+ && python -P -c "from worker.kcl_daemon import kcl_jar_dir, kcl_version; v = kcl_version(kcl_jar_dir()); assert v >= (3, 0, 0), v; print('KCL', v)" \
  && pip uninstall --yes setuptools wheel pip
 
 

@@ -34,7 +34,7 @@ test: lint typecheck
 	$(PY) -m pytest -q
 
 demo: venv
-	$(PY) -m worker demo
+	$(PY) -m devtools demo
 
 chaos: venv
 	$(PY) -m tests.chaos

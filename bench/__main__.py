@@ -25,7 +25,7 @@ import orjson
 
 from bench import cpu, e2e, model, replay, report
 from bench.workload import Fleet
-from worker.local_aws import LocalAws
+from devtools.local_aws import LocalAws
 
 RESULTS = Path(__file__).parent / "results"
 BATCH_SECONDS = 10.0

@@ -37,10 +37,10 @@ import psutil
 
 from bench.stage import BENCH_ENV, Stage, cpu_seconds, fresh_stage, peak_rss
 from bench.workload import SEED
+from devtools.local_aws import LocalAws
+from devtools.simulate import simulate
 from processors.pseudonymize import Pseudonymizer
 from processors.signals import parse_time
-from worker.local_aws import LocalAws
-from worker.simulate import simulate
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis.type_defs import PutRecordsRequestEntryTypeDef

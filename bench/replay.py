@@ -17,8 +17,8 @@ from typing import Any
 
 from bench.stage import cpu_seconds, fresh_stage, peak_rss
 from bench.workload import Fleet, entries, windows
+from devtools.local_aws import LocalAws
 from tests.harness import ProcessorHarness, shard_records
-from worker.local_aws import LocalAws
 
 PROCESSORS = {
     "ours": (sys.executable, "-m", "worker", "process"),

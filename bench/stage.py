@@ -8,10 +8,11 @@ from pathlib import Path
 
 import psutil
 
+from devtools.local_aws import LocalAws
+from devtools.settings import settings_from
 from worker.aws import AwsClients
 from worker.bootstrap import bootstrap
-from worker.config import Settings, settings_from
-from worker.local_aws import LocalAws
+from worker.config import Settings
 
 BENCH_ENV = {
     "AWS_ACCESS_KEY_ID": "local",

@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 
+from devtools.simulate import simulate
 from schemas.records import KinesisRecord, StreamPosition
 from worker.replay import StreamEntry
-from worker.simulate import simulate
 
 SEED = 7
 

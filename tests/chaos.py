@@ -29,15 +29,16 @@ from typing import Any
 import orjson
 import psutil
 
+from devtools.local_aws import FaultPlan, LocalAws
+from devtools.simulate import simulate
 from processors.pseudonymize import Pseudonymizer
 from schemas.dynamo import from_item
 from tests.conftest import AwsEnv, fresh_env
 from tests.digest import state_digest
 from tests.harness import ProcessorHarness, batches, shard_records
-from worker.launcher import drained, lease_checkpoints
-from worker.local_aws import FaultPlan, LocalAws
+from worker.leases import lease_checkpoints, lease_owners
 from worker.replay import ReplayStats, StreamEntry, replay
-from worker.simulate import simulate
+from worker.shards import drained
 
 CHAOS_ENV = {
     "FLEET_PSEUDONYM_KEY": "chaos-key",
@@ -334,17 +335,6 @@ def _wait_for(condition: Callable[[], object], timeout: float, what: str) -> Non
         time.sleep(0.25)
 
 
-def lease_owners(env: AwsEnv) -> dict[str, str]:
-    """Shard -> the worker holding its lease (empty until the KCL has created its lease table)."""
-    try:
-        items = env.clients.dynamodb.scan(TableName=env.settings.application_name, ConsistentRead=True)[
-            "Items"
-        ]
-    except env.clients.dynamodb.exceptions.ResourceNotFoundException:
-        return {}
-    return {i["leaseKey"]["S"]: i.get("leaseOwner", {}).get("S", "") for i in items}
-
-
 def kcl_leader(env: AwsEnv) -> str | None:
     """The worker holding KCL 3's leader lock (an item of ``<app>-CoordinatorState`` with an owner)."""
     table = f"{env.settings.application_name}-CoordinatorState"
@@ -366,11 +356,11 @@ def failover(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
         fleet_ = Fleet(env, Path(tmp) / "daemon.log", size=2).start()
         try:
             deadline = time.monotonic() + 180
-            while len({owner for owner in lease_owners(env).values() if owner}) < 2:
+            while len({owner for owner in lease_owners(env.settings, env.clients).values() if owner}) < 2:
                 if time.monotonic() > deadline:
                     raise TimeoutError("the two tasks never split the leases")
                 time.sleep(0.5)
-            owners = lease_owners(env)
+            owners = lease_owners(env.settings, env.clients)
             split = sorted(sum(1 for o in owners.values() if o == w) for w in set(owners.values()))
             leader = kcl_leader(env)
             victim = fleet_.daemons[0]
@@ -380,12 +370,12 @@ def failover(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
             fleet_.daemons = fleet_.daemons[1:]  # not replaced: the survivor must take over
             # KCL 3: only the leader reassigns leases. A dead leader's lock (in -CoordinatorState) is taken
             # over once its 2-minute lease has run out unrenewed, checked every 30 s: up to ~150 s.
-            while len(set(lease_owners(env).values())) != 1:
+            while len(set(lease_owners(env.settings, env.clients).values())) != 1:
                 if time.monotonic() - killed_at > 210:
                     raise TimeoutError("the survivor did not take the dead task's leases")
                 time.sleep(0.25)
             takeover = time.monotonic() - killed_at
-            (survivor,) = set(lease_owners(env).values())
+            (survivor,) = set(lease_owners(env.settings, env.clients).values())
             killed_leader = leader is not None and leader != survivor
             result.notes += [
                 f"leases split {split[0]}/{split[1]}",
@@ -522,7 +512,7 @@ def poison_pill(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
         fleet_ = Fleet(env, log, size=2).start()
         try:
             wait_drained(fleet_, targets, timeout=600)
-            owners = {owner for owner in lease_owners(env).values() if owner}
+            owners = {owner for owner in lease_owners(env.settings, env.clients).values() if owner}
             alive = sum(daemon.alive() for daemon in fleet_.daemons)
         finally:
             fleet_.stop()

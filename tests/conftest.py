@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.local_aws import LocalAws
+from devtools.settings import settings_from
 from worker.aws import AwsClients
 from worker.bootstrap import bootstrap
-from worker.config import Settings, settings_from
-from worker.local_aws import LocalAws
+from worker.config import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -1,6 +1,6 @@
 """IAM actions from recorded AWS requests, and the check that a policy grants exactly those.
 
-The local AWS (``worker.local_aws.LocalAwsApp.requests``) counts every request it served as a
+The local AWS (``devtools.local_aws.server.LocalAwsApp.requests``) counts every request it served as a
 (service, operation) pair, the service being the SigV4 signing name. ``iam_actions`` names the IAM
 action each pair needs; ``assert_policy_covers`` checks a role's policy against them. The policies are the
 roles' inline policies in deploy/fleet-ingest.yaml, rendered with the local AWS's names (``tests.cfn``).
@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-import worker.local_aws
+from devtools.local_aws import server as local_aws_server
+from devtools.local_aws.limits import AwsRequest
 from tests.cfn import ACCOUNT, render
 
 STACK = render()
@@ -110,15 +111,15 @@ def resource_of(service: str, environ: Mapping[str, Any], body: bytes) -> str:
 def recording_resources() -> Iterator[set[tuple[str, str, str]]]:
     """Record (service, operation, resource) of every request the local AWS serves meanwhile."""
     calls: set[tuple[str, str, str]] = set()
-    identify: Callable[[dict[str, Any], bytes], worker.local_aws.AwsRequest] = worker.local_aws.identify
+    identify: Callable[[dict[str, Any], bytes], AwsRequest] = local_aws_server.identify
 
-    def recording_identify(environ: dict[str, Any], body: bytes) -> worker.local_aws.AwsRequest:
+    def recording_identify(environ: dict[str, Any], body: bytes) -> AwsRequest:
         request = identify(environ, body)
         calls.add((request.service, request.operation, resource_of(request.service, environ, body)))
         return request
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(worker.local_aws, "identify", recording_identify)
+        patch.setattr(local_aws_server, "identify", recording_identify)
         yield calls
 
 

@@ -14,19 +14,11 @@ from typing import Any
 import orjson
 import pytest
 
+from devtools.local_aws.billing import Written, write_units, written_items, written_keys
+from devtools.local_aws.limits import AwsRequest, KeySchema, attribute_size, item_size
 from processors.signals import format_time
 from tests.conftest import AwsEnv
 from tests.harness import ProcessorHarness, ShardRecord, shard_records
-from worker.local_aws import (
-    AwsRequest,
-    Written,
-    attribute_size,
-    item_size,
-    write_units,
-    written_items,
-    written_keys,
-)
-from worker.local_aws_limits import KeySchema
 from worker.replay import StreamEntry
 
 GAP_SECONDS = 10

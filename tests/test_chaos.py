@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from devtools.local_aws import LocalAws
 from tests import chaos
-from worker.local_aws import LocalAws
 from worker.replay import StreamEntry
 
 pytestmark = pytest.mark.e2e

@@ -9,37 +9,47 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
 
+from devtools import cli as devtools_cli
+from devtools.local_aws import LocalAws
 from processors.pseudonymize import Pseudonymizer
 from tests.conftest import FIXTURES, AwsEnv, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.harness import ProcessorHarness, batches, fixture, shard_records
 from worker import cli
+from worker.cli import runtime
 from worker.inspection import VALUE_COLUMN
-from worker.local_aws import LocalAws
 from worker.progress import Progress
 from worker.replay import read_fixture, replay
 
 VIN = "5YJ3E1EA7KF317000"
 
 
+ROOT = Path(__file__).parent.parent
+
+
 def worker(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, package: str = "worker"
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
+        [sys.executable, "-m", package, *args],
         env=env if env is not None else dict(os.environ),
+        cwd=ROOT,  # devtools runs from the checkout only
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
+
+
+def devtools(*args: str) -> subprocess.CompletedProcess[str]:
+    return worker(*args, package="devtools")
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], command: str) -> str:
@@ -63,19 +73,23 @@ def subparsers(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.
                     yield f"{name} {inner}", subsub
 
 
-def test_every_command_and_argument_is_described() -> None:
-    root = cli.parser()
-    commands = dict(subparsers(root))
-    assert {
-        "run",
-        "process",
-        "replay",
-        "simulate",
-        "status",
-        "inspect vehicle",
-        "inspect trip",
-        "health",
-    } <= set(commands)
+RUNTIME = ["run", "process", "health"]
+OPERATOR = ["bootstrap", "replay", "sweep-orphans", "redrive", "resolve", "status", "inspect"]
+DEVELOPMENT = ["local-aws", "simulate", "demo"]
+
+
+def test_the_worker_has_the_runtime_and_operator_commands_and_devtools_the_development_ones() -> None:
+    worker_commands = [name for name, _ in subparsers(cli.parser()) if " " not in name]
+    assert worker_commands == RUNTIME + OPERATOR
+    assert [name for name, _ in subparsers(devtools_cli.parser())] == DEVELOPMENT
+    assert cli.parser().epilog == (
+        f"Commands by audience. runtime: {', '.join(RUNTIME)}; operator: {', '.join(OPERATOR)}."
+    )
+
+
+@pytest.mark.parametrize("parser", [cli.parser, devtools_cli.parser], ids=["worker", "devtools"])
+def test_every_command_and_argument_is_described(parser: Callable[[], argparse.ArgumentParser]) -> None:
+    commands = dict(subparsers(parser()))
     for name, sub in commands.items():
         assert sub.description, f"{name} has no description"
         for action in sub._actions:
@@ -86,9 +100,15 @@ def test_every_command_and_argument_is_described() -> None:
 def test_help_exits_zero_for_the_root_and_every_command() -> None:
     top = worker("--help")
     assert top.returncode == 0 and "status" in top.stdout and "inspect" in top.stdout
+    assert "local-aws" not in top.stdout and "demo" not in top.stdout
     for name, _ in subparsers(cli.parser()):
         result = worker(*name.split(), "--help")
         assert result.returncode == 0 and result.stdout.startswith("usage: "), name
+    dev = devtools("--help")
+    assert dev.returncode == 0 and all(name in dev.stdout for name in DEVELOPMENT), dev.stderr
+    for name in DEVELOPMENT:
+        result = devtools(name, "--help")
+        assert result.returncode == 0 and result.stdout.startswith("usage: python -m devtools "), name
 
 
 # --- one-line errors ---------------------------------------------------------------------------------------
@@ -122,10 +142,15 @@ def test_a_bad_setting_is_one_line() -> None:
 
 
 def test_bad_arguments_are_one_line_pointing_at_help() -> None:
-    result = worker("simulate", "--vehicles", "two", "--minutes", "1")
+    result = worker("replay", "fleet.jsonl", "--rate", "fast")
     assert result.returncode == 2
     assert result.stderr == (
-        "python -m worker simulate: error: argument --vehicles: invalid int value: 'two' (see --help)\n"
+        "python -m worker replay: error: argument --rate: invalid float value: 'fast' (see --help)\n"
+    )
+    dev = devtools("simulate", "--vehicles", "two", "--minutes", "1")
+    assert dev.returncode == 2
+    assert dev.stderr == (
+        "python -m devtools simulate: error: argument --vehicles: invalid int value: 'two' (see --help)\n"
     )
     missing = worker("frobnicate")
     assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1
@@ -180,10 +205,10 @@ def test_interrupt_is_one_line_and_a_bug_keeps_its_traceback(
     def buggy(args: argparse.Namespace, settings: object) -> int:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_health", interrupted)
+    monkeypatch.setattr(runtime, "cmd_health", interrupted)
     assert cli.main(["health"]) == cli.EXIT_INTERRUPTED
     assert capsys.readouterr().err == "python -m worker health: error: interrupted\n"
-    monkeypatch.setattr(cli, "cmd_health", buggy)
+    monkeypatch.setattr(runtime, "cmd_health", buggy)
     with pytest.raises(RuntimeError):
         cli.main(["health"])
 
@@ -212,7 +237,7 @@ def test_progress_draws_on_a_terminal_only() -> None:
 
 
 def test_simulate_writes_only_data_on_stdout_and_nothing_else_when_not_a_terminal() -> None:
-    result = worker("simulate", "--vehicles", "2", "--minutes", "0.5", "--seed", "3")
+    result = devtools("simulate", "--vehicles", "2", "--minutes", "0.5", "--seed", "3")
     assert result.returncode == 0 and result.stderr == ""
     records = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 2 * 30 and all("vin" in record for record in records)

@@ -96,7 +96,7 @@ def test_fixtures_are_reproducible() -> None:
 def test_the_daemon_starts_this_worker_unless_another_processor_is_configured(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from worker.launcher import daemon_properties
+    from worker.kcl_daemon import daemon_properties
 
     assert daemon_properties(Settings())["executableName"].endswith(" -m worker process")
     monkeypatch.setenv("FLEET_KCL_EXECUTABLE", "/usr/bin/python3 -m bench.naive_processor")

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from devtools.local_aws import LocalAws
 from processors.pseudonymize import VinVault
 from tests.cfn import TEST_PARAMETERS
 from tests.conftest import AwsEnv, fresh_env
@@ -54,7 +55,6 @@ from tests.iam import (
 from tests.iam import arn as iam_arn
 from worker.config import Settings
 from worker.inspection import NotFound, trip_report, vehicle_report
-from worker.local_aws import LocalAws
 from worker.redrive import redrive
 from worker.replay import StreamEntry
 from worker.status import shard_status

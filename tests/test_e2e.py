@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from devtools.local_aws import LocalAws
 from processors.pseudonymize import Pseudonymizer
 from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv, fresh_env
@@ -33,8 +34,7 @@ from tests.iam import (
     recording_resources,
 )
 from tests.oracle import dumps, latest_by_vin, leaked, vins_in
-from worker.launcher import lease_checkpoints
-from worker.local_aws import LocalAws
+from worker.leases import lease_checkpoints
 from worker.replay import ReplayStats, read_fixture, replay
 from worker.status import shard_status
 from worker.sweep import sweep_orphans

@@ -22,15 +22,15 @@ from typing import Any
 import orjson
 import pytest
 
+from devtools.local_aws import LocalAws
+from devtools.settings import settings_from
 from tests.conftest import FIXTURES, fresh_env
 from tests.digest import state_digest
 from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.harness import ProcessorHarness, batches, shard_records
 from worker.aws import AwsClients
 from worker.bootstrap import bootstrap
-from worker.config import settings_from
-from worker.launcher import lease_checkpoints
-from worker.local_aws import LocalAws
+from worker.leases import lease_checkpoints
 from worker.replay import ReplayStats, StreamEntry, read_fixture, replay
 
 pytestmark = pytest.mark.e2e

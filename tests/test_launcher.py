@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from worker import launcher
+from worker import kcl_daemon, launcher
 from worker.config import Settings
-from worker.launcher import (
+from worker.kcl_daemon import (
     KCL_MAJOR,
     UnsupportedKcl,
     daemon_properties,
@@ -110,8 +110,8 @@ def test_a_local_endpoint_points_both_kcl_clients_at_it_and_probes_no_platform(
 
 
 def test_the_jvm_reads_json_not_cbor(tmp_path: Path) -> None:
-    files = launcher.DaemonFiles(tmp_path / "p.properties", tmp_path / "logback.xml")
-    command = launcher.daemon_command(files)
+    files = kcl_daemon.DaemonFiles(tmp_path / "p.properties", tmp_path / "logback.xml")
+    command = kcl_daemon.daemon_command(files)
     assert "-Daws.cborEnabled=false" in command  # the local AWS speaks JSON to the Kinesis client
     assert command[-2:] == ["--properties-file", str(files.properties)]
 

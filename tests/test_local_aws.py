@@ -12,8 +12,9 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
+from devtools.local_aws.faults import FaultPlan
+from devtools.local_aws.limits import AwsRequest, item_size
 from tests.conftest import AwsEnv
-from worker.local_aws import AwsRequest, FaultPlan, item_size
 
 DATA = frozenset({"vehicle-state"})
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from worker.local_aws_limits import (
+from devtools.local_aws.limits import (
     BATCH_GET_MAX_KEYS,
     BATCH_WRITE_MAX_BYTES,
     BATCH_WRITE_MAX_REQUESTS,

@@ -28,6 +28,8 @@ from typing import Any
 import boto3
 import pytest
 
+from devtools.local_aws import LocalAws
+from devtools.settings import settings_from
 from processors.archive import INDEX_TTL_SECONDS
 from processors.trip_store import BREADCRUMB_TTL_SECONDS
 from processors.trips import TripThresholds
@@ -39,8 +41,7 @@ from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.harness import ProcessorHarness, batches, fixture, shard_records
 from worker.aws import AwsClients
 from worker.bootstrap import LIFECYCLE_RULES, bootstrap
-from worker.config import Settings, settings_from
-from worker.local_aws import LocalAws
+from worker.config import Settings
 from worker.metrics import UNITS
 from worker.sweep import sweep_orphans
 

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from devtools.local_aws import FaultPlan
 from processors.archive import TripArchiver
 from processors.decode import DecodeLimits, Decoder
 from processors.errors import RetryableWriteError
@@ -34,7 +35,6 @@ from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, expected_trips
 from tests.harness import ProcessExited, ProcessorHarness, ShardRecord, batches, fixture, shard_records
 from tests.oracle import leaked, vins_in
 from worker.bootstrap import bootstrap
-from worker.local_aws import FaultPlan
 from worker.sweep import sweep_orphans
 
 SEGMENT = 100

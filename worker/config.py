@@ -6,8 +6,6 @@ so the same settings drive boto3, the KCL daemon and the local AWS.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 
@@ -147,15 +145,3 @@ class Settings(BaseSettings):
     def table_names(self) -> dict[str, str]:
         """Logical table name (e.g. ``vehicle-state``) -> physical name."""
         return {spec.name: self.table_name(spec) for spec in ALL_TABLES}
-
-
-def settings_from(environ: Mapping[str, str]) -> Settings:
-    """The settings a process started with ``environ`` (on top of ours) would read: for launching
-    processors, daemons and benchmarks against the same local AWS."""
-    saved = dict(os.environ)
-    os.environ.update(environ)
-    try:
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)

@@ -14,7 +14,8 @@ from typing import Any
 
 from worker.aws import AwsClients
 from worker.config import Settings
-from worker.launcher import shards_of
+from worker.leases import read_leases
+from worker.shards import shards_of
 
 MAX_PAGES = 4
 PAGE_RECORDS = 10_000
@@ -41,41 +42,14 @@ class ShardStatus:
     """None when it cannot be counted (LATEST, AT_TIMESTAMP, a shard gone from the stream)."""
 
 
-def leases(settings: Settings, clients: AwsClients) -> dict[str, dict[str, Any]]:
-    """leaseKey -> lease item (raw attribute values); empty when the lease table does not exist yet."""
-    dynamodb = clients.dynamodb
-    found: dict[str, dict[str, Any]] = {}
-    request: dict[str, Any] = {"TableName": settings.application_name, "ConsistentRead": True}
-    try:
-        while True:
-            page = dynamodb.scan(**request)
-            for item in page["Items"]:
-                found[item["leaseKey"]["S"]] = item
-            if "LastEvaluatedKey" not in page:
-                return found
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-    except dynamodb.exceptions.ResourceNotFoundException:
-        return {}
-
-
-def _text(item: dict[str, Any], name: str) -> str | None:
-    value = item.get(name, {})
-    return str(value["S"]) if "S" in value else None
-
-
-def _number(item: dict[str, Any], name: str) -> int | None:
-    value = item.get(name, {})
-    return int(value["N"]) if "N" in value else None
-
-
 def shard_status(settings: Settings, clients: AwsClients) -> list[ShardStatus]:
     """One entry per shard of the stream, plus leases of shards no longer in it."""
-    held = leases(settings, clients)
+    held = read_leases(clients.dynamodb, settings.application_name)
     shards = {shard["ShardId"]: shard for shard in shards_of(settings, clients)}
     statuses = []
     for shard_id in sorted(set(shards) | set(held)):
         lease = held.get(shard_id)
-        checkpoint = _text(lease, "checkpoint") if lease else None
+        checkpoint = lease.checkpoint if lease else None
         shard = shards.get(shard_id)
         is_open = shard is not None and "EndingSequenceNumber" not in shard.get("SequenceNumberRange", {})
         behind = None
@@ -85,9 +59,9 @@ def shard_status(settings: Settings, clients: AwsClients) -> list[ShardStatus]:
             ShardStatus(
                 shard_id=shard_id,
                 open=is_open,
-                owner=_text(lease, "leaseOwner") if lease else None,
+                owner=lease.owner if lease else None,
                 checkpoint=checkpoint,
-                owner_switches=_number(lease, "ownerSwitchesSinceCheckpoint") if lease else None,
+                owner_switches=lease.owner_switches if lease else None,
                 behind=behind,
             )
         )

@@ -7,26 +7,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
+from devtools.local_aws import LocalAws
+from devtools.settings import DEMO_ENV
+from devtools.simulate import simulate, start_ms, write_jsonl
 from schemas.dynamo import from_item
 from worker.aws import AwsClients
 from worker.bootstrap import bootstrap
 from worker.config import Settings
-from worker.launcher import lease_checkpoints, run, shards_of
-from worker.local_aws import LocalAws
+from worker.launcher import run
+from worker.leases import lease_checkpoints
 from worker.replay import read_fixture, replay
-from worker.simulate import simulate
-
-# Fast lease takeover and shard sync: a demo should not wait out production timeouts.
-DEMO_ENV = {
-    "FLEET_KCL_FAILOVER_TIME_MILLIS": "5000",
-    "FLEET_KCL_SHARD_SYNC_INTERVAL_MILLIS": "1000",
-    "FLEET_KCL_IDLE_TIME_BETWEEN_READS_MILLIS": "250",
-    "FLEET_KCL_SHUTDOWN_GRACE_MILLIS": "10000",
-    # With metrics off locally, the KCL warns about dropping (empty) metrics at every shutdown.
-    "FLEET_KCL_LOG_LEVEL": "ERROR",
-}
+from worker.shards import shards_of
 
 
 def say(text: str) -> None:
@@ -49,10 +40,8 @@ def demo(vehicles: int, minutes: float, shards: int) -> int:
         )
 
         fixture = Path(tmp) / "fleet.jsonl"
-        start_ms = (int(time.time()) - int(minutes * 60)) * 1000
         with fixture.open("wb") as out:
-            for record in simulate(vehicles, minutes, seed=7, start_ms=start_ms):
-                out.write(orjson.dumps(record) + b"\n")
+            write_jsonl(out, simulate(vehicles, minutes, seed=7, start_ms=start_ms(None, minutes)))
         say(f"[3/5] simulated {vehicles} vehicles x {minutes:g} min at 1 Hz")
 
         stats = replay(clients.kinesis, settings.stream_name, read_fixture(fixture))

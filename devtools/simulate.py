@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, BinaryIO
+
+import orjson
 
 from processors.signals import format_time
 
@@ -132,3 +136,23 @@ def simulate(vehicles: int, minutes: float, seed: int, start_ms: int) -> Iterato
         for i in order:
             cars[i].tick()
             yield cars[i].record(start_ms + second * 1000 + offsets[i])
+
+
+def start_ms(start: datetime | None, minutes: float) -> int:
+    """Epoch ms of the first record: ``start``, else so that the stream ends now (its records are then
+    within FLEET_MAX_EVENT_AGE_HOURS)."""
+    if start is not None:
+        return int(start.timestamp() * 1000)
+    return (int(time.time()) - int(minutes * 60)) * 1000
+
+
+def write_jsonl(
+    out: BinaryIO, records: Iterable[dict[str, Any]], advance: Callable[[], None] = lambda: None
+) -> int:
+    """Write one JSON line per record; returns how many."""
+    count = 0
+    for record in records:
+        out.write(orjson.dumps(record) + b"\n")
+        count += 1
+        advance()
+    return count

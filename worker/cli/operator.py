@@ -1,0 +1,175 @@
+"""An operator's commands against a deployment: set it up, feed it, repair it, look into it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from worker.cli import AddCommand, iso_time, say
+from worker.config import Settings
+
+
+def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.bootstrap import bootstrap
+
+    report = bootstrap(settings, AwsClients(settings), shards=args.shards)
+    for resource in report.created:
+        say(f"created  {resource}")
+    for resource in report.existing:
+        say(f"exists   {resource}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.progress import Progress
+    from worker.replay import read_fixture, replay
+
+    started = time.monotonic()
+    total = sum(1 for _ in read_fixture(args.file))  # a first pass: a bad line must not leave half a replay
+    kinesis = AwsClients(settings).kinesis
+    with Progress("replay", total) as progress:
+        stats = replay(kinesis, settings.stream_name, read_fixture(args.file), args.rate, progress.advance)
+    elapsed = time.monotonic() - started
+    say(
+        f"replayed {stats.records} records in {stats.requests} PutRecords "
+        f"({stats.resent} resent) in {elapsed:.1f}s to {settings.stream_name}"
+    )
+    return 0
+
+
+def cmd_sweep_orphans(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.sweep import sweep_orphans
+
+    idle_ms = int(args.idle_seconds * 1000) if args.idle_seconds is not None else None
+    report = sweep_orphans(settings, AwsClients(settings), idle_ms=idle_ms)
+    say(
+        f"scanned {report.scanned} trip-state items: {len(report.orphaned)} orphaned trips archived, "
+        f"{len(report.finished)} pending archives finished, {report.lost_race} left to a live processor"
+    )
+    for trip_id in report.orphaned:
+        say(f"  orphan  {trip_id}")
+    return 0
+
+
+def cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.redrive import redrive
+
+    report = redrive(
+        settings,
+        AwsClients(settings),
+        reason=args.reason,
+        since=args.since,
+        force=args.force,
+        dry_run=args.dry_run,
+    )
+    verb = "would redrive" if args.dry_run else "redrove"
+    total = sum(report.redriven.values())
+    say(f"{verb} {total} dead letters to {settings.stream_name}; skipped {report.skipped}")
+    for reason, count in sorted(report.redriven.items()):
+        say(f"  {reason:<24} {count}")
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.resolve import resolve_vin
+
+    vin = resolve_vin(settings, AwsClients(settings), args.pseudo_vin)
+    if vin is None:
+        sys.stderr.write(f"no vin-mapping item for {args.pseudo_vin}\n")
+        return 1
+    say(vin)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.status import render, shard_status
+
+    for line in render(settings, shard_status(settings, AwsClients(settings))):
+        say(line)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
+    from worker.inspection import trip_report, vehicle_report
+
+    clients = AwsClients(settings)
+    if args.what == "vehicle":
+        lines = vehicle_report(settings, clients, args.pseudo_vin)
+    else:
+        lines = trip_report(settings, clients, args.trip_id, args.vehicle)
+    for line in lines:
+        say(line)
+    return 0
+
+
+def register(add: AddCommand) -> None:
+    p = add("bootstrap", cmd_bootstrap, "Create the stream, tables, bucket, KMS key and secret (idempotent).")
+    p.add_argument("--shards", type=int, default=2, help="shard count of a newly created stream (default 2)")
+
+    p = add("replay", cmd_replay, "Put a JSONL fixture stream into Kinesis in order (partition key = VIN).")
+    p.add_argument("file", type=Path, help="JSONL: one record per line")
+    p.add_argument("--rate", type=float, help="records per second (default: as fast as possible)")
+
+    p = add(
+        "sweep-orphans",
+        cmd_sweep_orphans,
+        "Complete trips of vehicles silent for 2 x the trip gap (run on a schedule, e.g. an ECS task).",
+    )
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        help="silence that makes a trip an orphan (default 2 x FLEET_TRIP_GAP_SECONDS)",
+    )
+
+    p = add("redrive", cmd_redrive, "Decrypt dead letters and put them back into the stream (after a fix).")
+    p.add_argument("--reason", help="only dead letters quarantined for this reason code")
+    p.add_argument(
+        "--since", type=lambda text: iso_time(text).date(), help="only dead letters from this date on"
+    )
+    p.add_argument("--force", action="store_true", help="also those already redriven")
+    p.add_argument("--dry-run", action="store_true", help="count, decrypt, put nothing")
+
+    p = add("resolve", cmd_resolve, "Admin: print the VIN behind a pseudoVin (needs kms:Decrypt).")
+    p.add_argument("pseudo_vin", metavar="PSEUDO_VIN", help="the vehicle's pseudoVin (32 hex characters)")
+
+    add(
+        "status",
+        cmd_status,
+        "Per shard: lease owner, checkpoint, owner switches since it, and how many records (and how old "
+        "the oldest) are not checkpointed yet. Reads the lease table and a few GetRecords pages a shard.",
+    )
+
+    p = add(
+        "inspect", cmd_inspect, "Print what is stored about one vehicle or one trip (read-only, no VINs)."
+    )
+    what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    vehicle = what.add_parser(
+        "vehicle",
+        help="latest values, trip machine, live breadcrumbs and recent archived trips of a vehicle",
+        description="Latest values (vehicle-state), the trip machine (trip-state), the live breadcrumb "
+        "count and the most recent archived trips (trips-index) of one vehicle.",
+    )
+    vehicle.add_argument(
+        "pseudo_vin", metavar="PSEUDO_VIN", help="the vehicle's pseudoVin (32 hex characters)"
+    )
+    trip = what.add_parser(
+        "trip",
+        help="a trip's index item and its S3 archive (or its running state)",
+        description="An archived trip's trips-index item and its S3 archive (breadcrumb count, first and "
+        "last points); a trip still running is shown from trip-state.",
+    )
+    trip.add_argument("trip_id", metavar="TRIP_ID", help="e.g. trip_20250305_143201_4f0c9a")
+    trip.add_argument(
+        "--vehicle",
+        metavar="PSEUDO_VIN",
+        help="the trip's vehicle: a direct read instead of a query by the trip's date",
+    )
