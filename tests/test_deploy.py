@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 
-from processors.pseudonymize import VinVault
 from tests.conftest import AwsEnv, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.harness import ProcessorHarness, batches, fixture, shard_records
@@ -56,6 +55,7 @@ from worker.local_aws import LocalAws
 from worker.redrive import redrive
 from worker.replay import StreamEntry
 from worker.status import shard_status
+from worker.stores.vin_vault import KmsVinVault as VinVault
 from worker.sweep import sweep_orphans
 
 ROOT = Path(__file__).parent.parent

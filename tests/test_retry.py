@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
@@ -23,7 +24,8 @@ from worker.retry import (
 
 
 def client_error(code: str, status: int = 400) -> ClientError:
-    return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+    response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "Op")
 
 
 class Flaky:

@@ -11,12 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
-from processors.archive import TripArchiver
 from processors.decode import DecodeLimits, Decoder
 from processors.errors import RetryableWriteError
 from processors.pseudonymize import Pseudonymizer
 from processors.signals import format_time, parse_event_time
-from processors.trip_store import BREADCRUMB_TTL_SECONDS
+from processors.trip_items import BREADCRUMB_TTL_SECONDS
 from processors.trips import (
     CompletedTrip,
     EndReason,
@@ -36,6 +35,7 @@ from tests.oracle import leaked, vins_in
 from worker.bootstrap import bootstrap
 from worker.local_aws import FaultPlan
 from worker.sweep import sweep_orphans
+from worker.trip_commit import TripArchiver
 
 SEGMENT = 100
 TRIP_ENV = {

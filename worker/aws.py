@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 
-
 def aws_error_code(error: BaseException) -> str | None:
     """The AWS error code of a botocore error, else None: the one way this project matches an AWS error.
 

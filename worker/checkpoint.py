@@ -43,7 +43,7 @@ class Checkpointer(Protocol):
 
 
 LOST_LEASE_ERRORS = frozenset({"ShutdownException", "LeaseLostException"})
-"""We may no longer checkpoint this shard. (What is retried instead: ``retry.RETRYABLE_CHECKPOINT_ERRORS``.)"""
+"""We may no longer checkpoint this shard (what is retried: ``retry.RETRYABLE_CHECKPOINT_ERRORS``)."""
 
 
 class LeaseLost(FleetIngestError):

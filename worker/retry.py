@@ -3,25 +3,25 @@ random source injectable so tests never sleep.
 
 How the layers stack, innermost first. Each layer only sees what the one below gave up on:
 
-=====  =============================================  =========================================================
+=====  =============================================  ========================================================
 layer  where                                          what it retries, and how often
-=====  =============================================  =========================================================
+=====  =============================================  ========================================================
 0      botocore standard mode (``worker/aws.py``)     every AWS call: throttling, 5xx, connection errors;
                                                       ``FLEET_AWS_MAX_ATTEMPTS`` attempts, botocore's backoff.
 1      inside an adapter (``worker/stores/``)         what botocore answers 200 to but did not do:
                                                       ``UNPROCESSED`` re-sends ``UnprocessedKeys/Items``;
                                                       ``VEHICLE_STATE_ROUNDS`` bounds conditional rounds.
-2      around each port call (executor, pipeline,     ``WRITE``/``READ``: a throttling storm longer than layer
-       sweep)                                         0 rides out; stacks on layer 0, so one call may make up
-                                                      to ``WRITE.attempts`` x ``FLEET_AWS_MAX_ATTEMPTS``
+2      around each port call (executor, pipeline,     ``WRITE``/``READ``: rides out throttling that outlasts
+       sweep)                                         layer 0. Stacks on it: one call may make up to
+                                                      ``WRITE.attempts`` x ``FLEET_AWS_MAX_ATTEMPTS``
                                                       requests (layer 1 runs inside each attempt).
                                                       ``TRIP_REPLANS`` bounds the commit/re-plan rounds.
-3      the process (exit 3, ``record_processor``)     the whole batch: the KCL restarts the shard from the last
-                                                      checkpoint.
-=====  =============================================  =========================================================
+3      the process (exit 3, ``record_processor``)     the whole batch: the KCL restarts the shard from
+                                                      its last checkpoint.
+=====  =============================================  ========================================================
 
 Outside that stack: ``CHECKPOINT`` retries amazon-kclpy's checkpoint call (the daemon's lease-table
-write, not a botocore call of ours), and ``PUT_RECORDS`` re-sends an operator replay's partial failures.
+write, not a botocore call of ours).
 
 A ``Policy`` sleeps between attempts (exponential backoff, full jitter unless disabled); a ``Limit``
 bounds a loop that recomputes rather than waits (a conditional write answered with the stored item), and
@@ -137,7 +137,14 @@ class _Leftover(Exception):
 
 def log_retry(policy: Policy, attempt: int, error: BaseException | None) -> None:
     if policy.logged:
-        event(log, "write_retry", logging.WARNING, attempt=attempt, error=type(error).__name__, policy=policy.name)
+        event(
+            log,
+            "write_retry",
+            logging.WARNING,
+            attempt=attempt,
+            error=type(error).__name__,
+            policy=policy.name,
+        )
 
 
 class Retrier:
@@ -180,7 +187,9 @@ class Retrier:
 
         return wrapped
 
-    def drain(self, policy: Policy, send: Callable[[list[X]], Sequence[X]], items: list[X], reason: str) -> int:
+    def drain(
+        self, policy: Policy, send: Callable[[list[X]], Sequence[X]], items: list[X], reason: str
+    ) -> int:
         """Send ``items``, then re-send whatever ``send`` returns as left over, until nothing is. Returns
         the calls made. Raises ``TransientError(reason)`` once ``policy.attempts`` calls left something."""
         pending, calls = items, 0
