@@ -159,7 +159,17 @@ RunAll = Callable[[Callable[[VehicleTripPlan], Committed], Sequence[VehicleTripP
 def serially(
     task: Callable[[VehicleTripPlan], Committed], plans: Sequence[VehicleTripPlan]
 ) -> list[Committed]:
-    return [task(plan) for plan in plans]
+    """``RunAll`` without threads: every task runs, then the first failure is raised."""
+    results: list[Committed] = []
+    first_error: BaseException | None = None
+    for plan in plans:
+        try:
+            results.append(task(plan))
+        except BaseException as error:
+            first_error = first_error or error
+    if first_error is not None:
+        raise first_error
+    return results
 
 
 def _ignore(pseudo_vin: str, version: str | None) -> None:
