@@ -79,9 +79,21 @@ class MemoryTripStore(_Failing):
         return iter(items)
 
 
+NESTING_MAX_LEVELS = 32
+"""DynamoDB's nesting limit: a top-level map attribute is level 1."""
+
+
+def _levels(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_levels, value.values()), default=0)
+    if isinstance(value, list | tuple):
+        return 1 + max(map(_levels, value), default=0)
+    return 0
+
+
 class MemoryVehicleState(_Failing):
     """Items as ``from_item`` reads them back: ``{"timestamp": ..., name: {"value": ..., "at": ...}}``.
-    ``refuse`` names signals the store refuses as invalid (like a value DynamoDB cannot store)."""
+    Refuses, as DynamoDB does, a value nested past 32 levels; ``refuse`` names more signals to refuse."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,7 +102,8 @@ class MemoryVehicleState(_Failing):
 
     def apply(self, update: StateUpdate) -> int:
         self._maybe_fail()
-        if self.refuse & update.signals.keys():
+        too_deep = any(1 + _levels(o.value) > NESTING_MAX_LEVELS for o in update.signals.values())
+        if too_deep or self.refuse & update.signals.keys():
             raise UnwritableUpdate(update.pseudo_vin, "refused as invalid")
         with self.lock:
             item = self.items.setdefault(update.pseudo_vin, {})
