@@ -5,8 +5,8 @@
 ``InvalidRecord`` is the dead-letter path: the record is dead-lettered and the shard moves on.
 ``UnwritableUpdate`` is the same path found late: a store refused a decoded record's content as invalid.
 ``StaleTripState`` is the optimistic-concurrency path: another writer moved first, re-plan on top of it.
-``RetryableWriteError`` is the slow-down path: the batch is retried and, once retries are exhausted,
-fails without a checkpoint so the KCL redelivers it.
+``TransientError`` is the slow-down path: the call is retried (``worker.retry``) and, once retries are
+exhausted, the batch fails without a checkpoint so the KCL redelivers it.
 
 The adapters of ``processors.ports`` (in ``worker/stores/``) translate AWS outcomes into these; nothing in
 ``processors/`` knows an AWS error (``worker.aws.aws_error_code`` is the one way to match one).
@@ -64,10 +64,6 @@ class InvalidRecord(FleetIngestError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-class RetryableWriteError(TransientError):
-    """A write that may succeed later: the batch is retried, then fails without a checkpoint."""
 
 
 class StaleTripState(FleetIngestError):

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from processors.decode import DecodeLimits, Decoder
-from processors.errors import RetryableWriteError
+from processors.errors import TransientError
 from processors.pseudonymize import Pseudonymizer
 from processors.signals import format_time, parse_event_time
 from processors.trip_items import BREADCRUMB_TTL_SECONDS
@@ -155,7 +155,7 @@ def test_a_sweep_whose_archive_step_fails_once_finishes_its_own_claim(
     deliver(trip_env, shard_records(fixture("trips.jsonl")))
     silent = next(i for i in table(trip_env, "trip-state") if i["pseudoVin"] == PV["3"])
     archive_once = TripArchiver.archive
-    failures = iter([RetryableWriteError("SlowDown")])
+    failures = iter([TransientError("SlowDown")])
 
     def flaky_archive(self: TripArchiver, trip: CompletedTrip) -> TripIndexItem:
         if (error := next(failures, None)) is not None:
