@@ -91,8 +91,9 @@ class Pipeline:
     """Applies one shard's batches: decode -> plan -> execute, through the ports in ``stores``.
 
     Guarantees: ``process`` returns only when every write of the batch is durable, else raises, and then
-    the caller must not checkpoint. Every record ends applied or dead-lettered (never both, never
-    neither). Trip machines are cached between batches: one ``Pipeline`` per shard lease.
+    the caller must not checkpoint. No record is left out: each is applied, or dead-lettered by the
+    boundary, or (decoded, then refused by a store as invalid) dead-lettered by the executor. Trip
+    machines are cached between batches: one ``Pipeline`` per shard lease.
     """
 
     def __init__(
