@@ -21,7 +21,7 @@ from bench.workload import Fleet, entries, kinesis_records, windows
 from processors.batch import TripPlanner, decode_batch
 from processors.decode import Decoder
 from processors.pseudonymize import Pseudonymizer
-from processors.trip_store import breadcrumb_item, next_last_update
+from processors.trip_items import breadcrumb_item, next_last_update
 from processors.trips import TripStateMachine
 from processors.vehicle_state import update_request
 from schemas.dynamo import Item, to_item

@@ -41,6 +41,7 @@ from devtools.local_aws import LocalAws
 from devtools.simulate import simulate
 from processors.pseudonymize import Pseudonymizer
 from processors.signals import parse_time
+from worker.leases import lease_owners
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis.type_defs import PutRecordsRequestEntryTypeDef
@@ -145,15 +146,13 @@ def visibility(puts: list[Put], scans: list[tuple[float, dict[str, str]]]) -> li
 def _wait_for_processor(stage: Stage, launcher: subprocess.Popen[bytes], timeout: float) -> float:
     """Seconds until the daemon holds the lease and has started the processor."""
     started = time.monotonic()
-    lease_table = stage.settings.application_name
     while time.monotonic() - started < timeout:
         if launcher.poll() is not None:
             raise RuntimeError(f"the launcher exited with {launcher.returncode}")
-        with contextlib.suppress(stage.clients.dynamodb.exceptions.ResourceNotFoundException):
-            items = stage.clients.dynamodb.scan(TableName=lease_table)["Items"]
-            if items and all("leaseOwner" in item for item in items) and _processors(launcher):
-                time.sleep(1.0)  # the processor answers initialize
-                return time.monotonic() - started
+        owners = lease_owners(stage.settings, stage.clients)
+        if owners and all(owners.values()) and _processors(launcher):
+            time.sleep(1.0)  # the processor answers initialize
+            return time.monotonic() - started
         time.sleep(0.5)
     raise TimeoutError(f"no processor after {timeout:.0f}s")
 

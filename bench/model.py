@@ -16,9 +16,9 @@ from bench.workload import Fleet, entries, kinesis_records, windows
 from processors.batch import TripPlanner, decode_batch
 from processors.decode import Decoder
 from processors.pseudonymize import Pseudonymizer
-from processors.trip_store import BATCH_GET_LIMIT, BATCH_WRITE_LIMIT
 from processors.trips import TripStateMachine
 from schemas.records import KinesisRecord
+from worker.stores.dynamo_trips import BATCH_GET_LIMIT, BATCH_WRITE_LIMIT
 
 
 def requests(batches: Sequence[Sequence[KinesisRecord]]) -> Counter[str]:

@@ -25,15 +25,16 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
 from processors.archive import archive_key, archive_record, gzip_json, index_item
-from processors.errors import aws_error_code
-from processors.pseudonymize import VinVault, load_pseudonym_key
 from processors.signals import format_time
-from processors.trip_store import breadcrumb_item, next_last_update, state_fields, state_from_item
+from processors.trip_items import breadcrumb_item, next_last_update, state_fields, state_from_item
 from processors.trips import CompletedTrip, TripEffects, TripStateMachine, VehicleTrips
 from schemas.dynamo import Item, from_item, to_attribute, to_item
 from schemas.items import BreadcrumbItem, TripStateItem
 from schemas.records import Location, StreamPosition, VehicleReading
+from worker.aws import aws_error_code
 from worker.pipeline import trip_thresholds
+from worker.stores.vin_vault import KmsVinVault as VinVault
+from worker.stores.vin_vault import load_pseudonym_key
 
 if TYPE_CHECKING:
     from worker.aws import AwsClients

@@ -13,7 +13,7 @@ from processors.decode import Decoder
 from processors.errors import InvalidRecord, RejectReason
 from processors.pseudonymize import Pseudonymizer
 from processors.signal_bounds import SignalBounds, bound_signals
-from processors.trip_store import completed_trip, state_fields, state_from_item
+from processors.trip_items import completed_trip, state_fields, state_from_item
 from processors.trips import (
     Breadcrumb,
     CompletedTrip,
@@ -28,7 +28,10 @@ from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 
 
 @dataclass(frozen=True, slots=True)
-class Quarantined:
+class DeadLetter:
+    """A record set aside with a reason instead of applied: written to S3 (``processors.dead_letter``)
+    so an operator can inspect and redrive it; the shard moves on."""
+
     record: KinesisRecord
     reason: RejectReason
     detail: str
@@ -36,8 +39,13 @@ class Quarantined:
 
 @dataclass(slots=True)
 class WritePlan:
+    """What one batch writes, built before any write is made; the executor carries it out and never
+    changes it. ``last_position`` is what gets checkpointed once every write has succeeded."""
+
+    records: Sequence[KinesisRecord] = field(default_factory=list, repr=False)
+    """The batch as delivered (a record refused later by a store is dead-lettered from here)."""
     readings: list[VehicleReading] = field(default_factory=list)
-    quarantined: list[Quarantined] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     sightings: dict[str, str] = field(default_factory=dict, repr=False)
     """pseudoVin -> VIN of every vehicle in the batch (for the vault). Never logged."""
     vehicle_states: list[StateUpdate] = field(default_factory=list)
@@ -66,26 +74,26 @@ def decode_batch(
     pseudonymizer: Pseudonymizer,
     bounds: SignalBounds | None = None,
 ) -> WritePlan:
-    """Every record is either planned or quarantined, whatever it holds: the per-record boundary.
+    """Every record is either planned or dead-lettered, whatever it holds: the per-record boundary.
 
-    An exception nobody foresaw, out of decoding or this record's planning, quarantines the record as
+    An exception nobody foresaw, out of decoding or this record's planning, dead-letters the record as
     ``internal_error`` (the exception's type only: its message may quote input) instead of failing the
     batch, which the KCL would redeliver forever. Only the record's own work runs inside the boundary;
     what follows (``coalesce``) works on readings that already passed it.
     """
     bounds = bounds or SignalBounds()
-    plan = WritePlan(last_position=records[-1].position if records else None)
+    plan = WritePlan(records=records, last_position=records[-1].position if records else None)
     for record in records:
         try:
             decoded = decoder.decode(record.data, record.position.arrival_ms)
             reading = pseudonymizer.reading(decoded, record.position)
             signals, dropped = bound_signals(reading.signals, bounds)
         except InvalidRecord as invalid:
-            plan.quarantined.append(Quarantined(record, invalid.reason, invalid.detail))
+            plan.dead_letters.append(DeadLetter(record, invalid.reason, invalid.detail))
             continue
         except Exception as unexpected:  # see the docstring
-            plan.quarantined.append(
-                Quarantined(record, RejectReason.INTERNAL_ERROR, type(unexpected).__name__)
+            plan.dead_letters.append(
+                DeadLetter(record, RejectReason.INTERNAL_ERROR, type(unexpected).__name__)
             )
             continue
         if dropped:
@@ -126,7 +134,7 @@ class TripPlanner:
             self._vehicles[pseudo_vin] = _Vehicle(VehicleTrips(pseudo_vin), None, [])
             return
         self._vehicles[pseudo_vin] = _Vehicle(
-            state_from_item(item), item.lastUpdate, [completed_trip(pseudo_vin, c) for c in item.closing]
+            state_from_item(item), item.lastUpdate, [completed_trip(pseudo_vin, c) for c in item.outbox]
         )
 
     def plan(

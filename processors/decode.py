@@ -47,6 +47,13 @@ class DecodeLimits:
 
 
 class Decoder:
+    """Turns one record's bytes (our native JSON, Tesla Fleet Telemetry protojson or protobuf) into one
+    ``TelemetryRecord``, checked against ``DecodeLimits`` (size, event-time window).
+
+    Guarantees: total, whatever the bytes: it returns a record or raises ``InvalidRecord(reason)``,
+    never any other exception; no detail ever echoes a VIN or the payload. Pure and stateless.
+    """
+
     def __init__(self, limits: DecodeLimits | None = None) -> None:
         self.limits = limits or DecodeLimits()
 

@@ -2,17 +2,25 @@
 
 ``FleetIngestError`` is the base of them all: ``OperatorError`` for what the CLI prints as one line,
 ``TransientError`` for what is worth trying again.
-``InvalidRecord`` is the quarantine path: the record is dead-lettered and the shard moves on.
-``RetryableWriteError`` is the slow-down path: the batch is retried and, once retries are exhausted,
-fails without a checkpoint so the KCL redelivers it.
+``InvalidRecord`` is the dead-letter path: the record is dead-lettered and the shard moves on.
+``UnwritableUpdate`` is the same path found late: a store refused a decoded record's content as invalid.
+``StaleTripState`` is the optimistic-concurrency path: another writer moved first, re-plan on top of it.
+``TransientError`` is the slow-down path: the call is retried (``worker.retry``) and, once retries are
+exhausted, the batch fails without a checkpoint so the KCL redelivers it.
+
+The adapters of ``processors.ports`` (in ``worker/stores/``) translate AWS outcomes into these; nothing in
+``processors/`` knows an AWS error (``worker.aws.aws_error_code`` is the one way to match one).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from botocore.exceptions import ClientError
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from schemas.items import TripStateItem
 
 
 class RejectReason(StrEnum):
@@ -58,8 +66,24 @@ class InvalidRecord(FleetIngestError):
         self.detail = detail
 
 
-class RetryableWriteError(TransientError):
-    """A write that may succeed later: the batch is retried, then fails without a checkpoint."""
+class StaleTripState(FleetIngestError):
+    """The stored trip-state item changed since we read it; ``current`` is what is stored now (None: no
+    item). Raised instead of overwriting: the writer re-plans on top of ``current``."""
+
+    def __init__(self, pseudo_vin: str, current: TripStateItem | None) -> None:
+        super().__init__(f"trip-state of {pseudo_vin} changed under us")
+        self.pseudo_vin = pseudo_vin
+        self.current = current
+
+
+class UnwritableUpdate(FleetIngestError):
+    """A store refused an update's content as invalid (DynamoDB's ``ValidationException``): retrying it
+    cannot help, so the records at fault are found and dead-lettered instead."""
+
+    def __init__(self, pseudo_vin: str, detail: str) -> None:
+        super().__init__(f"{pseudo_vin}: {detail}")
+        self.pseudo_vin = pseudo_vin
+        self.detail = detail
 
 
 def schema_detail(error: ValidationError) -> str:
@@ -67,12 +91,3 @@ def schema_detail(error: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(part) for part in e['loc']) or 'record'}: {e['type']}" for e in error.errors()
     )
-
-
-def aws_error_code(error: BaseException) -> str | None:
-    """The AWS error code of a botocore error, else None.
-
-    Match on this, not on ``client.exceptions.X``: botocore builds those classes lazily per client, and
-    threads racing on the first access can end up with different classes for the same error.
-    """
-    return error.response.get("Error", {}).get("Code") if isinstance(error, ClientError) else None

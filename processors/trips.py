@@ -244,6 +244,15 @@ def complete(vehicle: str, trip: Trip, reason: EndReason) -> CompletedTrip:
 
 
 class TripStateMachine:
+    """The trip rules of the module docstring, applied one reading at a time to a vehicle's
+    ``VehicleTrips`` (IDLE -> ACTIVE -> ENDING -> IDLE), emitting breadcrumbs, segment seals and completed
+    trips into ``TripEffects``.
+
+    Guarantees: pure and event-time driven; the resulting state is a function of the stream, not of how it
+    was batched or how often it was redelivered (the high-water mark and the applied position skip what
+    was already applied). It holds no state of its own: the caller owns every ``VehicleTrips``.
+    """
+
     def __init__(self, thresholds: TripThresholds | None = None) -> None:
         self.thresholds = thresholds or TripThresholds()
 

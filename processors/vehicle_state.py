@@ -10,8 +10,9 @@ Item shape::
      "vehicleSpeed": {"value": 73.5, "at": "2025-03-05T14:32:01.000Z"},
      "location": {"value": {"lat": 39.73, "lng": -104.99}, "at": "..."}, ...}
 
-Pure core: ``coalesce``, ``chunks`` and ``outstanding``. I/O edge: ``VehicleStateSink`` writes one
-conditional ``UpdateItem`` per vehicle per batch; the condition (each signal strictly newer) makes the
+Pure: ``coalesce``, ``chunks``, ``outstanding`` and ``update_request``. The store is the
+``processors.ports.VehicleStateWriter`` port; its adapter (``worker.stores.dynamo_vehicle_state``) writes
+one conditional ``UpdateItem`` per vehicle per batch; the condition (each signal strictly newer) makes the
 common case a single blind write, and a failed condition returns the stored item so the exact remainder
 is retried.
 
@@ -31,18 +32,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import orjson
-from botocore.exceptions import ClientError
 
-from processors.errors import RetryableWriteError, aws_error_code
 from processors.signals import format_time, parse_time
-from schemas.dynamo import AttributeValue, from_item, to_attribute
+from schemas.dynamo import AttributeValue, to_attribute
 from schemas.records import Location, SignalValue, VehicleReading
-
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,37 +200,3 @@ def update_request(
         "ExpressionAttributeValues": values,
         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
     }
-
-
-class VehicleStateSink:
-    """Applies ``StateUpdate``s. Idempotent: re-applying any update leaves the item unchanged."""
-
-    MAX_ROUNDS = 8
-
-    def __init__(self, dynamodb: DynamoDBClient, table: str, chunk_signals: int = CHUNK_SIGNALS) -> None:
-        self._dynamodb = dynamodb
-        self._table = table
-        self._chunk_signals = chunk_signals
-
-    def apply(self, update: StateUpdate) -> int:
-        """Write until the item reflects ``update``, chunk by chunk, the item's timestamp last; returns
-        the number of UpdateItem calls made. Raised out of a later chunk, an error leaves the earlier
-        chunks stored: applying the update again finds them current (one failed condition each)."""
-        return sum(self._apply(chunk) for chunk in chunks(update, self._chunk_signals))
-
-    def _apply(self, update: StateUpdate) -> int:
-        pending: StateUpdate | None = update
-        stored: Mapping[str, AttributeValue] | None = None
-        for rounds in range(1, self.MAX_ROUNDS + 1):
-            assert pending is not None
-            try:
-                self._dynamodb.update_item(**update_request(self._table, pending, stored))
-                return rounds
-            except ClientError as failed:
-                if aws_error_code(failed) != "ConditionalCheckFailedException":
-                    raise
-                stored = cast(Mapping[str, AttributeValue], failed.response.get("Item") or {})
-            pending = outstanding(update, from_item(stored))
-            if pending is None:
-                return rounds
-        raise RetryableWriteError("vehicle_state_contention", f"{self.MAX_ROUNDS} conditional rounds")

@@ -6,9 +6,9 @@ seconds, as DynamoDB requires.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 
 class _Item(BaseModel):
@@ -97,7 +97,20 @@ class TripStateItem(_Item):
     segments: int = 0
     sealedThrough: str | None = None
     tailBreadcrumbs: int = 0
-    closing: list[CompletedTripItem] = []
+    outbox: list[CompletedTripItem] = Field(default=[], alias="closing")
+    """Trips completed but not yet archived: whoever loads the item finishes them identically. Stored
+    as ``closing`` and left out of the item while empty (the stored format is unchanged)."""
+
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_outbox(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        if not self.outbox:
+            dumped.pop("closing", None)
+        return dumped
 
 
 class TripIndexItem(_Item):

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 import psutil
+from botocore.exceptions import ClientError
 
 from devtools.local_aws import FaultPlan, LocalAws
 from devtools.simulate import simulate
@@ -36,6 +37,7 @@ from schemas.dynamo import from_item
 from tests.conftest import AwsEnv, fresh_env
 from tests.digest import state_digest
 from tests.harness import ProcessorHarness, batches, shard_records
+from worker.aws import aws_error_code
 from worker.leases import lease_checkpoints, lease_owners
 from worker.replay import ReplayStats, StreamEntry, replay
 from worker.shards import drained
@@ -340,8 +342,10 @@ def kcl_leader(env: AwsEnv) -> str | None:
     table = f"{env.settings.application_name}-CoordinatorState"
     try:
         items = env.clients.dynamodb.scan(TableName=table, ConsistentRead=True)["Items"]
-    except env.clients.dynamodb.exceptions.ResourceNotFoundException:
-        return None
+    except ClientError as error:
+        if aws_error_code(error) == "ResourceNotFoundException":
+            return None
+        raise
     return next((i["ownerName"]["S"] for i in items if "ownerName" in i), None)
 
 

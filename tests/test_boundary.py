@@ -204,7 +204,7 @@ def test_dead_letter_payload_never_reaches_logs(env: AwsEnv) -> None:
         + b'"'
     )
     harness = run(env, shard_records([StreamEntry(secret, f"  {VIN.lower()} ")]))
-    quarantined = [line for line in harness.logs() if line["event"] == "record_quarantined"]
+    quarantined = [line for line in harness.logs() if line["event"] == "record_dead_lettered"]
     assert [q["reason"] for q in quarantined] == ["malformed_json"]
     assert not leaked({VIN}, "\n".join(harness.stderr_lines))
 
@@ -217,7 +217,7 @@ def test_no_vin_leaks_from_a_stream_of_every_format_and_every_bad_input(env: Aws
     harness = run(env, shard_records(fixture("boundary-mix.jsonl")), size=64)
     sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
 
-    reasons = {line["reason"] for line in harness.logs() if line["event"] == "record_quarantined"}
+    reasons = {line["reason"] for line in harness.logs() if line["event"] == "record_dead_lettered"}
     assert reasons == {r.value for r in RejectReason} - {"unwritable", "internal_error"}  # no bug shows here
     for name, physical in env.settings.table_names.items():
         items = [from_item(i) for i in env.clients.dynamodb.scan(TableName=physical)["Items"]]

@@ -5,6 +5,7 @@ from amazon_kclpy.checkpoint_error import CheckpointError
 
 from schemas.records import StreamPosition
 from worker.checkpoint import CheckpointPolicy, LeaseLost, checkpoint
+from worker.retry import Retrier
 
 POLICY = CheckpointPolicy(every_records=500, every_seconds=60)
 POSITION = StreamPosition("shardId-000000000000", "4900000000000000000001", 0, 0)
@@ -39,8 +40,10 @@ class ScriptedCheckpointer:
 
 def test_throttled_checkpoints_are_retried() -> None:
     checkpointer = ScriptedCheckpointer("ThrottlingException", "ThrottlingException", None)
-    checkpoint(checkpointer, POSITION, "s")
+    slept: list[float] = []
+    checkpoint(checkpointer, POSITION, "s", Retrier(sleep=slept.append))
     assert checkpointer.calls == [(POSITION.sequence_number, 0)] * 3
+    assert len(slept) == 2 and all(0 <= s <= 5 for s in slept)
 
 
 def test_a_lost_lease_stops_checkpointing_without_retrying() -> None:

@@ -114,7 +114,7 @@ def test_a_record_that_breaks_planning_is_quarantined_and_the_rest_applied(
 
     plan = decode_batch([record(good, 1), record(bad, 2), record(good, 3)], DECODER, Broken(b"boundary-key"))
     assert [r.position.sequence_number for r in plan.readings] == ["1", "3"]
-    [quarantined] = plan.quarantined
+    [quarantined] = plan.dead_letters
     assert (quarantined.reason, quarantined.detail) == (RejectReason.INTERNAL_ERROR, "RecursionError")
     assert quarantined.record.position.sequence_number == "2"
 
@@ -203,7 +203,7 @@ def test_batch_planning_accounts_for_every_record_and_never_raises(payloads: lis
     records = [record(data, seq) for seq, data in enumerate(payloads, start=1)]
     plan = decode_batch(records, DECODER, PSEUDO)
     applied = {r.position for r in plan.readings}
-    quarantined = {q.record.position for q in plan.quarantined}
+    quarantined = {q.record.position for q in plan.dead_letters}
     assert applied.isdisjoint(quarantined)
     assert applied | quarantined == {r.position for r in records}
-    assert all(VIN not in q.detail.upper() for q in plan.quarantined)
+    assert all(VIN not in q.detail.upper() for q in plan.dead_letters)

@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 
 from devtools.local_aws import LocalAws
-from processors.pseudonymize import VinVault
 from tests.cfn import TEST_PARAMETERS
 from tests.conftest import AwsEnv, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS
@@ -58,6 +57,7 @@ from worker.inspection import NotFound, trip_report, vehicle_report
 from worker.redrive import redrive
 from worker.replay import StreamEntry
 from worker.status import shard_status
+from worker.stores.vin_vault import KmsVinVault as VinVault
 from worker.sweep import sweep_orphans
 
 ROOT = Path(__file__).parent.parent

@@ -32,6 +32,7 @@ from processors.trips import TripStateMachine, TripThresholds
 from schemas.records import KinesisRecord, StreamPosition
 from tests.conftest import AwsEnv
 from worker.pipeline import Pipeline
+from worker.wiring import pipeline_for
 
 SCALE = int(os.environ.get("FLEET_FUZZ_SCALE", "1"))
 PSEUDONYMS = Pseudonymizer(b"fuzz-tests-key")
@@ -293,8 +294,8 @@ def test_decode_and_plan_are_total(source: str) -> None:
     @given(batches_of(SOURCES[source]))
     def decode_and_plan(batch: list[KinesisRecord]) -> None:
         plan = decode_batch(batch, Decoder(), PSEUDONYMS)
-        assert len(plan.readings) + len(plan.quarantined) == len(batch)
-        assert all(isinstance(q.reason, RejectReason) for q in plan.quarantined)
+        assert len(plan.readings) + len(plan.dead_letters) == len(batch)
+        assert all(isinstance(q.reason, RejectReason) for q in plan.dead_letters)
         planner = TripPlanner(TripStateMachine(TripThresholds()))
         for pseudo_vin, readings in plan.by_vehicle().items():
             planner.adopt(pseudo_vin, None)
@@ -306,7 +307,7 @@ def test_decode_and_plan_are_total(source: str) -> None:
 @pytest.fixture
 def pipeline(aws_env: AwsEnv) -> Pipeline:
     env = aws_env.with_settings(FLEET_PSEUDONYM_KEY="fuzz-tests-key")
-    return Pipeline(env.settings, env.clients)
+    return pipeline_for(env.settings, env.clients)
 
 
 @examples(30)
@@ -315,6 +316,6 @@ def test_every_request_built_passes_the_strict_local_aws(
     pipeline: Pipeline, batch: list[KinesisRecord]
 ) -> None:
     outcome = pipeline.process(batch)
-    assert outcome.applied + outcome.quarantined == len(batch)
+    assert outcome.applied + outcome.dead_letters == len(batch)
     plan = decode_batch(batch, pipeline.decoder, pipeline.pseudonymizer)
-    assert outcome.quarantined == len(plan.quarantined), "a decoded record was refused by the store"
+    assert outcome.dead_letters == len(plan.dead_letters), "a decoded record was refused by the store"

@@ -57,7 +57,7 @@ def assert_emf(document: dict[str, Any]) -> None:
 
 SAMPLE = BatchMetrics(
     records=500,
-    dead_lettered=3,
+    dead_letters=3,
     trips_archived=2,
     invalid_coordinates=4,
     signals_dropped=7,

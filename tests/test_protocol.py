@@ -57,7 +57,7 @@ def test_fixture_stream_is_applied_and_checkpointed_by_policy(aws_env: AwsEnv) -
         assert item["shiftState"]["value"] == latest["shiftState"]
     assert not leaked(vins_in(FLEET), orjson.dumps(list(state.values())))
 
-    quarantined = [log for log in harness.logs() if log["event"] == "record_quarantined"]
+    quarantined = [log for log in harness.logs() if log["event"] == "record_dead_lettered"]
     assert sorted(log["reason"] for log in quarantined) == ["invalid_vin", "malformed_json", "not_utf8"]
     assert not leaked(vins_in(FLEET), "\n".join(harness.stderr_lines))
 

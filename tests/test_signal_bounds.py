@@ -72,7 +72,7 @@ def test_batch_planning_drops_and_counts_the_excess_and_keeps_the_record() -> No
     assert len(reading.signals) == bounds.max_signals
     assert "blob" not in reading.signals and reading.signals["vehicleSpeed"] == 2.0
     assert plan.signals_dropped == len(oversized) - bounds.max_signals
-    assert plan.quarantined == []
+    assert plan.dead_letters == []
 
 
 @settings(max_examples=100, deadline=None)

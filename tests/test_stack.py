@@ -31,7 +31,7 @@ import pytest
 from devtools.local_aws import LocalAws
 from devtools.settings import settings_from
 from processors.archive import INDEX_TTL_SECONDS
-from processors.trip_store import BREADCRUMB_TTL_SECONDS
+from processors.trip_items import BREADCRUMB_TTL_SECONDS
 from processors.trips import TripThresholds
 from schemas.dynamo import from_item
 from schemas.tables import ALL_TABLES

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.trip_store import BREADCRUMB_TTL_SECONDS, breadcrumb_item, state_fields, state_from_item
+from processors.trip_items import BREADCRUMB_TTL_SECONDS, breadcrumb_item, state_fields, state_from_item
 from processors.trips import (
     Breadcrumb,
     CompletedTrip,

@@ -12,12 +12,11 @@ import orjson
 import pytest
 
 from devtools.local_aws import FaultPlan
-from processors.archive import TripArchiver
 from processors.decode import DecodeLimits, Decoder
-from processors.errors import RetryableWriteError
+from processors.errors import TransientError
 from processors.pseudonymize import Pseudonymizer
 from processors.signals import format_time, parse_event_time
-from processors.trip_store import BREADCRUMB_TTL_SECONDS
+from processors.trip_items import BREADCRUMB_TTL_SECONDS
 from processors.trips import (
     CompletedTrip,
     EndReason,
@@ -36,6 +35,7 @@ from tests.harness import ProcessExited, ProcessorHarness, ShardRecord, batches,
 from tests.oracle import leaked, vins_in
 from worker.bootstrap import bootstrap
 from worker.sweep import sweep_orphans
+from worker.trip_commit import TripArchiver
 
 SEGMENT = 100
 TRIP_ENV = {
@@ -155,7 +155,7 @@ def test_a_sweep_whose_archive_step_fails_once_finishes_its_own_claim(
     deliver(trip_env, shard_records(fixture("trips.jsonl")))
     silent = next(i for i in table(trip_env, "trip-state") if i["pseudoVin"] == PV["3"])
     archive_once = TripArchiver.archive
-    failures = iter([RetryableWriteError("SlowDown")])
+    failures = iter([TransientError("SlowDown")])
 
     def flaky_archive(self: TripArchiver, trip: CompletedTrip) -> TripIndexItem:
         if (error := next(failures, None)) is not None:

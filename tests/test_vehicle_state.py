@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from processors.vehicle_state import (
     CHUNK_SIGNALS,
     StateUpdate,
-    VehicleStateSink,
     chunks,
     coalesce,
     outstanding,
@@ -24,6 +23,7 @@ from processors.vehicle_state import (
 from schemas.dynamo import from_item
 from schemas.records import Location, StreamPosition, VehicleReading
 from tests.conftest import AwsEnv
+from worker.stores.dynamo_vehicle_state import DynamoVehicleState
 
 PV = "0123456789abcdef0123456789abcdef"
 POS = StreamPosition("shardId-000000000000", "1", 0, 0)
@@ -86,7 +86,7 @@ def test_the_stored_item_ignores_order_batching_and_duplicates(aws_env: AwsEnv) 
     """Through the real conditional UpdateItem: one batch, or a shuffled, partly duplicated stream cut
     into two batches (a redelivery), store the same item, equal-time ties included."""
     table = aws_env.settings.table_names["vehicle-state"]
-    sink = VehicleStateSink(aws_env.clients.dynamodb, table)
+    sink = DynamoVehicleState(aws_env.clients.dynamodb, table)
     rng = random.Random(11)
 
     def stored(pseudo_vin: str, *batches: list[VehicleReading]) -> dict[str, Any]:
@@ -134,7 +134,7 @@ def test_outstanding_is_what_still_beats_the_stored_item() -> None:
 
 def test_sink_never_rolls_a_signal_back_and_replays_are_no_ops(aws_env: AwsEnv) -> None:
     table = aws_env.settings.table_names["vehicle-state"]
-    sink = VehicleStateSink(aws_env.clients.dynamodb, table)
+    sink = DynamoVehicleState(aws_env.clients.dynamodb, table)
 
     def apply(*readings: VehicleReading) -> int:
         return sum(sink.apply(u) for u in coalesce(readings).values())
@@ -155,7 +155,7 @@ def test_sink_never_rolls_a_signal_back_and_replays_are_no_ops(aws_env: AwsEnv) 
 
 
 def test_one_update_item_per_vehicle_per_batch(aws_env: AwsEnv) -> None:
-    sink = VehicleStateSink(aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"])
+    sink = DynamoVehicleState(aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"])
     batch = [
         reading(t, pv, vehicleSpeed=float(t)) for t in range(0, 50_000, 1_000) for pv in ("a" * 32, "b" * 32)
     ]
@@ -234,7 +234,7 @@ def test_every_request_for_a_full_snapshot_is_well_within_the_expression_limits(
 def test_a_full_snapshot_is_stored_whole_in_a_few_requests_and_replays_as_no_ops(aws_env: AwsEnv) -> None:
     table = aws_env.settings.table_names["vehicle-state"]
     dynamodb = LimitedDynamoDB(aws_env.clients.dynamodb)
-    sink = VehicleStateSink(dynamodb, table)  # type: ignore[arg-type]
+    sink = DynamoVehicleState(dynamodb, table)  # type: ignore[arg-type]
     (update,) = coalesce([VehicleReading(PV, 5_000, SNAPSHOT, POS)]).values()
     assert sink.apply(update) == dynamodb.update_items == 7
     assert sink.apply(update) == 7  # a replay: each request's condition fails, nothing is left to write
@@ -260,7 +260,7 @@ def test_chunked_writes_keep_the_item_a_function_of_the_set_of_records(
     """Tiny chunks, so that every update is split: a shuffled, partly duplicated stream cut into
     batches stores what one batch stores, conditional failures in any chunk included."""
     dynamodb, table = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
-    sink = VehicleStateSink(dynamodb, table, chunk_signals=chunk)
+    sink = DynamoVehicleState(dynamodb, table, chunk_signals=chunk)
     readings = [VehicleReading(PV, 1_000 * t, signals, POS) for t, signals in records]
     stream = readings + readings[: len(readings) // 2]
     rnd.shuffle(stream)

@@ -1,4 +1,5 @@
-"""boto3 clients, created once per process and shared across threads (boto3 clients are thread-safe)."""
+"""boto3 clients, created once per process and shared across threads (boto3 clients are thread-safe),
+and ``aws_error_code``, the one way to tell which AWS error a call raised."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from worker.config import Settings
 
@@ -18,6 +20,16 @@ if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_secretsmanager import SecretsManagerClient
+
+
+def aws_error_code(error: BaseException) -> str | None:
+    """The AWS error code of a botocore error, else None: the one way this project matches an AWS error.
+
+    Match on this, not on ``client.exceptions.X``: botocore builds those classes lazily per client, and
+    threads racing on the first access can end up with different classes for the same error.
+    """
+    return error.response.get("Error", {}).get("Code") if isinstance(error, ClientError) else None
+
 
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
 

@@ -7,10 +7,10 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import botocore.exceptions
+from botocore.exceptions import ClientError
 
 from schemas.tables import ALL_TABLES
-from worker.aws import AwsClients
+from worker.aws import AwsClients, aws_error_code
 from worker.config import Settings
 from worker.logs import event
 
@@ -83,7 +83,9 @@ def _stream(settings: Settings, clients: AwsClients, shards: int) -> bool:
     try:
         kinesis.create_stream(StreamName=settings.stream_name, ShardCount=shards)
         created = True
-    except kinesis.exceptions.ResourceInUseException:
+    except ClientError as error:
+        if aws_error_code(error) != "ResourceInUseException":
+            raise
         created = False
     kinesis.get_waiter("stream_exists").wait(
         StreamName=settings.stream_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
@@ -97,7 +99,9 @@ def _table(clients: AwsClients, request: dict[str, object], ttl_attribute: str |
     try:
         dynamodb.create_table(**request)  # type: ignore[arg-type]
         created = True
-    except dynamodb.exceptions.ResourceInUseException:
+    except ClientError as error:
+        if aws_error_code(error) != "ResourceInUseException":
+            raise
         created = False
     dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     if ttl_attribute:
@@ -115,7 +119,7 @@ def _bucket(settings: Settings, clients: AwsClients) -> bool:
     try:
         s3.head_bucket(Bucket=settings.archive_bucket)
         created = False
-    except botocore.exceptions.ClientError:
+    except ClientError:
         if settings.region == "us-east-1":
             s3.create_bucket(Bucket=settings.archive_bucket)
         else:
@@ -142,8 +146,8 @@ def _merge_lifecycle(s3: S3Client, bucket: str) -> None:
     the whole configuration, so the others are read first and put back."""
     try:
         existing = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
-    except botocore.exceptions.ClientError as error:
-        if error.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+    except ClientError as error:
+        if aws_error_code(error) != "NoSuchLifecycleConfiguration":
             raise
         existing = []
     ours = {rule["ID"] for rule in LIFECYCLE_RULES}
@@ -157,8 +161,9 @@ def _kms_key(settings: Settings, clients: AwsClients) -> bool:
     try:
         kms.describe_key(KeyId=settings.vin_key_alias)
         return False
-    except kms.exceptions.NotFoundException:
-        pass
+    except ClientError as error:
+        if aws_error_code(error) != "NotFoundException":
+            raise
     key_id = kms.create_key(Description="fleet-ingest: VINs and dead letters")["KeyMetadata"]["KeyId"]
     kms.create_alias(AliasName=settings.vin_key_alias, TargetKeyId=key_id)
     return True
@@ -169,5 +174,7 @@ def _secret(settings: Settings, clients: AwsClients) -> bool:
     try:
         client.create_secret(Name=settings.pseudonym_secret_id, SecretString=secrets.token_hex(32))
         return True
-    except client.exceptions.ResourceExistsException:
+    except ClientError as error:
+        if aws_error_code(error) != "ResourceExistsException":
+            raise
         return False

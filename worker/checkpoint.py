@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from amazon_kclpy.checkpoint_error import CheckpointError
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from processors.errors import FleetIngestError
 from schemas.records import StreamPosition
 from worker.logs import event
+from worker.retry import CHECKPOINT, DEFAULT, Retrier
 
 log = logging.getLogger(__name__)
 
@@ -42,40 +42,32 @@ class Checkpointer(Protocol):
     ) -> None: ...
 
 
-RETRYABLE_CHECKPOINT_ERRORS = frozenset({"ThrottlingException", "KinesisClientLibDependencyException"})
-"""Transient: the lease table was busy. Anything else means we may no longer checkpoint this shard."""
 LOST_LEASE_ERRORS = frozenset({"ShutdownException", "LeaseLostException"})
-
-
-def _retryable(error: BaseException) -> bool:
-    return isinstance(error, CheckpointError) and error.value in RETRYABLE_CHECKPOINT_ERRORS
+"""We may no longer checkpoint this shard (what is retried: ``retry.RETRYABLE_CHECKPOINT_ERRORS``)."""
 
 
 class LeaseLost(FleetIngestError):
     """Checkpointing was refused because this worker no longer owns the shard."""
 
 
-@retry(
-    retry=retry_if_exception(_retryable),
-    wait=wait_random_exponential(multiplier=0.2, max=5),
-    stop=stop_after_attempt(8),
-    reraise=True,
-)
-def _checkpoint_with_retry(checkpointer: Checkpointer, position: StreamPosition | None) -> None:
+def _checkpoint_once(checkpointer: Checkpointer, position: StreamPosition | None) -> None:
     if position is None:
         checkpointer.checkpoint()
     else:
         checkpointer.checkpoint(position.sequence_number, position.sub_sequence_number)
 
 
-def checkpoint(checkpointer: Checkpointer, position: StreamPosition | None, shard_id: str) -> None:
-    """Checkpoint at ``position`` (None: at the end of what the daemon delivered, e.g. SHARD_END).
+def checkpoint(
+    checkpointer: Checkpointer, position: StreamPosition | None, shard_id: str, retrier: Retrier = DEFAULT
+) -> None:
+    """Checkpoint at ``position`` (None: at the end of what the daemon delivered, e.g. SHARD_END),
+    retried under ``retry.CHECKPOINT`` while the lease table is busy.
 
     Raises ``LeaseLost`` when the daemon says we no longer own the shard (a zombie must not go on);
     any other refusal (``InvalidStateException``...) propagates, and the processor exits.
     """
     try:
-        _checkpoint_with_retry(checkpointer, position)
+        retrier.call(CHECKPOINT, _checkpoint_once, checkpointer, position)
     except CheckpointError as error:
         if error.value in LOST_LEASE_ERRORS:
             event(log, "checkpoint_refused", logging.WARNING, shard=shard_id, reason=error.value)

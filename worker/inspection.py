@@ -173,8 +173,8 @@ def trip_state_rows(trip: dict[str, Any]) -> list[str]:
         lines.append(row("stopped at", f"{trip['gapStartTime']} (ends after the trip gap)", 4))
     lines.append(row("last event", trip.get("lastEventTime", "-"), 4))
     lines.append(row("last written", trip.get("lastUpdate", "-"), 4))
-    if trip.get("closing"):
-        lines.append(row("closing", "a completed trip is being archived (outbox not empty)", 4))
+    if trip.get("closing"):  # the outbox's stored name (TripStateItem.outbox)
+        lines.append(row("outbox", "a completed trip is being archived (outbox not empty)", 4))
     return lines
 
 

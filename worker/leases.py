@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from processors.errors import aws_error_code
-from worker.aws import AwsClients
+from worker.aws import AwsClients, aws_error_code
 from worker.config import Settings
 
 if TYPE_CHECKING:

@@ -38,7 +38,7 @@ class BatchMetrics:
     """What one batch did, aggregated."""
 
     records: int
-    dead_lettered: int
+    dead_letters: int
     trips_archived: int
     invalid_coordinates: int
     """Records kept without their location (out of range, not finite, or no fix)."""
@@ -52,7 +52,7 @@ class BatchMetrics:
     def values(self) -> dict[str, float]:
         values: dict[str, float] = {
             "RecordsProcessed": self.records,
-            "RecordsDeadLettered": self.dead_lettered,
+            "RecordsDeadLettered": self.dead_letters,
             "TripsArchived": self.trips_archived,
             "InvalidCoordinates": self.invalid_coordinates,
             "SignalsDropped": self.signals_dropped,

@@ -1,38 +1,67 @@
-"""Decode -> pseudonymize -> plan -> execute, for one shard's batches."""
+"""One shard's batches, in one forward flow: decode -> plan -> execute. The caller checkpoints.
+
+1. decode: ``decode_batch`` turns records into readings and dead letters (pure);
+2. plan: the trip machines of unknown vehicles are loaded (``retry.READ``), then every vehicle is planned
+   (pure after the load): a ``WritePlan``;
+3. execute: ``PlanExecutor.execute`` makes every write of the plan through the ports, re-planning vehicles
+   another writer moved first (``trip_commit.commit_until_settled``);
+4. outcome: ``BatchOutcome`` from the plan and what execution reported. The plan is never changed after
+   it is built.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
-from processors.batch import Quarantined, TripPlanner, WritePlan, decode_batch
+from processors.batch import DeadLetter, TripPlanner, WritePlan, decode_batch
 from processors.decode import DecodeLimits, Decoder
-from processors.errors import RejectReason, RetryableWriteError
-from processors.pseudonymize import Pseudonymizer, load_pseudonym_key
+from processors.errors import StaleTripState
+from processors.ports import Stores
+from processors.pseudonymize import Pseudonymizer
 from processors.signal_bounds import SignalBounds
 from processors.trips import TripStateMachine, TripThresholds
 from schemas.records import KinesisRecord, StreamPosition, VehicleReading
-from worker.aws import AwsClients
 from worker.config import Settings
-from worker.executor import PlanExecutor, write_retry
+from worker.executor import Executed, PlanExecutor
 from worker.logs import event
+from worker.retry import DEFAULT, READ, Retrier
+from worker.trip_commit import Replanned
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
+    """What one applied batch did: the ``batch`` log line and the batch metrics are built from it."""
+
     records: int
     applied: int
-    quarantined: int
+    dead_letters: int
     vehicles: int
     writes: int
     breadcrumbs: int
-    trips_completed: int
+    trips_archived: int
     invalid_coordinates: int
     last_position: StreamPosition | None
     signals_dropped: int = 0
+
+    @classmethod
+    def of(cls, plan: WritePlan, executed: Executed) -> BatchOutcome:
+        return cls(
+            records=len(plan.records),
+            applied=len(plan.readings),
+            dead_letters=len(plan.dead_letters) + len(executed.dead_letters),
+            vehicles=plan.vehicles,
+            writes=executed.requests,
+            breadcrumbs=len(plan.breadcrumbs),
+            trips_archived=sum(len(t.outbox) for t in plan.trips),
+            invalid_coordinates=plan.invalid_coordinates,
+            last_position=plan.last_position,
+            signals_dropped=plan.signals_dropped,
+        )
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:
@@ -58,20 +87,24 @@ def trip_thresholds(settings: Settings) -> TripThresholds:
     )
 
 
-def pseudonymizer_for(settings: Settings, clients: AwsClients) -> Pseudonymizer:
-    if settings.pseudonym_key is not None:
-        return Pseudonymizer(settings.pseudonym_key.get_secret_value().encode("utf-8"))
-    return Pseudonymizer(load_pseudonym_key(settings.pseudonym_secret_id, clients.secretsmanager))
-
-
 class Pipeline:
-    MAX_REPLANS = 5
+    """Applies one shard's batches: decode -> plan -> execute, through the ports in ``stores``.
 
-    def __init__(self, settings: Settings, clients: AwsClients) -> None:
+    Guarantees: ``process`` returns only when every write of the batch is durable, else raises, and then
+    the caller must not checkpoint. No record is left out: each is applied, or dead-lettered by the
+    boundary, or (decoded, then refused by a store as invalid) dead-lettered by the executor. Trip
+    machines are cached between batches: one ``Pipeline`` per shard lease.
+    """
+
+    def __init__(
+        self, settings: Settings, stores: Stores, pseudonymizer: Pseudonymizer, retrier: Retrier = DEFAULT
+    ) -> None:
         self.decoder = Decoder(decode_limits(settings))
         self.bounds = signal_bounds(settings)
-        self.pseudonymizer = pseudonymizer_for(settings, clients)
-        self.executor = PlanExecutor(settings, clients, self.pseudonymizer)
+        self.pseudonymizer = pseudonymizer
+        self._stores = stores
+        self._retrier = retrier
+        self.executor = PlanExecutor(stores, settings.write_concurrency, retrier)
         self.trips = TripPlanner(TripStateMachine(trip_thresholds(settings)))
 
     def process(self, records: Sequence[KinesisRecord]) -> BatchOutcome:
@@ -80,71 +113,19 @@ class Pipeline:
         if plan.signals_dropped:
             # Not a rejection: the records apply without these signals (see processors.signal_bounds).
             event(log, "signals_dropped", logging.WARNING, signalsDropped=plan.signals_dropped)
-        for quarantined in plan.quarantined:
-            event(
-                log,
-                "record_quarantined",
-                logging.WARNING,
-                reason=str(quarantined.reason),
-                detail=quarantined.detail,
-                shard=quarantined.record.position.shard_id,
-                sequenceNumber=quarantined.record.position.sequence_number,
-            )
+        _log_dead_letters(plan.dead_letters)
         groups = plan.by_vehicle()
         self._plan_trips(plan, groups)
-        independent = self.executor.write_independent(plan)
-        writes = independent.requests + self._quarantine_refused(records, groups, independent.refused, plan)
-        writes += self._commit_trips(plan, groups)
-        return BatchOutcome(
-            records=len(records),
-            applied=len(plan.readings),
-            quarantined=len(plan.quarantined),
-            vehicles=plan.vehicles,
-            writes=writes,
-            breadcrumbs=len(plan.breadcrumbs),
-            trips_completed=sum(len(t.outbox) for t in plan.trips),
-            invalid_coordinates=plan.invalid_coordinates,
-            last_position=plan.last_position,
-            signals_dropped=plan.signals_dropped,
+        executed = self.executor.execute(
+            plan, replan=partial(self._replan, groups), on_committed=self.trips.committed
         )
-
-    def _quarantine_refused(
-        self,
-        records: Sequence[KinesisRecord],
-        groups: dict[str, list[VehicleReading]],
-        vehicles: list[str],
-        plan: WritePlan,
-    ) -> int:
-        """A vehicle's state update that DynamoDB refused as invalid: apply its records one by one and
-        dead-letter the ones refused, instead of failing (and endlessly redelivering) the batch."""
-        if not vehicles:
-            return 0
-        by_position = {record.position: record for record in records}
-        requests, quarantined = 0, []
-        for pseudo_vin in vehicles:
-            made, refused = self.executor.refused_readings(groups[pseudo_vin])
-            requests += made
-            for reading in refused:
-                detail = "vehicle-state refused the record as invalid (ValidationException)"
-                quarantined.append(
-                    Quarantined(by_position[reading.position], RejectReason.UNWRITABLE, detail)
-                )
-                event(
-                    log,
-                    "record_quarantined",
-                    logging.WARNING,
-                    reason="unwritable",
-                    detail=detail,
-                    shard=reading.position.shard_id,
-                    sequenceNumber=reading.position.sequence_number,
-                )
-        plan.quarantined += quarantined
-        return requests + self.executor.dead_letter(quarantined)
+        _log_dead_letters(executed.dead_letters)
+        return BatchOutcome.of(plan, executed)
 
     def _plan_trips(self, plan: WritePlan, groups: dict[str, list[VehicleReading]]) -> None:
         unknown = self.trips.unknown(groups)
         if unknown:
-            stored = write_retry(self.executor.trip_store.load)(unknown)  # same policy as the writes
+            stored = self._retrier.call(READ, self._stores.trips.load, unknown)
             for pseudo_vin in unknown:
                 self.trips.adopt(pseudo_vin, stored.get(pseudo_vin))
         for pseudo_vin, readings in groups.items():
@@ -152,29 +133,25 @@ class Pipeline:
             plan.trips.append(trip_plan)
             plan.breadcrumbs += crumbs
 
-    def _commit_trips(self, plan: WritePlan, groups: dict[str, list[VehicleReading]]) -> int:
-        pending = [t for t in plan.trips if t.write or t.outbox or t.seals]
-        requests = 0
-        for _ in range(self.MAX_REPLANS):
-            commits = self.executor.commit_trips(pending)
-            requests += commits.requests
-            for pseudo_vin, version in commits.versions.items():
-                self.trips.committed(pseudo_vin, version)
-            if not commits.stale:
-                return requests
-            # Another writer (a zombie processor, the orphan sweep) moved these vehicles first: build on
-            # what is stored now. Whatever it already applied falls under the high-water mark.
-            pending, crumbs = [], []
-            for conflict in commits.stale:
-                event(log, "trip_state_conflict", logging.WARNING, pseudoVin=conflict.pseudo_vin)
-                self.trips.adopt(conflict.pseudo_vin, conflict.current)
-                trip_plan, new_crumbs = self.trips.plan(conflict.pseudo_vin, groups[conflict.pseudo_vin])
-                pending.append(trip_plan)
-                crumbs += new_crumbs
-            requests += self.executor.put_breadcrumbs(crumbs)
-        raise RetryableWriteError(
-            "trip_state_contention", f"{len(pending)} vehicles, {self.MAX_REPLANS} plans"
-        )
+    def _replan(self, groups: dict[str, list[VehicleReading]], stale: StaleTripState) -> Replanned:
+        """Another writer moved this vehicle first: plan the batch's readings again on top of it."""
+        self.trips.adopt(stale.pseudo_vin, stale.current)
+        trip_plan, crumbs = self.trips.plan(stale.pseudo_vin, groups[stale.pseudo_vin])
+        return Replanned(trip_plan, crumbs)
 
     def close(self) -> None:
         self.executor.close()
+
+
+def _log_dead_letters(dead_letters: Sequence[DeadLetter]) -> None:
+    for dead_letter in dead_letters:
+        position = dead_letter.record.position
+        event(
+            log,
+            "record_dead_lettered",
+            logging.WARNING,
+            reason=str(dead_letter.reason),
+            detail=dead_letter.detail,
+            shard=position.shard_id,
+            sequenceNumber=position.sequence_number,
+        )

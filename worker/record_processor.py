@@ -17,19 +17,20 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NoReturn
 
 from amazon_kclpy import kcl
 from amazon_kclpy.v3 import processor
 
 from schemas.records import KinesisRecord, StreamPosition
-from worker.aws import AwsClients
 from worker.checkpoint import CheckpointPolicy, LeaseLost, checkpoint
 from worker.config import Settings
 from worker.health import Heartbeat
 from worker.logs import configure_logging, event
 from worker.metrics import BatchMetrics, MetricsPublisher
-from worker.pipeline import Pipeline
+from worker.pipeline import BatchOutcome, Pipeline
+from worker.wiring import pipeline_for
 
 log = logging.getLogger("worker.processor")
 
@@ -50,6 +51,14 @@ def kinesis_record(record: Any, shard_id: str) -> KinesisRecord:
 
 
 class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
+    """The MultiLangDaemon's record processor for one shard lease: applies each batch through a
+    ``Pipeline`` and checkpoints what was applied.
+
+    Guarantees: a position is checkpointed only after every write of the batches up to it succeeded,
+    and only when the ``CheckpointPolicy`` says so; any failure of a batch ends the process (exit 3)
+    before a later checkpoint could skip it; a lost lease never checkpoints.
+    """
+
     def __init__(
         self,
         settings: Settings,
@@ -57,7 +66,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
-        self._pipeline_factory = pipeline_factory or (lambda: Pipeline(settings, AwsClients(settings)))
+        self._pipeline_factory = pipeline_factory or partial(pipeline_for, settings)
         self._pipeline: Pipeline | None = None
         self._clock = clock
         self._policy = CheckpointPolicy(settings.checkpoint_every_records, settings.checkpoint_every_seconds)
@@ -99,37 +108,8 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         lag = process_records_input.millis_behind_latest
         if records:
             duration_ms = round((self._clock() - started) * 1000, 1)
-            event(
-                log,
-                "batch",
-                shard=self._shard_id,
-                records=outcome.records,
-                applied=outcome.applied,
-                deadLetters=outcome.quarantined,
-                vehicles=outcome.vehicles,
-                writes=outcome.writes,
-                breadcrumbs=outcome.breadcrumbs,
-                tripsArchived=outcome.trips_completed,
-                invalidCoordinates=outcome.invalid_coordinates,
-                signalsDropped=outcome.signals_dropped,
-                millisBehindLatest=lag,
-                durationMs=duration_ms,
-                # The worker's own CPU (all threads): duration minus this is waiting on AWS.
-                cpuMs=round((time.process_time() - cpu_started) * 1000, 1),
-            )
-            self._metrics.batch(
-                self._shard_id,
-                BatchMetrics(
-                    records=outcome.records,
-                    dead_lettered=outcome.quarantined,
-                    trips_archived=outcome.trips_completed,
-                    invalid_coordinates=outcome.invalid_coordinates,
-                    signals_dropped=outcome.signals_dropped,
-                    write_requests=outcome.writes,
-                    duration_ms=duration_ms,
-                    millis_behind_latest=lag,
-                ),
-            )
+            cpu_ms = round((time.process_time() - cpu_started) * 1000, 1)
+            self._report(outcome, lag, duration_ms, cpu_ms)
         now = self._clock()
         idle = not records
         if self._policy.due(
@@ -155,6 +135,40 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         self._stop_heartbeat()
 
     # --- internals ----------------------------------------------------------------------------------
+
+    def _report(self, outcome: BatchOutcome, lag: int | None, duration_ms: float, cpu_ms: float) -> None:
+        """The ``batch`` log line and the batch metrics, both from the one outcome."""
+        event(
+            log,
+            "batch",
+            shard=self._shard_id,
+            records=outcome.records,
+            applied=outcome.applied,
+            deadLetters=outcome.dead_letters,
+            vehicles=outcome.vehicles,
+            writes=outcome.writes,
+            breadcrumbs=outcome.breadcrumbs,
+            tripsArchived=outcome.trips_archived,
+            invalidCoordinates=outcome.invalid_coordinates,
+            signalsDropped=outcome.signals_dropped,
+            millisBehindLatest=lag,
+            durationMs=duration_ms,
+            # The worker's own CPU (all threads): duration minus this is waiting on AWS.
+            cpuMs=cpu_ms,
+        )
+        self._metrics.batch(
+            self._shard_id,
+            BatchMetrics(
+                records=outcome.records,
+                dead_letters=outcome.dead_letters,
+                trips_archived=outcome.trips_archived,
+                invalid_coordinates=outcome.invalid_coordinates,
+                signals_dropped=outcome.signals_dropped,
+                write_requests=outcome.writes,
+                duration_ms=duration_ms,
+                millis_behind_latest=lag,
+            ),
+        )
 
     def _checkpoint(self, checkpointer: Any, position: StreamPosition | None) -> None:
         try:

@@ -14,14 +14,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 
-import orjson
-
-from processors.dead_letter import PREFIX, DeadLetterSink, unseal
+from processors.dead_letter import PREFIX, unseal
 from processors.signals import format_time
 from worker.aws import AwsClients
 from worker.config import Settings
 from worker.logs import event
 from worker.replay import StreamEntry, replay
+from worker.stores.s3_dead_letters import S3DeadLetters
+from worker.wiring import dead_letter_archive
 
 log = logging.getLogger(__name__)
 REDRIVEN_TAG = "redrivenAt"
@@ -43,40 +43,38 @@ def redrive(
     force: bool = False,
     dry_run: bool = False,
 ) -> RedriveReport:
-    s3, bucket = clients.s3, settings.archive_bucket
-    sink = DeadLetterSink(s3, clients.kms, bucket, settings.vin_key_alias, hash_key=str)
+    """Redrive the dead letters in the archive bucket (``python -m worker redrive``)."""
+    return redrive_from(
+        dead_letter_archive(settings, clients), settings, clients, reason, since, force, dry_run
+    )
+
+
+def redrive_from(
+    dead_letters: S3DeadLetters,
+    settings: Settings,
+    clients: AwsClients,
+    reason: str | None = None,
+    since: date | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> RedriveReport:
     report = RedriveReport()
     entries: list[StreamEntry] = []
     redriven_keys: list[str] = []
-    start_after = f"{PREFIX}{since:%Y/%m/%d}/" if since else PREFIX
-    for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=PREFIX, StartAfter=start_after
-    ):
-        for entry in page.get("Contents", []):
-            key = entry["Key"]
-            doc = orjson.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-            tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
-            if (reason and doc["reason"] != reason) or (REDRIVEN_TAG in tags and not force):
-                report.skipped += 1
-                continue
-            data, partition_key = unseal(doc["original"], key, sink.decrypt_data_key)
-            entries.append(StreamEntry(data, partition_key))
-            redriven_keys.append(key)
-            report.redriven[doc["reason"]] += 1
+    for key in dead_letters.keys(start_after=f"{PREFIX}{since:%Y/%m/%d}/" if since else PREFIX):
+        doc = dead_letters.read(key)
+        if (reason and doc["reason"] != reason) or (REDRIVEN_TAG in dead_letters.tags(key) and not force):
+            report.skipped += 1
+            continue
+        data, partition_key = unseal(doc["original"], key, dead_letters.decrypt_data_key)
+        entries.append(StreamEntry(data, partition_key))
+        redriven_keys.append(key)
+        report.redriven[doc["reason"]] += 1
     if dry_run or not entries:
         return report
     replay(clients.kinesis, settings.stream_name, entries)
     now = format_time(int(time.time() * 1000))
     for key in redriven_keys:
-        s3.put_object_tagging(
-            Bucket=bucket,
-            Key=key,
-            Tagging={
-                "TagSet": [
-                    {"Key": REDRIVEN_TAG, "Value": now},
-                    {"Key": "redrivenTo", "Value": settings.stream_name},
-                ]
-            },
-        )
+        dead_letters.tag(key, {REDRIVEN_TAG: now, "redrivenTo": settings.stream_name})
     event(log, "redrive", stream=settings.stream_name, records=len(entries), byReason=dict(report.redriven))
     return report

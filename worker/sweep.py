@@ -23,16 +23,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
-from processors.archive import TripArchiver, TripCommitter
 from processors.signals import parse_time
-from processors.trip_store import StaleTripState, TripStore, completed_trip, state_fields, state_from_item
-from processors.trips import CompletedTrip, EndReason, VehicleTripPlan, complete
-from schemas.items import TripStateItem
 from worker.aws import AwsClients
 from worker.config import Settings
-from worker.executor import write_retry
 from worker.logs import event
+from worker.retry import DEFAULT, WRITE, Retrier
+from worker.trip_commit import TripArchiver, TripCommitter, commit_until_settled, completion_plan, reclaim
+from worker.wiring import TripStores, trip_stores
 
 log = logging.getLogger(__name__)
 
@@ -47,70 +46,39 @@ class SweepReport:
     lost_race: int = 0
 
 
-def completion_plan(item: TripStateItem) -> tuple[VehicleTripPlan, CompletedTrip | None]:
-    """Finish the item's outbox and, if a trip is still open, complete it as an orphan."""
-    state = state_from_item(item)
-    outbox = [completed_trip(item.pseudoVin, c) for c in item.closing]
-    orphan = None
-    if state.trip is not None:
-        orphan = complete(item.pseudoVin, state.trip, EndReason.ORPHAN)
-        outbox.append(orphan)
-        state.trip = None
-    plan = VehicleTripPlan(
-        pseudo_vin=item.pseudoVin,
-        seals=[],
-        outbox=outbox,
-        new_completions=1 if orphan else 0,
-        state=state_fields(state),
-        expected_last_update=item.lastUpdate,
-        write=True,
-    )
-    return plan, orphan
-
-
-MAX_RECLAIMS = 3
-
-
-def _commit(committer: TripCommitter, plan: VehicleTripPlan, orphan: CompletedTrip | None) -> None:
-    """Commit with retries. When the claim landed but a later step failed, the retry meets our own
-    claim (the orphan in the stored outbox), not a live processor: finish that outbox instead (a few
-    times at most; whoever loads the item next finishes it otherwise)."""
-    for attempt in range(MAX_RECLAIMS + 1):
-        try:
-            write_retry(committer.commit)(plan)
-            return
-        except StaleTripState as stale:
-            current = stale.current
-            if current is None or orphan is None or attempt == MAX_RECLAIMS:
-                raise
-            if orphan.trip_id not in {c.tripId for c in current.closing}:
-                raise  # not our claim: the vehicle's processor wrote meanwhile
-            plan, _ = completion_plan(current)
-
-
 def sweep_orphans(
     settings: Settings, clients: AwsClients, now_ms: int | None = None, idle_ms: int | None = None
 ) -> SweepReport:
-    tables = settings.table_names
-    store = TripStore(clients.dynamodb, tables["trip-state"], tables["live-breadcrumbs"])
-    archiver = TripArchiver(
-        clients.s3, settings.archive_bucket, store, clients.dynamodb, tables["trips-index"]
-    )
-    committer = TripCommitter(store, archiver)
+    """The sweep on AWS (``python -m worker sweep-orphans``): ``sweep`` over the stores ``wiring`` builds."""
+    return sweep(settings, trip_stores(settings, clients), now_ms, idle_ms)
+
+
+def sweep(
+    settings: Settings,
+    stores: TripStores,
+    now_ms: int | None = None,
+    idle_ms: int | None = None,
+    retrier: Retrier = DEFAULT,
+) -> SweepReport:
+    """Complete the trips of vehicles silent for ``idle_ms`` (default ``2 x gap``) and finish pending
+    outboxes. Each claim goes through ``commit_until_settled``, the record processor's own commit loop:
+    when our claim landed but a later step failed and was retried, it meets our own claim and finishes
+    it; when the vehicle's processor wrote meanwhile, the trip is left to it (``lost_race``)."""
+    committer = TripCommitter(stores.trips, TripArchiver(stores.trips, stores.archive))
+    commit = retrier.wrap(WRITE, committer.commit)
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     cutoff = now - (idle_ms if idle_ms is not None else 2 * settings.trip_gap_seconds * 1000)
     report = SweepReport()
-    for item in store.scan():
+    for item in stores.trips.scan():
         report.scanned += 1
-        if (item.status == "IDLE" and not item.closing) or parse_time(item.lastUpdate) > cutoff:
+        if (item.status == "IDLE" and not item.outbox) or parse_time(item.lastUpdate) > cutoff:
             continue
         plan, orphan = completion_plan(item)
-        try:
-            _commit(committer, plan, orphan)
-        except StaleTripState:
+        settled = commit_until_settled([plan], commit, partial(reclaim, orphan=orphan))
+        if settled.unsettled:
             report.lost_race += 1  # the vehicle spoke up meanwhile: its processor owns the trip
             continue
-        report.finished += [c.tripId for c in item.closing]
+        report.finished += [c.tripId for c in item.outbox]
         if orphan:
             report.orphaned.append(orphan.trip_id)
     event(

@@ -78,7 +78,7 @@ def cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
     from worker.aws import AwsClients
-    from worker.resolve import resolve_vin
+    from worker.wiring import resolve_vin
 
     vin = resolve_vin(settings, AwsClients(settings), args.pseudo_vin)
     if vin is None:

@@ -1,21 +1,12 @@
-"""Persistence of the trip machine: ``trip-state`` items and ``live-breadcrumbs``.
-
-Pure part: conversions between the machine's dataclasses and the stored item shapes.
-I/O edge: ``TripStore``. Every ``trip-state`` write is conditional on the item's ``lastUpdate`` being
-what this writer last saw, so a zombie processor or the orphan sweeper can never overwrite a newer
-state unnoticed: the loser gets the current item back (``StaleTripState``) and re-plans from it.
+"""Conversions between the trip machine's dataclasses and the stored ``trip-state`` and ``live-breadcrumbs``
+item shapes. Pure: the store itself is a port (``processors.ports.TripStore``).
 """
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from botocore.exceptions import ClientError
-
-from processors.errors import FleetIngestError, RetryableWriteError, aws_error_code
 from processors.signals import format_time, parse_time
 from processors.trips import (
     Breadcrumb,
@@ -27,9 +18,8 @@ from processors.trips import (
     TripStatus,
     VehicleTrips,
 )
-from schemas.dynamo import Item, from_item, to_item
+from schemas.dynamo import Item, to_item
 from schemas.items import (
-    BreadcrumbItem,
     CompletedTripItem,
     LastKnownItem,
     LocationItem,
@@ -39,24 +29,7 @@ from schemas.items import (
 )
 from schemas.records import Location, StreamPosition
 
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
-
 BREADCRUMB_TTL_SECONDS = 24 * 3600
-BATCH_WRITE_LIMIT = 25
-BATCH_GET_LIMIT = 100
-
-
-class StaleTripState(FleetIngestError):
-    """The stored item changed since we read it; ``current`` is what is stored now (None: no item)."""
-
-    def __init__(self, pseudo_vin: str, current: TripStateItem | None) -> None:
-        super().__init__(f"trip-state of {pseudo_vin} changed under us")
-        self.pseudo_vin = pseudo_vin
-        self.current = current
-
-
-# --- conversions (pure) -------------------------------------------------------------------------------
 
 
 def _location(value: Location | None) -> LocationItem | None:
@@ -243,119 +216,3 @@ def next_last_update(previous: str | None, now_ms: int | None = None) -> str:
     if previous is not None:
         now = max(now, parse_time(previous) + 1)
     return format_time(now)
-
-
-# --- I/O edge -----------------------------------------------------------------------------------------
-
-
-def _back_off(attempt: int) -> None:
-    """Before re-sending unprocessed items: exponential, with full jitter so that the shards of a
-    worker (and the workers of a service) do not retry in step against the same partition."""
-    time.sleep(random.uniform(0, min(1.0, 0.05 * 2**attempt)))
-
-
-class TripStore:
-    def __init__(self, dynamodb: DynamoDBClient, trip_table: str, breadcrumb_table: str) -> None:
-        self._dynamodb = dynamodb
-        self.trip_table = trip_table
-        self.breadcrumb_table = breadcrumb_table
-
-    def load(self, pseudo_vins: Sequence[str]) -> dict[str, TripStateItem]:
-        """Current items of these vehicles (strongly consistent); absent vehicles have no item."""
-        found: dict[str, TripStateItem] = {}
-        for start in range(0, len(pseudo_vins), BATCH_GET_LIMIT):
-            keys: list[Any] = [
-                {"pseudoVin": {"S": pv}} for pv in pseudo_vins[start : start + BATCH_GET_LIMIT]
-            ]
-            request: dict[str, Any] = {self.trip_table: {"Keys": keys, "ConsistentRead": True}}
-            for attempt in range(10):
-                response = self._dynamodb.batch_get_item(RequestItems=request)
-                for raw in response["Responses"].get(self.trip_table, []):
-                    item = TripStateItem.model_validate(from_item(raw))
-                    found[item.pseudoVin] = item
-                request = dict(response.get("UnprocessedKeys") or {})
-                if not request:
-                    break
-                _back_off(attempt)
-            else:
-                raise RetryableWriteError("trip_state_load_throttled")
-        return found
-
-    def write(self, item: TripStateItem, expected_last_update: str | None) -> None:
-        """Put ``item`` if the stored one is still the version we expect (None: no item yet)."""
-        condition = (
-            {"ConditionExpression": "attribute_not_exists(pseudoVin)"}
-            if expected_last_update is None
-            else {
-                "ConditionExpression": "lastUpdate = :expected",
-                "ExpressionAttributeValues": {":expected": {"S": expected_last_update}},
-            }
-        )
-        try:
-            self._dynamodb.put_item(
-                TableName=self.trip_table,
-                Item=to_item(
-                    item.model_dump(exclude_none=True, exclude={"closing"} if not item.closing else None)
-                ),
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                **condition,
-            )
-        except ClientError as failed:
-            if aws_error_code(failed) != "ConditionalCheckFailedException":
-                raise
-            raw = cast(dict[str, Any] | None, failed.response.get("Item"))
-            current = TripStateItem.model_validate(from_item(raw)) if raw else None
-            raise StaleTripState(item.pseudoVin, current) from None
-
-    def put_breadcrumbs(self, crumbs: Iterable[Breadcrumb]) -> int:
-        """BatchWriteItem in 25s, retrying UnprocessedItems with backoff. Returns requests made."""
-        requests = 0
-        pending = [{"PutRequest": {"Item": breadcrumb_item(c)}} for c in crumbs]
-        for start in range(0, len(pending), BATCH_WRITE_LIMIT):
-            chunk: list[Any] = pending[start : start + BATCH_WRITE_LIMIT]
-            for attempt in range(10):
-                response = self._dynamodb.batch_write_item(RequestItems={self.breadcrumb_table: chunk})
-                requests += 1
-                chunk = list((response.get("UnprocessedItems") or {}).get(self.breadcrumb_table, []))
-                if not chunk:
-                    break
-                _back_off(attempt)
-            else:
-                raise RetryableWriteError("breadcrumbs_unprocessed", f"{len(chunk)} items")
-        return requests
-
-    def breadcrumbs(self, pseudo_vin: str, trip_id: str, from_ms: int, to_ms: int) -> list[BreadcrumbItem]:
-        """A trip's breadcrumbs with ``from_ms <= time <= to_ms``, in time order (strongly consistent)."""
-        if to_ms < from_ms:
-            return []
-        query: dict[str, Any] = {
-            "TableName": self.breadcrumb_table,
-            "ConsistentRead": True,
-            "KeyConditionExpression": "pseudoVin = :pv AND #ts BETWEEN :from AND :to",
-            "FilterExpression": "tripId = :trip",
-            "ExpressionAttributeNames": {"#ts": "timestamp"},
-            "ExpressionAttributeValues": {
-                ":pv": {"S": pseudo_vin},
-                ":from": {"S": format_time(from_ms)},
-                ":to": {"S": format_time(to_ms)},
-                ":trip": {"S": trip_id},
-            },
-        }
-        crumbs: list[BreadcrumbItem] = []
-        while True:
-            page = self._dynamodb.query(**query)
-            crumbs += [BreadcrumbItem.model_validate(from_item(raw)) for raw in page["Items"]]
-            if "LastEvaluatedKey" not in page:
-                return crumbs
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-    def scan(self) -> Iterator[TripStateItem]:
-        """Every trip-state item (the orphan sweep's input)."""
-        request: dict[str, Any] = {"TableName": self.trip_table}
-        while True:
-            page = self._dynamodb.scan(**request)
-            for raw in page["Items"]:
-                yield TripStateItem.model_validate(from_item(raw))
-            if "LastEvaluatedKey" not in page:
-                return
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -1,0 +1,76 @@
+"""``S3DeadLetters``: the ``DeadLetterWriter`` port on S3 and KMS, plus the reads an operator's redrive
+needs (list, read, tag). The document and its envelope encryption are built by ``processors.dead_letter``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from processors.batch import DeadLetter
+from processors.dead_letter import ENCRYPTION_CONTEXT, PREFIX, DataKey, dead_letter_key, document, seal
+
+if TYPE_CHECKING:
+    from mypy_boto3_kms import KMSClient
+    from mypy_boto3_s3 import S3Client
+
+
+class S3DeadLetters:
+    """One object per dead letter under ``dead-letter/``; its key comes from the record's stream position,
+    so a redelivered record overwrites its own object."""
+
+    def __init__(
+        self, s3: S3Client, kms: KMSClient, bucket: str, key_alias: str, hash_key: Callable[[str], str]
+    ) -> None:
+        self._s3 = s3
+        self._kms = kms
+        self._bucket = bucket
+        self._key_alias = key_alias
+        self._hash_key = hash_key
+
+    def data_key(self) -> DataKey:
+        generated = self._kms.generate_data_key(
+            KeyId=self._key_alias, KeySpec="AES_256", EncryptionContext=ENCRYPTION_CONTEXT
+        )
+        return DataKey(generated["Plaintext"], generated["CiphertextBlob"])
+
+    def write(self, dead_letter: DeadLetter, data_key: DataKey) -> int:
+        """Put one dead letter (idempotent: same key on redelivery). Returns requests made."""
+        record = dead_letter.record
+        key = dead_letter_key(record.position)
+        envelope = seal(data_key, record.data, record.partition_key, key)
+        body = orjson.dumps(document(dead_letter, self._hash_key(record.partition_key), envelope))
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType="application/json")
+        return 1
+
+    # --- the operator's side (redrive) ----------------------------------------------------------------
+
+    def decrypt_data_key(self, encrypted: bytes) -> bytes:
+        return self._kms.decrypt(CiphertextBlob=encrypted, EncryptionContext=ENCRYPTION_CONTEXT)["Plaintext"]
+
+    def keys(self, start_after: str = PREFIX) -> Iterator[str]:
+        """Every dead letter's key after ``start_after``, in key (so date, then stream) order."""
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self._bucket, Prefix=PREFIX, StartAfter=start_after
+        )
+        for page in pages:
+            for entry in page.get("Contents", []):
+                yield entry["Key"]
+
+    def read(self, key: str) -> dict[str, Any]:
+        document: dict[str, Any] = orjson.loads(
+            self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
+        )
+        return document
+
+    def tags(self, key: str) -> dict[str, str]:
+        tag_set = self._s3.get_object_tagging(Bucket=self._bucket, Key=key)["TagSet"]
+        return {t["Key"]: t["Value"] for t in tag_set}
+
+    def tag(self, key: str, tags: dict[str, str]) -> None:
+        self._s3.put_object_tagging(
+            Bucket=self._bucket,
+            Key=key,
+            Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
+        )

@@ -1,0 +1,267 @@
+"""Committing trip plans: the archive, the crash-safe commit order, and the one commit/re-plan loop shared
+by the record processor and the orphan sweep (``commit_until_settled``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.archive import archive_key, archive_record, gzip_json, index_item, read_gzip_json, segment_key
+from processors.errors import StaleTripState
+from processors.ports import TripArchive, TripStore
+from processors.signals import format_time, parse_time
+from processors.trip_items import (
+    completed_item,
+    completed_trip,
+    next_last_update,
+    state_fields,
+    state_from_item,
+)
+from processors.trips import Breadcrumb, CompletedTrip, EndReason, SegmentSeal, VehicleTripPlan, complete
+from schemas.items import TripIndexItem, TripStateItem
+from worker.logs import event
+from worker.retry import TRIP_REPLANS, Limit
+
+log = logging.getLogger(__name__)
+
+
+class TripArchiver:
+    """Writes sealed segments and completed trips' archives (segments + the live tail, then the index
+    item) through the ``TripArchive`` port. Deterministic content: writing twice changes nothing."""
+
+    def __init__(self, store: TripStore, archive: TripArchive) -> None:
+        self._store = store
+        self._archive = archive
+
+    def seal(self, seal: SegmentSeal) -> None:
+        crumbs = self._store.breadcrumbs(seal.pseudo_vin, seal.trip_id, seal.from_ms, seal.to_ms)
+        self._archive.put_object(
+            segment_key(seal.pseudo_vin, seal.trip_id, seal.index), gzip_json(map(archive_record, crumbs))
+        )
+
+    def archive(self, trip: CompletedTrip) -> TripIndexItem:
+        """Write the archive object, then its index item. Idempotent."""
+        records = self._breadcrumbs(trip)
+        if len(records) != trip.breadcrumbs:
+            # Breadcrumbs expired (TTL) before they were staged: archived anyway, as they are, but loudly.
+            event(
+                log,
+                "archive_incomplete",
+                logging.ERROR,
+                pseudoVin=trip.pseudo_vin,
+                tripId=trip.trip_id,
+                breadcrumbs=trip.breadcrumbs,
+                archived=len(records),
+            )
+        self._archive.put_object(archive_key(trip.pseudo_vin, trip.trip_id), gzip_json(records))
+        item = index_item(trip, len(records))
+        self._archive.put_index(item)
+        return item
+
+    def _breadcrumbs(self, trip: CompletedTrip) -> list[dict[str, Any]]:
+        end = format_time(trip.end_time_ms)
+        records: list[dict[str, Any]] = []
+        for index in range(trip.segments):
+            records += read_gzip_json(
+                self._archive.get_object(segment_key(trip.pseudo_vin, trip.trip_id, index))
+            )
+        tail_from = trip.start_time_ms if trip.sealed_through_ms is None else trip.sealed_through_ms + 1
+        records += map(
+            archive_record,
+            self._store.breadcrumbs(trip.pseudo_vin, trip.trip_id, tail_from, trip.end_time_ms),
+        )
+        # Breadcrumbs after the stop (waiting out the gap) are not part of the trip.
+        return [
+            r for r in records if r["timestamp"] <= end and parse_time(r["timestamp"]) >= trip.start_time_ms
+        ]
+
+
+class TripCommitter:
+    """Writes one vehicle's ``VehicleTripPlan``, in an order that makes a crash between any two steps
+    harmless:
+
+    1. seal segments (S3; deterministic content);
+    2. if trips completed in this batch: the new state *with the completed trips in its outbox*
+       (conditional on the version we built on). From here on, whoever loads the item (this processor
+       after a restart, or the orphan sweep) finishes those trips identically;
+    3. per outbox trip: archive object, then its index item (plain overwrites);
+    4. the new state with an empty outbox (conditional on the version written in 2).
+
+    ``commit`` returns (version now stored, requests made). It raises ``StaleTripState`` if another
+    writer got there first: nothing of ours that could diverge has been written (steps 1-3 only run on
+    our own version). Versions are the wall clock of ``clock``, strictly increasing per item.
+    """
+
+    def __init__(
+        self, store: TripStore, archiver: TripArchiver, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._store = store
+        self._archiver = archiver
+        self._clock = clock
+
+    def commit(self, plan: VehicleTripPlan) -> tuple[str | None, int]:
+        requests = 0
+        for seal in plan.seals:
+            self._archiver.seal(seal)
+            requests += 2
+        version = plan.expected_last_update
+        if plan.new_completions:
+            version = self._write(plan, plan.outbox, version)
+            requests += 1
+        if plan.outbox:
+            for trip in plan.outbox:
+                self._archiver.archive(trip)
+                requests += 2 + trip.segments
+            version = self._write(plan, [], version)
+            requests += 1
+        elif plan.write:
+            version = self._write(plan, [], version)
+            requests += 1
+        return version, requests
+
+    def _write(self, plan: VehicleTripPlan, outbox: list[CompletedTrip], expected: str | None) -> str:
+        item = TripStateItem(
+            **plan.state,
+            lastUpdate=next_last_update(expected, int(self._clock() * 1000)),
+            outbox=[completed_item(trip) for trip in outbox],
+        )
+        self._store.write(item, expected)
+        return item.lastUpdate
+
+
+# --- one commit/re-plan loop for the processor and the sweep -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Replanned:
+    """A vehicle re-planned on top of what another writer stored, and the breadcrumbs that plan needs."""
+
+    plan: VehicleTripPlan
+    breadcrumbs: list[Breadcrumb] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    versions: dict[str, str | None]
+    """pseudoVin -> version of the trip-state item now stored, for every vehicle committed."""
+    requests: int
+    unsettled: list[StaleTripState]
+    """Vehicles left to another writer (``replan`` answered None), or still contended after the limit."""
+
+
+Committed = tuple[str | None, int] | StaleTripState
+RunAll = Callable[[Callable[[VehicleTripPlan], Committed], Sequence[VehicleTripPlan]], list[Committed]]
+
+
+def serially(
+    task: Callable[[VehicleTripPlan], Committed], plans: Sequence[VehicleTripPlan]
+) -> list[Committed]:
+    """``RunAll`` without threads: every task runs, then the first failure is raised."""
+    results: list[Committed] = []
+    first_error: BaseException | None = None
+    for plan in plans:
+        try:
+            results.append(task(plan))
+        except BaseException as error:
+            first_error = first_error or error
+    if first_error is not None:
+        raise first_error
+    return results
+
+
+def _ignore(pseudo_vin: str, version: str | None) -> None:
+    return None
+
+
+def commit_until_settled(
+    plans: Sequence[VehicleTripPlan],
+    commit: Callable[[VehicleTripPlan], tuple[str | None, int]],
+    replan: Callable[[StaleTripState], Replanned | None],
+    put_breadcrumbs: Callable[[list[Breadcrumb]], int] = lambda crumbs: 0,
+    run_all: RunAll = serially,
+    on_committed: Callable[[str, str | None], None] = _ignore,
+    limit: Limit = TRIP_REPLANS,
+) -> Settled:
+    """Commit every plan; re-plan the vehicles another writer moved first on top of what it stored, and
+    commit those again: at most ``limit.rounds`` rounds of commits.
+
+    ``run_all`` runs one round (in parallel for the processor) and returns each plan's outcome, or raises
+    the first error other than ``StaleTripState`` once every commit of the round has ended.
+    ``replan`` answers None for a vehicle that is not ours to redo; it ends up in ``unsettled``.
+    """
+
+    def attempt(plan: VehicleTripPlan) -> Committed:
+        try:
+            return commit(plan)
+        except StaleTripState as stale:
+            return stale
+
+    pending, versions, requests, unsettled = list(plans), dict[str, str | None](), 0, list[StaleTripState]()
+    for round_ in limit:
+        stale: list[StaleTripState] = []
+        for plan, outcome in zip(pending, run_all(attempt, pending), strict=True):
+            if isinstance(outcome, StaleTripState):
+                stale.append(outcome)
+                continue
+            versions[plan.pseudo_vin], made = outcome
+            requests += made
+            on_committed(plan.pseudo_vin, outcome[0])
+        if not stale:
+            break
+        if round_ == limit.rounds:
+            unsettled += stale
+            break
+        # Another writer (a zombie processor, the orphan sweep, the live processor) moved these vehicles
+        # first: build on what is stored now. Whatever it already applied falls under the high-water mark.
+        pending, crumbs = [], []
+        for conflict in stale:
+            event(log, "trip_state_conflict", logging.WARNING, pseudoVin=conflict.pseudo_vin)
+            replanned = replan(conflict)
+            if replanned is None:
+                unsettled.append(conflict)
+                continue
+            pending.append(replanned.plan)
+            crumbs += replanned.breadcrumbs
+        if crumbs:
+            requests += put_breadcrumbs(crumbs)
+        if not pending:
+            break
+    return Settled(versions, requests, unsettled)
+
+
+# --- the orphan sweep's plans --------------------------------------------------------------------------
+
+
+def completion_plan(item: TripStateItem) -> tuple[VehicleTripPlan, CompletedTrip | None]:
+    """Finish the item's outbox and, if a trip is still open, complete it as an orphan."""
+    state = state_from_item(item)
+    outbox = [completed_trip(item.pseudoVin, c) for c in item.outbox]
+    orphan = None
+    if state.trip is not None:
+        orphan = complete(item.pseudoVin, state.trip, EndReason.ORPHAN)
+        outbox.append(orphan)
+        state.trip = None
+    plan = VehicleTripPlan(
+        pseudo_vin=item.pseudoVin,
+        seals=[],
+        outbox=outbox,
+        new_completions=1 if orphan else 0,
+        state=state_fields(state),
+        expected_last_update=item.lastUpdate,
+        write=True,
+    )
+    return plan, orphan
+
+
+def reclaim(stale: StaleTripState, orphan: CompletedTrip | None) -> Replanned | None:
+    """The sweep lost a race. When the stored outbox holds our own orphan (our claim landed, a later step
+    failed and was retried), finish that outbox; otherwise the vehicle's processor wrote meanwhile and
+    owns the trip (None)."""
+    current = stale.current
+    if current is None or orphan is None or orphan.trip_id not in {c.tripId for c in current.outbox}:
+        return None
+    plan, _ = completion_plan(current)
+    return Replanned(plan)
