@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: venv test lint typecheck unit demo chaos fuzz bench clean
+.PHONY: venv test lint typecheck unit integration e2e deploy demo chaos fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,15 +33,19 @@ typecheck: venv
 test: lint typecheck
 	$(PY) -m pytest -q
 
+# One tier at a time (tests/<tier>/): unit runs in seconds, e2e starts the real daemon.
+unit integration e2e deploy: venv
+	$(PY) -m pytest -q tests/$@
+
 demo: venv
 	$(PY) -m devtools demo
 
 chaos: venv
-	$(PY) -m tests.chaos
+	$(PY) -m tests.support.chaos
 
-# The boundary's hypothesis properties (tests/test_fuzz.py), FLEET_FUZZ_SCALE times the examples make test runs.
+# The boundary's hypothesis properties (tests/integration/test_fuzz.py), FLEET_FUZZ_SCALE times the examples make test runs.
 fuzz: venv
-	FLEET_FUZZ_SCALE=$${FLEET_FUZZ_SCALE:-25} $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+	FLEET_FUZZ_SCALE=$${FLEET_FUZZ_SCALE:-25} $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_fuzz.py
 
 bench: $(BENCH_STAMP)
 	$(PY) -m bench

@@ -18,7 +18,7 @@ from typing import Any
 from bench.stage import cpu_seconds, fresh_stage, peak_rss
 from bench.workload import Fleet, entries, windows
 from devtools.local_aws import LocalAws
-from tests.harness import ProcessorHarness, shard_records
+from tests.support.harness import ProcessorHarness, shard_records
 
 PROCESSORS = {
     "ours": (sys.executable, "-m", "worker", "process"),

@@ -1,9 +1,9 @@
 """The ports between planning and I/O: what the worker needs of its stores, and what each promises.
 
 Planning (``processors/``) states its needs here as Protocols; the boto3 adapters live in
-``worker/stores/`` and the in-memory fakes in ``tests/fakes.py``. Both pass one contract suite
-(``tests/test_store_contracts.py``). An adapter translates every AWS outcome a caller must act on into a
-domain error (``processors.errors``): ``StaleTripState``, ``UnwritableUpdate``, ``TransientError``.
+``worker/stores/`` and the in-memory fakes in ``tests/support/fakes.py``. Both pass one contract suite
+(``tests/integration/test_store_contracts.py``). An adapter translates every AWS outcome a caller must act
+on into a domain error (``processors.errors``): ``StaleTripState``, ``UnwritableUpdate``, ``TransientError``.
 Throttling and 5xx may surface as the AWS error itself: ``worker.retry.is_transient`` knows them.
 """
 

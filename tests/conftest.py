@@ -31,6 +31,18 @@ TEST_ENV = {
 }
 
 
+TIERS = ("unit", "integration", "e2e", "deploy")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test's tier is the directory it lives in (tests/unit, tests/integration, ...): marked from there,
+    so ``pytest -m unit`` selects a tier and no test can sit outside one."""
+    for item in items:
+        tier = item.path.relative_to(Path(__file__).parent).parts[0]
+        assert tier in TIERS, f"{item.nodeid}: tests live in one of {', '.join(f'tests/{t}/' for t in TIERS)}"
+        item.add_marker(tier)
+
+
 @pytest.fixture(scope="session")
 def local_aws() -> Iterator[LocalAws]:
     with LocalAws() as aws:

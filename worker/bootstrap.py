@@ -52,8 +52,8 @@ LIFECYCLE_RULES: tuple[dict[str, Any], ...] = (
     },
 )
 """The archive bucket's lifecycle, as deploy/fleet-ingest.yaml declares it with its default parameters
-(tests/test_stack.py checks they agree). Bootstrap merges these by ID into the bucket's rules: an operator's
-own rules stay."""
+(tests/deploy/test_stack.py checks they agree). Bootstrap merges these by ID into the bucket's rules: an
+operator's own rules stay."""
 
 
 @dataclass

@@ -76,7 +76,7 @@ def require_kcl3(version: tuple[int, int, int]) -> None:
 def daemon_properties(settings: Settings) -> dict[str, str]:
     """MultiLangDaemon properties for KCL 3.x (``MultiLangDaemonConfiguration``'s setter names).
 
-    The daemon's property loader ignores a key it has no setter for, silently: tests/test_launcher.py
+    The daemon's property loader ignores a key it has no setter for, silently: tests/unit/test_launcher.py
     checks every key against the installed multilang jar.
     """
     endpoint = settings.endpoint_url

@@ -1,0 +1,430 @@
+"""The roles' policies in deploy/fleet-ingest.yaml against the AWS requests the code makes.
+
+The record processor, the orphan sweep, the operator tools and resolve run against the local AWS here,
+each recorded apart with the resource each request touched; the KCL's own requests are those KCL 3.1.3
+(the local jars) made in the end-to-end run, where the authoritative check of the worker task role runs
+(``tests.support.iam.assert_policy_covers``, ``tests.support.iam.disallowed_resources``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from devtools.local_aws import LocalAws
+from tests.conftest import AwsEnv, fresh_env
+from tests.fixtures.build import TRIP_GAP_SECONDS
+from tests.support.cfn import STACK
+from tests.support.harness import ProcessorHarness, batches, fixture, shard_records
+from tests.support.iam import (
+    ADMIN_ONLY,
+    ADMIN_POLICY,
+    NOT_EXERCISED_LOCALLY,
+    OPERATOR_POLICY,
+    SWEEP_POLICY,
+    WORKER_POLICY,
+    allow_statements,
+    allowed,
+    assert_policy_covers,
+    grants,
+    iam_action,
+    iam_actions,
+    listed,
+    policy_actions,
+    recording_resources,
+)
+from tests.support.iam import arn as iam_arn
+from worker.config import Settings
+from worker.inspection import NotFound, trip_report, vehicle_report
+from worker.redrive import redrive
+from worker.replay import StreamEntry
+from worker.status import shard_status
+from worker.stores.vin_vault import KmsVinVault as VinVault
+from worker.sweep import sweep_orphans
+
+# ---------------------------------------------------------------------------------------------------
+# IAM: worker task, sweep task, operator (status, inspect, redrive), admin (resolve)
+# ---------------------------------------------------------------------------------------------------
+
+KCL_REQUESTS = {
+    ("kinesis", "ListShards"),
+    ("kinesis", "GetShardIterator"),
+    ("kinesis", "GetRecords"),
+    ("dynamodb", "DescribeTable"),
+    ("dynamodb", "CreateTable"),  # the lease table, -CoordinatorState, -WorkerMetricStats
+    ("dynamodb", "UpdateTable"),  # adds the LeaseOwnerToLeaseKeyIndex to the lease table
+    ("dynamodb", "Query"),  # that index: the leases assigned to this worker
+    ("dynamodb", "Scan"),
+    ("dynamodb", "GetItem"),
+    ("dynamodb", "PutItem"),
+    ("dynamodb", "UpdateItem"),
+    ("dynamodb", "DeleteItem"),  # the leader lock on a graceful stop; parent shards' leases after a reshard
+}
+"""What KCL 3.1.3 (the local jars) asks of Kinesis and its three tables in polling mode, as recorded by
+the end-to-end test (tests/e2e/test_e2e.py checks the policy against that recording itself)."""
+
+WORKER_REQUESTS = {
+    ("secretsmanager", "GetSecretValue"),  # pseudonymize: the HMAC key, once per processor
+    ("kms", "Encrypt"),  # VinVault.remember
+    ("dynamodb", "PutItem"),  # vin-mapping, trip-state, trips-index
+    ("dynamodb", "UpdateItem"),  # vehicle-state
+    ("dynamodb", "BatchGetItem"),  # trip-state, loading vehicles new to this processor
+    ("dynamodb", "BatchWriteItem"),  # live-breadcrumbs
+    ("dynamodb", "Query"),  # live-breadcrumbs of a trip, when sealing or archiving it
+    ("s3", "PutObject"),  # trips/, trip-segments/, dead-letter/
+    ("s3", "GetObject"),  # trip-segments/, when archiving a long trip
+    ("kms", "GenerateDataKey"),  # dead letters: one data key per batch that quarantines a record
+}
+"""What the record processor asks of AWS, from reading processors/ and worker/ (checked against a
+recording in ``test_each_role_s_code_calls_what_its_set_says``)."""
+
+SWEEP_REQUESTS = {
+    ("dynamodb", "Scan"),  # trip-state: the silent vehicles
+    ("dynamodb", "PutItem"),  # trip-state (the claim, then the emptied outbox), trips-index
+    ("dynamodb", "Query"),  # live-breadcrumbs of the trip it archives
+    ("s3", "GetObject"),  # trip-segments/ of a long trip
+    ("s3", "PutObject"),  # trips/
+}
+
+OPERATOR_REQUESTS = {
+    ("dynamodb", "GetItem"),  # inspect: vehicle-state, trip-state, trips-index
+    ("kms", "Decrypt"),  # redrive: the dead letters' data keys
+    ("s3", "ListObjectsV2"),  # redrive: dead-letter/
+    ("s3", "GetObject"),  # redrive: dead-letter/; inspect trip: trips/
+    ("s3", "GetObjectTagging"),
+    ("s3", "PutObjectTagging"),
+    ("kinesis", "PutRecords"),
+    ("dynamodb", "Scan"),  # status: the lease table; inspect trip: trip-state, for a running trip
+    ("dynamodb", "Query"),  # inspect: trips-index (and its tripDate-index), live-breadcrumbs
+    ("kinesis", "ListShards"),  # status: the shards, and each one read from its checkpoint
+    ("kinesis", "GetShardIterator"),
+    ("kinesis", "GetRecords"),
+}
+
+ADMIN_REQUESTS = {
+    ("dynamodb", "GetItem"),  # resolve: vin-mapping
+    ("kms", "Decrypt"),  # resolve: the VIN, under its pseudoVin
+}
+
+POLICIES = {
+    "worker": WORKER_POLICY,
+    "sweep": SWEEP_POLICY,
+    "operator": OPERATOR_POLICY,
+    "admin": ADMIN_POLICY,
+}
+
+DATA_TABLE_ACTIONS = {
+    "worker": {
+        "vehicle-state": {"dynamodb:UpdateItem"},
+        "trip-state": {"dynamodb:BatchGetItem", "dynamodb:PutItem"},
+        "live-breadcrumbs": {"dynamodb:BatchWriteItem", "dynamodb:Query"},
+        "trips-index": {"dynamodb:PutItem"},
+        "vin-mapping": {"dynamodb:PutItem"},
+    },
+    "sweep": {
+        "trip-state": {"dynamodb:Scan", "dynamodb:PutItem"},
+        "live-breadcrumbs": {"dynamodb:Query"},
+        "trips-index": {"dynamodb:PutItem"},
+    },
+}
+
+
+@pytest.fixture
+def recorded() -> set[tuple[str, str]]:
+    """A representative recording of the worker task role's requests: what a worker task makes on AWS."""
+    return KCL_REQUESTS | WORKER_REQUESTS
+
+
+def test_iam_action_names_recorded_requests() -> None:
+    assert iam_action("dynamodb", "UpdateItem") == "dynamodb:UpdateItem"
+    assert iam_action("kinesis", "GetRecords") == "kinesis:GetRecords"
+    assert iam_action("kms", "GenerateDataKey") == "kms:GenerateDataKey"
+    assert iam_action("secretsmanager", "GetSecretValue") == "secretsmanager:GetSecretValue"
+    assert iam_action("monitoring", "PutMetricData") == "cloudwatch:PutMetricData"
+    assert iam_action("s3", "ListObjectsV2") == "s3:ListBucket"
+    assert iam_action("s3", "HeadObject") == "s3:GetObject"
+    assert iam_action("s3", "PutObjectTagging") == "s3:PutObjectTagging"
+    assert iam_actions({("s3", "GetObject"): 3, ("s3", "HeadObject"): 1}) == {"s3:GetObject"}
+    with pytest.raises(ValueError, match="s3"):
+        iam_action("s3", "POST")  # a multipart upload, say: name it before relying on it
+    with pytest.raises(ValueError, match="sts"):
+        iam_action("sts", "POST")  # query protocol: the local AWS only sees the method
+
+
+def test_policy_actions_refuses_what_it_cannot_check() -> None:
+    policy: dict[str, Any] = {"Statement": [{"Effect": "Allow", "Action": "s3:Get*", "Resource": "*"}]}
+    with pytest.raises(ValueError, match="wildcard"):
+        policy_actions(policy)
+    policy["Statement"][0] = {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "*"}
+    with pytest.raises(ValueError, match="Allow"):
+        policy_actions(policy)
+
+
+def test_assert_policy_covers_names_what_is_missing_extra_or_operator_only() -> None:
+    statement = {"Effect": "Allow", "Action": ["s3:GetObject", "kms:Decrypt"], "Resource": "*"}
+    policy = {"Version": "2012-10-17", "Statement": [statement]}
+    assert_policy_covers(policy, {("s3", "GetObject"), ("kms", "Decrypt")}, not_exercised={})
+    with pytest.raises(AssertionError, match=r"P lacks actions the code called: \['s3:PutObject'\]"):
+        assert_policy_covers(
+            policy, {("s3", "PutObject")}, not_exercised={"s3:GetObject": "", "kms:Decrypt": ""}, name="P"
+        )
+    with pytest.raises(AssertionError, match=r"grants actions nothing called .*\['kms:Decrypt'\]"):
+        assert_policy_covers(policy, {("s3", "GetObject")}, not_exercised={})
+    with pytest.raises(AssertionError, match=r"operator-only actions: \['kms:Decrypt'\]"):
+        assert_policy_covers(policy, {("s3", "GetObject")}, admin_only=ADMIN_ONLY, not_exercised={})
+
+
+def test_worker_policy_covers_exactly_what_the_worker_calls(recorded: set[tuple[str, str]]) -> None:
+    assert_policy_covers(WORKER_POLICY, recorded, name="WorkerTaskRole")
+
+
+def test_sweep_operator_and_admin_policies_cover_exactly_what_their_code_calls() -> None:
+    assert_policy_covers(SWEEP_POLICY, SWEEP_REQUESTS, not_exercised={}, name="SweepTaskRole")
+    assert_policy_covers(OPERATOR_POLICY, OPERATOR_REQUESTS, not_exercised={}, name="OperatorRole")
+    assert_policy_covers(ADMIN_POLICY, ADMIN_REQUESTS, not_exercised={}, name="AdminRole")
+
+
+def test_the_task_roles_have_no_operator_action_and_the_worker_no_scan() -> None:
+    for policy in (WORKER_POLICY, SWEEP_POLICY):
+        assert not policy_actions(policy) & set(ADMIN_ONLY)
+    assert set(ADMIN_ONLY) <= policy_actions(OPERATOR_POLICY) | policy_actions(ADMIN_POLICY)
+    assert NOT_EXERCISED_LOCALLY and all(NOT_EXERCISED_LOCALLY.values()), "a reason for each"
+    data_tables = {p["TableName"] for p in STACK.of_type("AWS::DynamoDB::Table").values()}
+    scanned = {r.rsplit("/", 1)[-1] for r in grants(WORKER_POLICY).get("dynamodb:Scan", set())}
+    assert not scanned & data_tables, "only the sweep scans trip-state"
+    sweep = policy_actions(SWEEP_POLICY)
+    assert not {"kms:GenerateDataKey", "kms:Encrypt", "secretsmanager:GetSecretValue"} & sweep
+    assert not any("dead-letter" in r for r in grants(SWEEP_POLICY).get("s3:PutObject", ())), (
+        "the sweep writes no dead letters for an operator's redrive to put back on the stream"
+    )
+
+
+def kms_statements(policy: dict[str, Any], action: str) -> list[dict[str, Any]]:
+    return [s for s in allow_statements(policy) if action in listed(s["Action"])]
+
+
+def test_vin_decrypt_is_the_admin_s_alone_and_bound_to_one_pseudo_vin() -> None:
+    vin_key = STACK.outputs["VinKeyArn"]
+    (admin,) = kms_statements(ADMIN_POLICY, "kms:Decrypt")
+    assert admin["Resource"] == vin_key
+    assert admin["Condition"]["StringLike"] == {"kms:EncryptionContext:pseudoVin": "?*"}
+    assert admin["Condition"]["ForAllValues:StringEquals"] == {"kms:EncryptionContextKeys": ["pseudoVin"]}
+    (operator,) = kms_statements(OPERATOR_POLICY, "kms:Decrypt")
+    assert operator["Condition"] == {
+        "StringEquals": {"kms:EncryptionContext:purpose": "fleet-ingest-dead-letter"}
+    }
+    (encrypt,) = kms_statements(WORKER_POLICY, "kms:Encrypt")
+    assert encrypt["Condition"] == admin["Condition"], "VINs are stored under the context resolve decrypts"
+    trust = STACK.properties("AdminRole")["AssumeRolePolicyDocument"]["Statement"][0]
+    assert trust["Condition"] == {"Bool": {"aws:MultiFactorAuthPresent": "true"}}
+
+
+class RecordingKms:
+    """Just enough of a KMS client to see the encryption context a VinVault uses."""
+
+    def __init__(self) -> None:
+        self.contexts: list[tuple[str, dict[str, str]]] = []
+
+    def encrypt(self, **request: Any) -> dict[str, Any]:
+        self.contexts.append(("Encrypt", request["EncryptionContext"]))
+        return {"CiphertextBlob": b"sealed:" + request["Plaintext"]}
+
+    def decrypt(self, **request: Any) -> dict[str, Any]:
+        self.contexts.append(("Decrypt", request["EncryptionContext"]))
+        return {"Plaintext": request["CiphertextBlob"].removeprefix(b"sealed:")}
+
+
+class OneItemTable:
+    def __init__(self) -> None:
+        self.item: dict[str, Any] | None = None
+
+    def put_item(self, **request: Any) -> dict[str, Any]:
+        self.item = request["Item"]
+        return {}
+
+    def get_item(self, **_: Any) -> dict[str, Any]:
+        return {"Item": self.item} if self.item else {}
+
+
+def test_the_vault_encrypts_each_vin_under_its_pseudo_vin_so_cloudtrail_names_the_vehicle() -> None:
+    kms, table = RecordingKms(), OneItemTable()
+    vault = VinVault(table, kms, "vin-mapping", "alias/fleet-ingest-vin")  # type: ignore[arg-type]
+    vault.remember("a" * 32, "5YJ3E1EA7KF000001")
+    assert vault.resolve("a" * 32) == "5YJ3E1EA7KF000001"
+    assert kms.contexts == [("Encrypt", {"pseudoVin": "a" * 32}), ("Decrypt", {"pseudoVin": "a" * 32})]
+
+
+def arn(service: str, resource: str, settings: Settings) -> str:
+    return iam_arn(service, resource, settings.region)
+
+
+@pytest.mark.parametrize("who", sorted(POLICIES))
+def test_every_resource_is_named_and_only_metrics_go_to_any(who: str, task_settings: Settings) -> None:
+    policy = POLICIES[who]
+    assert policy["Version"] == "2012-10-17"
+    for statement in allow_statements(policy):
+        assert statement["Sid"] and isinstance(statement["Action"], list)
+        resources = listed(statement["Resource"])
+        if resources == ["*"]:
+            assert statement["Action"] == ["cloudwatch:PutMetricData"], statement["Sid"]
+            namespace = statement["Condition"]["StringEquals"]["cloudwatch:namespace"]
+            assert namespace == task_settings.application_name, "the KCL's metrics namespace"
+        else:
+            assert all(r.startswith("arn:aws:") and "*" not in r.split(":")[4] for r in resources)
+
+
+def test_the_policies_name_the_resources_the_task_definitions_configure(task_settings: Settings) -> None:
+    s = task_settings
+    table = {name: arn("dynamodb", f"table/{physical}", s) for name, physical in s.table_names.items()}
+    stream = arn("kinesis", f"stream/{s.stream_name}", s)
+    app = s.application_name
+    for action in ("kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:ListShards"):
+        assert allowed(WORKER_POLICY, action, stream)
+    for kcl_table in (app, f"{app}-CoordinatorState", f"{app}-WorkerMetricStats"):
+        for action in ("dynamodb:CreateTable", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"):
+            assert allowed(WORKER_POLICY, action, arn("dynamodb", f"table/{kcl_table}", s)), (
+                action,
+                kcl_table,
+            )
+    assert allowed(
+        WORKER_POLICY, "dynamodb:Query", arn("dynamodb", f"table/{app}/index/LeaseOwnerToLeaseKeyIndex", s)
+    )
+    for who, tables in DATA_TABLE_ACTIONS.items():
+        for name, table_arn in table.items():
+            granted = {a for a, resources in grants(POLICIES[who]).items() if table_arn in resources}
+            assert granted == tables.get(name, set()), (who, name)
+    assert allowed(ADMIN_POLICY, "dynamodb:GetItem", table["vin-mapping"])
+    for who in ("worker", "sweep", "operator"):
+        assert not allowed(POLICIES[who], "dynamodb:GetItem", table["vin-mapping"]), "resolve is the admin's"
+    secret = arn("secretsmanager", f"secret:{s.pseudonym_secret_id}-AbCdEf", s)
+    assert allowed(WORKER_POLICY, "secretsmanager:GetSecretValue", secret)
+    assert allowed(OPERATOR_POLICY, "kinesis:PutRecords", stream)
+
+
+# --- recorded against the local AWS, with the resource each request touched -------------------------
+
+
+@dataclass
+class Recording:
+    env: AwsEnv
+    calls: dict[str, set[tuple[str, str, str]]]
+    """Who ("worker": the record processor, "sweep", "operator": redrive, status, inspect, "admin":
+    resolve) -> (service, operation, resource) of each request it made."""
+
+
+@pytest.fixture(scope="module")
+def recording(local_aws: LocalAws) -> Iterator[Recording]:
+    env = fresh_env(
+        local_aws, {"FLEET_TRIP_GAP_SECONDS": str(TRIP_GAP_SECONDS), "FLEET_TRIP_SEGMENT_BREADCRUMBS": "100"}
+    )
+    # No FLEET_PSEUDONYM_KEY: the processor reads the key from Secrets Manager, as on AWS.
+    environ = {k: v for k, v in env.environ.items() if k != "FLEET_PSEUDONYM_KEY"}
+    bad = StreamEntry(b'{"vin": "not a vin", "timestamp": 0, "signals": {}}', "not a vin")
+    records = shard_records([bad, *fixture("trips.jsonl")])
+    calls: dict[str, set[tuple[str, str, str]]] = {}
+    with recording_resources() as recorded:
+        harness = ProcessorHarness(environ)
+        harness.initialize()
+        # Stop before the last records: the vehicles whose trips they would end are left for the sweep.
+        for batch in batches(records[: len(records) * 3 // 4], 500):
+            harness.process(batch)
+        harness.lease_lost()
+        assert harness.close() == 0, harness.stderr_lines[-20:]
+        calls["worker"] = set(recorded)
+        recorded.clear()
+        swept = sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
+        assert swept.orphaned, "the sweep had trips to complete"
+        calls["sweep"] = set(recorded)
+
+        tables = env.settings.table_names
+        pseudo_vin = env.clients.dynamodb.scan(TableName=tables["vin-mapping"])["Items"][0]["pseudoVin"]["S"]
+        trip = env.clients.dynamodb.scan(TableName=tables["trips-index"])["Items"][0]
+        recorded.clear()
+        assert sum(redrive(env.settings, env.clients).redriven.values()) == 1
+        operator_tools_read(env, trip["pseudoVin"]["S"], trip["tripId"]["S"])
+        calls["operator"] = set(recorded)
+        recorded.clear()
+        vault = VinVault(
+            env.clients.dynamodb, env.clients.kms, tables["vin-mapping"], env.settings.vin_key_alias
+        )
+        assert vault.resolve(pseudo_vin) is not None
+        calls["admin"] = set(recorded)
+    yield Recording(env, calls)
+
+
+def operator_tools_read(env: AwsEnv, pseudo_vin: str, trip_id: str) -> None:
+    """status (no lease table here: its Scan is made all the same) and every inspect path."""
+    assert len(shard_status(env.settings, env.clients)) == 2
+    assert vehicle_report(env.settings, env.clients, pseudo_vin)
+    assert trip_report(env.settings, env.clients, trip_id, None) == trip_report(
+        env.settings, env.clients, trip_id, pseudo_vin
+    )
+    with pytest.raises(NotFound):  # not indexed: looked for among running trips
+        trip_report(env.settings, env.clients, f"trip_20250101_000000_{pseudo_vin[:6]}", None)
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [
+        ("worker", WORKER_REQUESTS),
+        ("sweep", SWEEP_REQUESTS),
+        ("operator", OPERATOR_REQUESTS),
+        ("admin", ADMIN_REQUESTS),
+    ],
+)
+def test_each_role_s_code_calls_what_its_set_says(
+    recording: Recording, who: str, expected: set[tuple[str, str]]
+) -> None:
+    assert {(service, operation) for service, operation, _ in recording.calls[who]} == expected
+
+
+def data_table(settings: Settings, name: str) -> str:
+    return arn("dynamodb", f"table/{settings.table_names[name]}", settings)
+
+
+def recorded_grants(calls: set[tuple[str, str, str]], settings: Settings) -> set[tuple[str, str]]:
+    """(action, resource) a policy should grant for these calls: data tables by ARN, S3 objects by
+    top-level prefix (``bucket/trips/*``), S3 listings on the bucket."""
+    needed = set()
+    for service, operation, resource in calls:
+        action = iam_action(service, operation)
+        if service == "dynamodb":
+            needed |= {(action, arn("dynamodb", table, settings)) for table in resource.split(",")}
+        elif service == "s3":
+            bucket, _, key = resource.partition("/")
+            pattern = f"{bucket}/{key.split('/')[0]}/*" if key else bucket
+            needed.add((action, arn("s3", pattern, settings)))
+    return needed
+
+
+@pytest.mark.parametrize("who", sorted(POLICIES))
+def test_data_tables_and_archive_prefixes_get_exactly_the_recorded_actions(
+    recording: Recording, who: str
+) -> None:
+    policy = POLICIES[who]
+    settings = recording.env.settings
+    data = {arn("dynamodb", f"table/{t}", settings) for t in settings.table_names.values()}
+
+    def data_or_archive(resource: str) -> bool:
+        return resource in data or resource.startswith("arn:aws:s3:::")
+
+    granted = {
+        (action, resource)
+        for action, resources in grants(policy).items()
+        for resource in resources
+        if data_or_archive(resource)
+    }
+    needed = recorded_grants(recording.calls[who], settings)
+    assert granted == {(action, resource) for action, resource in needed if data_or_archive(resource)}
+    if who == "operator":  # status reads the KCL's lease table, and nothing else of the KCL's
+        lease_table = arn("dynamodb", f"table/{settings.application_name}", settings)
+        trip_dates = f"{data_table(settings, 'trips-index')}/index/tripDate-index"
+        assert {r for a, r in needed if r not in data and a.startswith("dynamodb:")} == {
+            lease_table,
+            trip_dates,
+        }
+        assert allowed(policy, "dynamodb:Scan", lease_table)
+        assert allowed(policy, "dynamodb:Query", trip_dates)

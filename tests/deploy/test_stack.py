@@ -1,0 +1,419 @@
+"""deploy/fleet-ingest.yaml: linted, in agreement with the code it deploys, and deployed.
+
+Offline (``tests.support.cfn`` renders it): the tables match ``schemas/tables.py``, the bucket's lifecycle
+matches ``worker.bootstrap.LIFECYCLE_RULES``, alarms watch metrics and log events the code emits. Deployed:
+the data plane (``DeployCompute=false``) goes into the local AWS through moto's CloudFormation and a record
+processor and the orphan sweep run against the stack's outputs. moto skips what it cannot create
+(``AWS::SecretsManager::Secret``, ``AWS::S3::BucketPolicy``) and ignores some properties (TTL, PITR,
+lifecycle, stream encryption...): those are checked here on the rendered template; the secret is created
+by the test as the template declares it. The roles' policies are checked in tests/deploy/test_deploy.py and
+tests/e2e/test_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from devtools.local_aws import LocalAws
+from devtools.settings import settings_from
+from processors.archive import INDEX_TTL_SECONDS
+from processors.trip_items import BREADCRUMB_TTL_SECONDS
+from processors.trips import TripThresholds
+from schemas.dynamo import from_item
+from schemas.tables import ALL_TABLES
+from tests.conftest import TEST_ENV, AwsEnv, fresh_env
+from tests.fixtures.build import TRIP_GAP_SECONDS
+from tests.support.cfn import TEMPLATE, TEST_PARAMETERS, load_template, render
+from tests.support.harness import ProcessorHarness, batches, fixture, shard_records
+from worker.aws import AwsClients
+from worker.bootstrap import LIFECYCLE_RULES, bootstrap
+from worker.config import Settings
+from worker.metrics import UNITS
+from worker.sweep import sweep_orphans
+
+ROOT = Path(__file__).parent.parent.parent
+STACK = render()
+
+
+def test_cfn_lint_finds_nothing() -> None:
+    binary = Path(sys.executable).parent / "cfn-lint"
+    result = subprocess.run(
+        [str(binary), "--format", "parseable", str(TEMPLATE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- tables -------------------------------------------------------------------------------------------
+
+
+def test_the_tables_are_the_specs_of_schemas_tables() -> None:
+    declared = {p["TableName"]: p for p in STACK.of_type("AWS::DynamoDB::Table").values()}
+    settings = Settings(table_prefix=STACK.parameters["TablePrefix"])
+    assert set(declared) == {settings.table_name(spec) for spec in ALL_TABLES}
+    for spec in ALL_TABLES:
+        table = declared[settings.table_name(spec)]
+        request = spec.create_table_request(settings.table_name(spec))
+        assert table["BillingMode"] == request["BillingMode"]
+        assert table["KeySchema"] == request["KeySchema"], spec.name
+        assert sorted(table["AttributeDefinitions"], key=str) == sorted(
+            request["AttributeDefinitions"], key=str
+        )
+        assert table.get("GlobalSecondaryIndexes", []) == request.get("GlobalSecondaryIndexes", []), spec.name
+        ttl = table.get("TimeToLiveSpecification")
+        assert ttl == ({"AttributeName": spec.ttl_attribute, "Enabled": True} if spec.ttl_attribute else None)
+
+
+def test_every_table_has_point_in_time_recovery_deletion_protection_and_the_data_key() -> None:
+    data_key = STACK.properties("DataAlias")["TargetKeyId"]
+    for name, table in STACK.of_type("AWS::DynamoDB::Table").items():
+        assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}, name
+        assert table["DeletionProtectionEnabled"] is True, name
+        assert table["SSESpecification"] == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": data_key}
+        assert STACK.resources[name]["DeletionPolicy"] == "Retain"
+
+
+# --- keys, secret, stream, bucket ---------------------------------------------------------------------
+
+
+def test_both_keys_rotate_and_the_vin_key_is_not_the_storage_key() -> None:
+    keys = STACK.of_type("AWS::KMS::Key")
+    assert set(keys) == {"VinKey", "DataKey"}
+    assert all(key["EnableKeyRotation"] is True for key in keys.values())
+    aliases = {a["AliasName"]: a["TargetKeyId"] for a in STACK.of_type("AWS::KMS::Alias").values()}
+    assert aliases[TEST_PARAMETERS["VinKeyAlias"]] != aliases[STACK.parameters["DataKeyAlias"]]
+    # Storage encryption is granted through the storing services only, never a direct Decrypt.
+    (through_services,) = [
+        s for s in keys["DataKey"]["KeyPolicy"]["Statement"] if s["Principal"] == {"AWS": "*"}
+    ]
+    assert through_services["Condition"]["StringEquals"]["kms:ViaService"]
+
+
+def test_the_secret_is_generated_and_encrypted_with_the_data_key() -> None:
+    secret = STACK.properties("PseudonymSecret")
+    assert "SecretString" not in secret and secret["GenerateSecretString"]["PasswordLength"] >= 32
+    assert secret["KmsKeyId"] == STACK.properties("DataAlias")["TargetKeyId"]
+
+
+def test_the_stream_is_encrypted_and_sized_by_parameters() -> None:
+    stream = STACK.properties("Stream")
+    assert stream["ShardCount"] == STACK.parameters["ShardCount"]
+    assert stream["StreamEncryption"]["EncryptionType"] == "KMS"
+    assert stream["RetentionPeriodHours"] == STACK.parameters["StreamRetentionHours"]
+
+
+def test_the_bucket_is_private_encrypted_and_tls_only() -> None:
+    bucket = STACK.properties("ArchiveBucket")
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    assert len(bucket["PublicAccessBlockConfiguration"]) == 4
+    (encryption,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    (tls,) = STACK.properties("ArchiveBucketPolicy")["PolicyDocument"]["Statement"]
+    assert (tls["Effect"], tls["Action"], tls["Condition"]) == (
+        "Deny",
+        "s3:*",
+        {"Bool": {"aws:SecureTransport": "false"}},
+    )
+    assert set(tls["Resource"]) == {
+        "arn:aws:s3:::fleet-telemetry-archive",
+        "arn:aws:s3:::fleet-telemetry-archive/*",
+    }
+
+
+def api_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """A CloudFormation lifecycle rule in the S3 API's shape (as ``LIFECYCLE_RULES`` writes it)."""
+    api: dict[str, Any] = {
+        "ID": rule["Id"],
+        "Filter": {"Prefix": rule.get("Prefix", "")},
+        "Status": rule["Status"],
+    }
+    if "Transitions" in rule:
+        api["Transitions"] = [
+            {"Days": int(t["TransitionInDays"]), "StorageClass": t["StorageClass"]}
+            for t in rule["Transitions"]
+        ]
+    if "ExpirationInDays" in rule:
+        api["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    if "AbortIncompleteMultipartUpload" in rule:
+        api["AbortIncompleteMultipartUpload"] = rule["AbortIncompleteMultipartUpload"]
+    return api
+
+
+def test_the_lifecycle_is_bootstraps_and_follows_the_data_model() -> None:
+    rules = [api_rule(r) for r in STACK.properties("ArchiveBucket")["LifecycleConfiguration"]["Rules"]]
+    assert rules == list(LIFECYCLE_RULES)
+    trips = next(r for r in rules if r["Filter"]["Prefix"] == "trips/")
+    # Standard for as long as the trip's index item lives, then Glacier Instant Retrieval for a year.
+    assert trips["Transitions"] == [{"Days": INDEX_TTL_SECONDS // 86400, "StorageClass": "GLACIER_IR"}]
+    assert trips["Expiration"]["Days"] == INDEX_TTL_SECONDS // 86400 + 365
+    # A segment is read when its trip is archived: after the trip, the stream's backlog and a sweep.
+    segments = next(r for r in rules if r["Filter"]["Prefix"] == "trip-segments/")
+    retention_days = int(STACK.parameters["StreamRetentionHours"]) / 24
+    assert segments["Expiration"]["Days"] >= 2 * retention_days + 1
+    assert TripThresholds().segment_max_ms < BREADCRUMB_TTL_SECONDS * 1000, "segments are sealed in time"
+    assert any(r["Filter"]["Prefix"] == "dead-letter/" and "Expiration" in r for r in rules)
+
+
+def test_archives_can_be_kept_forever_by_parameter() -> None:
+    forever = render({**TEST_PARAMETERS, "TripArchiveExpirationDays": "0"})
+    (trips,) = [
+        r
+        for r in forever.properties("ArchiveBucket")["LifecycleConfiguration"]["Rules"]
+        if r["Id"] == "archive-trips"
+    ]
+    assert "ExpirationInDays" not in trips and trips["Transitions"]
+
+
+# --- compute: scaling, sweep schedule, alarms, dashboard -----------------------------------------------
+
+
+def test_worker_tasks_scale_within_the_shard_count() -> None:
+    target = STACK.properties("WorkerScalableTarget")
+    assert target["MaxCapacity"] == STACK.parameters["ShardCount"]
+    assert target["MinCapacity"] == STACK.properties("WorkerService")["DesiredCount"]
+    policy = STACK.properties("WorkerCpuScaling")["TargetTrackingScalingPolicyConfiguration"]
+    assert policy["ScaleInCooldown"] > policy["ScaleOutCooldown"]
+
+
+def test_the_sweep_runs_on_a_schedule_with_its_own_role() -> None:
+    schedule = STACK.properties("SweepSchedule")
+    assert re.fullmatch(r"rate\(\d+ minutes\)", schedule["ScheduleExpression"])
+    ecs = schedule["Target"]["EcsParameters"]
+    assert ecs["TaskDefinitionArn"].endswith(
+        ":SweepTaskDefinition"
+    )  # its Ref, as tests.support.cfn renders it
+    role = STACK.properties("SchedulerRole")["Policies"][0]["PolicyDocument"]["Statement"]
+    passed = next(s for s in role if s["Action"] == ["iam:PassRole"])["Resource"]
+    assert set(passed) == {
+        STACK.properties("SweepTaskDefinition")["TaskRoleArn"],
+        STACK.properties("SweepTaskDefinition")["ExecutionRoleArn"],
+    }
+
+
+def logged_events() -> set[str]:
+    """Event names the worker logs at ERROR, and the sweep's summary event."""
+    source = "\n".join(p.read_text() for p in [*ROOT.glob("processors/*.py"), *ROOT.glob("worker/*.py")])
+    events = set(re.findall(r'log\.error\(\s*"(\w+)"', source))
+    events |= set(re.findall(r'self\._exit\(\w+, "(\w+)"', source))
+    events |= set(re.findall(r'event\(\s*log,\s*"(sweep)"', source))
+    return events
+
+
+def test_alarms_watch_metrics_and_log_events_the_code_emits() -> None:
+    namespace = Settings.model_fields["metrics_namespace"].default
+    filters = {
+        f["MetricTransformations"][0]["MetricName"]: f
+        for f in STACK.of_type("AWS::Logs::MetricFilter").values()
+    }
+    events = logged_events()
+    for metric in filters.values():
+        named = set(re.findall(r'\$\.event = "(\w+)"', metric["FilterPattern"]))
+        assert named and named <= events, named - events
+        assert metric["MetricTransformations"][0]["MetricNamespace"] == namespace
+    assert "archive_incomplete" in filters["ArchiveIncomplete"]["FilterPattern"]
+    assert {"batch_failed", "checkpoint_failed", "initialize_failed"} <= set(
+        re.findall(r'"(\w+)"', filters["ProcessorExits"]["FilterPattern"])
+    )
+    alarms = {a["MetricName"]: a for a in STACK.of_type("AWS::CloudWatch::Alarm").values()}
+    assert set(alarms) == {
+        "MillisBehindLatest",
+        "GetRecords.IteratorAgeMilliseconds",
+        "RecordsDeadLettered",
+        *filters,
+    }
+    for name, alarm in alarms.items():
+        if alarm["Namespace"] == namespace and name not in filters:
+            assert name in UNITS, f"{name}: not an EMF metric of worker/metrics.py"
+            assert alarm["Dimensions"] == [{"Name": "Application", "Value": "fleet-ingest"}]
+    assert alarms["GetRecords.IteratorAgeMilliseconds"]["TreatMissingData"] == "breaching", "nobody reading"
+
+
+def test_the_dashboard_shows_every_alarm() -> None:
+    widgets = json.loads(STACK.properties("Dashboard")["DashboardBody"])["widgets"]
+    (alarm_widget,) = [w for w in widgets if w["type"] == "alarm"]
+    assert len(alarm_widget["properties"]["alarms"]) == len(STACK.of_type("AWS::CloudWatch::Alarm"))
+
+
+def test_every_parameter_is_documented() -> None:
+    guide = (ROOT / "docs" / "deploying.md").read_text()
+    missing = [name for name in load_template()["Parameters"] if f"`{name}`" not in guide]
+    assert not missing, f"docs/deploying.md does not explain {missing}"
+
+
+def test_the_data_plane_alone_needs_no_compute_parameter() -> None:
+    data_plane = render({"ArchiveBucketName": "b", "DeployCompute": "false"})
+    assert not data_plane.of_type("AWS::ECS::Service") and not data_plane.of_type("AWS::CloudWatch::Alarm")
+    assert set(data_plane.of_type("AWS::IAM::Role")) == {
+        "WorkerTaskRole",
+        "SweepTaskRole",
+        "OperatorRole",
+        "AdminRole",
+        "TaskExecutionRole",
+    }
+
+
+# --- bootstrap (the local tool) ---------------------------------------------------------------------
+
+
+def test_bootstrap_keeps_an_operators_lifecycle_rule(aws_env: AwsEnv) -> None:
+    s3, bucket = aws_env.clients.s3, aws_env.settings.archive_bucket
+    mine = {
+        "ID": "operator-tmp",
+        "Filter": {"Prefix": "tmp/"},
+        "Status": "Enabled",
+        "Expiration": {"Days": 3},
+    }
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [*rules, mine]})  # type: ignore[list-item]
+    bootstrap(aws_env.settings, aws_env.clients, shards=2)
+    after = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    assert set(after) == {"operator-tmp", *(r["ID"] for r in LIFECYCLE_RULES)}
+    assert after["operator-tmp"]["Expiration"] == {"Days": 3}
+    assert after["archive-trips"]["Transitions"][0]["StorageClass"] == "GLACIER_IR"
+
+
+# --- the data plane, deployed into the local AWS --------------------------------------------------------
+
+STACK_PARAMETERS = {
+    "DeployCompute": "false",
+    "ApplicationName": "stack-test",
+    "StreamName": "stack-telemetry",
+    "TablePrefix": "stack-",
+    "ArchiveBucketName": "stack-archive",
+    "VinKeyAlias": "alias/stack-vin",
+    "DataKeyAlias": "alias/stack-data",
+    "PseudonymSecretName": "stack-test/pseudonym-key",
+}
+
+
+@dataclass
+class Deployed:
+    outputs: dict[str, str]
+    env: AwsEnv
+
+
+def environment_from(outputs: dict[str, str]) -> dict[str, str]:
+    """The worker's settings from the stack's outputs (what the task definition sets on AWS)."""
+    return {
+        "FLEET_STREAM_NAME": outputs["StreamName"],
+        "FLEET_APPLICATION_NAME": outputs["ApplicationName"],
+        "FLEET_TABLE_PREFIX": "",
+        "FLEET_VEHICLE_STATE_TABLE": outputs["VehicleStateTable"],
+        "FLEET_TRIP_STATE_TABLE": outputs["TripStateTable"],
+        "FLEET_TRIPS_INDEX_TABLE": outputs["TripsIndexTable"],
+        "FLEET_LIVE_BREADCRUMBS_TABLE": outputs["LiveBreadcrumbsTable"],
+        "FLEET_VIN_MAPPING_TABLE": outputs["VinMappingTable"],
+        "FLEET_ARCHIVE_BUCKET": outputs["ArchiveBucket"],
+        "FLEET_VIN_KEY_ALIAS": outputs["VinKeyAlias"],
+        "FLEET_PSEUDONYM_SECRET_ID": outputs["PseudonymSecretName"],
+    }
+
+
+@pytest.fixture(scope="module")
+def deployed(local_aws: LocalAws) -> Iterator[Deployed]:
+    local_aws.reset()
+    client_args: dict[str, Any] = {
+        "endpoint_url": local_aws.endpoint,
+        "region_name": TEST_ENV["AWS_REGION"],
+        "aws_access_key_id": "local",
+        "aws_secret_access_key": "local",
+    }
+    cloudformation = boto3.client("cloudformation", **client_args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # moto warns of each resource type it skips
+        cloudformation.create_stack(
+            StackName="fleet-ingest",
+            TemplateBody=TEMPLATE.read_text(),
+            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in STACK_PARAMETERS.items()],
+            Capabilities=["CAPABILITY_IAM"],
+        )
+    (stack,) = cloudformation.describe_stacks(StackName="fleet-ingest")["Stacks"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    declared_stack = render(STACK_PARAMETERS)
+    # moto keeps a CloudFormation key's KeyPolicy as the template's object, not its JSON text, and then
+    # fails DescribeKey on it: put the same policy back as text.
+    kms = boto3.client("kms", **client_args)
+    for alias, key in (("VinAlias", "VinKey"), ("DataAlias", "DataKey")):
+        target = next(
+            a["TargetKeyId"]
+            for a in kms.list_aliases()["Aliases"]
+            if a["AliasName"] == declared_stack.properties(alias)["AliasName"]
+        )
+        policy = json.dumps(declared_stack.properties(key)["KeyPolicy"])
+        kms.put_key_policy(KeyId=target, PolicyName="default", Policy=policy)
+    # moto has no AWS::SecretsManager::Secret: create it as the template declares it (generated, 64 chars).
+    declared = declared_stack.properties("PseudonymSecret")
+    boto3.client("secretsmanager", **client_args).create_secret(
+        Name=declared["Name"],
+        SecretString=secrets.token_urlsafe(48)[: declared["GenerateSecretString"]["PasswordLength"]],
+    )
+    environ = {
+        **TEST_ENV,
+        "AWS_ENDPOINT_URL": local_aws.endpoint,
+        "FLEET_TRIP_GAP_SECONDS": str(TRIP_GAP_SECONDS),
+    }
+    environ |= {"FLEET_TRIP_SEGMENT_BREADCRUMBS": "100", **environment_from(outputs)}
+    full = {**os.environ, **environ}
+    settings = settings_from(full)
+    yield Deployed(outputs, AwsEnv(local_aws, settings, AwsClients(settings), full))
+    local_aws.reset()
+
+
+def test_the_deployed_tables_stream_and_key_are_what_the_worker_expects(deployed: Deployed) -> None:
+    clients, settings = deployed.env.clients, deployed.env.settings
+    for spec in ALL_TABLES:
+        table = clients.dynamodb.describe_table(TableName=settings.table_name(spec))["Table"]
+        assert table["TableName"].startswith("stack-")
+        assert [k["AttributeName"] for k in table["KeySchema"]] == list(spec.key_names)
+        assert [i["IndexName"] for i in table.get("GlobalSecondaryIndexes", [])] == [
+            i.name for i in spec.indexes
+        ]
+    shards = clients.kinesis.list_shards(StreamName=settings.stream_name)["Shards"]
+    assert len(shards) == int(render().parameters["ShardCount"])
+    key = clients.kms.describe_key(KeyId=settings.vin_key_alias)["KeyMetadata"]
+    assert clients.kms.get_key_rotation_status(KeyId=key["KeyId"])["KeyRotationEnabled"] is True
+    assert key["Arn"] == deployed.outputs["VinKeyArn"]
+
+
+def test_a_worker_and_the_sweep_run_against_the_stack(deployed: Deployed) -> None:
+    env = deployed.env
+    # No FLEET_PSEUDONYM_KEY: the processor reads the stack's secret, as on AWS.
+    harness = ProcessorHarness({k: v for k, v in env.environ.items() if k != "FLEET_PSEUDONYM_KEY"})
+    harness.initialize()
+    for batch in batches(shard_records(fixture("trips.jsonl")), 500):
+        harness.process(batch)
+    harness.lease_lost()
+    assert harness.close() == 0, harness.stderr_lines[-20:]
+    report = sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
+    tables = env.settings.table_names
+    vehicles = env.clients.dynamodb.scan(TableName=tables["vehicle-state"])["Items"]
+    index = [from_item(i) for i in env.clients.dynamodb.scan(TableName=tables["trips-index"])["Items"]]
+    assert vehicles and index and report.scanned
+    for trip in index:
+        head = env.clients.s3.head_object(Bucket=deployed.outputs["ArchiveBucket"], Key=trip["s3Key"])
+        assert head["ContentLength"] > 0
+    assert env.clients.dynamodb.scan(TableName=tables["vin-mapping"])["Count"] == len(vehicles)
+
+
+def test_fresh_env_still_bootstraps_after_a_stack_test(local_aws: LocalAws) -> None:
+    """The stack test resets the local AWS behind it: the shared fixtures start from nothing again."""
+    env = fresh_env(local_aws)
+    assert env.clients.dynamodb.describe_table(TableName="vehicle-state")["Table"]["TableStatus"] == "ACTIVE"

@@ -1,0 +1,108 @@
+"""The ECS task definitions of deploy/fleet-ingest.yaml: the worker and the sweep."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support.cfn import (
+    CONTAINER,
+    ENVIRONMENT,
+    STACK,
+    SWEEP_CONTAINER,
+    SWEEP_ENVIRONMENT,
+    SWEEP_TASK,
+    TASK,
+    TEST_PARAMETERS,
+    settings_of,
+    settings_variables,
+)
+from tests.support.dockerfile import healthcheck_options, only
+from worker.config import Settings
+
+# ---------------------------------------------------------------------------------------------------
+# ECS task definitions (deploy/fleet-ingest.yaml)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_it_is_one_fargate_task_running_the_image_as_a_non_root_user() -> None:
+    assert TASK["RequiresCompatibilities"] == ["FARGATE"] and TASK["NetworkMode"] == "awsvpc"
+    assert (int(TASK["Cpu"]), int(TASK["Memory"])) == (1024, 2048)
+    assert CONTAINER["Image"] == TEST_PARAMETERS["Image"] and CONTAINER["Essential"] is True
+    assert CONTAINER["User"] == only("USER").args
+    assert CONTAINER["LinuxParameters"]["InitProcessEnabled"] is True  # reaps orphaned processors
+    assert "EntryPoint" not in CONTAINER and "Command" not in CONTAINER, "the image's `worker run`"
+    if CONTAINER.get("ReadonlyRootFilesystem"):
+        volumes = {v["Name"] for v in TASK["Volumes"]}
+        tmp = [m for m in CONTAINER["MountPoints"] if m["ContainerPath"] == "/tmp"]
+        assert tmp and tmp[0]["SourceVolume"] in volumes and not tmp[0]["ReadOnly"]
+
+
+def test_the_stop_timeout_leaves_time_for_a_graceful_kcl_shutdown(task_settings: Settings) -> None:
+    grace = task_settings.kcl_shutdown_grace_millis / 1000
+    failover = task_settings.kcl_failover_time_millis / 1000
+    # SIGTERM -> the daemon asks each processor to checkpoint (up to the grace), then releases its
+    # leases (until then other tasks wait for them to expire); the launcher gives up 15 s after the grace.
+    assert CONTAINER["StopTimeout"] >= grace + failover + 15
+    assert CONTAINER["StopTimeout"] <= 120, "Fargate's maximum"
+
+
+@pytest.mark.parametrize("environment", [ENVIRONMENT, SWEEP_ENVIRONMENT], ids=["worker", "sweep"])
+def test_every_variable_is_a_real_setting_and_none_points_away_from_aws(environment: dict[str, str]) -> None:
+    unknown = set(environment) - settings_variables()
+    assert all(name.startswith("AWS_") for name in unknown), unknown
+    forbidden = {"AWS_ENDPOINT_URL", "FLEET_ENDPOINT_URL", "FLEET_PSEUDONYM_KEY"}
+    forbidden |= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    assert not forbidden & set(environment), (
+        "the task role provides credentials; the key is in Secrets Manager"
+    )
+    assert "Secrets" not in CONTAINER, "the worker reads its one secret itself, with the task role"
+
+
+def test_the_tasks_name_the_stacks_resources(
+    task_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tables = {p["TableName"] for p in STACK.of_type("AWS::DynamoDB::Table").values()}
+    stream = STACK.properties("Stream")["Name"]
+    bucket = STACK.properties("ArchiveBucket")["BucketName"]
+    sweep = settings_of(SWEEP_ENVIRONMENT, monkeypatch)
+    for settings in (task_settings, sweep):
+        assert set(settings.table_names.values()) == tables
+        assert (settings.stream_name, settings.archive_bucket) == (stream, bucket)
+        assert settings.trip_gap_seconds == int(STACK.parameters["TripGapSeconds"])
+    assert task_settings.vin_key_alias == STACK.properties("VinAlias")["AliasName"]
+    assert task_settings.pseudonym_secret_id == STACK.properties("PseudonymSecret")["Name"]
+    retention = int(STACK.properties("Stream")["RetentionPeriodHours"])
+    assert task_settings.max_event_age_hours == retention, "events the stream still holds are accepted"
+
+
+def test_the_health_check_mirrors_the_dockerfile() -> None:
+    options, command = healthcheck_options()
+    check = CONTAINER["HealthCheck"]
+    assert check["Command"] == ["CMD", *command]
+    assert (check["Interval"], check["Timeout"], check["Retries"], check["StartPeriod"]) == (
+        options["interval"],
+        options["timeout"],
+        options["retries"],
+        options["start-period"],
+    )
+
+
+@pytest.mark.parametrize("container", [CONTAINER, SWEEP_CONTAINER], ids=["worker", "sweep"])
+def test_logs_go_to_the_stacks_log_group(container: dict[str, Any]) -> None:
+    logs = container["LogConfiguration"]
+    assert logs["LogDriver"] == "awslogs"
+    assert logs["Options"]["awslogs-group"] == STACK.properties("LogGroup")["LogGroupName"]
+    assert {"awslogs-region", "awslogs-stream-prefix"} <= set(logs["Options"])
+
+
+def test_the_sweep_task_runs_the_same_image_as_the_worker_with_the_sweep_entrypoint_and_its_own_role() -> (
+    None
+):
+    assert SWEEP_CONTAINER["EntryPoint"] == ["python", "-m", "worker", "sweep-orphans"]
+    assert SWEEP_CONTAINER["Image"] == CONTAINER["Image"]
+    assert SWEEP_TASK["TaskRoleArn"] != TASK["TaskRoleArn"], "the sweep scans; the worker must not"
+    assert SWEEP_TASK["ExecutionRoleArn"] == TASK["ExecutionRoleArn"]
+    assert SWEEP_CONTAINER["User"] == CONTAINER["User"] and SWEEP_CONTAINER["ReadonlyRootFilesystem"]
+    assert {"FLEET_TABLE_PREFIX", "FLEET_ARCHIVE_BUCKET", "FLEET_TRIP_GAP_SECONDS"} <= set(SWEEP_ENVIRONMENT)

@@ -1,0 +1,295 @@
+"""One batch's forward flow on the in-memory fakes (no AWS): decode -> plan -> execute -> checkpoint,
+the shared commit/re-plan loop, the orphan sweep, and "a failed write never checkpoints"."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+
+from devtools.settings import settings_from
+from processors.errors import StaleTripState, TransientError
+from processors.pseudonymize import Pseudonymizer
+from processors.trips import VehicleTripPlan
+from schemas.items import TripStateItem
+from schemas.records import KinesisRecord, StreamPosition
+from tests.conftest import TEST_ENV
+from tests.fixtures.build import TRIP_GAP_SECONDS
+from tests.support.fakes import MemoryStores, MemoryTripStore, memory_stores
+from tests.support.harness import ShardRecord, batches, fixture, shard_records
+from worker.config import Settings
+from worker.pipeline import BatchOutcome, Pipeline
+from worker.record_processor import EXIT_BATCH_FAILED, FleetRecordProcessor
+from worker.replay import StreamEntry
+from worker.retry import TRIP_REPLANS, Retrier
+from worker.sweep import sweep
+from worker.trip_commit import Replanned, commit_until_settled
+from worker.wiring import TripStores
+
+SHARD = "shardId-000000000000"
+KEY = Pseudonymizer(b"flow-tests-key")
+VIN = "1HGCM82633A004352"
+NO_SLEEP = Retrier(sleep=lambda _seconds: None)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return settings_from(
+        {
+            **TEST_ENV,
+            "FLEET_TRIP_GAP_SECONDS": str(TRIP_GAP_SECONDS),
+            "FLEET_CHECKPOINT_EVERY_RECORDS": "1",
+            "FLEET_HEARTBEAT_PATH": str(tmp_path),
+        }
+    )
+
+
+def kinesis(records: Sequence[ShardRecord]) -> list[KinesisRecord]:
+    return [
+        KinesisRecord(r.data, r.partition_key, StreamPosition(SHARD, r.sequence_number, 0, r.arrival_ms))
+        for r in records
+    ]
+
+
+def run(pipeline: Pipeline, records: Sequence[ShardRecord], size: int = 150) -> list[BatchOutcome]:
+    return [pipeline.process(kinesis(batch)) for batch in batches(records, size)]
+
+
+def native(vin: str, at: str, **signals: Any) -> bytes:
+    return orjson.dumps({"vin": vin, "timestamp": at, "signals": signals})
+
+
+def test_a_clean_pass_archives_every_completed_trip_once_and_reports_it(settings: Settings) -> None:
+    stores = memory_stores()
+    pipeline = Pipeline(settings, stores, KEY, NO_SLEEP)
+    records = shard_records(fixture("trips.jsonl"))
+    outcomes = run(pipeline, records)
+    pipeline.close()
+    archived = sum(o.trips_archived for o in outcomes)
+    assert archived >= 4 and archived == len(stores.archive.index)
+    assert all(i.s3Key in stores.archive.objects for i in stores.archive.index.values())
+    assert not any(item.outbox for item in stores.trips.items.values())
+    assert outcomes[-1].last_position == kinesis(records[-1:])[0].position
+    assert sum(o.applied for o in outcomes) == len(records)
+    assert len(stores.vault.vins) == len(stores.vehicle_state.items) == 5
+
+
+def test_a_record_the_store_refuses_is_dead_lettered_and_the_rest_applied(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    stores = memory_stores()
+    stores.vehicle_state.refuse = {"blob"}
+    records = shard_records(
+        [
+            StreamEntry(native(VIN, "2025-03-05T14:00:00Z", vehicleSpeed=3.0), VIN),
+            StreamEntry(native(VIN, "2025-03-05T14:00:01Z", blob="x"), VIN),
+            StreamEntry(native(VIN, "2025-03-05T14:00:02Z", odometer=9.0), VIN),
+        ]
+    )
+    with caplog.at_level(logging.WARNING):
+        (outcome,) = run(Pipeline(settings, stores, KEY, NO_SLEEP), records)
+    assert (outcome.records, outcome.applied, outcome.dead_letters) == (3, 3, 1)
+    (letter,) = stores.dead_letters.letters.values()
+    assert (letter.reason, letter.record.position.sequence_number) == (
+        "unwritable",
+        records[1].sequence_number,
+    )
+    assert [r.getMessage() for r in caplog.records].count("record_dead_lettered") == 1
+    (item,) = stores.vehicle_state.items.values()
+    assert (item["vehicleSpeed"]["value"], item["odometer"]["value"]) == (3.0, 9.0)
+
+
+def test_a_vehicle_another_writer_moved_is_replanned_on_top_of_its_state(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    stores = memory_stores()
+    pipeline = Pipeline(settings, stores, KEY, NO_SLEEP)
+    records = shard_records(fixture("trips.jsonl"))
+    half = len(records) // 2
+    run(pipeline, records[:half])
+    # The orphan sweep claims every open trip meanwhile: the pipeline's cached versions are now stale.
+    report = sweep(settings, TripStores(stores.trips, stores.archive), now_ms=10**15, retrier=NO_SLEEP)
+    assert report.orphaned
+    with caplog.at_level(logging.WARNING):
+        run(pipeline, records[half:])
+    assert "trip_state_conflict" in [r.getMessage() for r in caplog.records]
+    assert not any(item.outbox for item in stores.trips.items.values())
+    assert all(i.s3Key in stores.archive.objects for i in stores.archive.index.values())
+
+
+# --- the shared commit/re-plan loop ---------------------------------------------------------------------
+
+
+def plan(pseudo_vin: str, version: str | None = None) -> VehicleTripPlan:
+    return VehicleTripPlan(pseudo_vin, [], [], 0, {}, version, write=True)
+
+
+def stale(pseudo_vin: str) -> StaleTripState:
+    return StaleTripState(pseudo_vin, TripStateItem(pseudoVin=pseudo_vin, status="IDLE", lastUpdate="v2"))
+
+
+def test_contention_ends_unsettled_after_the_limits_rounds() -> None:
+    commits: list[str] = []
+
+    def commit(p: VehicleTripPlan) -> tuple[str | None, int]:
+        commits.append(p.pseudo_vin)
+        raise stale(p.pseudo_vin)
+
+    settled = commit_until_settled([plan("a")], commit, lambda s: Replanned(plan(s.pseudo_vin, "v2")))
+    assert commits == ["a"] * TRIP_REPLANS.rounds
+    assert [s.pseudo_vin for s in settled.unsettled] == ["a"]
+
+
+def test_a_vehicle_not_ours_to_redo_is_left_unsettled_and_the_others_commit() -> None:
+    committed: list[tuple[str, str | None]] = []
+
+    def commit(p: VehicleTripPlan) -> tuple[str | None, int]:
+        if p.pseudo_vin == "a":
+            raise stale("a")
+        return "v1", 1
+
+    settled = commit_until_settled(
+        [plan("a"), plan("b")], commit, lambda s: None, on_committed=lambda pv, v: committed.append((pv, v))
+    )
+    assert (settled.versions, settled.requests, committed) == ({"b": "v1"}, 1, [("b", "v1")])
+    assert [s.pseudo_vin for s in settled.unsettled] == ["a"]
+
+
+def test_a_failure_is_raised_only_after_every_commit_of_the_round_ended() -> None:
+    commits: list[str] = []
+
+    def commit(p: VehicleTripPlan) -> tuple[str | None, int]:
+        commits.append(p.pseudo_vin)
+        if p.pseudo_vin == "a":
+            raise TransientError("SlowDown")
+        return "v1", 1
+
+    with pytest.raises(TransientError):
+        commit_until_settled([plan("a"), plan("b")], commit, lambda s: None)
+    assert commits == ["a", "b"]
+
+
+def test_the_executor_fails_the_batch_when_vehicles_stay_contended(settings: Settings) -> None:
+    class AlwaysMoved(MemoryTripStore):
+        """Another writer always got there first (and deleted the item: each re-plan writes again)."""
+
+        def write(self, item: TripStateItem, expected_last_update: str | None) -> None:
+            raise StaleTripState(item.pseudoVin, None)
+
+    stores = memory_stores()
+    stores = MemoryStores(
+        AlwaysMoved(), stores.vehicle_state, stores.dead_letters, stores.vault, stores.archive
+    )
+    with pytest.raises(TransientError) as raised:
+        run(Pipeline(settings, stores, KEY, NO_SLEEP), shard_records(fixture("trips.jsonl")))
+    assert raised.value.reason == "trip_state_contention"
+
+
+# --- the orphan sweep -----------------------------------------------------------------------------------
+
+
+def open_trips(settings: Settings) -> MemoryStores:
+    stores = memory_stores()
+    records = shard_records(fixture("trips.jsonl"))
+    run(Pipeline(settings, stores, KEY, NO_SLEEP), records)
+    assert any(item.tripId for item in stores.trips.items.values()), "the fixture leaves a trip open"
+    return stores
+
+
+def test_the_sweep_finishes_its_own_claim_when_a_later_step_failed(settings: Settings) -> None:
+    stores = open_trips(settings)
+    open_ids = {i.tripId for i in stores.trips.items.values() if i.status != "IDLE"}
+    stores.archive.fail_next = [TransientError("SlowDown")]  # after the claim landed
+    report = sweep(settings, TripStores(stores.trips, stores.archive), now_ms=10**15, retrier=NO_SLEEP)
+    assert (set(report.orphaned), report.lost_race) == (open_ids, 0)
+    assert all(i.status == "IDLE" and not i.outbox for i in stores.trips.items.values())
+    assert open_ids <= {trip_id for _pv, trip_id in stores.archive.index}
+
+
+def test_the_sweep_leaves_a_trip_to_the_processor_that_wrote_meanwhile(settings: Settings) -> None:
+    stores = open_trips(settings)
+
+    class ProcessorWroteFirst(MemoryTripStore):
+        def scan(self) -> Iterator[TripStateItem]:
+            for item in list(stores.trips.items.values()):
+                # the vehicle's processor writes between the sweep's read and its claim
+                self.items[item.pseudoVin] = item.model_copy(
+                    update={"lastUpdate": "9999-12-31T00:00:00.000Z"}
+                )
+                yield item
+
+    racing = ProcessorWroteFirst()
+    racing.items = dict(stores.trips.items)
+    report = sweep(settings, TripStores(racing, stores.archive), now_ms=10**15, retrier=NO_SLEEP)
+    assert report.orphaned == [] and report.lost_race == sum(
+        1 for i in stores.trips.items.values() if i.status != "IDLE"
+    )
+
+
+# --- the record processor: a failed write never checkpoints ---------------------------------------------
+
+
+class Checkpointer:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, int | None]] = []
+
+    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
+        self.calls.append((sequence_number, sub_sequence_number))
+
+
+def deliver(
+    processor: FleetRecordProcessor, records: Sequence[ShardRecord], checkpointer: Checkpointer
+) -> None:
+    daemon_records = [
+        SimpleNamespace(
+            binary_data=r.data,
+            partition_key=r.partition_key,
+            sequence_number=r.sequence_number,
+            sub_sequence_number=0,
+            timestamp_millis=r.arrival_ms,
+        )
+        for r in records
+    ]
+    processor.process_records(
+        SimpleNamespace(records=daemon_records, millis_behind_latest=0, checkpointer=checkpointer)
+    )
+
+
+@pytest.fixture
+def processor_on(settings: Settings) -> Iterator[Any]:
+    made: list[FleetRecordProcessor] = []
+
+    def start(stores: MemoryStores) -> FleetRecordProcessor:
+        processor = FleetRecordProcessor(
+            settings, pipeline_factory=lambda: Pipeline(settings, stores, KEY, NO_SLEEP)
+        )
+        processor.initialize(SimpleNamespace(shard_id=SHARD, sequence_number="TRIM_HORIZON"))
+        made.append(processor)
+        return processor
+
+    yield start
+    gc.unfreeze()  # initialize freezes what exists; undo it for the rest of the test session
+    for processor in made:
+        processor.lease_lost(None)
+
+
+def test_an_applied_batch_is_checkpointed_at_its_last_record(processor_on: Any) -> None:
+    records = shard_records(fixture("trips.jsonl"))[:50]
+    checkpointer = Checkpointer()
+    deliver(processor_on(memory_stores()), records, checkpointer)
+    assert checkpointer.calls == [(records[-1].sequence_number, 0)]
+
+
+def test_a_failed_write_exits_before_any_checkpoint(processor_on: Any) -> None:
+    stores = memory_stores()
+    stores.vehicle_state.always = TransientError("SlowDown")
+    checkpointer = Checkpointer()
+    with pytest.raises(SystemExit) as exited:
+        deliver(processor_on(stores), shard_records(fixture("trips.jsonl"))[:50], checkpointer)
+    assert (exited.value.code, checkpointer.calls) == (EXIT_BATCH_FAILED, [])
