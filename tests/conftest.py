@@ -80,3 +80,13 @@ def aws_env(local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch) -> AwsEnv:
     for key, value in env.environ.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+def create_lease_table(env: AwsEnv) -> None:
+    """The KCL's lease table as the KCL creates it (key ``leaseKey``), for tests that write leases."""
+    env.clients.dynamodb.create_table(
+        TableName=env.settings.application_name,
+        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )

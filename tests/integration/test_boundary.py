@@ -20,7 +20,7 @@ from processors.pseudonymize import Pseudonymizer
 from processors.signals import format_time
 from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv
-from tests.support.harness import ProcessorHarness, ShardRecord, batches, fixture, shard_records
+from tests.support.harness import ProcessorHarness, ShardRecord, deliver, fixture, shard_records
 from tests.support.oracle import dumps, leaked, vins_in
 from worker.redrive import REDRIVEN_TAG, redrive
 from worker.replay import StreamEntry
@@ -37,14 +37,7 @@ def env(aws_env: AwsEnv) -> AwsEnv:
 
 
 def run(env: AwsEnv, records: list[ShardRecord], size: int = 200) -> ProcessorHarness:
-    harness = ProcessorHarness(env.environ)
-    harness.initialize()
-    for batch in batches(records, size):
-        harness.process(batch)
-    harness.process([])
-    harness.lease_lost()
-    assert harness.close() == 0
-    return harness
+    return deliver(env.environ, records, size)
 
 
 def native(vin: str = VIN, **signals: Any) -> StreamEntry:

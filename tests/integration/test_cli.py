@@ -19,7 +19,7 @@ import pytest
 from devtools import cli as devtools_cli
 from devtools.local_aws import LocalAws
 from processors.pseudonymize import Pseudonymizer
-from tests.conftest import FIXTURES, AwsEnv, fresh_env
+from tests.conftest import FIXTURES, AwsEnv, create_lease_table, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.support.harness import ProcessorHarness, batches, fixture, shard_records
 from worker import cli
@@ -244,16 +244,6 @@ def test_simulate_writes_only_data_on_stdout_and_nothing_else_when_not_a_termina
 
 
 # --- status ----------------------------------------------------------------------------------------------
-
-
-def create_lease_table(env: AwsEnv) -> None:
-    """The KCL's lease table as the KCL creates it (key leaseKey)."""
-    env.clients.dynamodb.create_table(
-        TableName=env.settings.application_name,
-        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
 
 
 def put_lease(env: AwsEnv, shard: str, owner: str, checkpoint: str, switches: int) -> None:

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from tests.conftest import AwsEnv
+from tests.conftest import AwsEnv, create_lease_table
 from worker.leases import Lease, lease_checkpoints, lease_owners, read_leases
 from worker.shards import drained
-
-
-def create_lease_table(env: AwsEnv) -> None:
-    env.clients.dynamodb.create_table(
-        TableName=env.settings.application_name,
-        KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
 
 
 def test_no_lease_table_reads_as_no_leases(aws_env: AwsEnv) -> None:

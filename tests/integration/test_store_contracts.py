@@ -29,7 +29,7 @@ from schemas.items import CompletedTripItem, TripIndexItem, TripStateItem
 from schemas.records import KinesisRecord, StreamPosition
 from tests.conftest import TEST_ENV, AwsEnv
 from tests.support.fakes import memory_stores
-from tests.support.harness import fixture, shard_records
+from tests.support.harness import fixture, process_records_input, shard_records
 from worker.config import Settings
 from worker.pipeline import Pipeline
 from worker.record_processor import EXIT_BATCH_FAILED, FleetRecordProcessor
@@ -247,19 +247,9 @@ def process(backend: Backend, checkpointer: Checkpointer, heartbeats: Path) -> N
     )
     processor.initialize(SimpleNamespace(shard_id=SHARD, sequence_number="TRIM_HORIZON"))
     gc.unfreeze()  # initialize freezes what exists, for a long-lived process; not this test session
-    records = [
-        SimpleNamespace(
-            binary_data=r.data,
-            partition_key=r.partition_key,
-            sequence_number=r.sequence_number,
-            sub_sequence_number=0,
-            timestamp_millis=r.arrival_ms,
-        )
-        for r in shard_records(fixture("trips.jsonl"))[:20]
-    ]
     try:
         processor.process_records(
-            SimpleNamespace(records=records, millis_behind_latest=0, checkpointer=checkpointer)
+            process_records_input(shard_records(fixture("trips.jsonl"))[:20], checkpointer)
         )
     finally:
         processor.lease_lost(None)

@@ -30,6 +30,7 @@ from schemas.dynamo import from_item
 from schemas.items import TripIndexItem
 from tests.conftest import FIXTURES, AwsEnv
 from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, expected_trips
+from tests.support import harness as support
 from tests.support.digest import state_digest
 from tests.support.harness import (
     ProcessExited,
@@ -73,14 +74,7 @@ def archive(env: AwsEnv, key: str) -> tuple[Any, list[dict[str, Any]]]:
 
 
 def deliver(env: AwsEnv, records: Sequence[ShardRecord], size: int = 150) -> ProcessorHarness:
-    harness = ProcessorHarness(env.environ)
-    harness.initialize()
-    for batch in batches(records, size):
-        harness.process(batch)
-    harness.process([])
-    harness.lease_lost()
-    assert harness.close() == 0
-    return harness
+    return support.deliver(env.environ, records, size)
 
 
 def clean_pass(records: Sequence[ShardRecord]) -> tuple[list[CompletedTrip], int]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -212,3 +213,31 @@ class ProcessorHarness:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr_lines.append(line.decode("utf-8", "replace").rstrip("\n"))
+
+
+def deliver(environ: dict[str, str], records: Sequence[ShardRecord], size: int) -> ProcessorHarness:
+    """One processor's whole life over ``records``: initialize, batches of ``size``, an empty batch (the
+    idle checkpoint), then a lost lease; it must exit 0."""
+    harness = ProcessorHarness(environ)
+    harness.initialize()
+    for batch in batches(records, size):
+        harness.process(batch)
+    harness.process([])
+    harness.lease_lost()
+    assert harness.close() == 0
+    return harness
+
+
+def process_records_input(records: Sequence[ShardRecord], checkpointer: Any) -> Any:
+    """What amazon-kclpy hands ``process_records`` for ``records``, for calling a processor in-process."""
+    delivered = [
+        SimpleNamespace(
+            binary_data=r.data,
+            partition_key=r.partition_key,
+            sequence_number=r.sequence_number,
+            sub_sequence_number=r.sub_sequence_number,
+            timestamp_millis=r.arrival_ms,
+        )
+        for r in records
+    ]
+    return SimpleNamespace(records=delivered, millis_behind_latest=0, checkpointer=checkpointer)

@@ -22,7 +22,7 @@ from schemas.records import KinesisRecord, StreamPosition
 from tests.conftest import TEST_ENV
 from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.support.fakes import MemoryStores, MemoryTripStore, memory_stores
-from tests.support.harness import ShardRecord, batches, fixture, shard_records
+from tests.support.harness import ShardRecord, batches, fixture, process_records_input, shard_records
 from worker.config import Settings
 from worker.pipeline import BatchOutcome, Pipeline
 from worker.record_processor import EXIT_BATCH_FAILED, FleetRecordProcessor
@@ -246,19 +246,7 @@ class Checkpointer:
 def deliver(
     processor: FleetRecordProcessor, records: Sequence[ShardRecord], checkpointer: Checkpointer
 ) -> None:
-    daemon_records = [
-        SimpleNamespace(
-            binary_data=r.data,
-            partition_key=r.partition_key,
-            sequence_number=r.sequence_number,
-            sub_sequence_number=0,
-            timestamp_millis=r.arrival_ms,
-        )
-        for r in records
-    ]
-    processor.process_records(
-        SimpleNamespace(records=daemon_records, millis_behind_latest=0, checkpointer=checkpointer)
-    )
+    processor.process_records(process_records_input(records, checkpointer))
 
 
 @pytest.fixture
