@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class CheckpointPolicy:
+    """When applied records are checkpointed: after ``every_records`` of them, after ``every_seconds``, or
+    at once on an idle shard. It only ever sees applied records: what failed is never checkpointed."""
+
     every_records: int = 500
     every_seconds: float = 60.0
 

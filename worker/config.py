@@ -16,7 +16,9 @@ from schemas.tables import ALL_TABLES, TableSpec
 
 
 class Settings(BaseSettings):
-    # Errors never echo input: a setting may be a secret.
+    """Every knob of the worker, read once per process from ``FLEET_*`` variables (and the standard AWS
+    ones); frozen. Validation errors name the setting, never its value: a setting may be a secret."""
+
     model_config = SettingsConfigDict(
         env_prefix="FLEET_", frozen=True, extra="ignore", hide_input_in_errors=True
     )
