@@ -41,7 +41,9 @@ MAX_NAME_BYTES = 255
 @dataclass(frozen=True, slots=True)
 class SignalBounds:
     max_signals: int = 300
-    max_value_bytes: int = 2048
+    max_value_bytes: int = 4096
+    """Room for a long Tesla ``RouteLine`` (a few KB of base64), not for a blob in every update of an
+    item billed whole."""
 
 
 def bound_signals(

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         "first, then unknown names in name order; the rest are dropped and counted (`signalsDropped`).",
     )
     max_signal_value_bytes: int = Field(
-        2048,
+        4096,
         gt=0,
         description="Largest value (as JSON) of one signal in `vehicle-state`; larger ones are dropped "
         "and counted.",

@@ -209,8 +209,10 @@ def test_the_sweep_runs_on_a_schedule_with_its_own_role() -> None:
 
 def logged_events() -> set[str]:
     """Event names the worker logs at ERROR, and the sweep's summary event."""
-    source = "\n".join(p.read_text() for p in [*ROOT.glob("processors/*.py"), *ROOT.glob("worker/*.py")])
+    files = [*(ROOT / "processors").glob("*.py"), *(ROOT / "worker").rglob("*.py")]
+    source = "\n".join(path.read_text() for path in files)
     events = set(re.findall(r'log\.error\(\s*"(\w+)"', source))
+    events |= set(re.findall(r'event\(\s*log,\s*"(\w+)",\s*logging\.ERROR', source))
     events |= set(re.findall(r'self\._exit\(\w+, "(\w+)"', source))
     events |= set(re.findall(r'event\(\s*log,\s*"(sweep)"', source))
     return events
