@@ -31,7 +31,7 @@ typecheck: venv
 	$(PY) -m mypy
 
 test: lint typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # One tier at a time (tests/<tier>/): unit runs in seconds, e2e starts the real daemon.
 unit integration e2e deploy: venv

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         "(`<python> -m worker process`).",
     )
     kcl_initial_position: str = Field("TRIM_HORIZON", description="Where a new lease starts reading.")
+    kcl_worker_id: str | None = Field(
+        None,
+        description="This task's name as a lease owner (e.g. the ECS task id), so `status` and the lease "
+        "table say which task holds a shard; unset: one the KCL generates.",
+    )
     kcl_failover_time_millis: int = Field(
         10_000, description="Lease expiry; a dead worker's shards move after it."
     )

@@ -104,6 +104,8 @@ def daemon_properties(settings: Settings) -> dict[str, str]:
         # On AWS the KCL's own metrics are worth having; locally there is no CloudWatch to send them to.
         "metricsLevel": "NONE" if endpoint else "SUMMARY",
     }
+    if settings.kcl_worker_id:
+        props["workerId"] = settings.kcl_worker_id
     if endpoint:
         props["kinesisEndpoint"] = endpoint
         props["dynamoDBEndpoint"] = endpoint

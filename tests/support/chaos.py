@@ -150,10 +150,15 @@ def reference(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> dict[str, 
 class Daemon:
     """One task: ``python -m worker run`` -> java MultiLangDaemon -> one processor per shard lease."""
 
-    def __init__(self, env: AwsEnv, log: Path) -> None:
+    def __init__(self, env: AwsEnv, log: Path, worker_id: str) -> None:
+        self.worker_id = worker_id
+        """Its lease-owner name (``FLEET_KCL_WORKER_ID``)."""
         self._log = log.open("ab")  # append mode: launcher, daemon and processors all write to it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run"], env=env.environ, stdout=self._log, stderr=self._log
+            [sys.executable, "-m", "worker", "run"],
+            env={**env.environ, "FLEET_KCL_WORKER_ID": worker_id},
+            stdout=self._log,
+            stderr=self._log,
         )
 
     def _tree(self) -> list[psutil.Process]:
@@ -220,16 +225,22 @@ class Fleet:
     size: int = 1
     daemons: list[Daemon] = field(default_factory=list)
     restarts: int = 0
+    started: int = 0
 
     def start(self) -> Fleet:
-        self.daemons = [Daemon(self.env, self.log) for _ in range(self.size)]
+        self.daemons = [self._task() for _ in range(self.size)]
         return self
 
     def replace_dead(self) -> None:
         for i, daemon in enumerate(self.daemons):
             if not daemon.alive():
-                self.daemons[i] = Daemon(self.env, self.log)
+                self.daemons[i] = self._task()
                 self.restarts += 1
+
+    def _task(self) -> Daemon:
+        """A new task with a name of its own, as ECS gives each a task id."""
+        self.started += 1
+        return Daemon(self.env, self.log, f"task-{self.started}")
 
     def stop(self) -> None:
         for daemon in self.daemons:
@@ -349,8 +360,9 @@ def kcl_leader(env: AwsEnv) -> str | None:
     return next((i["ownerName"]["S"] for i in items if "ownerName" in i), None)
 
 
-def failover(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
-    """Two tasks on a 4-shard stream split the leases; one is killed; the other takes all its shards."""
+def failover(local_aws: LocalAws, entries: Sequence[StreamEntry], kill_leader: bool = True) -> Result:
+    """Two tasks on a 4-shard stream split the leases; one is killed (the KCL 3 leader, or the other
+    one); the other takes all its shards. A dead leader's lock must run out first: up to ~150 s more."""
     expected = reference(local_aws, entries)
     env = fresh_env(local_aws, CHAOS_ENV, shards=4)
     started = time.monotonic()
@@ -366,12 +378,15 @@ def failover(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
                 time.sleep(0.5)
             owners = lease_owners(env.settings, env.clients)
             split = sorted(sum(1 for o in owners.values() if o == w) for w in set(owners.values()))
-            leader = kcl_leader(env)
-            victim = fleet_.daemons[0]
+            while (leader := kcl_leader(env)) is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no KCL leader")
+                time.sleep(0.5)
+            victim = next(d for d in fleet_.daemons if (d.worker_id == leader) == kill_leader)
             victim.kill()
             killed_at = time.monotonic()
             result.kills = 1
-            fleet_.daemons = fleet_.daemons[1:]  # not replaced: the survivor must take over
+            fleet_.daemons = [d for d in fleet_.daemons if d is not victim]  # the survivor must take over
             # KCL 3: only the leader reassigns leases. A dead leader's lock (in -CoordinatorState) is taken
             # over once its 2-minute lease has run out unrenewed, checked every 30 s: up to ~150 s.
             while len(set(lease_owners(env.settings, env.clients).values())) != 1:
@@ -380,11 +395,12 @@ def failover(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:
                 time.sleep(0.25)
             takeover = time.monotonic() - killed_at
             (survivor,) = set(lease_owners(env.settings, env.clients).values())
-            killed_leader = leader is not None and leader != survivor
+            killed_leader = victim.worker_id == leader
             result.notes += [
                 f"leases split {split[0]}/{split[1]}",
                 f"takeover {takeover:.1f}s",
-                f"the killed task {'was' if killed_leader else 'was not'} the KCL leader",
+                f"the killed {victim.worker_id} {'was' if killed_leader else 'was not'} the KCL leader;"
+                f" {survivor} holds every lease",
             ]
             replaying.join()
             wait_drained(fleet_, stats[0].last_sequence, timeout=600)
