@@ -24,7 +24,7 @@ def test_throttled_and_failing_aws_calls_lose_and_duplicate_nothing(
 
 
 def test_a_killed_task_restarts_from_its_checkpoint(local_aws: LocalAws, stream: list[StreamEntry]) -> None:
-    result = chaos.kills(local_aws, stream, kill_count=1)
+    result = chaos.kills(local_aws, stream, kill_count=1, tasks=2)  # make chaos: one task, ten kills
     assert result.kills == result.restarts == 1
     assert result.digest_equal, result.row()
 

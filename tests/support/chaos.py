@@ -308,9 +308,15 @@ def throttling(
     return result.conclude(fleet_, started, env, expected)
 
 
-def kills(local_aws: LocalAws, entries: Sequence[StreamEntry], kill_count: int, seed: int = 11) -> Result:
+def kills(
+    local_aws: LocalAws, entries: Sequence[StreamEntry], kill_count: int, seed: int = 11, tasks: int = 1
+) -> Result:
     """kill -9 of a record processor, or of the whole task, at random points during a replay; the task is
-    restarted each time, and resumes from the last checkpoint."""
+    restarted each time, and resumes from the last checkpoint.
+
+    With one task, every kill takes the KCL 3 leader with it, and its replacement waits for the leader's
+    lock to run out (about 150 s). With more, the task killed is one that is not the leader, as in a
+    service where one task of many dies."""
     expected = reference(local_aws, entries)
     env = fresh_env(local_aws, CHAOS_ENV)
     rng = random.Random(seed)
@@ -320,10 +326,13 @@ def kills(local_aws: LocalAws, entries: Sequence[StreamEntry], kill_count: int, 
     replaying, stats = in_background(lambda: replay_all(env, entries, rate=rate))
     result = Result("kills", len(entries))
     with tempfile.TemporaryDirectory() as tmp:
-        fleet_ = Fleet(env, Path(tmp) / "daemon.log").start()
+        fleet_ = Fleet(env, Path(tmp) / "daemon.log", size=tasks).start()
         try:
             while result.kills < kill_count:
                 daemon = fleet_.daemons[0]
+                if tasks > 1:
+                    _wait_for(lambda: kcl_leader(env), 120, "a KCL leader")
+                    daemon = next(d for d in fleet_.daemons if d.worker_id != kcl_leader(env))
                 _wait_for(daemon.processors, 120, "processors to start")
                 time.sleep(rng.uniform(1, 4))
                 if not (rng.random() < 0.5 and daemon.kill_processor(rng)):

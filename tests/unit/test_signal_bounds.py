@@ -65,7 +65,8 @@ def test_the_bounds_are_settings() -> None:
 
 
 def test_batch_planning_drops_and_counts_the_excess_and_keeps_the_record() -> None:
-    oversized = {"vehicleSpeed": 2.0, "blob": "y" * 3_000} | {f"oem{i:03d}": i for i in range(400)}
+    too_long = "y" * (SignalBounds().max_value_bytes + 1_000)
+    oversized = {"vehicleSpeed": 2.0, "blob": too_long} | {f"oem{i:03d}": i for i in range(400)}
     plan = decode_batch([native(oversized)], DECODER, PSEUDO)
     [reading] = plan.readings
     bounds = SignalBounds()
