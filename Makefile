@@ -45,7 +45,7 @@ chaos: venv
 
 # The boundary's hypothesis properties (tests/integration/test_fuzz.py), FLEET_FUZZ_SCALE times the examples make test runs.
 fuzz: venv
-	FLEET_FUZZ_SCALE=$${FLEET_FUZZ_SCALE:-25} $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_fuzz.py
+	FLEET_FUZZ_SCALE=$${FLEET_FUZZ_SCALE:-10} $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_fuzz.py
 
 bench: $(BENCH_STAMP)
 	$(PY) -m bench
