@@ -414,3 +414,21 @@ def test_a_vehicle_state_item_bills_one_write_unit(
     assert sizes["native 7"][1] <= 200
     assert sizes["Tesla 40"][1] <= 1_024
     assert sizes["Tesla 40"][0] > 2 * 1_024  # the old shape billed 3 WU per update
+
+
+def test_an_attribute_of_another_shape_under_a_code_is_overwritten_not_retried_forever(
+    aws_env: AwsEnv,
+) -> None:
+    """``v`` holding something else than ``[value, atMs]`` (say an unknown signal named ``v`` in the old
+    ``{"value", "at"}`` shape) fails the ``#s[1] < :t`` guard; the retry guards on the stored value."""
+    ddb, table = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
+    old = {"M": {"value": {"N": "1"}, "at": {"S": "1970-01-01T00:00:09.000Z"}}}
+    ddb.put_item(TableName=table, Item={"pseudoVin": {"S": PV}, "v": old, "timestamp": {"S": "x"}})
+    assert (
+        DynamoVehicleState(ddb, table).apply(
+            StateUpdate(PV, 2_000, {"vehicleSpeed": Observation(2_000, 5.0)})
+        )
+        == 2
+    )
+    item = from_item(ddb.get_item(TableName=table, Key={"pseudoVin": {"S": PV}})["Item"])
+    assert item == {"pseudoVin": PV, "v": [5.0, 2_000], "ts": 2_000, "timestamp": "x"}
