@@ -24,7 +24,7 @@ names = (
     st.text(max_size=40)
     | st.sampled_from(ALL_TESLA + sorted(CANONICAL_SIGNALS) + sorted(RESERVED_ATTRIBUTES))
     | st.from_regex(r"(Field|t|~|~t|~~)[0-9]{0,4}", fullmatch=True)
-    | st.builds(lambda c: c, st.sampled_from(sorted(CANONICAL_CODES.values())))
+    | st.sampled_from(sorted(CANONICAL_CODES.values()))
 )
 """Random names, and the ones near the table's edges: Tesla and canonical names, ``Field{n}`` with
 known, unknown and zero-padded numbers, and names that look like codes."""
