@@ -3,10 +3,11 @@
 Method. A fresh 1-shard stream; ``python -m worker run`` starts the daemon, which runs the peer's record
 processor (``FLEET_KCL_EXECUTABLE``). Once the processor holds the lease, a live 1 Hz fleet is put into
 the stream as it happens (every record once its event time has passed, PutRecords about 5 times a
-second): ``warmup`` seconds, then ``seconds`` measured. Meanwhile a sampler reads the ``timestamp`` of up
-to 50 of the vehicles from ``vehicle-state`` (strongly consistent BatchGetItem) twice a second.
+second): ``warmup`` seconds, then ``seconds`` measured. Meanwhile a sampler reads the newest record time
+(``ts``; the naive peer's ``timestamp``) of up to 50 of the vehicles from ``vehicle-state`` (strongly
+consistent BatchGetItem) twice a second.
 
-- A record is visible at the end of the first read showing its vehicle's ``timestamp`` at or past the
+- A record is visible at the end of the first read showing its vehicle's newest record time at or past the
   record's; its lag is that time minus the time its PutRecords was sent. Lag percentiles cover the
   measured records of the sampled vehicles; one never seen counts as infinitely late ("not seen").
 - Records/s: the share of the sampled vehicles' records made visible (a shard is applied in order, so
@@ -40,7 +41,7 @@ from bench.workload import SEED
 from devtools.local_aws import LocalAws
 from devtools.simulate import simulate
 from processors.pseudonymize import Pseudonymizer
-from processors.signals import parse_time
+from processors.signals import format_time, parse_time
 from worker.leases import lease_owners
 
 if TYPE_CHECKING:
@@ -95,7 +96,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class Sampler(threading.Thread):
-    """Reads the sampled vehicles' ``timestamp`` until stopped: (time the read returned, pseudoVin -> it).
+    """Reads the sampled vehicles' newest record time until stopped: (time the read returned, pseudoVin ->
+    it, ISO-8601). Ours stores it as ``ts`` (epoch ms), the naive peer as ``timestamp`` (ISO-8601).
 
     One strongly consistent BatchGetItem of at most 100 vehicles: a Scan of the whole table costs the
     local AWS ~0.1 s and would slow down what it measures.
@@ -114,15 +116,21 @@ class Sampler(threading.Thread):
             table: {
                 "Keys": self._keys,
                 "ConsistentRead": True,
-                "ProjectionExpression": "pseudoVin, #ts",
-                "ExpressionAttributeNames": {"#ts": "timestamp"},
+                "ProjectionExpression": "pseudoVin, #ts, #timestamp",
+                "ExpressionAttributeNames": {"#ts": "ts", "#timestamp": "timestamp"},
             }
         }
         while not self.stop.is_set():
             items = self._stage.clients.dynamodb.batch_get_item(RequestItems=request)["Responses"][table]
-            state = {i["pseudoVin"]["S"]: i["timestamp"]["S"] for i in items if "timestamp" in i}
+            state = {i["pseudoVin"]["S"]: newest for i in items if (newest := _newest(i)) is not None}
             self.scans.append((time.monotonic(), state))
             self.stop.wait(SAMPLE_EVERY)
+
+
+def _newest(item: dict[str, Any]) -> str | None:
+    if "ts" in item:
+        return format_time(int(item["ts"]["N"]))
+    return item["timestamp"]["S"] if "timestamp" in item else None
 
 
 def visibility(puts: list[Put], scans: list[tuple[float, dict[str, str]]]) -> list[float]:

@@ -4,11 +4,16 @@ Producers send deltas, so each signal is its own last-writer-wins register order
 (event time, canonical value). That merge is commutative, associative and idempotent: the item is a
 function of the *set* of records applied, whatever the batching, order, duplicates or replays.
 
-Item shape::
+Item shape (compact: DynamoDB bills every write on the whole item, names included)::
 
-    {"pseudoVin": "4f0c...", "timestamp": "2025-03-05T14:32:01.000Z",      # newest record applied
-     "vehicleSpeed": {"value": 73.5, "at": "2025-03-05T14:32:01.000Z"},
-     "location": {"value": {"lat": 39.73, "lng": -104.99}, "at": "..."}, ...}
+    {"pseudoVin": "4f0c...", "ts": 1741185121000,          # epoch ms of the newest record applied
+     "v": [73.5, 1741185121000],                           # vehicleSpeed: [value, event time ms]
+     "l": [[39.73, -104.99], 1741185120000],               # location: [[lat, lng], ...]
+     "t6": [398.5, 1741185121000], "~tirePsi": [...], ...} # Tesla PackVoltage; an unknown signal
+
+One top-level attribute per signal, named by ``schemas.signal_codes`` (one letter for our canonical
+signals, ``t{field number}`` for a Tesla field, ``~{name}`` for anything else), holding ``[value, atMs]``.
+Readers decode with ``stored_observations`` or ``named_item`` (names, ISO times, ``{"lat", "lng"}``).
 
 Pure: ``coalesce``, ``chunks``, ``outstanding`` and ``update_request``. The store is the
 ``processors.ports.VehicleStateWriter`` port; its adapter (``worker.stores.dynamo_vehicle_state``) writes
@@ -21,7 +26,7 @@ is retried.
 as invalid. So an update of more than ``CHUNK_SIGNALS`` signals is written as several requests of at most
 that many signals each. That is safe because every signal is its own register: each chunk's condition
 only guards its own signals, a failed condition is resolved per chunk against the item it returns, and
-the item's ``timestamp`` (newest record applied) is written by the last chunk only, once the others are
+the item's ``ts`` (newest record applied) is written by the last chunk only, once the others are
 stored. A crash between chunks leaves some registers at their new values and the rest at older ones;
 the redelivery writes the rest and finds the written ones already current. Every register converges to
 the same winner whatever the cut, so the item is still a function of the set of records applied (a
@@ -36,9 +41,10 @@ from typing import Any
 
 import orjson
 
-from processors.signals import format_time, parse_time
-from schemas.dynamo import AttributeValue, to_attribute
+from processors.signals import format_time
+from schemas.dynamo import AttributeValue, from_attribute, to_attribute
 from schemas.records import Location, SignalValue, VehicleReading
+from schemas.signal_codes import RESERVED_ATTRIBUTES, decode, encode, is_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +62,9 @@ class Observation:
 
 CHUNK_SIGNALS = 40
 """Signals per ``UpdateItem``. Each signal costs at most 4 operators (``attribute_not_exists``, ``OR``,
-``<``, ``AND``) and ~55 bytes of condition, so a chunk stays near half of DynamoDB's 300 operators and
-4 KB per expression (tested), and a 270-field snapshot takes 7 requests. The common delta, a handful of
-signals, stays one request."""
+``<``, ``AND``) and ~52 bytes of condition (``(attribute_not_exists(#s9) OR #s9[1] < :t9) AND ``), so a
+chunk stays near half of DynamoDB's 300 operators and 4 KB per expression (tested), and a 270-field
+snapshot takes 7 requests. The common delta, a handful of signals, stays one request."""
 
 
 @dataclass(slots=True)
@@ -67,7 +73,7 @@ class StateUpdate:
     timestamp_ms: int
     signals: dict[str, Observation] = field(default_factory=dict)
     sets_timestamp: bool = True
-    """False for all but the last chunk of an update: the item's ``timestamp`` moves once all is stored."""
+    """False for all but the last chunk of an update: the item's ``ts`` moves once all is stored."""
 
     def absorb(self, reading: VehicleReading) -> None:
         at_ms = reading.event_time_ms
@@ -127,15 +133,64 @@ def chunks(update: StateUpdate, size: int = CHUNK_SIGNALS) -> list[StateUpdate]:
     ]
 
 
+LOCATION = "location"
+
+
+def stored_value(name: str, value: SignalValue) -> Any:
+    """A signal value as the item holds it: the ``location`` as ``[lat, lng]``, anything else as it is
+    (decoding builds ``location`` only from lat/lng, so it is always a ``Location``; one in another signal
+    is stored as the map ``{"lat", "lng"}``, which orders equal-time ties as the ``Location`` does)."""
+    if name == LOCATION and isinstance(value, Location):
+        return [value.lat, value.lng]
+    return value
+
+
+def _observation(name: str, stored: Any) -> Observation | None:
+    """``[value, atMs]`` as read back (``from_item``), or None for an attribute of another shape."""
+    if not (isinstance(stored, list) and len(stored) == 2 and type(stored[1]) is int):
+        return None
+    value, at_ms = stored
+    if name == LOCATION:
+        if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
+            return None
+        return Observation(at_ms, Location(float(value[0]), float(value[1])))
+    return Observation(at_ms, value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def stored_observations(item: Mapping[str, Any]) -> tuple[int | None, dict[str, Observation]]:
-    """Decode a stored item (plain values, see ``from_item``) into its timestamp and observations."""
-    timestamp = parse_time(item["timestamp"]) if "timestamp" in item else None
-    observations = {
-        name: Observation(parse_time(attr["at"]), attr["value"])
-        for name, attr in item.items()
-        if isinstance(attr, dict) and "at" in attr and "value" in attr
-    }
-    return timestamp, observations
+    """Decode a stored item (plain values, see ``from_item``) into its ``ts`` and observations by signal
+    name. Attributes that are not a code holding ``[value, atMs]`` are not signals and are left out."""
+    ts = item.get("ts")
+    observations: dict[str, Observation] = {}
+    for attribute, stored in item.items():
+        if attribute in RESERVED_ATTRIBUTES or not is_code(attribute):
+            continue
+        name = decode(attribute)
+        observation = _observation(name, stored)
+        if observation is not None:
+            observations[name] = observation
+    return (ts if type(ts) is int else None), observations
+
+
+def named_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored item (plain values) as people and tests read it: ``pseudoVin``, ``timestamp`` (ISO) and,
+    per signal name, ``{"value": ..., "at": ISO}``, a location's value as ``{"lat": ..., "lng": ...}``."""
+    ts, observations = stored_observations(item)
+    named: dict[str, Any] = {}
+    if "pseudoVin" in item:
+        named["pseudoVin"] = item["pseudoVin"]
+    if ts is not None:
+        named["timestamp"] = format_time(ts)
+    for name, obs in sorted(observations.items()):
+        value = obs.value
+        if isinstance(value, Location):
+            value = {"lat": value.lat, "lng": value.lng}
+        named[name] = {"value": value, "at": format_time(obs.at_ms)}
+    return named
 
 
 def outstanding(update: StateUpdate, item: Mapping[str, Any]) -> StateUpdate | None:
@@ -154,40 +209,42 @@ def outstanding(update: StateUpdate, item: Mapping[str, Any]) -> StateUpdate | N
 def update_request(
     table: str, update: StateUpdate, stored: Mapping[str, AttributeValue] | None
 ) -> dict[str, Any]:
-    """``UpdateItem`` arguments. Without ``stored``: guard that every value is strictly newer.
-    With ``stored`` (the item a failed condition returned): guard that nothing touched has changed.
-    The item's ``timestamp`` is written (and guarded) only when ``update.sets_timestamp``.
+    """``UpdateItem`` arguments. Without ``stored``: guard that every value is strictly newer
+    (``attribute_not_exists(#s) OR #s[1] < :t``). With ``stored`` (the item a failed condition returned):
+    guard that nothing touched has changed. The item's ``ts`` is written (and guarded) only when
+    ``update.sets_timestamp``.
     """
     names: dict[str, str] = {}
     values: dict[str, AttributeValue] = {}
     assignments: list[str] = []
     conditions: list[str] = []
     if update.sets_timestamp:
-        names["#ts"] = "timestamp"
-        new_ts = format_time(update.timestamp_ms)
-        stored_ts = stored.get("timestamp") if stored is not None else None
+        names["#ts"] = "ts"
+        new_ts = {"N": str(update.timestamp_ms)}
+        stored_ts = stored.get("ts") if stored is not None else None
         if stored is None:
             assignments.append("#ts = :ts")
             conditions.append("(attribute_not_exists(#ts) OR #ts < :ts)")
-            values[":ts"] = {"S": new_ts}
+            values[":ts"] = new_ts
         else:
-            if stored_ts is None or new_ts > stored_ts["S"]:
+            if stored_ts is None or update.timestamp_ms > _number(stored_ts):
                 assignments.append("#ts = :ts")
-                values[":ts"] = {"S": new_ts}
+                values[":ts"] = new_ts
             conditions.append("#ts = :oldts" if stored_ts is not None else "attribute_not_exists(#ts)")
             if stored_ts is not None:
                 values[":oldts"] = stored_ts
-    for i, (name, obs) in enumerate(sorted(update.signals.items())):
-        names[f"#s{i}"] = name
-        at = format_time(obs.at_ms)
-        values[f":v{i}"] = {"M": {"value": to_attribute(obs.value), "at": {"S": at}}}
+    coded = sorted((encode(name), name) for name in update.signals)
+    for i, (code, name) in enumerate(coded):
+        obs = update.signals[name]
+        names[f"#s{i}"] = code
+        at = {"N": str(obs.at_ms)}
+        values[f":v{i}"] = {"L": [to_attribute(stored_value(name, obs.value)), at]}
         assignments.append(f"#s{i} = :v{i}")
         if stored is None:
-            names["#at"] = "at"
-            values[f":t{i}"] = {"S": at}
-            conditions.append(f"(attribute_not_exists(#s{i}) OR #s{i}.#at < :t{i})")
-        elif name in stored:
-            values[f":o{i}"] = stored[name]
+            values[f":t{i}"] = at
+            conditions.append(f"(attribute_not_exists(#s{i}) OR #s{i}[1] < :t{i})")
+        elif code in stored:
+            values[f":o{i}"] = stored[code]
             conditions.append(f"#s{i} = :o{i}")
         else:
             conditions.append(f"attribute_not_exists(#s{i})")
@@ -200,3 +257,9 @@ def update_request(
         "ExpressionAttributeValues": values,
         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
     }
+
+
+def _number(attribute: AttributeValue) -> int | float:
+    """A stored ``ts``; one of another type (never written by us) reads as older than anything."""
+    number = from_attribute(attribute)
+    return number if _is_number(number) else -1

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from processors.errors import OperatorError
+from processors.vehicle_state import named_item
 from schemas.dynamo import from_item
 from worker.aws import AwsClients
 from worker.config import Settings
@@ -131,13 +132,11 @@ def vehicle_report(settings: Settings, clients: AwsClients, pseudo_vin: str) -> 
     if state is None:
         lines.append(row("(none)", "", 4))
     else:
-        lines.append(row("newest record", state.get("timestamp", "-"), 4))
-        for name in sorted(k for k in state if k not in ("pseudoVin", "timestamp")):
-            signal = state[name]
-            if isinstance(signal, dict) and "value" in signal:
-                lines.append(row(name, f"{value_text(signal['value']):<28} at {signal.get('at', '-')}", 4))
-            else:
-                lines.append(row(name, value_text(signal), 4))
+        named = named_item(state)  # signal codes back to names, times back to ISO
+        lines.append(row("newest record", named.get("timestamp", "-"), 4))
+        for name in sorted(k for k in named if k not in ("pseudoVin", "timestamp")):
+            signal = named[name]
+            lines.append(row(name, f"{value_text(signal['value']):<28} at {signal['at']}", 4))
     lines.append(f"  trip machine ({tables['trip-state']})")
     if trip is None:
         lines.append(row("(none)", "", 4))

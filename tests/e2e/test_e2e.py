@@ -20,6 +20,7 @@ import pytest
 
 from devtools.local_aws import LocalAws
 from processors.pseudonymize import Pseudonymizer
+from processors.vehicle_state import named_item
 from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, boundary_fleet_vins, expected_trips
@@ -101,7 +102,7 @@ def kcl_run(local_aws: LocalAws) -> Iterator[DaemonRun]:
 
 
 def test_vehicle_state_holds_each_vehicles_latest_values(kcl_run: DaemonRun) -> None:
-    state = {item["pseudoVin"]: item for item in kcl_run.table("vehicle-state")}
+    state = {item["pseudoVin"]: named_item(item) for item in kcl_run.table("vehicle-state")}
     expected = latest_by_vin(FIXTURES / "fleet-small.jsonl") | latest_by_vin(FIXTURES / "trips.jsonl")
     vehicles = set(expected) | boundary_fleet_vins()
     assert sorted(state) == sorted({kcl_run.pseudo.pseudo_vin(vin) for vin in vehicles})  # one item each

@@ -18,6 +18,7 @@ from processors.dead_letter import ENCRYPTION_CONTEXT, PREFIX, unseal
 from processors.errors import RejectReason
 from processors.pseudonymize import Pseudonymizer
 from processors.signals import format_time
+from processors.vehicle_state import named_item
 from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv
 from tests.support.harness import ProcessorHarness, ShardRecord, deliver, fixture, shard_records
@@ -173,7 +174,7 @@ def test_quarantine_then_fix_then_redrive_applies_the_record(env: AwsEnv) -> Non
     item = env.clients.dynamodb.get_item(
         TableName=env.settings.table_names["vehicle-state"], Key={"pseudoVin": {"S": PSEUDO.pseudo_vin(VIN)}}
     )["Item"]
-    assert from_item(item)["vehicleSpeed"]["value"] == 42.0
+    assert named_item(from_item(item))["vehicleSpeed"]["value"] == 42.0
 
 
 def read_stream(env: AwsEnv) -> list[StreamEntry]:
@@ -238,7 +239,7 @@ def test_a_record_dynamodb_refuses_is_dead_lettered_alone_and_the_batch_goes_on(
     assert {d["reason"] for d in letters} == {"unwritable"}
     assert 1 <= len(letters) < len(big)
     state = {
-        i["pseudoVin"]["S"]: from_item(i)
+        i["pseudoVin"]["S"]: named_item(from_item(i))
         for i in env.clients.dynamodb.scan(TableName=env.settings.table_names["vehicle-state"])["Items"]
     }
     assert state[PSEUDO.pseudo_vin("1HGCM82633A004352")]["vehicleSpeed"]["value"] == 7.0

@@ -22,14 +22,15 @@ from processors.pseudonymize import Pseudonymizer
 from tests.conftest import FIXTURES, AwsEnv, create_lease_table, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.support.harness import ProcessorHarness, batches, fixture, shard_records
+from tests.support.oracle import latest_by_vin
 from worker import cli
 from worker.cli import runtime
-from worker.inspection import VALUE_COLUMN
+from worker.inspection import VALUE_COLUMN, row
 from worker.progress import Progress
 from worker.replay import read_fixture, replay
 
 VIN = "5YJ3E1EA7KF317000"
-
+TRIPS = FIXTURES / "trips.jsonl"
 
 ROOT = Path(__file__).parent.parent.parent
 
@@ -342,6 +343,15 @@ def test_inspect_vehicle_prints_state_trip_machine_and_trips(processed: Processe
         line for line in out.splitlines() if line.startswith("    ") and not line.startswith("    trip_")
     ]
     assert values and all(line[VALUE_COLUMN - 1] == " " != line[VALUE_COLUMN] for line in values), "aligned"
+    # The item stores signal codes and epoch ms; the report shows names and ISO times, as before.
+    (vin,) = [vin for vin in latest_by_vin(TRIPS) if processed.pseudo.pseudo_vin(vin) == pseudo_vin]
+    latest = latest_by_vin(TRIPS)[vin]
+    shown = {line.split()[0]: line[VALUE_COLUMN:] for line in values if not line.startswith("    newest")}
+    names = (set(latest) - {"timestamp", "lat", "lng"}) | {"location"}
+    assert names <= set(shown), shown
+    assert shown["location"].startswith(f"{latest['lat']:.5f}, {latest['lng']:.5f} ")
+    assert shown["shiftState"].split() == [latest["shiftState"], "at", latest["timestamp"]]
+    assert row("newest record", latest["timestamp"], 4) in values
 
 
 def test_inspect_trip_prints_the_index_item_and_the_archive(processed: Processed) -> None:

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from processors.pseudonymize import Pseudonymizer
+from processors.vehicle_state import named_item
 from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv
 from tests.support.harness import ProcessExited, ProcessorHarness, batches, fixture, shard_records
@@ -19,7 +20,7 @@ FLEET = FIXTURES / "fleet-small.jsonl"
 
 def vehicle_state(env: AwsEnv) -> dict[str, dict[str, Any]]:
     items = env.clients.dynamodb.scan(TableName=env.settings.table_names["vehicle-state"])["Items"]
-    return {item["pseudoVin"]["S"]: from_item(item) for item in items}
+    return {item["pseudoVin"]["S"]: named_item(from_item(item)) for item in items}
 
 
 def pseudonymizer(env: AwsEnv) -> Pseudonymizer:

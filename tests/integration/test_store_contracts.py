@@ -169,12 +169,7 @@ def test_reapplying_a_vehicle_state_update_changes_nothing_and_nothing_rolls_bac
     writer.apply(update(5_000, vehicleSpeed=50.0))
     writer.apply(update(3_000, vehicleSpeed=30.0))  # late: older than what is stored
     assert (
-        backend.vehicle_state(PV)
-        == once
-        == {
-            "timestamp": "1970-01-01T00:00:05.000Z",
-            "vehicleSpeed": {"value": 50.0, "at": "1970-01-01T00:00:05.000Z"},
-        }
+        backend.vehicle_state(PV) == once == {"ts": 5_000, "v": [50.0, 5_000]}  # vehicleSpeed: [value, atMs]
     )
 
 

@@ -8,20 +8,27 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devtools.local_aws.limits import item_size
+from processors.signals import format_time
 from processors.vehicle_state import (
     CHUNK_SIGNALS,
+    Observation,
     StateUpdate,
     chunks,
     coalesce,
+    named_item,
     outstanding,
+    stored_observations,
     update_request,
 )
-from schemas.dynamo import from_item
-from schemas.records import Location, StreamPosition, VehicleReading
+from schemas.dynamo import from_item, to_attribute
+from schemas.records import Location, SignalValue, StreamPosition, VehicleReading
+from schemas.signal_codes import TESLA_FIELD_NUMBERS, encode
 from tests.conftest import AwsEnv
 from worker.stores.dynamo_vehicle_state import DynamoVehicleState
 
@@ -29,6 +36,8 @@ PV = "0123456789abcdef0123456789abcdef"
 POS = StreamPosition("shardId-000000000000", "1", 0, 0)
 NAMES = [f"s{i}" for i in range(12)]
 PVS: Iterator[str] = (f"{n:032x}" for n in itertools.count())
+locations = st.builds(Location, st.sampled_from([39.7, 39.75, -33.9]), st.sampled_from([-104.9, 18.4]))
+"""Decoding builds ``location`` only from lat/lng; another signal may hold a map of the same shape."""
 """Fresh vehicles for each example of a hypothesis test, which shares one table across its examples."""
 
 
@@ -117,19 +126,41 @@ def test_the_stored_item_ignores_order_batching_and_duplicates(aws_env: AwsEnv) 
 
 def test_outstanding_is_what_still_beats_the_stored_item() -> None:
     (update,) = coalesce([reading(2_000, vehicleSpeed=20.0, batteryLevel=70)]).values()
-    stored = {
-        "pseudoVin": PV,
-        "timestamp": "1970-01-01T00:00:03.000Z",
-        "vehicleSpeed": {"value": 35.0, "at": "1970-01-01T00:00:03.000Z"},
-        "batteryLevel": {"value": 71, "at": "1970-01-01T00:00:01.000Z"},
-    }
+    stored = {"pseudoVin": PV, "ts": 3_000, "v": [35.0, 3_000], "b": [71, 1_000]}
     remainder = outstanding(update, stored)
     assert remainder is not None
     assert plain(remainder) == {"batteryLevel": (2_000, 70), "@": 3_000}
-    assert (
-        outstanding(update, {**stored, "batteryLevel": {"value": 70, "at": "1970-01-01T00:00:02.000Z"}})
-        is None
-    )
+    assert outstanding(update, {**stored, "b": [70, 2_000]}) is None
+    # An equal-time tie goes to the greater canonical value, whichever was stored first.
+    assert outstanding(update, {**stored, "b": [69, 2_000]}) is not None
+    assert outstanding(update, {**stored, "b": [71, 2_000]}) is None
+
+
+def test_stored_observations_decode_codes_and_skip_what_is_not_a_signal() -> None:
+    item = {
+        "pseudoVin": PV,
+        "ts": 9_000,
+        "l": [[1.5, -2.5], 8_000],
+        "t6": [398.5, 9_000],
+        "~tirePsi": [{"fl": 41}, 7_000],
+        "m": {"hwm": 1},  # reserved: never a signal
+        "vehicleSpeed": {"value": 1.0, "at": "1970-01-01T00:00:01.000Z"},  # the old shape: not a code
+        "v": "not [value, atMs]",
+    }
+    ts, observations = stored_observations(item)
+    assert ts == 9_000
+    assert observations == {
+        "location": Observation(8_000, Location(1.5, -2.5)),
+        "PackVoltage": Observation(9_000, 398.5),
+        "tirePsi": Observation(7_000, {"fl": 41}),
+    }
+    assert named_item(item) == {
+        "pseudoVin": PV,
+        "timestamp": "1970-01-01T00:00:09.000Z",
+        "location": {"value": {"lat": 1.5, "lng": -2.5}, "at": "1970-01-01T00:00:08.000Z"},
+        "PackVoltage": {"value": 398.5, "at": "1970-01-01T00:00:09.000Z"},
+        "tirePsi": {"value": {"fl": 41}, "at": "1970-01-01T00:00:07.000Z"},
+    }
 
 
 def test_sink_never_rolls_a_signal_back_and_replays_are_no_ops(aws_env: AwsEnv) -> None:
@@ -146,6 +177,13 @@ def test_sink_never_rolls_a_signal_back_and_replays_are_no_ops(aws_env: AwsEnv) 
     apply(reading(5_000, vehicleSpeed=50.0))  # exact replay
     item = from_item(aws_env.clients.dynamodb.get_item(TableName=table, Key={"pseudoVin": {"S": PV}})["Item"])
     assert item == {
+        "pseudoVin": PV,
+        "ts": 5_000,
+        "v": [50.0, 5_000],
+        "b": [77, 3_000],
+        "l": [[1.5, 2.5], 1_000],
+    }
+    assert named_item(item) == {
         "pseudoVin": PV,
         "timestamp": "1970-01-01T00:00:05.000Z",
         "vehicleSpeed": {"value": 50.0, "at": "1970-01-01T00:00:05.000Z"},
@@ -173,7 +211,12 @@ _OPERATORS = re.compile(
     r"\b(?:AND|OR|NOT|BETWEEN|IN|attribute_exists|attribute_not_exists|attribute_type|begins_with|"
     r"contains|size)\b|<>|<=|>=|[=<>]"
 )
-SNAPSHOT = {f"Tesla{i:03d}": float(i) for i in range(268)} | {"vehicleSpeed": 1.0, "odometer": 2.0}
+SNAPSHOT = {name: float(i) for i, name in enumerate(sorted(TESLA_FIELD_NUMBERS)[:266])} | {
+    "vehicleSpeed": 1.0,
+    "odometer": 2.0,
+    "Field9999": 3.0,  # a field newer than our protos
+    "x" * 250: 4.0,  # an unknown signal with a long name
+}
 """A snapshot after a reconnect: about 270 fields at once."""
 
 
@@ -210,14 +253,14 @@ class LimitedDynamoDB:
 
 
 def test_the_limit_check_refuses_what_a_single_request_for_a_snapshot_was() -> None:
-    clauses = [f"(attribute_not_exists(#s{i}) OR #s{i}.#at < :t{i})" for i in range(80)]
+    clauses = [f"(attribute_not_exists(#s{i}) OR #s{i}[1] < :t{i})" for i in range(80)]
     assert refused_by_dynamodb({"ConditionExpression": " AND ".join(clauses)}) is not None
     assert refused_by_dynamodb({"ConditionExpression": " AND ".join(clauses[:40])}) is None
 
 
 def test_every_request_for_a_full_snapshot_is_well_within_the_expression_limits() -> None:
     (update,) = coalesce([VehicleReading(PV, 1_000, SNAPSHOT, POS)]).values()
-    older = {"timestamp": {"S": "1970-01-01T00:00:00.000Z"}} | {n: {"S": "old"} for n in SNAPSHOT}
+    older = {"ts": {"N": "0"}} | {encode(n): {"S": "old"} for n in SNAPSHOT}
     for stored in (None, older):  # the first attempt, and the retry after a failed condition
         requests = [update_request("t", chunk, stored) for chunk in chunks(update)]
         assert len(requests) == math.ceil(len(SNAPSHOT) / CHUNK_SIGNALS) == 7
@@ -227,7 +270,7 @@ def test_every_request_for_a_full_snapshot_is_well_within_the_expression_limits(
                 assert operators(request[key]) <= EXPRESSION_OPERATORS * 2 // 3, key
         # Every signal written exactly once, and the item's timestamp by the last request only.
         names = [n for r in requests for k, n in r["ExpressionAttributeNames"].items() if k.startswith("#s")]
-        assert sorted(names) == sorted(SNAPSHOT)
+        assert sorted(names) == sorted(map(encode, SNAPSHOT))
         assert ["#ts = :ts" in r["UpdateExpression"] for r in requests] == [False] * 6 + [True]
 
 
@@ -239,37 +282,153 @@ def test_a_full_snapshot_is_stored_whole_in_a_few_requests_and_replays_as_no_ops
     assert sink.apply(update) == dynamodb.update_items == 7
     assert sink.apply(update) == 7  # a replay: each request's condition fails, nothing is left to write
     item = from_item(aws_env.clients.dynamodb.get_item(TableName=table, Key={"pseudoVin": {"S": PV}})["Item"])
-    assert item.pop("timestamp") == "1970-01-01T00:00:05.000Z"
+    assert item.pop("ts") == 5_000
     assert item.pop("pseudoVin") == PV
-    assert item == {n: {"value": v, "at": "1970-01-01T00:00:05.000Z"} for n, v in SNAPSHOT.items()}
+    assert item == {encode(n): [v, 5_000] for n, v in SNAPSHOT.items()}
+
+
+class Crash(Exception):
+    """The process dies: nothing after it runs."""
+
+
+class CrashingDynamoDB:
+    """Passes ``update_item`` through until ``after`` calls were made, then crashes (once)."""
+
+    def __init__(self, client: Any, after: int) -> None:
+        self.client, self.after = client, after
+
+    def update_item(self, **request: Any) -> Any:
+        if self.after == 0:
+            self.after = -1
+            raise Crash
+        self.after -= 1
+        return self.client.update_item(**request)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(
-        st.tuples(st.integers(0, 6), st.dictionaries(st.sampled_from(NAMES), st.integers(0, 3), max_size=9)),
+        st.tuples(
+            st.integers(0, 6),
+            st.builds(
+                lambda others, location: others | ({} if location is None else {"location": location}),
+                st.dictionaries(st.sampled_from(NAMES), st.integers(0, 3) | locations, max_size=9),
+                st.none() | locations,
+            ),
+        ),
         min_size=1,
         max_size=8,
     ),
     st.integers(1, 3),
+    st.integers(0, 12),
     st.randoms(),
 )
 def test_chunked_writes_keep_the_item_a_function_of_the_set_of_records(
-    aws_env: AwsEnv, records: list[tuple[int, dict[str, int]]], chunk: int, rnd: Any
+    aws_env: AwsEnv, records: list[tuple[int, dict[str, Any]]], chunk: int, crash_after: int, rnd: Any
 ) -> None:
     """Tiny chunks, so that every update is split: a shuffled, partly duplicated stream cut into
-    batches stores what one batch stores, conditional failures in any chunk included."""
+    batches stores what one batch stores, conditional failures in any chunk included, and so does a
+    delivery the process crashed in the middle of (after ``crash_after`` requests, between or inside
+    an update's chunks), delivered again from the start of the batch (no checkpoint was made)."""
     dynamodb, table = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
     sink = DynamoVehicleState(dynamodb, table, chunk_signals=chunk)
     readings = [VehicleReading(PV, 1_000 * t, signals, POS) for t, signals in records]
     stream = readings + readings[: len(readings) // 2]
     rnd.shuffle(stream)
-    cuts = sorted(rnd.sample(range(len(stream) + 1), 2))
+    cut = rnd.randint(0, len(stream))
     stored = []
-    for pv, batches in ((next(PVS), [readings]), (next(PVS), [stream[: cuts[0]], stream[cuts[0] :]])):
-        for batch in batches:
-            for update in coalesce([replace(r, pseudo_vin=pv) for r in batch]).values():
+    for pv, batches in ((next(PVS), [readings]), (next(PVS), [stream[:cut], stream[cut:]])):
+        for number, batch in enumerate(batches):
+            updates = coalesce([replace(r, pseudo_vin=pv) for r in batch]).values()
+            if number == 1:
+                crashing = DynamoVehicleState(CrashingDynamoDB(dynamodb, crash_after), table, chunk)  # type: ignore[arg-type]
+                try:
+                    for update in updates:
+                        crashing.apply(update)
+                except Crash:
+                    pass
+            for update in updates:
                 sink.apply(update)
         got = dynamodb.get_item(TableName=table, Key={"pseudoVin": {"S": pv}}).get("Item", {})
         stored.append({k: v for k, v in from_item(got).items() if k != "pseudoVin"})
     assert stored[0] == stored[1]
+
+
+# --- item size: DynamoDB bills every write on the whole item ---------------------------------------------
+
+T0 = 1_741_185_121_123
+NATIVE: dict[str, SignalValue] = {
+    "vehicleSpeed": 66.3,
+    "location": Location(39.778009, -104.87855),
+    "heading": 96,
+    "odometer": 6141.53,
+    "batteryLevel": 58,
+    "batteryRange": 180.7,
+    "shiftState": "D",
+}
+"""A native record's 7 signals (``fleet-small.jsonl``)."""
+TESLA_40: dict[str, SignalValue] = {
+    "vehicleSpeed": 64.2, "location": Location(37.394123, -122.150432), "heading": 271.5,
+    "odometer": 18234.56, "batteryLevel": 72.4, "soc": 74.1, "batteryRange": 201.35, "shiftState": "D",
+    "PackVoltage": 398.51, "PackCurrent": -12.3, "ChargeState": "Idle", "BmsFullchargecomplete": False,
+    "DCDCEnable": True, "IsolationResistance": 2870.0, "PedalPosition": 18.4, "BrakePedal": False,
+    "DiStateR": "DriveStateDrive", "DiHeatsinkTR": 42.5, "DiAxleSpeedR": 812.3, "DiTorquemotor": 95.2,
+    "DiStatorTempR": 55.0, "DiVBatR": 397.9, "DiMotorCurrentR": 143.0, "GpsState": True,
+    "NumBrickVoltageMax": 41, "BrickVoltageMax": 4.012, "NumBrickVoltageMin": 12, "BrickVoltageMin": 3.998,
+    "NumModuleTempMax": 3, "ModuleTempMax": 31.5, "NumModuleTempMin": 1, "ModuleTempMin": 29.0,
+    "RatedRange": 205.2, "Hvil": "HvilStatusFault", "InsideTemp": 21.5, "OutsideTemp": 14.0,
+    "TpmsPressureFl": 2.9, "TpmsPressureFr": 2.875, "TpmsPressureRl": 2.85, "TpmsPressureRr": 2.9,
+}  # fmt: skip
+"""A Tesla vehicle's 40 most frequent fields (8 become canonical signals), at realistic values."""
+
+
+def legacy_item(pseudo_vin: str, signals: dict[str, SignalValue], at_ms: int) -> dict[str, Any]:
+    """The item as it was stored before signal codes: ``{"value": ..., "at": ISO-8601}`` per signal name."""
+    at = {"S": format_time(at_ms)}
+    return {"pseudoVin": {"S": pseudo_vin}, "timestamp": at} | {
+        name: {"M": {"value": to_attribute(value), "at": at}} for name, value in signals.items()
+    }
+
+
+def test_a_vehicle_state_item_bills_one_write_unit(
+    aws_env: AwsEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Measured by the local AWS's item-size rules on the stored item: a native item within 200 B, a Tesla
+    40-field item within 1 KB, so that every update of either bills 1 WU (they were 433 B and ~2.4 KB)."""
+    ddb, table = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
+    sink = DynamoVehicleState(ddb, table)
+    assert len(TESLA_40) == 40 and set(TESLA_40) - set(NATIVE) <= TESLA_FIELD_NUMBERS.keys() | {"soc"}
+    sizes = {}
+    for label, pv, signals in (("native 7", "a" * 32, NATIVE), ("Tesla 40", "b" * 32, TESLA_40)):
+        # Every signal at its own time, as deltas leave them.
+        for offset, (name, value) in enumerate(signals.items()):
+            sink.apply(StateUpdate(pv, T0, {name: Observation(T0 - 1_000 * offset, value)}))
+        stored = ddb.get_item(TableName=table, Key={"pseudoVin": {"S": pv}})["Item"]
+        assert len(stored) == len(signals) + 2
+        aws_env.aws.app.reset_counts()
+        sink.apply(StateUpdate(pv, T0 + 1_000, {"vehicleSpeed": Observation(T0 + 1_000, 12.5)}))
+        assert aws_env.aws.app.written[("dynamodb", table)].units == 1, label
+        sizes[label] = (item_size(legacy_item(pv, signals, T0)), item_size(stored))
+    with capsys.disabled():
+        print("\nvehicle-state item bytes (before -> after):", sizes)
+    assert sizes["native 7"][1] <= 200
+    assert sizes["Tesla 40"][1] <= 1_024
+    assert sizes["Tesla 40"][0] > 2 * 1_024  # the old shape billed 3 WU per update
+
+
+def test_an_attribute_of_another_shape_under_a_code_is_overwritten_not_retried_forever(
+    aws_env: AwsEnv,
+) -> None:
+    """``v`` holding something else than ``[value, atMs]`` (say an unknown signal named ``v`` in the old
+    ``{"value", "at"}`` shape) fails the ``#s[1] < :t`` guard; the retry guards on the stored value."""
+    ddb, table = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
+    old = {"M": {"value": {"N": "1"}, "at": {"S": "1970-01-01T00:00:09.000Z"}}}
+    ddb.put_item(TableName=table, Item={"pseudoVin": {"S": PV}, "v": old, "timestamp": {"S": "x"}})
+    assert (
+        DynamoVehicleState(ddb, table).apply(
+            StateUpdate(PV, 2_000, {"vehicleSpeed": Observation(2_000, 5.0)})
+        )
+        == 2
+    )
+    item = from_item(ddb.get_item(TableName=table, Key={"pseudoVin": {"S": PV}})["Item"])
+    assert item == {"pseudoVin": PV, "v": [5.0, 2_000], "ts": 2_000, "timestamp": "x"}

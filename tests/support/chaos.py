@@ -33,6 +33,7 @@ from botocore.exceptions import ClientError
 from devtools.local_aws import FaultPlan, LocalAws
 from devtools.simulate import simulate
 from processors.pseudonymize import Pseudonymizer
+from processors.vehicle_state import named_item
 from schemas.dynamo import from_item
 from tests.conftest import AwsEnv, fresh_env
 from tests.support.digest import state_digest
@@ -600,7 +601,7 @@ def _vehicle_state(env: AwsEnv, vin: str) -> dict[str, Any]:
     item = env.clients.dynamodb.get_item(
         TableName=env.settings.table_names["vehicle-state"], Key=key, ConsistentRead=True
     ).get("Item")
-    return from_item(item) if item else {}
+    return named_item(from_item(item)) if item else {}
 
 
 def load(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> Result:

@@ -17,7 +17,9 @@ from typing import Any
 
 import orjson
 
+from processors.vehicle_state import named_item, stored_observations
 from schemas.dynamo import from_item
+from schemas.signal_codes import encode
 from worker.aws import AwsClients
 from worker.config import Settings
 
@@ -53,12 +55,23 @@ def state_digest(settings: Settings, clients: AwsClients) -> dict[str, Any]:
     for logical, physical in settings.table_names.items():
         volatile = VOLATILE.get(logical, frozenset())
         rows = [{k: v for k, v in item.items() if k not in volatile} for item in _scan(clients, physical)]
+        if logical == "vehicle-state":
+            rows = [readable_vehicle_state(row) for row in rows]
         digest[logical] = sorted(rows, key=lambda row: orjson.dumps(row, option=orjson.OPT_SORT_KEYS))
     for prefix in DIGESTED_PREFIXES:
         objects = _objects(clients, settings.archive_bucket, prefix)
         digest[prefix] = {key: hashlib.sha256(body).hexdigest() for key, body in sorted(objects.items())}
     digest["dead-letter/"] = dead_letter_digest(settings, clients)
     return digest
+
+
+def readable_vehicle_state(item: dict[str, Any]) -> dict[str, Any]:
+    """The item by signal name (``named_item``), with any attribute that is no signal code kept as it is,
+    so that a digest diff reads in names and still sees everything stored."""
+    named = named_item(item)
+    _, observations = stored_observations(item)
+    decoded = {encode(name) for name in observations} | ({"ts"} if "timestamp" in named else set())
+    return named | {k: v for k, v in item.items() if k not in decoded and k not in named}
 
 
 def dead_letter_digest(settings: Settings, clients: AwsClients) -> list[tuple[str, int]]:

@@ -20,9 +20,10 @@ from processors.ports import Stores
 from processors.signals import format_time
 from processors.trip_items import breadcrumb_item
 from processors.trips import Breadcrumb
-from processors.vehicle_state import StateUpdate, outstanding
-from schemas.dynamo import from_item
+from processors.vehicle_state import StateUpdate, outstanding, stored_value
+from schemas.dynamo import from_attribute, from_item, to_attribute
 from schemas.items import BreadcrumbItem, TripIndexItem, TripStateItem
+from schemas.signal_codes import encode
 
 
 class _Failing:
@@ -93,7 +94,7 @@ def _levels(value: Any) -> int:
 
 
 class MemoryVehicleState(_Failing):
-    """Items as ``from_item`` reads them back: ``{"timestamp": ..., name: {"value": ..., "at": ...}}``.
+    """Items as ``from_item`` reads them back: ``{"ts": ms, code: [value, at_ms]}`` (``signal_codes``).
     Refuses, as DynamoDB does, a value nested past 32 levels; ``refuse`` names more signals to refuse."""
 
     def __init__(self) -> None:
@@ -112,9 +113,12 @@ class MemoryVehicleState(_Failing):
             if remainder is None:
                 return 1
             for name, observation in remainder.signals.items():
-                item[name] = {"value": observation.value, "at": format_time(observation.at_ms)}
+                value = from_attribute(
+                    to_attribute(stored_value(name, observation.value))
+                )  # as stored and read
+                item[encode(name)] = [value, observation.at_ms]
             if remainder.sets_timestamp:
-                item["timestamp"] = format_time(remainder.timestamp_ms)
+                item["ts"] = remainder.timestamp_ms
         return 1
 
 

@@ -147,7 +147,7 @@ def test_more_than_300_operators_in_an_update_expression_are_refused() -> None:
 
 def test_a_vehicle_state_style_condition_reaches_the_operator_limit_at_75_signals() -> None:
     def condition(signals: int) -> str:
-        guards = [f"(attribute_not_exists(#s{i}) OR #s{i}.#at < :t{i})" for i in range(signals)]
+        guards = [f"(attribute_not_exists(#s{i}) OR #s{i}[1] < :t{i})" for i in range(signals)]
         return " AND ".join(["(attribute_not_exists(#ts) OR #ts < :ts)", *guards])
 
     assert operator_count(condition(74)) == 299
