@@ -2,8 +2,8 @@
 
 Streaming, in stream order: the days ascending, in each day the shards ascending (parents before their
 children), in each shard's day the records by (sequence number, sub-sequence number) as numbers. Only one
-shard's day of keys is held at a time, and at most about two requests of records (``PutPlanner``), so
-memory does not grow with the number of dead letters.
+shard's day of keys is held at a time, ``S3_CONCURRENCY`` documents being read ahead and at most about two
+requests of records (``PutPlanner``), so memory does not grow with the number of dead letters.
 
 Records go back with their original partition key, at most one per key in a PutRecords request (it does
 not order a request's entries), so each vehicle's records reach its shard in their original order. Each
@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from processors.dead_letter import PREFIX, shard_order, stream_order, unseal
 from processors.errors import REDRIVABLE, TransientError
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 REDRIVEN_TAG = "redrivenAt"
 DATA_KEY_CACHE = 64
 """Decrypted data keys kept: one per original batch, and a shard's day is read batch after batch."""
+S3_CONCURRENCY = 16
+"""Dead letters read (GetObjectTagging, GetObject) and tagged at once: S3 answers in tens of ms."""
 MAX_PUT_ATTEMPTS = 10
 """PutRecords requests in a row that leave entries unaccepted before the redrive gives up (rerun it)."""
 
@@ -81,20 +84,22 @@ def redrive(
     report = RedriveReport()
     decrypt = _data_keys(dead_letters, report)
     planner = PutPlanner()
-    put = _Putter(settings, clients, dead_letters, report, planner)
-    for prefix in _shard_days(dead_letters, since):
-        for key in _in_stream_order(dead_letters.keys(prefix), report):
-            record = _redrivable(dead_letters, key, decrypt, report, reason, force)
-            if record is None:
-                continue
-            if dry_run:
-                report.redriven[record.reason] += 1
-                continue
-            planner.add(record)
-            while planner.ready():
-                put(planner.take())
-    while len(planner):
-        put(planner.take())
+    with ThreadPoolExecutor(S3_CONCURRENCY, thread_name_prefix="redrive") as pool:
+        put = _Putter(settings, clients, dead_letters, report, planner, pool)
+        for prefix in _shard_days(dead_letters, since):
+            keys = _in_stream_order(dead_letters.keys(prefix), report)
+            for key, doc in _read_ahead(pool, dead_letters, keys, force):
+                record = _redrivable(key, doc, decrypt, report, reason, force)
+                if record is None:
+                    continue
+                if dry_run:
+                    report.redriven[record.reason] += 1
+                    continue
+                planner.add(record)
+                while planner.ready():
+                    put(planner.take())
+        while len(planner):
+            put(planner.take())
     event(
         log,
         "redrive",
@@ -150,18 +155,38 @@ def _in_stream_order(keys: Iterator[str], report: RedriveReport) -> list[str]:
     return [key for _, key in ordered]
 
 
+def _read_ahead(
+    pool: ThreadPoolExecutor, dead_letters: S3DeadLetters, keys: list[str], force: bool
+) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """(key, document) in the keys' order, ``None`` for an object an earlier redrive tagged (not read
+    without ``force``): ``S3_CONCURRENCY`` objects in flight, so S3's latency is paid once per that many,
+    and memory holds no more than that many documents."""
+
+    def fetch(key: str) -> tuple[str, dict[str, Any] | None]:
+        if not force and REDRIVEN_TAG in dead_letters.tags(key):
+            return key, None
+        return key, dead_letters.read(key)
+
+    window: deque[Future[tuple[str, dict[str, Any] | None]]] = deque()
+    for key in keys:
+        window.append(pool.submit(fetch, key))
+        if len(window) >= S3_CONCURRENCY:
+            yield window.popleft().result()
+    while window:
+        yield window.popleft().result()
+
+
 def _redrivable(
-    dead_letters: S3DeadLetters,
     key: str,
+    doc: dict[str, Any] | None,
     decrypt: Callable[[bytes], bytes],
     report: RedriveReport,
     reason: str | None,
     force: bool,
 ) -> Redrivable | None:
-    if not force and REDRIVEN_TAG in dead_letters.tags(key):
+    if doc is None:
         report.already_redriven += 1
         return None
-    doc = dead_letters.read(key)
     why = str(doc["reason"])
     if reason and why != reason:
         report.filtered += 1
@@ -183,12 +208,14 @@ class _Putter:
         dead_letters: S3DeadLetters,
         report: RedriveReport,
         planner: PutPlanner,
+        pool: ThreadPoolExecutor,
     ) -> None:
         self._kinesis = clients.kinesis
         self._stream = settings.stream_name
         self._dead_letters = dead_letters
         self._report = report
         self._planner = planner
+        self._pool = pool
         self._attempt = 0
 
     def __call__(self, request: list[Redrivable]) -> None:
@@ -198,13 +225,13 @@ class _Putter:
         results = self._kinesis.put_records(StreamName=self._stream, Records=entries)["Records"]
         self._report.requests += 1
         tags = {REDRIVEN_TAG: format_time(int(time.time() * 1000)), "redrivenTo": self._stream}
-        failed = []
-        for record, result in zip(request, results, strict=True):
-            if "ErrorCode" in result:
-                failed.append(record)
-                continue
-            self._dead_letters.tag(record.object_key, tags)
-            self._report.redriven[record.reason] += 1
+        accepted = [r for r, result in zip(request, results, strict=True) if "ErrorCode" not in result]
+        failed = [r for r, result in zip(request, results, strict=True) if "ErrorCode" in result]
+        # Every accepted record's object is tagged before the next request: a crash leaves untagged only
+        # records of the request it interrupted.
+        for _ in self._pool.map(lambda r: self._dead_letters.tag(r.object_key, tags), accepted):
+            pass
+        self._report.redriven.update(r.reason for r in accepted)
         if not failed:
             self._attempt = 0
             return
