@@ -66,10 +66,6 @@ class RedriveReport:
     data_keys: int = 0
     """KMS Decrypt calls: distinct data keys."""
 
-    @property
-    def skipped(self) -> int:
-        return self.already_redriven + sum(self.skipped_permanent.values()) + self.filtered
-
 
 def redrive(
     settings: Settings,

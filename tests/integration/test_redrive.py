@@ -220,6 +220,15 @@ def test_a_second_redrive_reads_no_tagged_object_and_force_puts_permanent_reason
     assert sum(again.skipped_permanent.values()) == len(permanent)
     assert env.aws.app.requests[("s3", "GetObject")] == len(permanent)  # a tagged object is not read
 
+    later = redrive(env.settings, env.clients, since=DAY + timedelta(days=1), force=True)
+    assert (later.redriven, later.skipped_permanent, env.aws.app.requests[("s3", "GetObject")]) == (
+        {},
+        {},
+        len(permanent),
+    )  # --since: earlier days are not even listed
+    dry = redrive(env.settings, env.clients, since=DAY, force=True, dry_run=True)
+    assert sum(dry.redriven.values()) == len(batch) and dry.requests == 0
+
     forced = redrive(env.settings, env.clients, reason=str(RejectReason.INVALID_VIN), force=True)
     invalid = [x for x in batch if x.reason == RejectReason.INVALID_VIN]
     assert dict(forced.redriven) == {"invalid_vin": len(invalid)}
