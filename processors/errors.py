@@ -39,6 +39,17 @@ class RejectReason(StrEnum):
     expect): the detail names the exception's type only, never its message, which may quote input."""
 
 
+REDRIVABLE: frozenset[RejectReason] = frozenset(
+    {RejectReason.INTERNAL_ERROR, RejectReason.UNWRITABLE, RejectReason.TIMESTAMP_OUT_OF_RANGE}
+)
+"""Reasons a redrive puts back by default: a bug fixed since (``internal_error``), a store's refusal whose
+bound was raised or whose update was partly stored (``unwritable``), a clock or a skew/age window that was
+wrong (``timestamp_out_of_range``; the redrive is the record's new arrival). The other reasons are the
+record's own bytes (not UTF-8, not JSON, not a known shape, a bad VIN, too large, a record type we do not
+store): the same bytes fail the same way, so a redrive would only quarantine them again. Those go back
+only with ``--force`` (after a decoder learned the shape, say)."""
+
+
 class FleetIngestError(Exception):
     """The base of every error this project raises on purpose. A message never holds a VIN or a payload."""
 

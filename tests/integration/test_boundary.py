@@ -127,7 +127,7 @@ def test_every_rejection_becomes_one_encrypted_dead_letter(
     ((key, doc),) = dead_letters(env).items()
     bad = records[1]
     day = format_time(bad.arrival_ms)[:10].replace("-", "/")
-    assert key == f"dead-letter/{day}/shardId-000000000000/{bad.sequence_number}.json"
+    assert key == f"dead-letter/{day}/shardId-000000000000/{bad.sequence_number:0>56}-00000.json"
     assert doc["reason"] == reason.value
     assert (doc["shardId"], doc["sequenceNumber"]) == ("shardId-000000000000", bad.sequence_number)
     assert doc["partitionKeyHash"] == PSEUDO.pseudo_vin(bad.partition_key.strip().upper())
@@ -148,7 +148,7 @@ def test_kpl_sub_records_and_unicode_partition_keys_get_their_own_dead_letters(e
     keys = set(dead_letters(env))
     day = format_time(bad.arrival_ms)[:10].replace("-", "/")
     prefix = f"dead-letter/{day}/shardId-000000000000/"
-    assert keys == {f"{prefix}{bad.sequence_number}{sub}.json" for sub in ("", "-1", "-2")}
+    assert keys == {f"{prefix}{bad.sequence_number:0>56}-{sub}.json" for sub in ("00000", "00001", "00002")}
     assert harness.checkpoints[-1].sequence_number == bad.sequence_number
     assert harness.checkpoints[-1].sub_sequence_number == 2
 
@@ -160,12 +160,16 @@ def test_quarantine_then_fix_then_redrive_applies_the_record(env: AwsEnv) -> Non
     (doc,) = dead_letters(env).values()
     assert doc["reason"] == "oversize"
 
+    # oversize is the record's own size: not redriven unless the operator says the bound was the fault.
     report = redrive(env.settings, env.clients, reason="oversize")
+    assert (report.redriven, report.skipped_permanent) == ({}, {"oversize": 1})
+    report = redrive(env.settings, env.clients, reason="oversize", force=True)
     assert dict(report.redriven) == {"oversize": 1}
-    assert redrive(env.settings, env.clients).redriven == {}  # already redriven: skipped
     (key,) = dead_letters(env)
     tags = env.clients.s3.get_object_tagging(Bucket=env.settings.archive_bucket, Key=key)["TagSet"]
     assert REDRIVEN_TAG in {t["Key"] for t in tags}
+    again = redrive(env.settings, env.clients)
+    assert (again.redriven, again.already_redriven) == ({}, 1)  # tagged: not even read
 
     # The fix: the limit is raised. The redriven record comes back through the stream.
     redriven = read_stream(env)

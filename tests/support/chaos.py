@@ -32,6 +32,7 @@ from botocore.exceptions import ClientError
 
 from devtools.local_aws import FaultPlan, LocalAws
 from devtools.simulate import simulate
+from processors.dead_letter import stream_order
 from processors.pseudonymize import Pseudonymizer
 from processors.vehicle_state import named_item
 from schemas.dynamo import from_item
@@ -590,9 +591,14 @@ def _dead_letters(env: AwsEnv) -> dict[tuple[str, str], list[str]]:
     found: dict[tuple[str, str], list[str]] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="dead-letter/"):
         for entry in page.get("Contents", []):
-            *_, shard, name = entry["Key"].split("/")
+            *_, shard, _ = entry["Key"].split("/")
+            order = stream_order(entry["Key"])
+            assert order is not None, entry["Key"]
+            sequence, sub = order
             body = orjson.loads(s3.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read())
-            found.setdefault((shard, name.removesuffix(".json")), []).append(str(body["reason"]))
+            found.setdefault((shard, f"{sequence}-{sub}" if sub else str(sequence)), []).append(
+                str(body["reason"])
+            )
     return found
 
 

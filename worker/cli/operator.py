@@ -70,7 +70,12 @@ def cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
     )
     verb = "would redrive" if args.dry_run else "redrove"
     total = sum(report.redriven.values())
-    say(f"{verb} {total} dead letters to {settings.stream_name}; skipped {report.skipped}")
+    say(
+        f"{verb} {total} dead letters to {settings.stream_name} in {report.requests} PutRecords; "
+        f"skipped {report.already_redriven} already redriven, "
+        f"{sum(report.skipped_permanent.values())} permanent (skippedPermanent; --force puts them back), "
+        f"{report.filtered} filtered; {report.data_keys} data keys decrypted"
+    )
     for reason, count in sorted(report.redriven.items()):
         say(f"  {reason:<24} {count}")
     return 0
@@ -135,7 +140,12 @@ def register(add: AddCommand) -> None:
     p.add_argument(
         "--since", type=lambda text: iso_time(text).date(), help="only dead letters from this date on"
     )
-    p.add_argument("--force", action="store_true", help="also those already redriven")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also those already redriven, and those of a permanent reason (not internal_error, "
+        "unwritable or timestamp_out_of_range: e.g. once the decoder knows a new shape)",
+    )
     p.add_argument("--dry-run", action="store_true", help="count, decrypt, put nothing")
 
     p = add("resolve", cmd_resolve, "Admin: print the VIN behind a pseudoVin (needs kms:Decrypt).")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from processors.batch import DeadLetter
-from processors.dead_letter import ENCRYPTION_CONTEXT, PREFIX, DataKey, dead_letter_key, document, seal
+from processors.dead_letter import ENCRYPTION_CONTEXT, DataKey, dead_letter_key, document, seal
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
@@ -49,11 +49,17 @@ class S3DeadLetters:
     def decrypt_data_key(self, encrypted: bytes) -> bytes:
         return self._kms.decrypt(CiphertextBlob=encrypted, EncryptionContext=ENCRYPTION_CONTEXT)["Plaintext"]
 
-    def keys(self, start_after: str = PREFIX) -> Iterator[str]:
-        """Every dead letter's key after ``start_after``, in key (so date, then stream) order."""
+    def folders(self, prefix: str) -> list[str]:
+        """The ``…/`` folders right under ``prefix`` (years, months, days, shards), as S3 lists them."""
         pages = self._s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self._bucket, Prefix=PREFIX, StartAfter=start_after
+            Bucket=self._bucket, Prefix=prefix, Delimiter="/"
         )
+        return [folder["Prefix"] for page in pages for folder in page.get("CommonPrefixes", [])]
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        """Every object's key under ``prefix`` (one shard's day: in key order, not stream order for keys
+        written before ``dead_letter_key`` padded them), page by page."""
+        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix)
         for page in pages:
             for entry in page.get("Contents", []):
                 yield entry["Key"]
