@@ -45,7 +45,8 @@ chaos: venv
 
 # The boundary's hypothesis properties (tests/integration/test_fuzz.py), FLEET_FUZZ_SCALE times the examples make test runs.
 fuzz: venv
-	FLEET_FUZZ_SCALE=$${FLEET_FUZZ_SCALE:-10} $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_fuzz.py
+	FLEET_FUZZ_SCALE=$${FLEET_FUZZ_SCALE:-10} FLEET_REDRIVE_SCALE=$${FLEET_REDRIVE_SCALE:-10} \
+		$(PY) -m pytest -q -p no:cacheprovider tests/integration/test_fuzz.py tests/integration/test_redrive.py
 
 bench: $(BENCH_STAMP)
 	$(PY) -m bench
