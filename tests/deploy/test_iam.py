@@ -243,8 +243,11 @@ class OneItemTable:
     def __init__(self) -> None:
         self.item: dict[str, Any] | None = None
 
-    def put_item(self, **request: Any) -> dict[str, Any]:
-        self.item = request["Item"]
+    def update_item(self, **request: Any) -> dict[str, Any]:
+        """The vault's ``SET encryptedVin = if_not_exists(...), createdAt = if_not_exists(...)``."""
+        values = request["ExpressionAttributeValues"]
+        self.item = {"encryptedVin": values[":c"], "createdAt": values[":now"], **(self.item or {})}
+        self.item.update(request["Key"])
         return {}
 
     def get_item(self, **_: Any) -> dict[str, Any]:
