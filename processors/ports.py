@@ -81,7 +81,8 @@ class VinVault(Protocol):
     """
 
     def known(self, pseudo_vins: Sequence[str]) -> set[str]:
-        """Those of ``pseudo_vins`` whose encrypted VIN is stored (strongly consistent)."""
+        """Those of ``pseudo_vins`` whose encrypted VIN is stored. May miss a mapping stored within the last
+        second (an eventually consistent read): remembering it again is harmless."""
         ...
 
     def remember(self, pseudo_vin: str, vin: str) -> int:
