@@ -1,7 +1,7 @@
 """The naive peer: a team's first Lambda-style version of the same product, for the benchmark.
 
 Per record, in order: ``json.loads`` into a full pydantic model; HMAC the VIN (no cache); KMS-encrypt the
-VIN and put the ``vin-mapping`` item (conditional, every time); ``GetItem`` the vehicle's trip-state; put
+VIN and write the ``vin-mapping`` item (``if_not_exists``, every time); ``GetItem`` its trip-state; put
 the ``vehicle-state`` snapshot (conditional on its timestamp); put the trip-state if the trip moved; put
 the record's breadcrumb while in a trip; on a completed trip, query its breadcrumbs and put the archive
 object and the index item. Clients are created once (module-level, as Lambda code does); nothing is

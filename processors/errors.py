@@ -56,7 +56,16 @@ class FleetIngestError(Exception):
 
 class OperatorError(FleetIngestError):
     """A mistake an operator can act on (a bad argument, a name that is not stored, an unusable install):
-    the CLI prints it as one line, without a traceback."""
+    the CLI prints it as one line, without a traceback, and exits with ``exit_code``."""
+
+    exit_code: int = 1
+
+
+class PseudonymKeyMismatch(OperatorError):
+    """The pseudonymization key loaded is not the one ``vin-mapping`` was built with (or no fingerprint of
+    one is recorded there): consuming would write every vehicle under new pseudoVins, so nothing is."""
+
+    exit_code = 6
 
 
 class TransientError(FleetIngestError):

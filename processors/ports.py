@@ -72,14 +72,34 @@ class DeadLetterWriter(Protocol):
 
 
 class VinVault(Protocol):
-    """``vin-mapping``: pseudoVin -> the VIN, encrypted. The only place a real VIN is stored."""
+    """``vin-mapping``: pseudoVin -> the VIN, encrypted. The only place a real VIN is stored.
+
+    The table also holds the fingerprint of the pseudonymization key its pseudoVins were derived with
+    (item ``processors.pseudonymize.PSEUDONYM_KEY_ITEM``), and other per-vehicle attributes a vault
+    write never blocks nor drops. Encrypting is the costly part (a KMS call): ``known`` first, then
+    ``remember`` only the vehicles it did not return.
+    """
+
+    def known(self, pseudo_vins: Sequence[str]) -> set[str]:
+        """Those of ``pseudo_vins`` whose encrypted VIN is stored. May miss a mapping stored within the last
+        second (an eventually consistent read): remembering it again is harmless."""
+        ...
 
     def remember(self, pseudo_vin: str, vin: str) -> int:
-        """Store the mapping; storing an existing one is a no-op. Returns requests made."""
+        """Store the vehicle's encrypted VIN unless one is stored; other attributes of its item are kept.
+        Storing an existing mapping changes nothing. Returns requests made."""
         ...
 
     def resolve(self, pseudo_vin: str) -> str | None:
         """The VIN behind a pseudoVin (operators only), None if unknown."""
+        ...
+
+    def fingerprint(self) -> str | None:
+        """The recorded pseudonymization key fingerprint, None when none is."""
+        ...
+
+    def record_fingerprint(self, fingerprint: str) -> str:
+        """Record ``fingerprint`` unless one is recorded; returns the one recorded now (first wins)."""
         ...
 
 

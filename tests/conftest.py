@@ -11,8 +11,9 @@ import pytest
 
 from devtools.local_aws import LocalAws
 from devtools.settings import settings_from
+from processors.pseudonymize import PSEUDONYM_KEY_ITEM
 from worker.aws import AwsClients
-from worker.bootstrap import bootstrap
+from worker.bootstrap import bootstrap, record_pseudonym_fingerprint
 from worker.config import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -58,8 +59,18 @@ class AwsEnv:
     """Environment for subprocesses (record processor, daemon) pointed at the same local AWS."""
 
     def with_settings(self, **overrides: str) -> AwsEnv:
+        """The same local AWS under other settings. Another ``FLEET_PSEUDONYM_KEY`` re-records the key
+        fingerprint in ``vin-mapping`` (as a fresh bootstrap with that key would) and restarts the counts."""
         environ = {**self.environ, **overrides}
-        return AwsEnv(self.aws, settings_from(environ), AwsClients(settings_from(environ)), environ)
+        env = AwsEnv(self.aws, settings_from(environ), AwsClients(settings_from(environ)), environ)
+        if "FLEET_PSEUDONYM_KEY" in overrides:
+            env.clients.dynamodb.delete_item(
+                TableName=env.settings.table_names["vin-mapping"],
+                Key={"pseudoVin": {"S": PSEUDONYM_KEY_ITEM}},
+            )
+            record_pseudonym_fingerprint(env.settings, env.clients)
+            env.aws.app.reset_counts()
+        return env
 
 
 def fresh_env(local_aws: LocalAws, overrides: Mapping[str, str] | None = None, shards: int = 2) -> AwsEnv:

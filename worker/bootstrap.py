@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from processors.errors import PseudonymKeyMismatch
+from processors.pseudonymize import PSEUDONYM_KEY_ITEM
 from schemas.tables import ALL_TABLES
 from worker.aws import AwsClients, aws_error_code
 from worker.config import Settings
@@ -74,8 +76,30 @@ def bootstrap(settings: Settings, clients: AwsClients, shards: int = 2) -> Boots
     report.note(f"bucket {settings.archive_bucket}", _bucket(settings, clients))
     report.note(f"kms {settings.vin_key_alias}", _kms_key(settings, clients))
     report.note(f"secret {settings.pseudonym_secret_id}", _secret(settings, clients))
+    report.note(f"fingerprint {PSEUDONYM_KEY_ITEM}", record_pseudonym_fingerprint(settings, clients))
     event(log, "bootstrap", created=report.created, existing=report.existing)
     return report
+
+
+def record_pseudonym_fingerprint(settings: Settings, clients: AwsClients) -> bool:
+    """Record the pseudonymization key's fingerprint in ``vin-mapping`` (first one wins). Returns whether
+    it was recorded now; raises ``PseudonymKeyMismatch`` if another key's is recorded."""
+    from worker.wiring import pseudonymizer_for, vin_vault
+
+    loaded = pseudonymizer_for(settings, clients).fingerprint()
+    vault = vin_vault(settings, clients)
+    recorded = vault.fingerprint()
+    if recorded is None:
+        recorded = vault.record_fingerprint(loaded)
+        if recorded == loaded:
+            return True
+    if recorded != loaded:
+        raise PseudonymKeyMismatch(
+            "vin-mapping records another pseudonym key (fingerprint "
+            f"{recorded[:8]}… recorded, {loaded[:8]}… loaded); refusing to change it: "
+            "see README, Rotating the pseudonymization key"
+        )
+    return False
 
 
 def _stream(settings: Settings, clients: AwsClients, shards: int) -> bool:

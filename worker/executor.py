@@ -21,7 +21,7 @@ from processors.pseudonymize import SeenVehicles
 from processors.trips import Breadcrumb
 from processors.vehicle_state import StateUpdate, coalesce
 from schemas.records import VehicleReading
-from worker.retry import DEFAULT, TRIP_REPLANS, WRITE, Retrier
+from worker.retry import DEFAULT, READ, TRIP_REPLANS, WRITE, Retrier
 from worker.stores.dynamo_trips import BATCH_WRITE_LIMIT
 from worker.trip_commit import Committed, Replanned, TripArchiver, TripCommitter, commit_until_settled
 
@@ -44,9 +44,9 @@ class Executed:
 
 
 class PlanExecutor:
-    """Carries out a ``WritePlan`` against the ports: independent writes first (VIN vault, vehicle state,
-    breadcrumbs, dead letters), then each vehicle's trip commit, in order per vehicle and in parallel
-    across vehicles.
+    """Carries out a ``WritePlan`` against the ports: independent writes first (VIN vault for vehicles not
+    in it yet, vehicle state, breadcrumbs, dead letters), then each vehicle's trip commit, in order per
+    vehicle and in parallel across vehicles.
 
     Guarantees: ``execute`` returns only once every write of the plan is durable, or raises, and then
     the caller must not checkpoint. A record whose vehicle-state update a store refuses as invalid is
@@ -92,12 +92,23 @@ class PlanExecutor:
         refused as invalid)."""
         refused: list[str] = []
         tasks: list[Callable[[], int]] = [
-            partial(self._remember, pv, vin) for pv, vin in self._seen.unknown(plan.sightings).items()
+            partial(self._remember, pv, vin) for pv, vin in self._not_in_vault(plan.sightings).items()
         ]
         tasks += [partial(self._vehicle_state_or_refused, update, refused) for update in plan.vehicle_states]
         tasks += self._breadcrumb_tasks(plan.breadcrumbs)
         requests = self.dead_letter(plan.dead_letters) + sum(self._run_all(lambda task: task(), tasks))
         return requests, refused
+
+    def _not_in_vault(self, sightings: dict[str, str]) -> dict[str, str]:
+        """Of the vehicles sighted, those whose VIN is not in the vault: only vehicles this worker has not
+        seen yet are looked up (``VinVault.known``, a read per 100 of them), so a known vehicle never costs
+        a KMS call, even on the first batch after a restart."""
+        unseen = self._seen.unknown(sightings)
+        if not unseen:
+            return {}
+        stored = self._retrier.call(READ, self._stores.vault.known, list(unseen))
+        self._seen.add_all(stored)
+        return {pv: vin for pv, vin in unseen.items() if pv not in stored}
 
     def _remember(self, pseudo_vin: str, vin: str) -> int:
         requests = self._retrier.call(WRITE, self._stores.vault.remember, pseudo_vin, vin)

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 from amazon_kclpy import kcl
 from amazon_kclpy.v3 import processor
 
+from processors.errors import PseudonymKeyMismatch
 from schemas.records import KinesisRecord, StreamPosition
 from worker.checkpoint import CheckpointPolicy, LeaseLost, checkpoint
 from worker.config import Settings
@@ -37,6 +38,8 @@ log = logging.getLogger("worker.processor")
 EXIT_BATCH_FAILED = 3
 EXIT_INIT_FAILED = 4
 EXIT_CHECKPOINT_FAILED = 5
+EXIT_PSEUDONYM_KEY_MISMATCH = PseudonymKeyMismatch.exit_code
+"""6: the pseudonymization key is not the one the tables were built with; no record is consumed."""
 
 
 def kinesis_record(record: Any, shard_id: str) -> KinesisRecord:
@@ -86,6 +89,11 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         self._heartbeat.start()
         try:
             self._pipeline = self._pipeline_factory()
+        except PseudonymKeyMismatch as refused:
+            # An operator's error, not a bug: one line, no traceback; the daemon retries the lease in
+            # vain until the key is fixed (``worker run`` refuses to start in the first place).
+            event(log, "pseudonym_key_mismatch", logging.ERROR, shard=self._shard_id, error=str(refused))
+            raise SystemExit(EXIT_PSEUDONYM_KEY_MISMATCH) from None
         except Exception as error:
             self._exit(EXIT_INIT_FAILED, "initialize_failed", error)
         # What exists now (boto3's service models, the pydantic and protobuf schemas) lives as long as the

@@ -1,6 +1,7 @@
 """The one place that builds the boto3 adapters of ``processors.ports`` from ``Settings``: for the record
 processor (``pipeline_for``), the orphan sweep (``trip_stores``), redrive (``dead_letter_archive``) and
-resolve (``resolve_vin``). Everything else receives its stores."""
+resolve (``resolve_vin``); and the pseudonymization key, checked against the fingerprint recorded in
+``vin-mapping`` (``check_pseudonym_key``). Everything else receives its stores."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 from processors.dead_letter import partition_key_hasher
 from processors.ports import Stores, TripArchive, TripStore
-from processors.pseudonymize import Pseudonymizer
+from processors.pseudonymize import Pseudonymizer, check_fingerprint
 from worker.aws import AwsClients
 from worker.config import Settings
 from worker.logs import event
@@ -30,10 +31,20 @@ class TripStores:
     archive: TripArchive
 
 
-def pseudonymizer_for(settings: Settings, clients: AwsClients) -> Pseudonymizer:
+def pseudonym_key(settings: Settings, clients: AwsClients) -> bytes:
+    """The HMAC key (Secrets Manager; ``FLEET_PSEUDONYM_KEY`` locally). Never logged."""
     if settings.pseudonym_key is not None:
-        return Pseudonymizer(settings.pseudonym_key.get_secret_value().encode("utf-8"))
-    return Pseudonymizer(load_pseudonym_key(settings.pseudonym_secret_id, clients.secretsmanager))
+        return settings.pseudonym_key.get_secret_value().encode("utf-8")
+    return load_pseudonym_key(settings.pseudonym_secret_id, clients.secretsmanager)
+
+
+def pseudonymizer_for(settings: Settings, clients: AwsClients) -> Pseudonymizer:
+    return Pseudonymizer(pseudonym_key(settings, clients))
+
+
+def check_pseudonym_key(settings: Settings, clients: AwsClients, pseudonymizer: Pseudonymizer) -> None:
+    """Raise ``PseudonymKeyMismatch`` unless ``vin-mapping`` records this key's fingerprint (one read)."""
+    check_fingerprint(vin_vault(settings, clients).fingerprint(), pseudonymizer.fingerprint())
 
 
 def trip_stores(settings: Settings, clients: AwsClients) -> TripStores:
@@ -70,9 +81,11 @@ def aws_stores(settings: Settings, clients: AwsClients, pseudonymizer: Pseudonym
 
 
 def pipeline_for(settings: Settings, clients: AwsClients | None = None) -> Pipeline:
-    """The record processor's pipeline on AWS (the default of ``FleetRecordProcessor``)."""
+    """The record processor's pipeline on AWS (the default of ``FleetRecordProcessor``). Raises
+    ``PseudonymKeyMismatch`` before anything is built if the key is not the tables' own."""
     clients = clients or AwsClients(settings)
     pseudonymizer = pseudonymizer_for(settings, clients)
+    check_pseudonym_key(settings, clients, pseudonymizer)
     return Pipeline(settings, aws_stores(settings, clients, pseudonymizer), pseudonymizer)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from devtools.local_aws import LocalAws
+from processors.pseudonymize import is_vehicle
 from tests.conftest import AwsEnv, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.support.cfn import STACK
@@ -68,10 +69,11 @@ the end-to-end test (tests/e2e/test_e2e.py checks the policy against that record
 
 WORKER_REQUESTS = {
     ("secretsmanager", "GetSecretValue"),  # pseudonymize: the HMAC key, once per processor
-    ("kms", "Encrypt"),  # VinVault.remember
-    ("dynamodb", "PutItem"),  # vin-mapping, trip-state, trips-index
-    ("dynamodb", "UpdateItem"),  # vehicle-state
-    ("dynamodb", "BatchGetItem"),  # trip-state, loading vehicles new to this processor
+    ("kms", "Encrypt"),  # VinVault.remember, only for a vehicle not in vin-mapping yet
+    ("dynamodb", "PutItem"),  # trip-state, trips-index
+    ("dynamodb", "UpdateItem"),  # vehicle-state; vin-mapping (the vault write: if_not_exists)
+    ("dynamodb", "BatchGetItem"),  # trip-state and vin-mapping of vehicles new to this processor; the
+    # pseudonym key's fingerprint (vin-mapping) at start
     ("dynamodb", "BatchWriteItem"),  # live-breadcrumbs
     ("dynamodb", "Query"),  # live-breadcrumbs of a trip, when sealing or archiving it
     ("s3", "PutObject"),  # trips/, trip-segments/, dead-letter/
@@ -122,7 +124,7 @@ DATA_TABLE_ACTIONS = {
         "trip-state": {"dynamodb:BatchGetItem", "dynamodb:PutItem"},
         "live-breadcrumbs": {"dynamodb:BatchWriteItem", "dynamodb:Query"},
         "trips-index": {"dynamodb:PutItem"},
-        "vin-mapping": {"dynamodb:PutItem"},
+        "vin-mapping": {"dynamodb:BatchGetItem", "dynamodb:UpdateItem"},
     },
     "sweep": {
         "trip-state": {"dynamodb:Scan", "dynamodb:PutItem"},
@@ -241,8 +243,11 @@ class OneItemTable:
     def __init__(self) -> None:
         self.item: dict[str, Any] | None = None
 
-    def put_item(self, **request: Any) -> dict[str, Any]:
-        self.item = request["Item"]
+    def update_item(self, **request: Any) -> dict[str, Any]:
+        """The vault's ``SET encryptedVin = if_not_exists(...), createdAt = if_not_exists(...)``."""
+        values = request["ExpressionAttributeValues"]
+        self.item = {"encryptedVin": values[":c"], "createdAt": values[":now"], **(self.item or {})}
+        self.item.update(request["Key"])
         return {}
 
     def get_item(self, **_: Any) -> dict[str, Any]:
@@ -340,7 +345,11 @@ def recording(local_aws: LocalAws) -> Iterator[Recording]:
         calls["sweep"] = set(recorded)
 
         tables = env.settings.table_names
-        pseudo_vin = env.clients.dynamodb.scan(TableName=tables["vin-mapping"])["Items"][0]["pseudoVin"]["S"]
+        pseudo_vin = next(
+            i["pseudoVin"]["S"]
+            for i in env.clients.dynamodb.scan(TableName=tables["vin-mapping"])["Items"]
+            if is_vehicle(i["pseudoVin"]["S"])
+        )
         trip = env.clients.dynamodb.scan(TableName=tables["trips-index"])["Items"][0]
         recorded.clear()
         # invalid_vin is a permanent reason: looked at (tags, object), put back only with --force.

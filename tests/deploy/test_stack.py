@@ -31,6 +31,7 @@ import pytest
 from devtools.local_aws import LocalAws
 from devtools.settings import settings_from
 from processors.archive import INDEX_TTL_SECONDS
+from processors.pseudonymize import is_vehicle
 from processors.trip_items import BREADCRUMB_TTL_SECONDS
 from processors.trips import TripThresholds
 from schemas.dynamo import from_item
@@ -398,7 +399,17 @@ def test_the_deployed_tables_stream_and_key_are_what_the_worker_expects(deployed
 def test_a_worker_and_the_sweep_run_against_the_stack(deployed: Deployed) -> None:
     env = deployed.env
     # No FLEET_PSEUDONYM_KEY: the processor reads the stack's secret, as on AWS.
-    harness = ProcessorHarness({k: v for k, v in env.environ.items() if k != "FLEET_PSEUDONYM_KEY"})
+    environ = {k: v for k, v in env.environ.items() if k != "FLEET_PSEUDONYM_KEY"}
+    # docs/deploying.md: once after the stack, the key's fingerprint (the worker refuses to run without).
+    recorded = subprocess.run(
+        [sys.executable, "-m", "worker", "bootstrap", "--fingerprint-only"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert recorded.stdout.split() == ["created", "fingerprint", "_meta#pseudonym-key"]
+    harness = ProcessorHarness(environ)
     harness.initialize()
     for batch in batches(shard_records(fixture("trips.jsonl")), 500):
         harness.process(batch)
@@ -412,7 +423,8 @@ def test_a_worker_and_the_sweep_run_against_the_stack(deployed: Deployed) -> Non
     for trip in index:
         head = env.clients.s3.head_object(Bucket=deployed.outputs["ArchiveBucket"], Key=trip["s3Key"])
         assert head["ContentLength"] > 0
-    assert env.clients.dynamodb.scan(TableName=tables["vin-mapping"])["Count"] == len(vehicles)
+    vault = env.clients.dynamodb.scan(TableName=tables["vin-mapping"])["Items"]
+    assert len([i for i in vault if is_vehicle(i["pseudoVin"]["S"])]) == len(vehicles)
 
 
 def test_fresh_env_still_bootstraps_after_a_stack_test(local_aws: LocalAws) -> None:

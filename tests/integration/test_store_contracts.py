@@ -21,10 +21,10 @@ from devtools.settings import settings_from
 from processors.batch import DeadLetter
 from processors.errors import RejectReason, StaleTripState, TransientError, UnwritableUpdate
 from processors.ports import Stores
-from processors.pseudonymize import Pseudonymizer
+from processors.pseudonymize import PSEUDONYM_KEY_ITEM, Pseudonymizer
 from processors.trips import Breadcrumb
 from processors.vehicle_state import Observation, StateUpdate
-from schemas.dynamo import from_item
+from schemas.dynamo import from_item, to_item
 from schemas.items import CompletedTripItem, TripIndexItem, TripStateItem
 from schemas.records import KinesisRecord, StreamPosition
 from tests.conftest import TEST_ENV, AwsEnv
@@ -52,6 +52,10 @@ class Backend:
     dead_letter_count: Callable[[], int]
     fail_vehicle_state: Callable[[], None]
     """From now on, every vehicle-state write fails (past every retry)."""
+    set_vault_attribute: Callable[[str, str, Any], None]
+    """Set another attribute on a vin-mapping item (as a trip mark would be written)."""
+    vault_item: Callable[[str], dict[str, Any]]
+    """The stored vin-mapping item (plain values), {} when absent."""
 
 
 def memory_backend(settings: Settings) -> Backend:
@@ -60,6 +64,9 @@ def memory_backend(settings: Settings) -> Backend:
     def fail() -> None:
         stores.vehicle_state.always = TransientError("ServiceUnavailable")
 
+    def set_vault_attribute(pv: str, name: str, value: Any) -> None:
+        stores.vault.items.setdefault(pv, {"pseudoVin": pv})[name] = value
+
     return Backend(
         "memory",
         stores,
@@ -67,6 +74,8 @@ def memory_backend(settings: Settings) -> Backend:
         lambda pv: dict(stores.vehicle_state.items.get(pv, {})),
         lambda: len(stores.dead_letters.letters),
         fail,
+        set_vault_attribute,
+        lambda pv: dict(stores.vault.items.get(pv, {})),
     )
 
 
@@ -87,6 +96,21 @@ def aws_backend(env: AwsEnv) -> Backend:
         )
         env.aws.app.inject(plan)
 
+    vault_table = env.settings.table_names["vin-mapping"]
+
+    def set_vault_attribute(pv: str, name: str, value: Any) -> None:
+        env.clients.dynamodb.update_item(
+            TableName=vault_table,
+            Key={"pseudoVin": {"S": pv}},
+            UpdateExpression="SET #a = :v",
+            ExpressionAttributeNames={"#a": name},
+            ExpressionAttributeValues={":v": to_item({"v": value})["v"]},
+        )
+
+    def vault_item(pv: str) -> dict[str, Any]:
+        item = env.clients.dynamodb.get_item(TableName=vault_table, Key={"pseudoVin": {"S": pv}}).get("Item")
+        return from_item(item) if item else {}
+
     return Backend(
         "aws",
         aws_stores(env.settings, env.clients, KEY),
@@ -94,6 +118,8 @@ def aws_backend(env: AwsEnv) -> Backend:
         vehicle_state,
         dead_letter_count,
         fail,
+        set_vault_attribute,
+        vault_item,
     )
 
 
@@ -199,10 +225,47 @@ def test_a_redelivered_dead_letter_overwrites_its_own_object(backend: Backend) -
 
 def test_remembering_a_vin_twice_keeps_one_mapping(backend: Backend) -> None:
     vault = backend.stores.vault
+    assert vault.known([PV]) == set()
     vault.remember(PV, "1HGCM82633A004352")
+    first = backend.vault_item(PV)
     vault.remember(PV, "1HGCM82633A004352")
+    assert backend.vault_item(PV) == first  # neither the ciphertext nor createdAt moved
+    assert vault.known([PV, "0" * 32]) == {PV}
     assert vault.resolve(PV) == "1HGCM82633A004352"
     assert vault.resolve("0" * 32) is None
+
+
+def test_the_vault_write_keeps_and_is_not_blocked_by_another_attribute(backend: Backend) -> None:
+    """A trip mark (``m``) written before the VIN neither blocks the vault write nor is lost by it, and
+    an item holding only other attributes is not a known vehicle."""
+    vault = backend.stores.vault
+    backend.set_vault_attribute(PV, "m", {"hwm": 5})
+    assert vault.known([PV]) == set()
+    vault.remember(PV, "1HGCM82633A004352")
+    backend.set_vault_attribute(PV, "m", {"hwm": 7})
+    vault.remember(PV, "1HGCM82633A004352")
+    item = backend.vault_item(PV)
+    assert item["m"] == {"hwm": 7} and "encryptedVin" in item and "createdAt" in item
+    assert vault.known([PV]) == {PV}
+    assert vault.resolve(PV) == "1HGCM82633A004352"
+
+
+def test_known_answers_for_more_vehicles_than_one_batch_read(backend: Backend) -> None:
+    vault = backend.stores.vault
+    vins = {KEY.pseudo_vin(f"1HGCM82633A{i:06d}"): f"1HGCM82633A{i:06d}" for i in range(250)}
+    stored = sorted(vins)[::2]
+    for pv in stored:
+        vault.remember(pv, vins[pv])
+    assert vault.known([*vins, *stored]) == set(stored)  # 250 keys (+ repeats): 3 reads of <= 100
+
+
+def test_the_first_pseudonym_key_fingerprint_recorded_wins(backend: Backend) -> None:
+    vault = backend.stores.vault
+    first = vault.fingerprint() or vault.record_fingerprint("a" * 32)  # aws: bootstrap recorded one
+    assert vault.record_fingerprint("b" * 32) == first
+    assert vault.fingerprint() == first
+    assert vault.known([PSEUDONYM_KEY_ITEM]) == set()
+    assert vault.resolve(PSEUDONYM_KEY_ITEM) is None
 
 
 def test_archive_objects_and_index_items_are_plain_overwrites(backend: Backend) -> None:

@@ -4,6 +4,8 @@ Volatile attributes (documented in the README, "Failure semantics") are dropped:
 - ``trip-state.lastUpdate``: wall-clock time of the last write;
 - ``vin-mapping.encryptedVin`` and ``createdAt``: KMS ciphertext is randomized, the time is the
   first sighting; the digest keeps the decrypted VIN's hash instead;
+- ``vin-mapping``'s ``_meta#`` items (the pseudonymization key's fingerprint): bootstrap's, not the
+  worker's, and not a vehicle;
 - dead-letter objects are keyed by shard and sequence number (which differ after a reshard) and
   hold randomized ciphertext: the digest keeps how many there are per reason (their content is
   checked by the dead-letter tests).
@@ -17,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from processors.pseudonymize import is_vehicle
 from processors.vehicle_state import named_item, stored_observations
 from schemas.dynamo import from_item
 from schemas.signal_codes import encode
@@ -54,7 +57,11 @@ def state_digest(settings: Settings, clients: AwsClients) -> dict[str, Any]:
     digest: dict[str, Any] = {}
     for logical, physical in settings.table_names.items():
         volatile = VOLATILE.get(logical, frozenset())
-        rows = [{k: v for k, v in item.items() if k not in volatile} for item in _scan(clients, physical)]
+        rows = [
+            {k: v for k, v in item.items() if k not in volatile}
+            for item in _scan(clients, physical)
+            if is_vehicle(str(item.get("pseudoVin", "")))
+        ]
         if logical == "vehicle-state":
             rows = [readable_vehicle_state(row) for row in rows]
         digest[logical] = sorted(rows, key=lambda row: orjson.dumps(row, option=orjson.OPT_SORT_KEYS))

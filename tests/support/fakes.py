@@ -17,6 +17,7 @@ from processors.batch import DeadLetter
 from processors.dead_letter import DataKey, dead_letter_key
 from processors.errors import StaleTripState, UnwritableUpdate
 from processors.ports import Stores
+from processors.pseudonymize import PSEUDONYM_KEY_ITEM, is_vehicle
 from processors.signals import format_time
 from processors.trip_items import breadcrumb_item
 from processors.trips import Breadcrumb
@@ -140,19 +141,52 @@ class MemoryDeadLetters(_Failing):
 
 
 class MemoryVinVault(_Failing):
+    """``items`` as the table holds them (plain values; ``encryptedVin`` is the VIN itself here);
+    ``encrypts`` counts what would be KMS Encrypt calls, ``reads`` the keys looked up."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.vins: dict[str, str] = {}
+        self.items: dict[str, dict[str, Any]] = {}
+        self.encrypts = 0
+        self.reads = 0
+
+    @property
+    def vins(self) -> dict[str, str]:
+        """pseudoVin -> VIN of every vehicle stored (``_meta#`` items left out)."""
+        with self.lock:
+            return {pv: item["encryptedVin"] for pv, item in self.items.items() if "encryptedVin" in item}
+
+    def known(self, pseudo_vins: Sequence[str]) -> set[str]:
+        self._maybe_fail()
+        with self.lock:
+            self.reads += len(set(pseudo_vins))
+            return {pv for pv in pseudo_vins if "encryptedVin" in self.items.get(pv, {})}
 
     def remember(self, pseudo_vin: str, vin: str) -> int:
         self._maybe_fail()
         with self.lock:
-            self.vins.setdefault(pseudo_vin, vin)
+            self.encrypts += 1
+            item = self.items.setdefault(pseudo_vin, {"pseudoVin": pseudo_vin})
+            item.setdefault("encryptedVin", vin)
+            item.setdefault("createdAt", format_time(0))
         return 1
 
     def resolve(self, pseudo_vin: str) -> str | None:
         with self.lock:
-            return self.vins.get(pseudo_vin)
+            return self.items.get(pseudo_vin, {}).get("encryptedVin") if is_vehicle(pseudo_vin) else None
+
+    def fingerprint(self) -> str | None:
+        with self.lock:
+            return self.items.get(PSEUDONYM_KEY_ITEM, {}).get("fingerprint")
+
+    def record_fingerprint(self, fingerprint: str) -> str:
+        self._maybe_fail()
+        with self.lock:
+            item = self.items.setdefault(
+                PSEUDONYM_KEY_ITEM,
+                {"pseudoVin": PSEUDONYM_KEY_ITEM, "fingerprint": fingerprint, "createdAt": format_time(0)},
+            )
+            return str(item["fingerprint"])
 
 
 class MemoryTripArchive(_Failing):

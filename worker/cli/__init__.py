@@ -96,7 +96,7 @@ def run_cli(cli: Cli, argv: Sequence[str] | None) -> int:
         message = explain(error)
         if message is None:
             raise
-        return fail(f"{cli.prog} {args.command}", message)
+        return fail(f"{cli.prog} {args.command}", message, exit_code(error))
 
 
 def worker_cli() -> Cli:
@@ -125,6 +125,13 @@ def fail(command: str, message: str, code: int = EXIT_FAILED) -> int:
 
     sys.stderr.write(f"{command}: error: {redact(message)}\n")
     return code
+
+
+def exit_code(error: Exception) -> int:
+    """An ``OperatorError``'s own exit code (e.g. 6: ``PseudonymKeyMismatch``), else ``EXIT_FAILED``."""
+    from processors.errors import OperatorError
+
+    return error.exit_code if isinstance(error, OperatorError) else EXIT_FAILED
 
 
 def explain(error: Exception) -> str | None:

@@ -12,10 +12,16 @@ from worker.config import Settings
 
 
 def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
+    from processors.pseudonymize import PSEUDONYM_KEY_ITEM
     from worker.aws import AwsClients
-    from worker.bootstrap import bootstrap
+    from worker.bootstrap import BootstrapReport, bootstrap, record_pseudonym_fingerprint
 
-    report = bootstrap(settings, AwsClients(settings), shards=args.shards)
+    clients = AwsClients(settings)
+    if args.fingerprint_only:
+        report = BootstrapReport()
+        report.note(f"fingerprint {PSEUDONYM_KEY_ITEM}", record_pseudonym_fingerprint(settings, clients))
+    else:
+        report = bootstrap(settings, clients, shards=args.shards)
     for resource in report.created:
         say(f"created  {resource}")
     for resource in report.existing:
@@ -119,6 +125,12 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 def register(add: AddCommand) -> None:
     p = add("bootstrap", cmd_bootstrap, "Create the stream, tables, bucket, KMS key and secret (idempotent).")
     p.add_argument("--shards", type=int, default=2, help="shard count of a newly created stream (default 2)")
+    p.add_argument(
+        "--fingerprint-only",
+        action="store_true",
+        help="only record the pseudonymization key's fingerprint in vin-mapping (a stack deployed with "
+        "CloudFormation: run once, with the worker's settings and role, before the first worker)",
+    )
 
     p = add("replay", cmd_replay, "Put a JSONL fixture stream into Kinesis in order (partition key = VIN).")
     p.add_argument("file", type=Path, help="JSONL: one record per line")

@@ -9,8 +9,13 @@ from worker.config import Settings
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.aws import AwsClients
     from worker.launcher import run
+    from worker.wiring import check_pseudonym_key, pseudonymizer_for
 
+    # Before the daemon takes a lease: a key that is not the tables' own would re-pseudonymize the fleet.
+    clients = AwsClients(settings)
+    check_pseudonym_key(settings, clients, pseudonymizer_for(settings, clients))  # PseudonymKeyMismatch: 6
     return run(settings, drain=args.drain, timeout=args.timeout)
 
 
