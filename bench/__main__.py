@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = run(args)
         report.write_json(results, args.output / "latest.json")
-    report.chart(results, args.output / "latest.png")
+    try:
+        report.chart(results, args.output / "latest.png")
+    except ImportError:  # the bench extra (make bench installs it)
+        say("matplotlib is not installed: latest.png not redrawn (pip install -e '.[bench]')")
     print(report.table(results))
     print(f"\n(measured in {results['seconds']:.0f} s; {args.output}/latest.json and latest.png)")
     return 0
