@@ -149,7 +149,9 @@ def per_record(results: dict[str, Any], peer: str, workload: str) -> PerRecord:
         s3_puts=per["s3_puts"] if source is live else (replay or {})["per_record"]["s3_puts"],
         s3_bytes=(replay or source)["per_record"].get("s3_bytes", 0.0),
         kms=per["requests_by_service"].get("kms", 0.0),
-        processor_cpu_ms=source.get("processor_cpu_ms_per_record_above_idle") or per["cpu_ms"],
+        processor_cpu_ms=(
+            source["processor_cpu_ms_per_record_above_idle"] if source is live else per["cpu_ms"]
+        ),
         processor_idle_vcpu=source.get("processor_idle_cpu_per_second", 0.0),
         daemon_cpu_ms=ours_live.get("daemon_cpu_ms_per_record_above_idle", 0.0),
         daemon_idle_vcpu=ours_live.get("daemon_idle_cpu_per_second", 0.0),

@@ -60,7 +60,7 @@ WARMUP_SECONDS = 15.0
 """Put but not measured: the first sighting of a vehicle costs both peers extra (vault, trip-state)."""
 GRACE_SECONDS = 20.0
 IDLE_SECONDS = 5.0
-"""Before the first record: the daemon's CPU on an empty shard, its fixed cost per shard."""
+"""After the last record: the processes' CPU on an empty shard, their fixed cost per shard."""
 SAMPLED_VEHICLES = 100
 PUT_EVERY = 0.2
 
@@ -88,7 +88,7 @@ class E2eResult:
     """The daemon's JVM (all its threads) over the measured window, per record put in it."""
     daemon_peak_rss_bytes: int = 0
     daemon_idle_cpu_per_second: float = 0.0
-    """CPU seconds per second of the JVM on an empty shard before the first record (fixed, per shard)."""
+    """CPU seconds per second of the JVM on an empty shard after the last record (fixed, per shard)."""
     daemon_cpu_ms_per_record_above_idle: float = 0.0
     """The JVM's CPU in the window less its idle rate over the window, per record (the per-record part)."""
     log_bytes_per_record: float = 0.0
@@ -289,15 +289,6 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
             f"{vehicles} vehicles for {warmup + seconds:.0f}s"
         )
         cpu_start = measure.proc_cpu_seconds(processor.pid)
-        # The daemon's fixed cost (polling an empty shard, lease renewals): CPU per second with no records.
-        idle_from, jvm_idle = time.monotonic(), measure.proc_cpu_seconds(jvm.pid) if jvm else 0.0
-        processor_idle = measure.proc_cpu_seconds(processor.pid)
-        log_idle = float(Path(log.name).stat().st_size)
-        time.sleep(IDLE_SECONDS)
-        idle_elapsed = time.monotonic() - idle_from
-        jvm_idle = (measure.proc_cpu_seconds(jvm.pid) - jvm_idle if jvm else 0.0) / idle_elapsed
-        processor_idle = (measure.proc_cpu_seconds(processor.pid) - processor_idle) / idle_elapsed
-        log_idle = (Path(log.name).stat().st_size - log_idle) / idle_elapsed
         start_ms = int(time.time() * 1000) + 2000
         fleet = Fleet(vehicles, (warmup + seconds) / 60, seed=SEED + 1, workload=workload)
         records = fleet.produced(start_ms)
@@ -338,6 +329,18 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         window = time.monotonic() - window_start
         sampler.stop.set()
         sampler.join()
+        # The fixed cost (polling an empty shard, lease renewals, a batch line per poll): CPU and log bytes
+        # per second once every record is applied and the processes are warm.
+        time.sleep(2.0)
+        jvm_idle = measure.proc_cpu_seconds(jvm.pid) if jvm else 0.0
+        processor_idle = measure.proc_cpu_seconds(processor.pid)
+        log_idle = float(Path(log.name).stat().st_size)
+        idle_from = time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        idle_elapsed = time.monotonic() - idle_from
+        jvm_idle = (measure.proc_cpu_seconds(jvm.pid) - jvm_idle if jvm else 0.0) / idle_elapsed
+        processor_idle = (measure.proc_cpu_seconds(processor.pid) - processor_idle) / idle_elapsed
+        log_idle = (Path(log.name).stat().st_size - log_idle) / idle_elapsed
         total_cpu = measure.proc_cpu_seconds(processor.pid) - cpu_start
         rss = peak_rss(processor.pid)
         jvm_rss = peak_rss(jvm.pid) if jvm else 0
