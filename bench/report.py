@@ -247,8 +247,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     colours = ["#2b6cb0", "#63b3ed", "#c05621"]
     names = [f"{p}\n{w}" for p, w in COLUMNS]
 
-    def values(scenario: dict[str, Any], *path: str) -> list[float]:
-        return [float(_get(scenario, w, p, *path) or 0) for p, w in COLUMNS]
+    def values(scenario: dict[str, Any], *path: str) -> list[float | None]:
+        return [_get(scenario, w, p, *path) for p, w in COLUMNS]
 
     panels = [
         (axes[0], "Catch-up: write units / record", values(catch_up, "per_record", "write_units"), "{:.2f}"),
@@ -256,15 +256,17 @@ def chart(results: dict[str, Any], path: Path) -> None:
         (axes[2], "Live: p99 PutRecords -> visible (s)", values(live, "lag_p99_s"), "{:.1f}"),
     ]
     for axis, title, figures, label in panels:
-        bars = axis.bar(names, figures, color=colours)
+        bars = axis.bar(names, [v or 0 for v in figures], color=colours)
         axis.set_title(title, fontsize=10)
-        axis.bar_label(bars, labels=[label.format(v) for v in figures], fontsize=9)
+        axis.bar_label(
+            bars, labels=["not run / not seen" if v is None else label.format(v) for v in figures], fontsize=9
+        )
         axis.margins(y=0.15)
         axis.spines[["top", "right"]].set_visible(False)
     env = results["environment"]
-    label = f", {env['label']}" if env.get("label") else ""
+    label = f"\n{env['label']}" if env.get("label") else ""
     fig.suptitle(
-        f"fleet-ingest vs the naive peer  ({env['generated_at']}, commit {env['commit']}{label})", fontsize=11
+        f"fleet-ingest vs the naive peer  ({env['generated_at']}, commit {env['commit']}){label}", fontsize=10
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
