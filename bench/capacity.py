@@ -1,14 +1,18 @@
-"""``python -m bench.capacity``: docs/capacity.md from the latest benchmark results.
+"""``python -m bench.capacity``: docs/capacity.md, in dollars, from the latest benchmark results.
 
-Sizes a deployment for fleets of 10k, 100k and 1M vehicles reporting at 1 Hz from the per-record costs
-measured by ``make bench`` (``bench/results/latest.json``); every assumption is stated in the document.
+Prices a deployment for fleets of 10k, 100k and 1M vehicles reporting at 1 Hz from the per-record figures
+``make bench`` measured (``bench/results/latest.json``: the live scenario at the shipped defaults for ours,
+the catch-up replay for the naive peer, whose costs do not depend on batching) and the dated price table
+below (us-east-1, on demand), kept as parameters: change a price here and regenerate. Every assumption
+is stated in the document.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,208 +24,399 @@ DOC = ROOT / "docs" / "capacity.md"
 
 FLEETS = (10_000, 100_000, 1_000_000)
 SECONDS_PER_MONTH = 30 * 24 * 3600
+HOURS_PER_MONTH = 730
+
+# -- prices: us-east-1, on demand ---------------------------------------------------------------------
+PRICES_AS_OF = "2024-11-01"
+"""The date of the newest price change below (DynamoDB on-demand throughput halved, effective 1 Nov 2024,
+announced 14 Nov 2024). The others were read in December 2026 from the pages cited in ``PRICE_SOURCES``
+and had not changed since at least 2024; re-check them when regenerating."""
+WRU_USD_PER_MILLION = 0.625
+RRU_USD_PER_MILLION = 0.125
+STORAGE_USD_PER_GB_MONTH = 0.25
+"""DynamoDB Standard table class (the first 25 GB a month are free: not counted)."""
+KINESIS_SHARD_HOUR_USD = 0.015
+KINESIS_PUT_UNIT_USD_PER_MILLION = 0.014
+"""Provisioned mode; a PUT payload unit is 25 KB of a record (every record here is one unit)."""
+FARGATE_VCPU_HOUR_USD = 0.04048
+FARGATE_GB_HOUR_USD = 0.004445
+"""Linux/x86."""
+S3_STANDARD_GB_MONTH_USD = 0.023
+S3_GLACIER_IR_GB_MONTH_USD = 0.004
+S3_PUT_USD_PER_THOUSAND = 0.005
+S3_TRANSITION_GLACIER_IR_USD_PER_THOUSAND = 0.02
+KMS_KEY_MONTH_USD = 1.0
+KMS_USD_PER_10K_REQUESTS = 0.03
+CLOUDWATCH_LOGS_INGEST_USD_PER_GB = 0.50
+CLOUDWATCH_LOGS_STORAGE_USD_PER_GB_MONTH = 0.03
+CLOUDWATCH_METRIC_MONTH_USD = 0.30
+"""First 10,000 metrics; cheaper tiers beyond are not applied (an upper bound)."""
+PRICE_SOURCES = {
+    "DynamoDB": "https://aws.amazon.com/dynamodb/pricing/on-demand/ (on-demand throughput -50 % from"
+    " 2024-11-01; e.g. https://airbyte.com/data-engineering-resources/dynamodb-pricing, 2025-07-21)",
+    "Kinesis Data Streams": "https://aws.amazon.com/kinesis/data-streams/pricing/ (provisioned tab; PUT"
+    " payload unit = 25 KB: http://aws.amazon.com/kinesis/pricing/)",
+    "Fargate": "https://aws.amazon.com/fargate/pricing/ (us-east-1 Linux/x86 as quoted by"
+    " https://www.wring.co/blog/aws-fargate-pricing-guide, 2026-03-10, and https://www.vantage.sh/blog/fargate-pricing)",
+    "S3": "https://aws.amazon.com/s3/pricing/ (Standard $0.023/GB-month as quoted by"
+    " https://cloudburn.io/blog/amazon-s3-pricing, 2026-03-13)",
+    "KMS": "https://aws.amazon.com/kms/pricing/ ($1/key-month, $0.03 per 10,000 requests; also"
+    " https://www.wring.co/blog/aws-kms-pricing-guide)",
+    "CloudWatch": "https://aws.amazon.com/cloudwatch/pricing/ (logs ingestion $0.50/GB as quoted by"
+    " https://www.factualminds.com/blog/amazon-cloudwatch-pricing-metrics-logs-alarms-dashboards/)",
+}
+
+# -- deployment (deploy/fleet-ingest.yaml defaults) ------------------------------------------------------
 SHARD_RECORDS_PER_SECOND = 1_000
 SHARD_UTILIZATION = 0.8
-TASK_VCPU, TASK_MEMORY_MB = 1.0, 2048
+TASK_VCPU, TASK_MEMORY_GB = 1.0, 2.0
 TASK_CPU_TARGET = 0.6
-DAEMON_VCPU, DAEMON_MEMORY_MB = 0.1, 512
 MEMORY_TARGET = 0.8
-READ_OPERATIONS = ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "s3:GetObject")
+KMS_KEYS = 2
+"""The data key (S3, dead letters) and the VIN vault key."""
+TRAIL_RETENTION_DAYS = 2
+"""``live-breadcrumbs`` items expire after 24 h; DynamoDB's TTL deletes within about two days."""
+INDEX_RETENTION_DAYS = 90
+ARCHIVE_STANDARD_DAYS, ARCHIVE_EXPIRATION_DAYS = 90, 455
+LOG_RETENTION_DAYS = 30
+METRIC_NAMES = 8
+"""``worker/metrics.py`` UNITS: per shard and per application."""
+DYNAMODB_ITEM_OVERHEAD = 100
+STATE_WRITE_LEAD_MS = 450
+"""Freshness model: poll (250 ms) + GetRecords and hand-off (~100 ms) + write lead (~100 ms)."""
+BUDGETS_MS = (1000, 1800, 2800)
+PER_VEHICLE_TABLES = ("vehicle-state", "vin-mapping", "trip-state")
 
 
 @dataclass(frozen=True)
 class PerRecord:
-    write_requests: float
-    read_requests: float
-    write_units: float
-    s3_puts: float
-    kms: float
-    cpu_ms: float
-    rss_mb: float
+    """What one record costs, as measured."""
 
-    @classmethod
-    def of(cls, replay: dict[str, Any]) -> PerRecord:
-        n, per = replay["records"], replay["per_record"]
-        reads = sum(count for op, count in replay["requests"].items() if op in READ_OPERATIONS) / n
-        return cls(
-            write_requests=per["requests"] - reads,
-            read_requests=reads,
-            write_units=per["dynamodb_write_units"],
-            s3_puts=per["s3_puts"],
-            kms=per["kms_requests"],
-            cpu_ms=per["cpu_ms"],
-            rss_mb=replay["peak_rss_bytes"] / 2**20,
-        )
+    source: str
+    write_units: float
+    write_units_by_table: dict[str, float]
+    read_requests: float
+    s3_puts: float
+    s3_bytes: float
+    kms: float
+    processor_cpu_ms: float
+    """Per record; live: above the processor's idle rate."""
+    processor_idle_vcpu: float
+    """The processor on an empty shard (vCPU per shard)."""
+    daemon_cpu_ms: float
+    """The JVM's CPU per record above its idle rate (the per-record part)."""
+    daemon_idle_vcpu: float
+    """The JVM's CPU on an empty shard (vCPU, per task: one daemon per task)."""
+    processor_rss_mb: float
+    daemon_rss_mb: float
+    record_bytes: float
+    log_bytes: float
+    """Per record (the naive peer) or per shard-second (ours: a line and an EMF document per batch)."""
+    state_item_bytes: float
+    stored: dict[str, float]
+    """Logical table -> bytes stored per record (trail, index) or per vehicle (the per-vehicle tables)."""
+
+
+READS = ("GetItem", "BatchGetItem", "Query", "Scan")
+
+
+def _stored(replay: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for table, tally in replay.get("stored", {}).items():
+        overhead = tally["bytes"] + DYNAMODB_ITEM_OVERHEAD * tally["items"]
+        per = replay["vehicles"] if table in PER_VEHICLE_TABLES else replay["records"]
+        out[table] = overhead / max(1, per)
+    return out
+
+
+def per_record(results: dict[str, Any], peer: str, workload: str) -> PerRecord:
+    """Ours: the live scenario (shipped defaults); storage and S3 from the catch-up replay of the same
+    workload.
+    The naive peer: its catch-up replay (it neither batches nor buffers: the same per record live)."""
+    replay = results["catch_up"][workload].get(peer)
+    live = results["live"].get(workload, {}).get(peer)
+    source = live if peer == "ours" and live is not None else replay
+    assert source is not None, f"no measurement for {peer}/{workload}"
+    per = source["per_record"]
+    n = source.get("measured_records") or source["records"]
+    requests = source["requests"]
+    reads = sum(c for op, c in requests.items() if op.split(":", 1)[1] in READS and op.startswith("dynamodb"))
+    ours_live = live if live is not None else {}
+    return PerRecord(
+        source="live" if source is live else "catch-up",
+        write_units=per["write_units"],
+        write_units_by_table=per["write_units_by_table"],
+        read_requests=reads / n,
+        # Trips complete every few minutes: the live window is too short to see them, the replay is not.
+        s3_puts=(replay or source)["per_record"]["s3_puts"],
+        s3_bytes=(replay or source)["per_record"].get("s3_bytes", 0.0),
+        kms=per["requests_by_service"].get("kms", 0.0),
+        processor_cpu_ms=(
+            source["processor_cpu_ms_per_record_above_idle"] if source is live else per["cpu_ms"]
+        ),
+        processor_idle_vcpu=source.get("processor_idle_cpu_per_second", 0.0),
+        daemon_cpu_ms=ours_live.get("daemon_cpu_ms_per_record_above_idle", 0.0),
+        daemon_idle_vcpu=ours_live.get("daemon_idle_cpu_per_second", 0.0),
+        processor_rss_mb=(source.get("processor_peak_rss_bytes") or source.get("peak_rss_bytes", 0)) / 2**20,
+        daemon_rss_mb=ours_live.get("daemon_peak_rss_bytes", 0) / 2**20,
+        record_bytes=(replay or {}).get("record_bytes", 0.0),
+        log_bytes=ours_live.get("log_bytes_per_second", 0.0) if source is live else 0.0,
+        state_item_bytes=(source.get("vehicle_state_items") or {}).get("mean_bytes") or 0.0,
+        stored=_stored(replay or {}),
+    )
 
 
 @dataclass(frozen=True)
-class Sizing:
+class Bill:
     vehicles: int
     shards: int
-    shards_per_task: int
     tasks: int
-    processor_vcpu: float
-    write_units_month: float
-    write_requests_month: float
-    read_requests_month: float
-    s3_puts_month: float
+    lines: dict[str, float]
+    """Service line -> USD per month."""
+
+    @property
+    def total(self) -> float:
+        return sum(self.lines.values())
 
 
-def size(vehicles: int, cost: PerRecord) -> Sizing:
-    """Shards for the record limit, or more if one processor (single-threaded Python) could not keep up
-    with a full shard inside a task's CPU budget; then as many shards per task as CPU and memory allow."""
-    usable_vcpu = TASK_VCPU * TASK_CPU_TARGET - DAEMON_VCPU
-    processor_vcpu = vehicles * cost.cpu_ms / 1000
-    shards = max(
-        math.ceil(vehicles / (SHARD_RECORDS_PER_SECOND * SHARD_UTILIZATION)),
-        math.ceil(processor_vcpu / usable_vcpu),
+def bill(vehicles: int, cost: PerRecord) -> Bill:
+    records = vehicles * SECONDS_PER_MONTH
+    gb = 1e9
+    shards = math.ceil(vehicles / (SHARD_RECORDS_PER_SECOND * SHARD_UTILIZATION))
+    vcpu = vehicles * (cost.processor_cpu_ms + cost.daemon_cpu_ms) / 1000 + shards * cost.processor_idle_vcpu
+    by_cpu = math.ceil(vcpu / (TASK_VCPU * TASK_CPU_TARGET - cost.daemon_idle_vcpu))
+    # Memory: one JVM per task, one processor per shard lease.
+    shards_per_task = max(
+        1,
+        math.floor(
+            (TASK_MEMORY_GB * 1024 * MEMORY_TARGET - cost.daemon_rss_mb) / max(1.0, cost.processor_rss_mb)
+        ),
     )
-    shard_vcpu = processor_vcpu / shards
-    by_cpu = math.floor(usable_vcpu / shard_vcpu) if shard_vcpu else shards
-    by_memory = math.floor((TASK_MEMORY_MB * MEMORY_TARGET - DAEMON_MEMORY_MB) / cost.rss_mb)
-    shards_per_task = max(1, min(by_cpu, by_memory, shards))
-    month = vehicles * SECONDS_PER_MONTH
-    return Sizing(
-        vehicles=vehicles,
-        shards=shards,
-        shards_per_task=shards_per_task,
-        tasks=math.ceil(shards / shards_per_task),
-        processor_vcpu=processor_vcpu,
-        write_units_month=cost.write_units * month,
-        write_requests_month=cost.write_requests * month,
-        read_requests_month=cost.read_requests * month,
-        s3_puts_month=cost.s3_puts * month,
-    )
-
-
-def units_by_table(replay: dict[str, Any]) -> dict[str, float]:
-    """DynamoDB write units per record, per table."""
-    return {
-        name.split(":", 1)[1]: tally["units"] / replay["records"]
-        for name, tally in sorted(replay["written"].items())
-        if name.startswith("dynamodb:")
+    tasks = max(1, by_cpu, math.ceil(shards / shards_per_task))
+    trail_bytes = cost.stored.get("live-breadcrumbs", 0.0) * vehicles * 86_400 * TRAIL_RETENTION_DAYS
+    index_bytes = cost.stored.get("trips-index", 0.0) * vehicles * 86_400 * INDEX_RETENTION_DAYS * 2
+    vehicle_bytes = sum(cost.stored.get(t, 0.0) for t in PER_VEHICLE_TABLES) * vehicles
+    s3_month = cost.s3_bytes * records
+    standard_gb = s3_month * ARCHIVE_STANDARD_DAYS / 30 / gb
+    glacier_gb = s3_month * (ARCHIVE_EXPIRATION_DAYS - ARCHIVE_STANDARD_DAYS) / 30 / gb
+    log_gb = cost.log_bytes * shards * SECONDS_PER_MONTH / gb
+    lines = {
+        "DynamoDB writes": cost.write_units * records * WRU_USD_PER_MILLION / 1e6,
+        "DynamoDB reads": cost.read_requests * records * RRU_USD_PER_MILLION / 1e6,
+        "DynamoDB storage": (trail_bytes + index_bytes + vehicle_bytes) / gb * STORAGE_USD_PER_GB_MONTH,
+        "Kinesis shard hours": shards * HOURS_PER_MONTH * KINESIS_SHARD_HOUR_USD,
+        "Kinesis PUT payload units": records
+        * max(1, math.ceil(cost.record_bytes / 25_600))
+        * KINESIS_PUT_UNIT_USD_PER_MILLION
+        / 1e6,
+        "ECS Fargate vCPU": tasks * TASK_VCPU * HOURS_PER_MONTH * FARGATE_VCPU_HOUR_USD,
+        "ECS Fargate memory": tasks * TASK_MEMORY_GB * HOURS_PER_MONTH * FARGATE_GB_HOUR_USD,
+        "S3 PUTs (+ lifecycle transitions)": cost.s3_puts
+        * records
+        * (S3_PUT_USD_PER_THOUSAND + S3_TRANSITION_GLACIER_IR_USD_PER_THOUSAND)
+        / 1000,
+        "S3 storage, Standard (90 d)": standard_gb * S3_STANDARD_GB_MONTH_USD,
+        "S3 storage, Glacier IR (to day 455)": glacier_gb * S3_GLACIER_IR_GB_MONTH_USD,
+        "KMS": KMS_KEYS * KMS_KEY_MONTH_USD + cost.kms * records * KMS_USD_PER_10K_REQUESTS / 1e4,
+        "CloudWatch Logs": log_gb * CLOUDWATCH_LOGS_INGEST_USD_PER_GB
+        + log_gb * LOG_RETENTION_DAYS / 30 * CLOUDWATCH_LOGS_STORAGE_USD_PER_GB_MONTH,
+        "CloudWatch metrics": METRIC_NAMES * (shards + 1) * CLOUDWATCH_METRIC_MONTH_USD,
     }
+    return Bill(vehicles, shards, tasks, lines)
 
 
-def _big(value: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if value >= scale:
-            return f"{value / scale:,.1f} {unit}"
-    return f"{value:,.0f}"
+def records_per_write(budget_ms: int, lead_ms: int = STATE_WRITE_LEAD_MS) -> int:
+    """At 1 Hz, records a vehicle-state write covers under the freshness budget (proposal §5): the first
+    record of a window opens it at arrival ``a``; each later one (a + k s) joins while it is received
+    before the deadline ``a + B`` less the lead."""
+    return 1 + max(0, (budget_ms - lead_ms) // 1000)
+
+
+def _usd(value: float) -> str:
+    if value >= 1e6:
+        return f"${value / 1e6:,.2f} M"
+    if value >= 1e4:
+        return f"${value / 1e3:,.1f} k"
+    return f"${value:,.0f}"
+
+
+def _bill_table(title: str, costs: dict[str, PerRecord]) -> list[str]:
+    lines = [f"### {title}", ""]
+    columns = [(name, vehicles) for name in costs for vehicles in FLEETS]
+    bills = {(name, v): bill(v, costs[name]) for name, v in columns}
+    lines.append("| USD / month | " + " | ".join(f"{n} {v:,}" for n, v in columns) + " |")
+    lines.append("|---|" + "---|" * len(columns))
+    first = next(iter(bills.values()))
+    for line in first.lines:
+        lines.append(f"| {line} | " + " | ".join(_usd(bills[c].lines[line]) for c in columns) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{_usd(bills[c].total)}**" for c in columns) + " |")
+    lines.append(
+        "| shards / tasks | "
+        + " | ".join(f"{bills[c].shards:,} / {bills[c].tasks:,}" for c in columns)
+        + " |"
+    )
+    return [*lines, ""]
 
 
 def render(results: dict[str, Any]) -> str:
     env, config = results["environment"], results["config"]
-    ours, naive = PerRecord.of(results["replay"]["ours"]), PerRecord.of(results["replay"]["naive"])
-    window = config["batch_seconds"]
-    sweep = results["window_model"]
+    workloads = [w for w in ("native", "tesla") if "ours" in results["catch_up"].get(w, {})]
+    ours = {w: per_record(results, "ours", w) for w in workloads}
+    naive = per_record(results, "naive", "native")
+    if not naive.daemon_rss_mb and "native" in ours:  # not run live: the same daemon as ours, as measured
+        jvm = ours["native"]
+        naive = replace(
+            naive,
+            daemon_cpu_ms=jvm.daemon_cpu_ms,
+            daemon_idle_vcpu=jvm.daemon_idle_vcpu,
+            daemon_rss_mb=jvm.daemon_rss_mb,
+        )
+    label = f" — **{env['label']}**" if env.get("label") else ""
     lines = [
         "# Capacity model",
         "",
         "<!-- Generated by `python -m bench.capacity` from `bench/results/latest.json`;"
         " do not edit by hand. -->",
         "",
-        f"From the benchmark run of {env['generated_at']} (commit `{env['commit']}`): the per-record costs",
-        "measured on the 1 Hz replay through the record processor against the local AWS, scaled to fleets",
-        "reporting once a second. Regenerate after `make bench`.",
+        f"From the benchmark run of {env['generated_at']} (commit `{env['commit']}`){label}: the per-record",
+        "figures measured by `make bench`, priced for fleets reporting once a second. Regenerate with",
+        "`make bench && python -m bench.capacity`; prices are parameters in `bench/capacity.py`.",
         "",
-        f"Replay: {config['replay_fleet']}, in batches of {window:g} s of the fleet.",
+        "## Measured per record",
         "",
-        "## Measured per-record costs",
+        f"Ours: the live scenario ({config.get('live', 'live')}); storage and S3 per record from the catch-up"
+        " replay. The naive peer: its catch-up replay (it writes per record whatever the batch; native"
+        " format only).",
         "",
-        "| per record | ours | naive peer |",
-        "|---|---|---|",
-        f"| DynamoDB + S3 write requests | {ours.write_requests:.3f} | {naive.write_requests:.3f} |",
-        f"| DynamoDB + S3 read requests | {ours.read_requests:.4f} | {naive.read_requests:.3f} |",
-        f"| DynamoDB write units | {ours.write_units:.3f} | {naive.write_units:.3f} |",
-        f"| S3 PUTs | {ours.s3_puts:.5f} | {naive.s3_puts:.5f} |",
-        f"| KMS requests | {ours.kms:.4f} | {naive.kms:.3f} |",
-        f"| processor CPU, ms | {ours.cpu_ms:.3f} | {naive.cpu_ms:.3f} |",
-        f"| processor peak RSS, MB (per shard) | {ours.rss_mb:.0f} | {naive.rss_mb:.0f} |",
-        "",
-        "## Sizing (ours)",
-        "",
-        "| vehicles at 1 Hz | shards | ECS tasks (1 vCPU / 2 GB) | shards per task | processor vCPU |"
-        " DynamoDB write units / month | DynamoDB + S3 writes / month | reads / month | S3 PUTs / month |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| per record | " + " | ".join(f"ours {w}" for w in workloads) + " | naive native |",
+        "|---|" + "---|" * (len(workloads) + 1),
     ]
-    for vehicles in FLEETS:
-        s = size(vehicles, ours)
+    peers = [*(ours[w] for w in workloads), naive]
+    tables = sorted({t for p in peers for t in p.write_units_by_table})
+    for table in tables:
         lines.append(
-            f"| {vehicles:,} | {s.shards:,} | {s.tasks:,} | {s.shards_per_task} | {s.processor_vcpu:.1f} | "
-            f"{_big(s.write_units_month)} | {_big(s.write_requests_month)} | {_big(s.read_requests_month)} | "
-            f"{_big(s.s3_puts_month)} |"
+            f"| DynamoDB write units: `{table}` | "
+            + " | ".join(f"{p.write_units_by_table.get(table, 0):.3f}" for p in peers)
+            + " |"
         )
-    lines += [
-        "",
-        "The naive peer, for the same fleets:",
-        "",
-        "| vehicles at 1 Hz | shards | ECS tasks | processor vCPU | DynamoDB write units / month |"
-        " DynamoDB + S3 writes / month | reads / month | KMS requests / month |",
-        "|---|---|---|---|---|---|---|---|",
+    rows: list[tuple[str, Callable[[PerRecord], str]]] = [
+        ("**DynamoDB write units, total** (whole items)", lambda p: f"**{p.write_units:.3f}**"),
+        ("DynamoDB read requests", lambda p: f"{p.read_requests:.4f}"),
+        ("vehicle-state item, mean bytes", lambda p: f"{p.state_item_bytes:.0f}"),
+        ("S3 PUTs / 1,000 records", lambda p: f"{p.s3_puts * 1000:.2f}"),
+        ("KMS requests", lambda p: f"{p.kms:.4f}"),
+        (
+            "processor CPU, ms (all threads, /proc; live: above its idle rate)",
+            lambda p: f"{p.processor_cpu_ms:.3f}",
+        ),
+        (
+            "processor idle, vCPU per shard (/proc)",
+            lambda p: f"{p.processor_idle_vcpu:.3f}" if p.processor_idle_vcpu else "-",
+        ),
+        (
+            "daemon JVM CPU, ms above its idle rate (/proc)",
+            lambda p: f"{p.daemon_cpu_ms:.3f}" if p.daemon_cpu_ms else "-",
+        ),
+        (
+            "daemon JVM idle, vCPU per task (/proc)",
+            lambda p: f"{p.daemon_idle_vcpu:.3f}" if p.daemon_idle_vcpu else "-",
+        ),
+        ("record bytes as put", lambda p: f"{p.record_bytes:.0f}"),
+        (
+            "log bytes per shard-second (CloudWatch Logs)",
+            lambda p: f"{p.log_bytes:.0f}" if p.log_bytes else "-",
+        ),
+        ("peak RSS: processor / JVM, MB", lambda p: f"{p.processor_rss_mb:.0f} / {p.daemon_rss_mb:.0f}"),
+        ("measured in", lambda p: p.source),
     ]
-    for vehicles in FLEETS:
-        s = size(vehicles, naive)
-        lines.append(
-            f"| {vehicles:,} | {s.shards:,} | {s.tasks:,} | {s.processor_vcpu:.1f} | "
-            f"{_big(s.write_units_month)} | {_big(s.write_requests_month)} | {_big(s.read_requests_month)} | "
-            f"{_big(naive.kms * vehicles * SECONDS_PER_MONTH)} |"
+    for name, get in rows:
+        lines.append(f"| {name} | " + " | ".join(get(p) for p in peers) + " |")
+    lines += ["", "## Dollars per month (us-east-1, on demand)", ""]
+    for workload in workloads:
+        lines += _bill_table(f"Ours, {workload} workload", {"ours": ours[workload]})
+    lines += _bill_table("The naive peer, native workload", {"naive": naive})
+    lines += [
+        "The naive peer runs under the same daemon: unless it was run live (`--naive-live`), its JVM",
+        "figures are ours' measured JVM. Its KMS line is one Encrypt per record.",
+        "",
+        "## Freshness budget sensitivity",
+        "",
+        "`FLEET_STATE_MAX_DELAY_MS` (B) sets how many of a vehicle's 1 Hz records one `vehicle-state` write",
+        f"covers: 1 + ⌊(B - {STATE_WRITE_LEAD_MS} ms) / 1 s⌋ (poll, GetRecords and hand-off, write lead;",
+        "proposal §5). Modelled, not measured: the rest of the live figure is taken as measured.",
+        "",
+        "| B (ms) | records / write | "
+        + " | ".join(
+            f"`vehicle-state` WU/record {w} | total WU/record {w} | USD/month at 1M {w}" for w in workloads
         )
-    ours_units, naive_units = (
-        units_by_table(results["replay"]["ours"]),
-        units_by_table(results["replay"]["naive"]),
-    )
-    lines += [
-        "",
-        "## Where the write units go",
-        "",
-        "DynamoDB bills write units, not requests: batching saves requests (and CPU), not the units of the",
-        "items themselves. Per record, by table:",
-        "",
-        "| table | ours | naive peer |",
-        "|---|---|---|",
+        + " |",
+        "|---|---|" + "---|---|---|" * len(workloads),
     ]
-    for table in sorted(set(ours_units) | set(naive_units)):
-        lines.append(f"| `{table}` | {ours_units.get(table, 0):.3f} | {naive_units.get(table, 0):.3f} |")
+    for budget in BUDGETS_MS:
+        per_write = records_per_write(budget)
+        cells = []
+        for w in workloads:
+            p = ours[w]
+            units_per_write = max(1, math.ceil(p.state_item_bytes / 1024)) if p.state_item_bytes else 1
+            state = units_per_write / per_write
+            total = p.write_units - p.write_units_by_table.get("vehicle-state", 0.0) + state
+            usd = total * 1_000_000 * SECONDS_PER_MONTH * WRU_USD_PER_MILLION / 1e6
+            cells += [f"{state:.3f}", f"{total:.3f}", _usd(usd)]
+        lines.append(f"| {budget:,} | {per_write} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Breadcrumbs are most of ours: one item per moving record, a few hundred bytes billed as a unit.",
-        "Storing a vehicle's breadcrumbs of a batch as one item would divide that by about the batch window",
-        "in seconds, at the price of the live map's one-item-per-point layout (a schema change, not made).",
-    ]
-    lines += [
+        "## Prices (parameters of `bench/capacity.py`)",
+        "",
+        f"us-east-1, on demand, as of {PRICES_AS_OF} (the newest change; see the sources).",
+        "",
+        "| item | price |",
+        "|---|---|",
+        f"| DynamoDB write request unit | ${WRU_USD_PER_MILLION} per million |",
+        f"| DynamoDB read request unit | ${RRU_USD_PER_MILLION} per million |",
+        f"| DynamoDB storage | ${STORAGE_USD_PER_GB_MONTH} per GB-month |",
+        f"| Kinesis shard hour (provisioned) | ${KINESIS_SHARD_HOUR_USD} |",
+        f"| Kinesis PUT payload unit (25 KB) | ${KINESIS_PUT_UNIT_USD_PER_MILLION} per million |",
+        f"| Fargate vCPU hour / GB hour (Linux/x86) | ${FARGATE_VCPU_HOUR_USD} / ${FARGATE_GB_HOUR_USD} |",
+        f"| S3 Standard / Glacier Instant Retrieval | ${S3_STANDARD_GB_MONTH_USD} /"
+        f" ${S3_GLACIER_IR_GB_MONTH_USD} per GB-month |",
+        f"| S3 PUT / transition to Glacier IR | ${S3_PUT_USD_PER_THOUSAND} / "
+        f"${S3_TRANSITION_GLACIER_IR_USD_PER_THOUSAND} per 1,000 |",
+        f"| KMS key / requests | ${KMS_KEY_MONTH_USD:g} per month / ${KMS_USD_PER_10K_REQUESTS} per 10,000 |",
+        f"| CloudWatch Logs ingestion / storage | ${CLOUDWATCH_LOGS_INGEST_USD_PER_GB} per GB /"
+        f" ${CLOUDWATCH_LOGS_STORAGE_USD_PER_GB_MONTH} per GB-month |",
+        f"| CloudWatch custom metric | ${CLOUDWATCH_METRIC_MONTH_USD} per metric-month |",
+        "",
+        "Sources:",
+        "",
+        *(f"- {service}: {source}" for service, source in PRICE_SOURCES.items()),
         "",
         "## Assumptions",
         "",
-        f"- Every vehicle sends one record a second; a month is 30 days ({SECONDS_PER_MONTH:,} s).",
-        f"- Shards: a shard takes {SHARD_RECORDS_PER_SECOND:,} records/s (the record limit binds before"
-        f" 1 MB/s for records of a few hundred bytes); planned at {SHARD_UTILIZATION:.0%} so a hot"
-        " partition or a reshard has room: one shard per"
-        f" {int(SHARD_RECORDS_PER_SECOND * SHARD_UTILIZATION):,} vehicles.",
-        "- Tasks: the Fargate task of `deploy/fleet-ingest.yaml`"
-        f" ({TASK_VCPU:g} vCPU, {TASK_MEMORY_MB} MB by default) runs the KCL"
-        f" daemon (assumed {DAEMON_VCPU:g} vCPU and {DAEMON_MEMORY_MB} MB, not measured here) and one"
-        " processor per shard lease; shards per task are what fits under"
-        f" {TASK_CPU_TARGET:.0%} CPU and {MEMORY_TARGET:.0%} memory, from the processor's measured CPU"
-        " per record (decode to response, boto3 included; plain HTTP to the local AWS, so TLS to AWS"
-        " comes on top) and peak RSS. A processor is one Python process: where it could not keep up"
-        " with a full shard within one task's CPU, the stream gets more shards (the naive peer's case)."
-        " Keep tasks <= shards.",
-        "- DynamoDB on-demand: a write unit per started KB of each item written, failed conditional writes"
-        " included; an UpdateItem is counted at the size of the attributes it sets (AWS bills the whole item:"
-        " exact here, as every simulated record carries every signal). Multiply by your region's price.",
-        "- KMS and reads: ours encrypts a VIN and loads trip-state once per vehicle per processor start"
-        " (the replay starts with every vehicle unseen, so its figures are upper bounds for a long-running"
-        " worker), and queries breadcrumbs once per completed trip; the naive peer encrypts and reads once"
-        " per record.",
-        "- S3: our PUTs are trip archives (and long-trip segments) and dead letters; the replay's trip count"
-        " follows the simulator (trips of 3 to 8 minutes, most stops longer than the 5-minute gap).",
-        f"- Batch window: {window:g} s (each GetRecords poll holds that much of the shard). Our requests per"
-        " record depend on it; modelled from the plans on the replay fleet:"
-        f" {', '.join(f'{w:g} s: {v:.2f}' for w, v in sorted((float(w), v) for w, v in sweep.items()))}."
-        " Longer windows cost less and make `vehicle-state` staler by about the window.",
-        "- Not included: Kinesis shard-hours and PUT payload units, CloudWatch, the KCL's own lease-table"
-        " traffic (a few requests per shard per `failoverTimeMillis`), and data transfer.",
+        f"- Every vehicle sends one record a second; a month is 30 days ({SECONDS_PER_MONTH:,} s),"
+        f" {HOURS_PER_MONTH} hours.",
+        f"- Shards: {SHARD_RECORDS_PER_SECOND:,} records/s each, planned at {SHARD_UTILIZATION:.0%}.",
+        f"- Tasks: {TASK_VCPU:g} vCPU / {TASK_MEMORY_GB:g} GB (the template's default), enough for the"
+        f" measured processor + JVM CPU at {TASK_CPU_TARGET:.0%} (the JVM's idle rate once per task, its"
+        " per-record part per record) and one JVM plus one processor per shard"
+        f" in {MEMORY_TARGET:.0%} of memory. CPU is measured against the local AWS over plain HTTP;"
+        " TLS to AWS comes on top.",
+        "- DynamoDB writes: write units per record as the local AWS bills them (whole item, the larger of"
+        " before and after, per started KB, failed conditions included). Reads: one read unit per read"
+        " request (items < 4 KB; a BatchGetItem counted once: a lower bound). The KCL's own lease and"
+        " coordinator tables are not in the totals (a few units per shard per lease renewal).",
+        "- DynamoDB storage: items as stored at the end of the catch-up replay plus"
+        f" {DYNAMODB_ITEM_OVERHEAD} B per item; the trail kept {TRAIL_RETENTION_DAYS} days (24 h TTL plus"
+        " TTL's deletion delay),"
+        f" `trips-index` {INDEX_RETENTION_DAYS} days, twice (table and `tripDate-index`); the per-vehicle"
+        " tables once per vehicle. The simulator drives far more than a real fleet (its duty cycle is the"
+        " bench's), so the index and S3 lines are upper bounds.",
+        f"- S3: archive bytes per record from the replay; {ARCHIVE_STANDARD_DAYS} days Standard, then Glacier"
+        f" Instant Retrieval until day {ARCHIVE_EXPIRATION_DAYS} (the template's lifecycle; steady state).",
+        f"- KMS: {KMS_KEYS} keys plus the measured requests per record.",
+        "- CloudWatch: log bytes per second of a shard measured on the task's stderr (log lines and EMF"
+        " metric documents: one of each per batch, so per poll, not per record; the naive peer logs"
+        f" nothing), kept {LOG_RETENTION_DAYS} days; {METRIC_NAMES} metrics per shard and per application.",
+        "- Not included: data transfer, the sweep task, NAT or VPC endpoints, alarms and dashboards.",
         "",
     ]
     return "\n".join(lines)

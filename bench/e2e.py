@@ -1,21 +1,28 @@
-"""End to end through the real KCL MultiLangDaemon: sustained records/s and PutRecords -> visibility lag.
+"""The *live* scenario, end to end through the real KCL MultiLangDaemon at the shipped defaults.
 
-Method. A fresh 1-shard stream; ``python -m worker run`` starts the daemon, which runs the peer's record
-processor (``FLEET_KCL_EXECUTABLE``). Once the processor holds the lease, a live 1 Hz fleet is put into
-the stream as it happens (every record once its event time has passed, PutRecords about 5 times a
-second): ``warmup`` seconds, then ``seconds`` measured. Meanwhile a sampler reads the newest record time
-(``ts``; the naive peer's ``timestamp``) of up to 50 of the vehicles from ``vehicle-state`` (strongly
-consistent BatchGetItem) twice a second.
+Method. A fresh 1-shard stream; ``python -m worker run`` starts the daemon with ``Settings``' defaults (no
+poll, buffer or checkpoint setting overridden; only the lease timings of ``bench.stage.BENCH_ENV`` are
+shortened so that a lease is taken in seconds), and the daemon runs the peer's record processor
+(``FLEET_KCL_EXECUTABLE``). Once the processor holds the lease, a live 1 Hz fleet of the chosen workload is
+put into the stream as it happens (every record once it is due, PutRecords about 5 times a second):
+``warmup`` seconds (first sightings: vault, trip-state loads), then ``seconds`` measured. Meanwhile a
+sampler reads the event time of up to 100 vehicles from ``vehicle-state`` (one strongly consistent
+BatchGetItem) four times a second.
 
-- A record is visible at the end of the first read showing its vehicle's newest record time at or past the
-  record's; its lag is that time minus the time its PutRecords was sent. Lag percentiles cover the
-  measured records of the sampled vehicles; one never seen counts as infinitely late ("not seen").
+- A record is visible at the end of the first read showing its vehicle's event time at or past the
+  record's; its lag is that time minus the time its PutRecords was sent (resolution: the 0.25 s sampling).
+  Lag percentiles cover the measured records of the sampled vehicles; one never seen counts as infinitely
+  late ("not seen").
+- Cost: the local AWS's counts are zeroed when the first measured record is put and read once the sampled
+  vehicles' last records are visible (or ``grace`` seconds after the last put): write units by table
+  (billed on whole items), requests by service (the sampler's own reads taken out), per record put in that
+  window. Writes still buffered at either edge shift between windows; over 45 s at 1 Hz that is a few
+  per cent at most.
+- CPU: utime + stime from ``/proc/<pid>/stat`` of the processor and of the daemon's JVM over the same
+  window, per record; peak RSS of both (VmHWM).
 - Records/s: the share of the sampled vehicles' records made visible (a shard is applied in order, so
   the sample's share is everyone's) times all records put, over the time from the first record becoming
-  visible to the last one (or to the end of sampling, for a peer left behind). For a peer that keeps up
-  it is the offered rate.
-- Sampling stops once the sampled vehicles' last records are visible, or ``grace`` seconds after the
-  last put.
+  visible to the last one (or to the end of sampling, for a peer left behind).
 """
 
 from __future__ import annotations
@@ -27,21 +34,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import psutil
 
-from bench.stage import BENCH_ENV, Stage, cpu_seconds, fresh_stage, peak_rss
-from bench.workload import SEED
+from bench import measure
+from bench.stage import BENCH_ENV, Stage, fresh_stage, peak_rss
+from bench.workload import SEED, Fleet, Produced
 from devtools.local_aws import LocalAws
-from devtools.simulate import simulate
 from processors.pseudonymize import Pseudonymizer
-from processors.signals import format_time, parse_time
+from processors.signals import parse_time
 from worker.leases import lease_owners
 
 if TYPE_CHECKING:
@@ -49,17 +55,20 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 EXECUTABLES = {"ours": "", "naive": f"{sys.executable} -m bench.naive_processor"}
-SAMPLE_EVERY = 0.5
+SAMPLE_EVERY = 0.25
 WARMUP_SECONDS = 15.0
 """Put but not measured: the first sighting of a vehicle costs both peers extra (vault, trip-state)."""
 GRACE_SECONDS = 20.0
-SAMPLED_VEHICLES = 50
+IDLE_SECONDS = 5.0
+"""After the last record: the processes' CPU on an empty shard, their fixed cost per shard."""
+SAMPLED_VEHICLES = 100
 PUT_EVERY = 0.2
 
 
 @dataclass
 class E2eResult:
     peer: str
+    workload: str
     offered_per_second: float
     records: int
     sampled_vehicles: int
@@ -74,6 +83,33 @@ class E2eResult:
     processor_cpu_ms_per_record: float
     """Over the whole run (warm-up included), per record it applied."""
     processor_peak_rss_bytes: int
+    daemon_cpu_seconds: float = 0.0
+    daemon_cpu_ms_per_record: float = 0.0
+    """The daemon's JVM (all its threads) over the measured window, per record put in it."""
+    daemon_peak_rss_bytes: int = 0
+    daemon_idle_cpu_per_second: float = 0.0
+    """CPU seconds per second of the JVM on an empty shard after the last record (fixed, per shard)."""
+    daemon_cpu_ms_per_record_above_idle: float = 0.0
+    """The JVM's CPU in the window less its idle rate over the window, per record (the per-record part)."""
+    log_bytes_per_record: float = 0.0
+    """What the task writes to its log stream (CloudWatch Logs ingestion: log lines and the EMF metric
+    documents), daemon and processor, over the measured window, per record."""
+    log_bytes_per_second: float = 0.0
+    """The same per second of the window: one batch line and one EMF document per batch, whatever its size,
+    so at a fixed poll interval this is a cost per shard, not per record."""
+    log_bytes_per_second_idle: float = 0.0
+    processor_idle_cpu_per_second: float = 0.0
+    """CPU seconds per second of the processor on an empty shard (empty batches every poll)."""
+    processor_cpu_ms_per_record_above_idle: float = 0.0
+    measured_records: int = 0
+    """Records put in the cost window (the denominator of the per-record figures below)."""
+    measured_seconds: float = 0.0
+    written: dict[str, dict[str, int]] | None = None
+    requests: dict[str, int] | None = None
+    per_record: dict[str, Any] | None = None
+    vehicle_state_items: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = None
+    """The settings the daemon and processor ran with (the shipped defaults unless overridden)."""
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +118,7 @@ class E2eResult:
 @dataclass
 class Put:
     pseudo_vin: str
-    timestamp: str
+    event_ms: int
     sent_at: float
 
 
@@ -96,8 +132,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class Sampler(threading.Thread):
-    """Reads the sampled vehicles' newest record time until stopped: (time the read returned, pseudoVin ->
-    it, ISO-8601). Ours stores it as ``ts`` (epoch ms), the naive peer as ``timestamp`` (ISO-8601).
+    """Reads the sampled vehicles' ``timestamp`` until stopped: (time the read returned, pseudoVin -> it).
 
     One strongly consistent BatchGetItem of at most 100 vehicles: a Scan of the whole table costs the
     local AWS ~0.1 s and would slow down what it measures.
@@ -107,7 +142,8 @@ class Sampler(threading.Thread):
         super().__init__(name="bench-sampler", daemon=True)
         self._stage = stage
         self._keys: list[Any] = [{"pseudoVin": {"S": pv}} for pv in pseudo_vins[:SAMPLED_VEHICLES]]
-        self.scans: list[tuple[float, dict[str, str]]] = []
+        self.scans: list[tuple[float, dict[str, int]]] = []
+        self.reads = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -116,24 +152,28 @@ class Sampler(threading.Thread):
             table: {
                 "Keys": self._keys,
                 "ConsistentRead": True,
-                "ProjectionExpression": "pseudoVin, #ts, #timestamp",
-                "ExpressionAttributeNames": {"#ts": "ts", "#timestamp": "timestamp"},
+                # The ISO ``timestamp`` of today's item, or the compact item's epoch-ms ``ts``.
+                "ProjectionExpression": "pseudoVin, #iso, #ms",
+                "ExpressionAttributeNames": {"#iso": "timestamp", "#ms": "ts"},
             }
         }
         while not self.stop.is_set():
             items = self._stage.clients.dynamodb.batch_get_item(RequestItems=request)["Responses"][table]
-            state = {i["pseudoVin"]["S"]: newest for i in items if (newest := _newest(i)) is not None}
+            self.reads += 1
+            state = {i["pseudoVin"]["S"]: t for i in items if (t := _event_ms(i)) is not None}
             self.scans.append((time.monotonic(), state))
             self.stop.wait(SAMPLE_EVERY)
 
 
-def _newest(item: dict[str, Any]) -> str | None:
+def _event_ms(item: dict[str, Any]) -> int | None:
     if "ts" in item:
-        return format_time(int(item["ts"]["N"]))
-    return item["timestamp"]["S"] if "timestamp" in item else None
+        return int(item["ts"]["N"])
+    if "timestamp" in item:
+        return parse_time(item["timestamp"]["S"])
+    return None
 
 
-def visibility(puts: list[Put], scans: list[tuple[float, dict[str, str]]]) -> list[float]:
+def visibility(puts: list[Put], scans: list[tuple[float, dict[str, int]]]) -> list[float]:
     """Per put, the time it became visible (inf: never)."""
     by_vehicle: dict[str, list[int]] = defaultdict(list)
     for index, put in enumerate(puts):
@@ -144,7 +184,7 @@ def visibility(puts: list[Put], scans: list[tuple[float, dict[str, str]]]) -> li
         for pseudo_vin, timestamp in state.items():
             indices = by_vehicle.get(pseudo_vin, [])
             while (
-                cursor[pseudo_vin] < len(indices) and puts[indices[cursor[pseudo_vin]]].timestamp <= timestamp
+                cursor[pseudo_vin] < len(indices) and puts[indices[cursor[pseudo_vin]]].event_ms <= timestamp
             ):
                 seen[indices[cursor[pseudo_vin]]] = at
                 cursor[pseudo_vin] += 1
@@ -176,9 +216,9 @@ def _processors(launcher: subprocess.Popen[bytes]) -> list[psutil.Process]:
     return found
 
 
-def _replay_live(stage: Stage, records: list[dict[str, Any]], pseudo: Pseudonymizer) -> list[Put]:
-    """Put each record once its event time has passed, about 5 PutRecords a second."""
-    due = [parse_time(r["timestamp"]) for r in records]
+def _replay_live(stage: Stage, records: list[Produced], pseudo: Pseudonymizer) -> list[Put]:
+    """Put each record once it is due, about 5 PutRecords a second."""
+    due = [r.due_ms for r in records]
     kinesis, stream = stage.clients.kinesis, stage.settings.stream_name
     puts: list[Put] = []
     while len(puts) < len(records):
@@ -186,40 +226,53 @@ def _replay_live(stage: Stage, records: list[dict[str, Any]], pseudo: Pseudonymi
         for start in range(len(puts), ready, 500):
             chunk = records[start : min(ready, start + 500)]
             entries: list[PutRecordsRequestEntryTypeDef] = [
-                {"Data": orjson.dumps(r), "PartitionKey": r["vin"]} for r in chunk
+                {"Data": r.data, "PartitionKey": r.vin} for r in chunk
             ]
             sent_at = time.monotonic()
             if kinesis.put_records(StreamName=stream, Records=entries).get("FailedRecordCount"):
                 raise RuntimeError("PutRecords failed for some records")
-            puts += [Put(pseudo.pseudo_vin(r["vin"]), r["timestamp"], sent_at) for r in chunk]
-        time.sleep(PUT_EVERY)
+            puts += [Put(pseudo.pseudo_vin(r.vin), r.event_ms, sent_at) for r in chunk]
+        if len(puts) < len(records):
+            time.sleep(PUT_EVERY)
     return puts
 
 
-def run(
+def _jvm(launcher: subprocess.Popen[bytes]) -> psutil.Process | None:
+    """The daemon's JVM (``worker run`` starts it as a child)."""
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(launcher.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if child.name() == "java":
+                    return child
+    return None
+
+
+def run(  # noqa: PLR0915 - one scenario, read top to bottom
     aws: LocalAws,
     peer: str,
+    workload: str,
     vehicles: int,
     seconds: float,
     say: Callable[[str], None],
-    poll_seconds: float,
+    overrides: dict[str, str] | None = None,
     warmup: float = WARMUP_SECONDS,
     grace: float = GRACE_SECONDS,
+    transform: Callable[[list[Produced]], list[Produced]] | None = None,
 ) -> E2eResult:
+    """``overrides``: settings (environment names) to run with instead of the shipped defaults."""
     stage = fresh_stage(
         aws,
         shards=1,
         FLEET_KCL_EXECUTABLE=EXECUTABLES[peer],
         PYTHONPATH=str(REPO),
-        FLEET_KCL_IDLE_TIME_BETWEEN_READS_MILLIS=str(int(poll_seconds * 1000)),
-        FLEET_LOG_LEVEL="INFO",
+        **(overrides or {}),
     )
     pseudo = Pseudonymizer(BENCH_ENV["FLEET_PSEUDONYM_KEY"].encode())
     logs = REPO / "bench" / "results"
     logs.mkdir(parents=True, exist_ok=True)
-    log = (logs / f"e2e-{peer}.log").open("wb")
+    log = (logs / f"e2e-{peer}-{workload}.log").open("wb")
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "worker", "run", "--timeout", str(seconds + grace + 300)],
+        [sys.executable, "-m", "worker", "run", "--timeout", str(warmup + seconds + grace + 300)],
         env=stage.environ,
         stdout=log,
         stderr=log,
@@ -230,17 +283,34 @@ def run(
         startup = _wait_for_processor(stage, launcher, timeout=120)
         children = psutil.Process(launcher.pid).children(recursive=True)
         (processor,) = _processors(launcher)
-        say(f"  {peer}: processor up after {startup:.0f}s; replaying {vehicles} vehicles for {seconds:.0f}s")
-        cpu_before = cpu_seconds(processor.pid)
+        jvm = _jvm(launcher)
+        say(
+            f"  {peer}/{workload}: processor up after {startup:.0f}s; "
+            f"{vehicles} vehicles for {warmup + seconds:.0f}s"
+        )
+        cpu_start = measure.proc_cpu_seconds(processor.pid)
         start_ms = int(time.time() * 1000) + 2000
-        records = list(simulate(vehicles, (warmup + seconds) / 60, SEED + 1, start_ms))
-        fleet = list(dict.fromkeys(pseudo.pseudo_vin(r["vin"]) for r in records[:vehicles]))
-        sampled = set(fleet[:: max(1, len(fleet) // SAMPLED_VEHICLES)][:SAMPLED_VEHICLES])
+        fleet = Fleet(vehicles, (warmup + seconds) / 60, seed=SEED + 1, workload=workload)
+        records = fleet.produced(start_ms)
+        if transform is not None:
+            records = transform(records)
+        every_vehicle = list(dict.fromkeys(pseudo.pseudo_vin(r.vin) for r in records))
+        sampled = set(every_vehicle[:: max(1, len(every_vehicle) // SAMPLED_VEHICLES)][:SAMPLED_VEHICLES])
         sampler = Sampler(stage, sorted(sampled))
         sampler.start()
-        puts = _replay_live(stage, records, pseudo)
         measured_from = start_ms + int(warmup * 1000)
-        measured = [put for put in puts if parse_time(put.timestamp) >= measured_from]
+        split = bisect.bisect_left([r.due_ms for r in records], measured_from)
+        puts = _replay_live(stage, records[:split], pseudo)
+        # The cost window opens with the first measured record.
+        while int(time.time() * 1000) < records[split].due_ms:
+            time.sleep(0.01)
+        aws.app.reset_counts()
+        reads_before, window_start = sampler.reads, time.monotonic()
+        cpu_before = measure.proc_cpu_seconds(processor.pid)
+        log_before = Path(log.name).stat().st_size
+        jvm_before = measure.proc_cpu_seconds(jvm.pid) if jvm else 0.0
+        measured = _replay_live(stage, records[split:], pseudo)
+        puts += measured
         watched = [put for put in measured if put.pseudo_vin in sampled]
         last = {put.pseudo_vin: put for put in watched}
         deadline = time.monotonic() + grace
@@ -249,11 +319,32 @@ def run(
                 map(math.isinf, visibility(list(last.values()), sampler.scans[-1:]))
             ):
                 break
-            time.sleep(0.5)
+            time.sleep(0.25)
+        sampler_reads = Counter({"dynamodb:BatchGetItem": sampler.reads - reads_before})
+        cpu = measure.proc_cpu_seconds(processor.pid) - cpu_before
+        jvm_cpu = measure.proc_cpu_seconds(jvm.pid) - jvm_before if jvm else 0.0
+        written = measure.written_by_table(stage)
+        requests = measure.requests_by_operation(stage, minus=sampler_reads)
+        log_bytes = Path(log.name).stat().st_size - log_before
+        window = time.monotonic() - window_start
         sampler.stop.set()
         sampler.join()
-        cpu = cpu_seconds(processor.pid) - cpu_before
+        # The fixed cost (polling an empty shard, lease renewals, a batch line per poll): CPU and log bytes
+        # per second once every record is applied and the processes are warm.
+        time.sleep(2.0)
+        jvm_idle = measure.proc_cpu_seconds(jvm.pid) if jvm else 0.0
+        processor_idle = measure.proc_cpu_seconds(processor.pid)
+        log_idle = float(Path(log.name).stat().st_size)
+        idle_from = time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        idle_elapsed = time.monotonic() - idle_from
+        jvm_idle = (measure.proc_cpu_seconds(jvm.pid) - jvm_idle if jvm else 0.0) / idle_elapsed
+        processor_idle = (measure.proc_cpu_seconds(processor.pid) - processor_idle) / idle_elapsed
+        log_idle = (Path(log.name).stat().st_size - log_idle) / idle_elapsed
+        total_cpu = measure.proc_cpu_seconds(processor.pid) - cpu_start
         rss = peak_rss(processor.pid)
+        jvm_rss = peak_rss(jvm.pid) if jvm else 0
+        sizes = measure.item_sizes(stage)
     finally:
         launcher.terminate()
         try:
@@ -273,10 +364,12 @@ def run(
     rate = len(done) / len(every) * len(puts) / (end - min(done)) if len(done) > 1 else 0.0
     seen = visibility(watched, sampler.scans)
     lags = [at - put.sent_at for at, put in zip(seen, watched, strict=True)]
+    n = len(measured)
     return E2eResult(
         peer=peer,
+        workload=workload,
         offered_per_second=float(vehicles),
-        records=len(measured),
+        records=n,
         sampled_vehicles=len(sampled),
         visible_share=sum(not math.isinf(at) for at in seen) / len(seen),
         records_per_second=rate,
@@ -284,7 +377,39 @@ def run(
         lag_p99_s=percentile(lags, 0.99),
         lag_max_s=percentile(lags, 1.0),
         startup_s=startup,
-        processor_cpu_seconds=cpu,
-        processor_cpu_ms_per_record=cpu * 1000 / max(1.0, len(done) / len(every) * len(puts)),
+        processor_cpu_seconds=total_cpu,
+        processor_cpu_ms_per_record=cpu * 1000 / n,
         processor_peak_rss_bytes=rss,
+        daemon_cpu_seconds=jvm_cpu,
+        daemon_cpu_ms_per_record=jvm_cpu * 1000 / n,
+        daemon_peak_rss_bytes=jvm_rss,
+        daemon_idle_cpu_per_second=jvm_idle,
+        daemon_cpu_ms_per_record_above_idle=max(0.0, jvm_cpu - jvm_idle * window) * 1000 / n,
+        log_bytes_per_record=log_bytes / n,
+        log_bytes_per_second=log_bytes / window,
+        log_bytes_per_second_idle=log_idle,
+        processor_idle_cpu_per_second=processor_idle,
+        processor_cpu_ms_per_record_above_idle=max(0.0, cpu - processor_idle * window) * 1000 / n,
+        measured_records=n,
+        measured_seconds=window,
+        written=written,
+        requests=requests,
+        per_record=measure.per_record(written, requests, n),
+        vehicle_state_items=sizes,
+        settings=_settings(stage),
     )
+
+
+def _settings(stage: Stage) -> dict[str, Any]:
+    """The settings that set the live cost and freshness, as the processor read them."""
+    names = (
+        "kcl_idle_time_between_reads_millis",
+        "kcl_max_records",
+        "state_max_delay_ms",
+        "trail_max_delay_ms",
+        "checkpoint_every_seconds",
+        "checkpoint_every_records",
+        "trip_gap_seconds",
+        "trip_settle_seconds",
+    )
+    return {name: getattr(stage.settings, name) for name in names if hasattr(stage.settings, name)}

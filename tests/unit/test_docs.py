@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import orjson
 import pytest
+
+from bench import capacity, report
 
 ROOT = Path(__file__).parent.parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -40,3 +43,24 @@ def test_every_relative_link_resolves(page: Path) -> None:
         assert target.exists(), f"{page.name}: {link} points to no file"
         if anchor and target.suffix == ".md":
             assert anchor in anchors(target), f"{page.name}: {link}: no such heading"
+
+
+def test_the_capacity_model_is_what_the_committed_results_give() -> None:
+    """docs/capacity.md is generated: hand edits, or results committed without regenerating it, fail here."""
+    results = orjson.loads((ROOT / "bench" / "results" / "latest.json").read_bytes())
+    assert (ROOT / "docs" / "capacity.md").read_text() == capacity.render(results)
+
+
+def test_the_committed_results_carry_every_issue_target_with_a_true_verdict() -> None:
+    results = orjson.loads((ROOT / "bench" / "results" / "latest.json").read_bytes())
+    assert set(results["targets"]) == set(report.TARGETS)
+    assert results["targets"] == report.targets(results)
+    for name in (
+        "live_write_units_native",
+        "live_write_units_tesla",
+        "live_p99_s_native",
+        "live_p99_s_tesla",
+    ):
+        assert results["live"][name.rsplit("_", 1)[1]]["ours"]["settings"], (
+            f"{name}: not at recorded settings"
+        )
