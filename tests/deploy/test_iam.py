@@ -70,9 +70,8 @@ WORKER_REQUESTS = {
     ("secretsmanager", "GetSecretValue"),  # pseudonymize: the HMAC key, once per processor
     ("kms", "Encrypt"),  # VinVault.remember
     ("dynamodb", "PutItem"),  # vin-mapping, trip-state, trips-index
-    ("dynamodb", "UpdateItem"),  # vehicle-state
+    ("dynamodb", "UpdateItem"),  # vehicle-state, live-breadcrumbs (one max-merge per bucket)
     ("dynamodb", "BatchGetItem"),  # trip-state, loading vehicles new to this processor
-    ("dynamodb", "BatchWriteItem"),  # live-breadcrumbs
     ("dynamodb", "Query"),  # live-breadcrumbs of a trip, when sealing or archiving it
     ("s3", "PutObject"),  # trips/, trip-segments/, dead-letter/
     ("s3", "GetObject"),  # trip-segments/, when archiving a long trip
@@ -120,7 +119,7 @@ DATA_TABLE_ACTIONS = {
     "worker": {
         "vehicle-state": {"dynamodb:UpdateItem"},
         "trip-state": {"dynamodb:BatchGetItem", "dynamodb:PutItem"},
-        "live-breadcrumbs": {"dynamodb:BatchWriteItem", "dynamodb:Query"},
+        "live-breadcrumbs": {"dynamodb:UpdateItem", "dynamodb:Query"},
         "trips-index": {"dynamodb:PutItem"},
         "vin-mapping": {"dynamodb:PutItem"},
     },
