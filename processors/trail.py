@@ -298,7 +298,9 @@ def from_segment_rows(rows: Iterable[list[Any]]) -> list[Crumb]:
     crumbs = []
     for row in rows:
         lat, lng, speed, heading, odometer, battery, soc = (number(v) for v in row[2:9])
-        crumbs.append(Crumb(int(row[0]), int(row[1]) * 1000, lat, lng, speed, heading, odometer, battery, soc))
+        crumbs.append(
+            Crumb(int(row[0]), int(row[1]) * 1000, lat, lng, speed, heading, odometer, battery, soc)
+        )
     return crumbs
 
 

@@ -12,6 +12,7 @@ from processors.trips import CompletedTrip, EndReason, Trip, TripStatus, Vehicle
 from schemas.items import CompletedTripItem, PositionItem, TripStateItem
 from schemas.records import StreamPosition
 
+
 def _time(ms: int | None) -> str | None:
     return format_time(ms) if ms is not None else None
 
@@ -36,7 +37,7 @@ def completed_item(trip: CompletedTrip) -> CompletedTripItem:
         startTime=format_time(trip.start_time_ms),
         endTime=format_time(trip.end_time_ms),
         endReason=trip.end_reason.value,
-        completionTime=format_time(trip.completion_ms),
+        completionMs=trip.completion_ms,
         reportsBatteryLevel=trip.reports_battery_level,
         segments=trip.segments,
         sealedThrough=_time(trip.sealed_through_ms),
@@ -52,7 +53,7 @@ def completed_trip(pseudo_vin: str, item: CompletedTripItem, written_ms: int) ->
         start_time_ms=parse_time(item.startTime),
         end_time_ms=parse_time(item.endTime),
         end_reason=EndReason(item.endReason),
-        completion_ms=parse_time(item.completionTime) if item.completionTime else written_ms,
+        completion_ms=item.completionMs if item.completionMs is not None else written_ms,
         reports_battery_level=item.reportsBatteryLevel,
         segments=item.segments,
         sealed_through_ms=_ms(item.sealedThrough),

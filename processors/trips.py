@@ -37,6 +37,7 @@ from typing import Any
 
 from schemas.records import StreamPosition, VehicleReading
 
+
 class TripStatus(StrEnum):
     ACTIVE = "ACTIVE"
     ENDING = "ENDING"
@@ -170,7 +171,9 @@ def _number(value: object) -> float | None:
     return float(value)
 
 
-def complete(vehicle: str, state: VehicleTrips, trip: Trip, reason: EndReason, completion_ms: int) -> CompletedTrip:
+def complete(
+    vehicle: str, state: VehicleTrips, trip: Trip, reason: EndReason, completion_ms: int
+) -> CompletedTrip:
     """Close ``trip``: at its stop if it was ending, else at its last record."""
     return CompletedTrip(
         pseudo_vin=vehicle,

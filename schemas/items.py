@@ -36,8 +36,8 @@ class CompletedTripItem(_Item):
     startTime: str
     endTime: str
     endReason: Literal["gap", "orphan"]
-    completionTime: str | None = None
-    """R (``CompletedTrip.completion_ms``). None only in an outbox written before R was stored: the
+    completionMs: int | None = None
+    """R (``CompletedTrip.completion_ms``, epoch ms). None only in an outbox written before R was stored: the
     item's ``lastUpdate`` stands in (written just after the completing record arrived)."""
     reportsBatteryLevel: bool = False
     segments: int = 0

@@ -148,7 +148,10 @@ def vehicle_report(settings: Settings, clients: AwsClients, pseudo_vin: str) -> 
     else:
         lines += trip_state_rows(trip)
     lines.append(
-        row("live trail", f"{buckets} buckets of 15 s ({tables['live-breadcrumbs']}, kept 24 h; inspect trail)")
+        row(
+            "live trail",
+            f"{buckets} buckets of 15 s ({tables['live-breadcrumbs']}, kept 24 h; inspect trail)",
+        )
     )
     trips.sort(key=lambda item: str(item.get("startTime", "")), reverse=True)
     shown = f"; the latest {min(len(trips), RECENT_TRIPS)}:" if trips else ""

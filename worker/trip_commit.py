@@ -12,14 +12,26 @@ from typing import Any
 from processors.archive import archive_key, archive_trip, gzip_json, read_gzip_json, segment_key
 from processors.errors import StaleTripState
 from processors.ports import TrailStore, TripArchive, TripStore
-from processors.trail import Crumb, from_segment_rows, segment_rows, trip_rows
+from processors.trail import TRAIL_TTL_SECONDS, Crumb, from_segment_rows, segment_rows, trip_rows
 from processors.trip_items import completed_item, next_last_update, outbox_of, state_fields, state_from_item
-from processors.trips import CompletedTrip, EndReason, SegmentSeal, VehicleTripPlan, complete
+from processors.trips import (
+    CompletedTrip,
+    EndReason,
+    SegmentSeal,
+    TripThresholds,
+    VehicleTripPlan,
+    complete,
+)
 from schemas.items import TripIndexItem, TripStateItem
 from worker.logs import event
 from worker.retry import TRIP_REPLANS, Limit
 
 log = logging.getLogger(__name__)
+
+ARCHIVE_SAFE_MS = TRAIL_TTL_SECONDS * 1000 - TripThresholds().segment_max_ms - TripThresholds().gap_ms
+"""How long after its completion point R a trip's archive is sure to find every crumb it needs: the tail
+after the sealed segments spans at most 12 h of event time (plus the gap), and a crumb stays 24 h after
+its arrival (proposal §4.2: 11 h 55 min)."""
 
 
 class TripArchiver:
@@ -27,9 +39,12 @@ class TripArchiver:
     item) through the ``TripArchive`` port. Deterministic content: writing twice changes nothing, and the
     rows are selected against the trip's completion point R, never the wall clock."""
 
-    def __init__(self, trail: TrailStore, archive: TripArchive) -> None:
+    def __init__(
+        self, trail: TrailStore, archive: TripArchive, clock: Callable[[], float] = time.time
+    ) -> None:
         self._trail = trail
         self._archive = archive
+        self._clock = clock
 
     def seal(self, seal: SegmentSeal) -> None:
         crumbs = self._trail.read(seal.pseudo_vin, seal.from_ms, seal.to_ms)
@@ -40,6 +55,18 @@ class TripArchiver:
 
     def archive(self, trip: CompletedTrip) -> TripIndexItem:
         """Write the archive object, then its index item. Idempotent."""
+        lag_ms = int(self._clock() * 1000) - trip.completion_ms
+        if lag_ms >= ARCHIVE_SAFE_MS:
+            # Rows are chosen against R, so a re-archive reads the same set while every needed crumb is
+            # still stored; this long after R, TTL may have removed some. Archived as found, but loudly.
+            event(
+                log,
+                "archive_at_risk",
+                logging.ERROR,
+                pseudoVin=trip.pseudo_vin,
+                tripId=trip.trip_id,
+                lagSeconds=lag_ms // 1000,
+            )
         body, item = archive_trip(trip, self.crumbs(trip))
         self._archive.put_object(archive_key(trip.pseudo_vin, trip.trip_id), body)
         self._archive.put_index(item)

@@ -148,7 +148,7 @@ def test_a_stale_trip_state_write_raises_with_the_current_item_and_overwrites_no
 def test_the_outbox_is_stored_and_read_back_under_its_stored_name(backend: Backend) -> None:
     done = CompletedTripItem(
         tripId="t1", startTime="2025-03-05T13:00:00.000Z", endTime="2025-03-05T13:30:00.000Z",
-        endReason="gap", completionTime="2025-03-05T13:35:00.000Z", reportsBatteryLevel=True,
+        endReason="gap", completionMs=1_741_181_700_000, reportsBatteryLevel=True,
     )  # fmt: skip
     backend.stores.trips.write(trip_item("2025-03-05T14:00:00.000Z", outbox=[done]), None)
     assert backend.stores.trips.load([PV])[PV].outbox == [done]

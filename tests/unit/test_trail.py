@@ -234,7 +234,9 @@ def test_a_full_native_1_hz_bucket_is_one_write_unit() -> None:
 
 def crumb(t: int, arrival: int, speed: float | None = 10.0, located: bool = True, **extra: float) -> Crumb:
     made = crumb_of(
-        reading(t, arrival, vehicleSpeed=speed, **({"location": Location(1.0, 2.0)} if located else {}), **extra)
+        reading(
+            t, arrival, vehicleSpeed=speed, **({"location": Location(1.0, 2.0)} if located else {}), **extra
+        )
     )
     assert made is not None
     return made

@@ -70,7 +70,9 @@ def crumbs_of(readings: list[VehicleReading]) -> list[Crumb]:
     return [c for c in map(crumb_of, readings) if c is not None]
 
 
-def archived(trip: CompletedTrip, readings: list[VehicleReading]) -> tuple[list[dict[str, Any]], TripIndexItem]:
+def archived(
+    trip: CompletedTrip, readings: list[VehicleReading]
+) -> tuple[list[dict[str, Any]], TripIndexItem]:
     body, item = archive_trip(trip, crumbs_of(readings))
     return read_gzip_json(body), item
 

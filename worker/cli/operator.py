@@ -187,9 +187,7 @@ def register(add: AddCommand) -> None:
         "read as the live map reads them: eventually consistent, crumbs older than 24 h left out, speed, "
         "heading, odometer and battery filled forward within the range.",
     )
-    trail.add_argument(
-        "pseudo_vin", metavar="PSEUDO_VIN", help="the vehicle's pseudoVin (32 hex characters)"
-    )
+    trail.add_argument("pseudo_vin", metavar="PSEUDO_VIN", help="the vehicle's pseudoVin (32 hex characters)")
     trail.add_argument(
         "--from", dest="since", type=iso_time, help="ISO 8601 start (UTC if no zone; default --to - 1 h)"
     )
