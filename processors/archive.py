@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import math
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -93,7 +94,7 @@ def archive_trip(trip: CompletedTrip, crumbs: Sequence[Crumb]) -> tuple[bytes, T
             continue
         records.append(_row(crumb.t_ms, crumb.lat, crumb.lng, (speed, heading, odometer, battery)))
         points.append((crumb.lat, crumb.lng))
-    distance = sum(haversine_miles(a, b) for a, b in zip(points, points[1:], strict=False))
+    distance = sum(haversine_miles(a, b) for a, b in pairwise(points))
     duration = max(0, (trip.end_time_ms - trip.start_time_ms) // 1000)
     start, end = format_time(trip.start_time_ms), format_time(trip.end_time_ms)
     item = TripIndexItem(

@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from processors.archive import archive_key, archive_trip, gzip_json, read_gzip_json, segment_key
 from processors.errors import StaleTripState

@@ -161,7 +161,8 @@ BUCKET = T0 // 1000
 
 
 def crumb(t: int, arrival: int, speed: float = 30.0, odometer: float = 100.0) -> Crumb:
-    signals = {"vehicleSpeed": speed, "odometer": odometer, "location": Location(39.7, -104.9)}
+    location = Location(39.7, -104.9)
+    signals: dict[str, Any] = {"vehicleSpeed": speed, "odometer": odometer, "location": location}
     made = crumb_of(VehicleReading(PV, t, signals, StreamPosition(SHARD, "1", 0, arrival)))
     assert made is not None
     return made

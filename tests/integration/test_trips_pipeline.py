@@ -12,12 +12,12 @@ import orjson
 import pytest
 
 from devtools.local_aws import FaultPlan
+from processors.archive import archive_trip, read_gzip_json
 from processors.decode import DecodeLimits, Decoder
 from processors.errors import TransientError
 from processors.pseudonymize import Pseudonymizer
-from processors.archive import archive_trip, read_gzip_json
 from processors.signals import format_time, parse_event_time
-from processors.trail import TRAIL_TTL_SECONDS, Crumb, bucket_of, crumb_of, decode_item, pack
+from processors.trail import TRAIL_TTL_SECONDS, Crumb, crumb_of, decode_item, pack
 from processors.trips import (
     CompletedTrip,
     EndReason,

@@ -61,7 +61,8 @@ class MemoryTripStore(_Failing):
 
 
 class MemoryTrail(_Failing):
-    """Bucket items as ``from_item`` reads them back: ``{"pseudoVin", "bucket", "expiresAt", slot: value}``."""
+    """Bucket items as ``from_item`` reads them back: ``{"pseudoVin", "bucket", "expiresAt", slot: value}``,
+    merged by the same rule (``processors.trail.outstanding``) as the DynamoDB guards."""
 
     def __init__(self) -> None:
         super().__init__()

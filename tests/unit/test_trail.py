@@ -11,6 +11,7 @@ import functools
 import random
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -65,7 +66,7 @@ def item_of(merge: BucketMerge) -> dict[str, dict[str, str]]:
     }
 
 
-def reading(t: int, arrival: int, **signals: object) -> VehicleReading:
+def reading(t: int, arrival: int, **signals: Any) -> VehicleReading:
     return VehicleReading(PV, t, signals, StreamPosition("shardId-0", "1", 0, arrival))
 
 
