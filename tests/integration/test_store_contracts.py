@@ -239,6 +239,36 @@ def test_merges_of_one_bucket_by_two_writers_in_any_order_leave_the_same_item(ba
     assert bucket_of(T0 + 17 * 700) == BUCKET
 
 
+def test_a_record_is_the_same_bytes_whoever_writes_it_whatever_trip_it_thinks_it_is_in(
+    backend: Backend,
+) -> None:
+    """No writer can relabel a crumb: a processor that sees the record mid-trip (after the vehicle's
+    earlier records) and one that sees it alone (no trip at all) store the same string for it."""
+    records = [r for r in shard_records(fixture("trips.jsonl")) if r.partition_key.endswith("00001")]
+    as_kinesis = [
+        KinesisRecord(r.data, r.partition_key, StreamPosition(SHARD, r.sequence_number, 0, r.arrival_ms))
+        for r in records
+    ]
+    k = 62
+    in_a_trip = memory_stores()
+    pipeline = Pipeline(backend.settings, in_a_trip, KEY, NO_SLEEP)
+    pipeline.process(as_kinesis[:k])
+    pipeline.process(as_kinesis[k : k + 1])
+    pipeline.close()
+    (open_trip,) = [item for item in in_a_trip.trips.items.values() if item.tripId]
+    assert open_trip.status == "ACTIVE"
+
+    alone = Pipeline(backend.settings, backend.stores, KEY, NO_SLEEP)
+    alone.process(as_kinesis[k : k + 1])  # a first sighting: the vehicle has no trip here
+    alone.close()
+    ((pv, bucket),) = [key for key in in_a_trip.trail.items if backend.trail_item(*key)]
+    held, stored = in_a_trip.trail.items[(pv, bucket)], backend.trail_item(pv, bucket)
+    (slot,) = slots(stored)
+    assert len(slots(held)) > 1  # the writer in a trip has the record's neighbours in that bucket too
+    assert slots(stored)[slot] == held[slot] and "trip" not in stored[slot]
+    assert stored["expiresAt"] == records[k].arrival_ms // 1000 + 86_400
+
+
 # --- vehicle state --------------------------------------------------------------------------------------
 
 
