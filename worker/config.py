@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     trip_state_table: str = Field("trip-state", description="Active trip (or idle marker) per vehicle.")
     trips_index_table: str = Field("trips-index", description="One metadata item per archived trip.")
     live_breadcrumbs_table: str = Field(
-        "live-breadcrumbs", description="Every vehicle's trail in 15 s buckets (24 h after arrival)."
+        "live-breadcrumbs-v2", description="Every vehicle's trail in 15 s buckets (24 h after arrival)."
     )
     vin_mapping_table: str = Field("vin-mapping", description="pseudoVin -> KMS-encrypted VIN.")
     archive_bucket: str = Field(
