@@ -161,9 +161,9 @@ def register(add: AddCommand) -> None:
     what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     vehicle = what.add_parser(
         "vehicle",
-        help="latest values, trip machine, live breadcrumbs and recent archived trips of a vehicle",
-        description="Latest values (vehicle-state), the trip machine (trip-state), the live breadcrumb "
-        "count and the most recent archived trips (trips-index) of one vehicle.",
+        help="latest values, trip machine, live trail and recent archived trips of a vehicle",
+        description="Latest values (vehicle-state), the trip machine (trip-state), the live trail's "
+        "bucket count and the most recent archived trips (trips-index) of one vehicle.",
     )
     vehicle.add_argument(
         "pseudo_vin", metavar="PSEUDO_VIN", help="the vehicle's pseudoVin (32 hex characters)"
