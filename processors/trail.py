@@ -68,9 +68,14 @@ class Crumb:
 
 
 def _number(value: object) -> float | None:
+    """A trail field's value: a finite number, else absent (never an error: this runs on every accepted
+    record, outside the per-record boundary)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
     return number if math.isfinite(number) else None
 
 

@@ -107,6 +107,7 @@ def test_the_value_is_the_proposal_s_format_numbers_shortest_absent_fields_empty
 def test_a_record_without_any_trail_field_has_no_crumb_and_non_numbers_are_absent() -> None:
     assert crumb_of(reading(T0, T0, shiftState="D", vehicleSpeed="fast", heading=True)) is None
     assert crumb_of(reading(T0, T0, soc=float("inf"))) is None
+    assert crumb_of(reading(T0, T0, odometer=10**400)) is None  # beyond any float: absent, not an error
     crumb = crumb_of(reading(T0, T0, soc=81.5, vehicleSpeed=float("nan")))
     assert crumb is not None and (crumb.soc, crumb.vehicle_speed) == (81.5, None)
 
