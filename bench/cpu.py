@@ -21,7 +21,9 @@ from bench.workload import Fleet, entries, kinesis_records, windows
 from processors.batch import TripPlanner, decode_batch
 from processors.decode import Decoder
 from processors.pseudonymize import Pseudonymizer
-from processors.trip_items import breadcrumb_item, next_last_update
+from processors.trail import chunks, remainder_of
+from processors.trail import update_request as trail_request
+from processors.trip_items import next_last_update
 from processors.trips import TripStateMachine
 from processors.vehicle_state import update_request
 from schemas.dynamo import Item, to_item
@@ -62,12 +64,14 @@ def ours(batches: Sequence[Sequence[KinesisRecord]]) -> dict[str, float]:
         for pseudo_vin in planner.unknown(groups):
             planner.adopt(pseudo_vin, None)  # as if trip-state had no item yet
         for pseudo_vin, readings in groups.items():
-            trip_plan, crumbs = planner.plan(pseudo_vin, readings)
-            plan.trips.append(trip_plan)
-            plan.breadcrumbs += crumbs
+            plan.trips.append(planner.plan(pseudo_vin, readings))
         planned = clock()
         requests: list[Any] = [update_request("vehicle-state", u, None) for u in plan.vehicle_states]
-        requests += [{"PutRequest": {"Item": breadcrumb_item(c)}} for c in plan.breadcrumbs]
+        for merge in plan.trail:
+            requests += [
+                trail_request("live-breadcrumbs", merge.pseudo_vin, merge.bucket, c)
+                for c in chunks(remainder_of(merge))
+            ]
         for trip in plan.trips:
             if trip.write:
                 version = next_last_update(trip.expected_last_update)

@@ -3,8 +3,8 @@
 Per record, in order: ``json.loads`` into a full pydantic model; HMAC the VIN (no cache); KMS-encrypt the
 VIN and write the ``vin-mapping`` item (``if_not_exists``, every time); ``GetItem`` its trip-state; put
 the ``vehicle-state`` snapshot (conditional on its timestamp); put the trip-state if the trip moved; put
-the record's breadcrumb while in a trip; on a completed trip, query its breadcrumbs and put the archive
-object and the index item. Clients are created once (module-level, as Lambda code does); nothing is
+the record's crumb (one trail UpdateItem per record); on a completed trip, query its trail and put the
+archive object and the index item. Clients are created once (module-level, as Lambda code does); nothing is
 batched, coalesced or cached.
 
 It writes the same tables in the same shapes (it reuses the trip machine and item builders, so the trip
@@ -24,15 +24,17 @@ from typing import TYPE_CHECKING, Any, cast
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from processors.archive import archive_key, archive_record, gzip_json, index_item
+from processors.archive import archive_key, archive_trip
 from processors.signals import format_time
-from processors.trip_items import breadcrumb_item, next_last_update, state_fields, state_from_item
+from processors.trail import BucketMerge, crumb_of, pack
+from processors.trip_items import next_last_update, state_fields, state_from_item
 from processors.trips import CompletedTrip, TripEffects, TripStateMachine, VehicleTrips
 from schemas.dynamo import Item, from_item, to_attribute, to_item
-from schemas.items import BreadcrumbItem, TripStateItem
+from schemas.items import TripStateItem
 from schemas.records import Location, StreamPosition, VehicleReading
 from worker.aws import aws_error_code
 from worker.pipeline import trip_thresholds
+from worker.stores.dynamo_trail import DynamoTrail
 from worker.stores.vin_vault import KmsVinVault as VinVault
 from worker.stores.vin_vault import load_pseudonym_key
 
@@ -75,7 +77,7 @@ class NaiveWrites:
     vin: str
     vehicle_state: Item
     trip_state: Item | None = None
-    breadcrumbs: list[Item] = field(default_factory=list)
+    trail: list[BucketMerge] = field(default_factory=list)
     completed: list[CompletedTrip] = field(default_factory=list)
 
 
@@ -108,11 +110,13 @@ class NaivePlanner:
             else VehicleTrips(pseudo_vin)
         )
         effects = TripEffects()
-        self._machine.apply(state, VehicleReading(pseudo_vin, at_ms, signals, position), effects)
+        reading = VehicleReading(pseudo_vin, at_ms, signals, position)
+        self._machine.apply(state, reading, effects)
         if effects.changed:
             item = TripStateItem(**state_fields(state), lastUpdate=next_last_update(None))
             writes.trip_state = to_item(item.model_dump(exclude_none=True, exclude={"closing"}))
-        writes.breadcrumbs = [breadcrumb_item(crumb) for crumb in effects.breadcrumbs]
+        crumb = crumb_of(reading)
+        writes.trail = pack(pseudo_vin, [crumb]) if crumb is not None else []
         writes.completed = effects.completed
         return writes
 
@@ -124,6 +128,7 @@ class NaiveHandler:
         self._planner = NaivePlanner(key, TripStateMachine(trip_thresholds(settings)))
         self._ddb = clients.dynamodb
         self._s3 = clients.s3
+        self._trail = DynamoTrail(clients.dynamodb, settings.table_names["live-breadcrumbs"])
         self._vault = VinVault(
             clients.dynamodb, clients.kms, settings.table_names["vin-mapping"], settings.vin_key_alias
         )
@@ -156,34 +161,21 @@ class NaiveHandler:
                 raise
         if writes.trip_state is not None:
             self._ddb.put_item(TableName=self._tables["trip-state"], Item=writes.trip_state)
-        for crumb in writes.breadcrumbs:
-            self._ddb.put_item(TableName=self._tables["live-breadcrumbs"], Item=crumb)
+        self._trail.merge(writes.trail)
         for trip in writes.completed:
             self._archive(trip)
 
     def _archive(self, trip: CompletedTrip) -> None:
-        page = self._ddb.query(
-            TableName=self._tables["live-breadcrumbs"],
-            ConsistentRead=True,
-            KeyConditionExpression="pseudoVin = :pv AND #ts BETWEEN :from AND :to",
-            FilterExpression="tripId = :trip",
-            ExpressionAttributeNames={"#ts": "timestamp"},
-            ExpressionAttributeValues={
-                ":pv": {"S": trip.pseudo_vin},
-                ":from": {"S": format_time(trip.start_time_ms)},
-                ":to": {"S": format_time(trip.end_time_ms)},
-                ":trip": {"S": trip.trip_id},
-            },
+        body, item = archive_trip(
+            trip, self._trail.read(trip.pseudo_vin, trip.start_time_ms, trip.end_time_ms)
         )
-        records = [archive_record(BreadcrumbItem.model_validate(from_item(raw))) for raw in page["Items"]]
         self._s3.put_object(
             Bucket=self._settings.archive_bucket,
             Key=archive_key(trip.pseudo_vin, trip.trip_id),
-            Body=gzip_json(records),
+            Body=body,
             ContentType="application/json",
             ContentEncoding="gzip",
         )
-        item = index_item(trip, len(records))
         self._ddb.put_item(
             TableName=self._tables["trips-index"], Item=to_item(item.model_dump(exclude_none=True))
         )

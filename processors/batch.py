@@ -13,9 +13,9 @@ from processors.decode import Decoder
 from processors.errors import InvalidRecord, RejectReason
 from processors.pseudonymize import Pseudonymizer
 from processors.signal_bounds import SignalBounds, bound_signals
-from processors.trip_items import completed_trip, state_fields, state_from_item
+from processors.trail import BucketMerge, crumb_of, pack
+from processors.trip_items import outbox_of, state_fields, state_from_item
 from processors.trips import (
-    Breadcrumb,
     CompletedTrip,
     TripEffects,
     TripStateMachine,
@@ -49,7 +49,8 @@ class WritePlan:
     sightings: dict[str, str] = field(default_factory=dict, repr=False)
     """pseudoVin -> VIN of every vehicle in the batch (for the vault). Never logged."""
     vehicle_states: list[StateUpdate] = field(default_factory=list)
-    breadcrumbs: list[Breadcrumb] = field(default_factory=list)
+    trail: list[BucketMerge] = field(default_factory=list)
+    """Every reading's crumb, packed per vehicle and bucket (``trail_merges``)."""
     trips: list[VehicleTripPlan] = field(default_factory=list)
     invalid_coordinates: int = 0
     signals_dropped: int = 0
@@ -103,7 +104,17 @@ def decode_batch(
         plan.invalid_coordinates += decoded.dropped_location
         plan.readings.append(reading)
     plan.vehicle_states = list(coalesce(plan.readings).values())
+    plan.trail = trail_merges(plan.by_vehicle())
     return plan
+
+
+def trail_merges(groups: dict[str, list[VehicleReading]]) -> list[BucketMerge]:
+    """The trail writes of accepted readings: every reading with a trail field is a crumb, whatever the
+    trip machine makes of it (late, idle, a redelivery), packed into one max-merge per bucket."""
+    merges: list[BucketMerge] = []
+    for pseudo_vin, readings in groups.items():
+        merges += pack(pseudo_vin, filter(None, map(crumb_of, readings)))
+    return merges
 
 
 @dataclass(slots=True)
@@ -133,18 +144,14 @@ class TripPlanner:
         if item is None:
             self._vehicles[pseudo_vin] = _Vehicle(VehicleTrips(pseudo_vin), None, [])
             return
-        self._vehicles[pseudo_vin] = _Vehicle(
-            state_from_item(item), item.lastUpdate, [completed_trip(pseudo_vin, c) for c in item.outbox]
-        )
+        self._vehicles[pseudo_vin] = _Vehicle(state_from_item(item), item.lastUpdate, outbox_of(item))
 
-    def plan(
-        self, pseudo_vin: str, readings: Iterable[VehicleReading]
-    ) -> tuple[VehicleTripPlan, list[Breadcrumb]]:
+    def plan(self, pseudo_vin: str, readings: Iterable[VehicleReading]) -> VehicleTripPlan:
         vehicle = self._vehicles[pseudo_vin]
         effects = TripEffects()
         for reading in readings:
             self._machine.apply(vehicle.state, reading, effects)
-        plan = VehicleTripPlan(
+        return VehicleTripPlan(
             pseudo_vin=pseudo_vin,
             seals=effects.seals,
             outbox=vehicle.outbox + effects.completed,
@@ -153,7 +160,6 @@ class TripPlanner:
             expected_last_update=vehicle.version,
             write=effects.changed,
         )
-        return plan, effects.breadcrumbs
 
     def committed(self, pseudo_vin: str, version: str | None) -> None:
         vehicle = self._vehicles[pseudo_vin]

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from processors.batch import DeadLetter
     from processors.dead_letter import DataKey
-    from processors.trips import Breadcrumb
+    from processors.trail import BucketMerge, Crumb
     from processors.vehicle_state import StateUpdate
-    from schemas.items import BreadcrumbItem, TripIndexItem, TripStateItem
+    from schemas.items import TripIndexItem, TripStateItem
 
 
 class TripStore(Protocol):
-    """``trip-state`` (one item per vehicle) and ``live-breadcrumbs``.
+    """``trip-state`` (one item per vehicle).
 
     Every trip-state write is conditional on the version the writer read: a lost race raises
     ``StaleTripState`` carrying the item stored now, and never overwrites it.
@@ -37,16 +37,23 @@ class TripStore(Protocol):
         else raise ``StaleTripState(current)``."""
         ...
 
-    def put_breadcrumbs(self, crumbs: Sequence[Breadcrumb]) -> int:
-        """Store breadcrumbs (idempotent: a breadcrumb's key is its vehicle and time). Returns requests."""
-        ...
-
-    def breadcrumbs(self, pseudo_vin: str, trip_id: str, from_ms: int, to_ms: int) -> list[BreadcrumbItem]:
-        """A trip's breadcrumbs with ``from_ms <= time <= to_ms``, in time order, strongly consistent."""
-        ...
-
     def scan(self) -> Iterator[TripStateItem]:
         """Every trip-state item (the orphan sweep's input)."""
+        ...
+
+
+class TrailStore(Protocol):
+    """``live-breadcrumbs``: per vehicle, 15 s buckets of crumbs (``processors.trail``), max-merged."""
+
+    def merge(self, merges: Sequence[BucketMerge]) -> int:
+        """Return only once every bucket holds, per slot, at least the merge's value (greatest string wins)
+        and an ``expiresAt`` at least the merge's. Idempotent, commutative: re-merging, in any order or by
+        any writer, changes nothing. Returns requests made."""
+        ...
+
+    def read(self, pseudo_vin: str, from_ms: int, to_ms: int) -> list[Crumb]:
+        """The vehicle's crumbs with ``from_ms <= t <= to_ms``, strongly consistent, in (t, value) order.
+        Expired crumbs TTL has not yet removed are included: callers filter against their own clock."""
         ...
 
 
@@ -121,6 +128,7 @@ class Stores:
     """Every port the record processor writes through, built in one place (``worker.wiring``)."""
 
     trips: TripStore
+    trail: TrailStore
     vehicle_state: VehicleStateWriter
     dead_letters: DeadLetterWriter
     vault: VinVault

@@ -10,10 +10,12 @@ States per vehicle: IDLE -> ACTIVE -> ENDING -> (ACTIVE | IDLE).
   IDLE (it may start the next trip).
 
 **What an archived trip contains.** A trip ends where the vehicle stopped: ``endTime`` is the stop (the
-record that began ENDING), and the trip keeps the breadcrumbs up to and including the stop. Breadcrumbs
-recorded while waiting out the gap show on the live map; if the vehicle moves on they belong to the
-continuing trip, if the gap expires they are not part of the archive. A trip completed by the orphan
-sweep ends at its stop if it was ENDING, else at its last record.
+record that began ENDING). The machine only decides the span and the completion point R; the archive is
+the trail's crumbs with ``start <= t <= end`` that arrived by R (``processors.trail.trip_rows``), its
+aggregates computed there (``processors.archive``). Crumbs recorded while waiting out the gap show on the
+live map; if the vehicle moves on they fall in the continuing trip's span, if the gap expires they are not
+part of the archive. A trip completed by the orphan sweep ends at its stop if it was ENDING, else at its
+last record, with R = the sweep's clock.
 
 **Exactly-once under replay.** Each vehicle keeps a high-water mark: the event time of the newest record
 that changed its trip state, and that record's stream position. A record at or below the mark changes
@@ -28,15 +30,12 @@ state: it is (``VehicleTrips``). Late records still update ``vehicle-state``, wh
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from schemas.records import Location, StreamPosition, VehicleReading
-
-EARTH_RADIUS_MILES = 3958.7613
+from schemas.records import StreamPosition, VehicleReading
 
 
 class TripStatus(StrEnum):
@@ -62,88 +61,59 @@ class TripThresholds:
     must not keep unstaged breadcrumbs past the live table's TTL (12 h leaves 12 h of consumer lag)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Breadcrumb:
-    pseudo_vin: str
-    trip_id: str
-    time_ms: int
-    lat: float
-    lng: float
-    vehicle_speed: float | None
-    heading: float | None
-    odometer: float | None
-    battery_level: float | None
-
-
-@dataclass(slots=True)
-class LastKnown:
-    """Latest values seen *within the trip*, to complete breadcrumbs from delta records."""
-
-    vehicle_speed: float | None = None
-    heading: float | None = None
-    odometer: float | None = None
-    battery_level: float | None = None
-
-
-@dataclass(slots=True)
-class TripStats:
-    """Running aggregates of a trip, through its last included record."""
-
-    breadcrumbs: int = 0
-    distance_miles: float = 0.0
-    max_speed_mph: float = 0.0
-    end_time_ms: int = 0
-    end_location: Location | None = None
-    end_battery: float | None = None
-
-
 @dataclass(slots=True)
 class Trip:
+    """An open trip: its span and live count only. Aggregates are computed at archive time from the
+    trail (``processors.archive``), so the machine carries no running figures."""
+
     trip_id: str
     status: TripStatus
     start_time_ms: int
-    start_location: Location | None
-    start_battery: float | None
-    stats: TripStats
-    known: LastKnown
-    stop: TripStats | None = None
-    """Aggregates frozen at the stop; what the archive gets if the gap then expires."""
+    last_time_ms: int
+    """Event time of the last record the trip consumed (its end, unless it is ENDING)."""
+    breadcrumb_count: int = 0
+    """Located records consumed so far (live; the archive counts its own rows)."""
     gap_start_ms: int | None = None
+    """The stop: event time of the record that began ENDING (the trip's end if the gap expires)."""
     segments: int = 0
-    """Sealed segments (staged in S3); breadcrumbs after them are the live tail."""
+    """Sealed segments (staged in S3); the trail after them is the live tail."""
     sealed_through_ms: int | None = None
     tail_breadcrumbs: int = 0
+
+    @property
+    def end_time_ms(self) -> int:
+        return self.gap_start_ms if self.gap_start_ms is not None else self.last_time_ms
 
 
 @dataclass(frozen=True, slots=True)
 class CompletedTrip:
-    """Everything the archive needs. Stored in the trip-state outbox until the archive is written."""
+    """Everything the archive needs (no aggregates: ``processors.archive`` computes them from the trail).
+    Stored in the trip-state outbox until the archive is written."""
 
     pseudo_vin: str
     trip_id: str
     start_time_ms: int
     end_time_ms: int
     end_reason: EndReason
-    breadcrumbs: int
-    distance_miles: float
-    max_speed_mph: float
-    start_location: Location | None
-    end_location: Location | None
-    start_battery: float | None
-    end_battery: float | None
+    completion_ms: int
+    """R: the archive holds the crumbs that arrived by R (and were unexpired at R). A gap completion: the
+    arrival of the record that completed it; an orphan completion: the sweep's clock."""
+    reports_battery_level: bool
     segments: int
     sealed_through_ms: int | None
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentSeal:
-    """Stage breadcrumbs ``[from_ms, to_ms]`` of a trip as segment ``index``."""
+    """Stage the trail ``[from_ms, to_ms]`` of a trip as segment ``index``: its raw crumbs that arrived by
+    ``completion_ms`` (the arrival of the record that sealed it)."""
 
     pseudo_vin: str
     trip_id: str
     index: int
     from_ms: int
     to_ms: int
+    completion_ms: int
 
 
 @dataclass(slots=True)
@@ -177,7 +147,6 @@ def already_applied(position: StreamPosition, through: StreamPosition | None) ->
 class TripEffects:
     """What applying records produced: to be written before the state that records them."""
 
-    breadcrumbs: list[Breadcrumb] = field(default_factory=list)
     seals: list[SegmentSeal] = field(default_factory=list)
     completed: list[CompletedTrip] = field(default_factory=list)
     changed: bool = False
@@ -190,11 +159,10 @@ def trip_id(pseudo_vin: str, start_ms: int) -> str:
     return f"trip_{moment:%Y%m%d_%H%M%S}_{pseudo_vin[:6]}"
 
 
-def haversine_miles(a: Location, b: Location) -> float:
-    lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
-    dlat, dlng = lat2 - lat1, math.radians(b.lng - a.lng)
-    h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlng / 2) ** 2
-    return 2 * EARTH_RADIUS_MILES * math.asin(min(1.0, math.sqrt(h)))
+def _arrival(reading: VehicleReading) -> int:
+    """The record's arrival as its crumb keeps it: never before its event time (a vehicle clock ahead of
+    the stream's), so a completion point is never before a crumb of the span it closes."""
+    return max(reading.position.arrival_ms, reading.event_time_ms)
 
 
 def _number(value: object) -> float | None:
@@ -203,41 +171,18 @@ def _number(value: object) -> float | None:
     return float(value)
 
 
-def _battery(state: VehicleTrips, reading: VehicleReading) -> float | None:
-    """The record's battery figure: ``batteryLevel``, or ``soc`` for a vehicle never seen to report
-    ``batteryLevel``. Never one or the other by record: they differ, and the figures would flap."""
-    name = "batteryLevel" if state.reports_battery_level else "soc"
-    return _number(reading.signals.get(name))
-
-
-def _reports_battery_level(state: VehicleTrips) -> None:
-    """The vehicle turns out to report ``batteryLevel``: a running trip's figures taken from ``soc``
-    are forgotten, to be taken again from ``batteryLevel`` (breadcrumbs already written keep theirs)."""
-    state.reports_battery_level = True
-    trip = state.trip
-    if trip is None:
-        return
-    trip.start_battery = trip.known.battery_level = trip.stats.end_battery = None
-    if trip.stop is not None:
-        trip.stop.end_battery = None
-
-
-def complete(vehicle: str, trip: Trip, reason: EndReason) -> CompletedTrip:
+def complete(
+    vehicle: str, state: VehicleTrips, trip: Trip, reason: EndReason, completion_ms: int
+) -> CompletedTrip:
     """Close ``trip``: at its stop if it was ending, else at its last record."""
-    final = trip.stop if trip.stop is not None else trip.stats
     return CompletedTrip(
         pseudo_vin=vehicle,
         trip_id=trip.trip_id,
         start_time_ms=trip.start_time_ms,
-        end_time_ms=final.end_time_ms,
+        end_time_ms=trip.end_time_ms,
         end_reason=reason,
-        breadcrumbs=final.breadcrumbs,
-        distance_miles=final.distance_miles,
-        max_speed_mph=final.max_speed_mph,
-        start_location=trip.start_location,
-        end_location=final.end_location,
-        start_battery=trip.start_battery,
-        end_battery=final.end_battery,
+        completion_ms=completion_ms,
+        reports_battery_level=state.reports_battery_level,
         segments=trip.segments,
         sealed_through_ms=trip.sealed_through_ms,
     )
@@ -245,8 +190,9 @@ def complete(vehicle: str, trip: Trip, reason: EndReason) -> CompletedTrip:
 
 class TripStateMachine:
     """The trip rules of the module docstring, applied one reading at a time to a vehicle's
-    ``VehicleTrips`` (IDLE -> ACTIVE -> ENDING -> IDLE), emitting breadcrumbs, segment seals and completed
-    trips into ``TripEffects``.
+    ``VehicleTrips`` (IDLE -> ACTIVE -> ENDING -> IDLE), emitting segment seals and completed trips into
+    ``TripEffects``. The trail is not its business: every accepted record is a crumb whatever the machine
+    does with it (``processors.trail``).
 
     Guarantees: pure and event-time driven; the resulting state is a function of the stream, not of how it
     was batched or how often it was redelivered (the high-water mark and the applied position skip what
@@ -270,7 +216,8 @@ class TripStateMachine:
         if trip is not None and trip.status is TripStatus.ENDING:
             assert trip.gap_start_ms is not None
             if t >= trip.gap_start_ms + limits.gap_ms:
-                effects.completed.append(complete(state.pseudo_vin, trip, EndReason.GAP))
+                completion = _arrival(reading)
+                effects.completed.append(complete(state.pseudo_vin, state, trip, EndReason.GAP, completion))
                 state.trip = trip = None
                 state.high_water_ms, state.applied_through = t, reading.position
                 effects.changed = True
@@ -283,85 +230,43 @@ class TripStateMachine:
             # Learned only from a record that moves the machine, so it is persisted with that move:
             # learned from an idle record, a restart would forget it and the same stream would give
             # other figures (and a vehicle that never drove would need a trip-state item).
-            _reports_battery_level(state)
+            state.reports_battery_level = True
         if trip is None:
             trip = state.trip = Trip(
                 trip_id=trip_id(state.pseudo_vin, t),
                 status=TripStatus.ACTIVE,
                 start_time_ms=t,
-                start_location=reading.location,
-                start_battery=_battery(state, reading),
-                stats=TripStats(end_time_ms=t),
-                known=LastKnown(),
+                last_time_ms=t,
             )
 
         state.high_water_ms, state.applied_through = t, reading.position
         effects.changed = True
-        self._include(state.pseudo_vin, trip, reading, _battery(state, reading), effects)
+        self._include(state.pseudo_vin, trip, reading, effects)
 
         if trip.status is TripStatus.ACTIVE and speed is not None and speed <= limits.end_speed_mph:
             trip.status = TripStatus.ENDING
             trip.gap_start_ms = t
-            trip.stop = replace(trip.stats)
         elif trip.status is TripStatus.ENDING and speed is not None and speed > limits.start_speed_mph:
             trip.status = TripStatus.ACTIVE
             trip.gap_start_ms = None
-            trip.stop = None
 
-    def _include(
-        self, vehicle: str, trip: Trip, reading: VehicleReading, battery: float | None, effects: TripEffects
-    ) -> None:
-        signals = reading.signals
-        known, stats = trip.known, trip.stats
-        speed = reading.speed
-        if speed is not None:
-            known.vehicle_speed = speed
-            stats.max_speed_mph = max(stats.max_speed_mph, speed)
-        heading, odometer = _number(signals.get("heading")), _number(signals.get("odometer"))
-        if heading is not None:
-            known.heading = heading
-        if odometer is not None:
-            known.odometer = odometer
-        if battery is not None:
-            known.battery_level = battery
-            stats.end_battery = battery
-            if trip.start_battery is None:
-                trip.start_battery = battery
-        stats.end_time_ms = reading.event_time_ms
-
-        location = reading.location
-        if location is None:
+    def _include(self, vehicle: str, trip: Trip, reading: VehicleReading, effects: TripEffects) -> None:
+        t = reading.event_time_ms
+        trip.last_time_ms = t
+        if reading.location is None:
             return
-        if trip.start_location is None:
-            trip.start_location = location
-        if stats.end_location is not None:
-            stats.distance_miles += haversine_miles(stats.end_location, location)
-        stats.end_location = location
-        stats.breadcrumbs += 1
+        trip.breadcrumb_count += 1
         trip.tail_breadcrumbs += 1
-        effects.breadcrumbs.append(
-            Breadcrumb(
-                vehicle,
-                trip.trip_id,
-                reading.event_time_ms,
-                location.lat,
-                location.lng,
-                known.vehicle_speed,
-                known.heading,
-                known.odometer,
-                known.battery_level,
-            )
-        )
         since = trip.start_time_ms if trip.sealed_through_ms is None else trip.sealed_through_ms + 1
         if (
             trip.tail_breadcrumbs >= self.thresholds.segment_breadcrumbs
-            or reading.event_time_ms - since >= self.thresholds.segment_max_ms
+            or t - since >= self.thresholds.segment_max_ms
         ):
             effects.seals.append(
-                SegmentSeal(vehicle, trip.trip_id, trip.segments, since, reading.event_time_ms)
+                SegmentSeal(vehicle, trip.trip_id, trip.segments, since, t, _arrival(reading))
             )
             trip.segments += 1
-            trip.sealed_through_ms = reading.event_time_ms
+            trip.sealed_through_ms = t
             trip.tail_breadcrumbs = 0
 
 

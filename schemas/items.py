@@ -1,4 +1,5 @@
-"""Stored shapes of ``trip-state``, ``trips-index`` and ``live-breadcrumbs`` items (pydantic, at the edge).
+"""Stored shapes of ``trip-state`` and ``trips-index`` items (pydantic, at the edge). ``live-breadcrumbs``
+items are packed buckets, coded by ``processors.trail``.
 
 Times humans read are ISO-8601 UTC strings with milliseconds (fixed width, so they sort); TTLs are epoch
 seconds, as DynamoDB requires.
@@ -28,24 +29,6 @@ class PositionItem(_Item):
     subSequenceNumber: int = 0
 
 
-class StopSnapshot(_Item):
-    """Trip aggregates frozen when the vehicle stopped (ENDING)."""
-
-    breadcrumbCount: int
-    distanceMiles: float
-    maxSpeedMph: float
-    endTime: str
-    endLocation: LocationItem | None = None
-    endBattery: float | None = None
-
-
-class LastKnownItem(_Item):
-    vehicleSpeed: float | None = None
-    heading: float | None = None
-    odometer: float | None = None
-    batteryLevel: float | None = None
-
-
 class CompletedTripItem(_Item):
     """A completed trip waiting in the outbox for its archive and index to be written."""
 
@@ -53,13 +36,10 @@ class CompletedTripItem(_Item):
     startTime: str
     endTime: str
     endReason: Literal["gap", "orphan"]
-    breadcrumbCount: int
-    distanceMiles: float
-    maxSpeedMph: float
-    startLocation: LocationItem | None = None
-    endLocation: LocationItem | None = None
-    startBattery: float | None = None
-    endBattery: float | None = None
+    completionMs: int | None = None
+    """R (``CompletedTrip.completion_ms``, epoch ms). None only in an outbox written before R was stored: the
+    item's ``lastUpdate`` stands in (written just after the completing record arrived)."""
+    reportsBatteryLevel: bool = False
     segments: int = 0
     sealedThrough: str | None = None
 
@@ -83,17 +63,10 @@ class TripStateItem(_Item):
     """Wall-clock time of the last write (volatile): orphan detection and optimistic concurrency."""
     tripId: str | None = None
     startTime: str | None = None
-    startLocation: LocationItem | None = None
-    startBattery: float | None = None
     breadcrumbCount: int = 0
-    distanceMiles: float = 0.0
-    maxSpeedMph: float = 0.0
+    """Located records the machine consumed so far (live; the archive counts its own rows)."""
     lastRecordTime: str | None = None
-    lastLocation: LocationItem | None = None
-    lastBattery: float | None = None
     gapStartTime: str | None = None
-    stop: StopSnapshot | None = None
-    lastKnown: LastKnownItem | None = None
     segments: int = 0
     sealedThrough: str | None = None
     tailBreadcrumbs: int = 0
@@ -130,19 +103,4 @@ class TripIndexItem(_Item):
     endBattery: float | None = None
     s3Key: str
     endReason: Literal["gap", "orphan"]
-    expiresAt: int
-
-
-class BreadcrumbItem(_Item):
-    """``live-breadcrumbs``: PK pseudoVin, SK timestamp; a trip is a time range of its vehicle's items."""
-
-    pseudoVin: str
-    timestamp: str
-    tripId: str
-    lat: float
-    lng: float
-    vehicleSpeed: float | None = None
-    heading: float | None = None
-    odometer: float | None = None
-    batteryLevel: float | None = None
     expiresAt: int

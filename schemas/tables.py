@@ -81,12 +81,12 @@ TRIPS_INDEX = TableSpec(
     indexes=(GlobalIndex("tripDate-index", Key("tripDate"), Key("startTime")),),
     ttl_attribute="expiresAt",
 )
-# One vehicle's breadcrumbs in time order; a trip is a time range of them (its items also carry tripId).
+# One vehicle's trail in 15 s buckets (``processors.trail``): one attribute per 10 ms slot, no trip label.
 LIVE_BREADCRUMBS = TableSpec(
     "live-breadcrumbs",
     "live_breadcrumbs_table",
     PSEUDO_VIN,
-    sort_key=Key("timestamp"),
+    sort_key=Key("bucket", "N"),
     ttl_attribute="expiresAt",
 )
 VIN_MAPPING = TableSpec("vin-mapping", "vin_mapping_table", PSEUDO_VIN)

@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     vehicle_state_table: str = Field("vehicle-state", description="Latest snapshot per vehicle.")
     trip_state_table: str = Field("trip-state", description="Active trip (or idle marker) per vehicle.")
     trips_index_table: str = Field("trips-index", description="One metadata item per archived trip.")
-    live_breadcrumbs_table: str = Field("live-breadcrumbs", description="Breadcrumbs of live trips (24 h).")
+    live_breadcrumbs_table: str = Field(
+        "live-breadcrumbs-v2", description="Every vehicle's trail in 15 s buckets (24 h after arrival)."
+    )
     vin_mapping_table: str = Field("vin-mapping", description="pseudoVin -> KMS-encrypted VIN.")
     archive_bucket: str = Field(
         "fleet-telemetry-archive", description="S3 bucket for trip archives and dead letters."

@@ -18,11 +18,10 @@ from processors.batch import DeadLetter, WritePlan
 from processors.errors import RejectReason, StaleTripState, UnwritableUpdate
 from processors.ports import Stores
 from processors.pseudonymize import SeenVehicles
-from processors.trips import Breadcrumb
+from processors.trail import BucketMerge
 from processors.vehicle_state import StateUpdate, coalesce
 from schemas.records import VehicleReading
 from worker.retry import DEFAULT, READ, TRIP_REPLANS, WRITE, Retrier
-from worker.stores.dynamo_trips import BATCH_WRITE_LIMIT
 from worker.trip_commit import Committed, Replanned, TripArchiver, TripCommitter, commit_until_settled
 
 log = logging.getLogger(__name__)
@@ -44,9 +43,9 @@ class Executed:
 
 
 class PlanExecutor:
-    """Carries out a ``WritePlan`` against the ports: independent writes first (VIN vault for vehicles not
-    in it yet, vehicle state, breadcrumbs, dead letters), then each vehicle's trip commit, in order per
-    vehicle and in parallel across vehicles.
+    """Carries out a ``WritePlan`` against the ports: independent writes first (VIN vault, vehicle state,
+    trail buckets, dead letters), then each vehicle's trip commit, in order per vehicle and in parallel
+    across vehicles.
 
     Guarantees: ``execute`` returns only once every write of the plan is durable, or raises, and then
     the caller must not checkpoint. A record whose vehicle-state update a store refuses as invalid is
@@ -58,7 +57,7 @@ class PlanExecutor:
         self._retrier = retrier
         self._pool = ThreadPoolExecutor(pool_size, thread_name_prefix="write")
         self._seen = SeenVehicles()
-        self._committer = TripCommitter(stores.trips, TripArchiver(stores.trips, stores.archive))
+        self._committer = TripCommitter(stores.trips, TripArchiver(stores.trail, stores.archive))
 
     def execute(
         self,
@@ -79,7 +78,6 @@ class PlanExecutor:
             pending,
             self._retrier.wrap(WRITE, self._committer.commit),
             replan,
-            self.put_breadcrumbs,
             self._run_commits,
             on_committed,
         )
@@ -95,7 +93,7 @@ class PlanExecutor:
             partial(self._remember, pv, vin) for pv, vin in self._not_in_vault(plan.sightings).items()
         ]
         tasks += [partial(self._vehicle_state_or_refused, update, refused) for update in plan.vehicle_states]
-        tasks += self._breadcrumb_tasks(plan.breadcrumbs)
+        tasks += self._trail_tasks(plan.trail)
         requests = self.dead_letter(plan.dead_letters) + sum(self._run_all(lambda task: task(), tasks))
         return requests, refused
 
@@ -158,14 +156,14 @@ class PlanExecutor:
                 refused.append(reading)
         return requests, refused
 
-    def _breadcrumb_tasks(self, crumbs: list[Breadcrumb]) -> list[Callable[[], int]]:
-        put = self._retrier.wrap(WRITE, self._stores.trips.put_breadcrumbs)
-        return [
-            partial(put, crumbs[i : i + BATCH_WRITE_LIMIT]) for i in range(0, len(crumbs), BATCH_WRITE_LIMIT)
-        ]
-
-    def put_breadcrumbs(self, crumbs: list[Breadcrumb]) -> int:
-        return sum(self._run_all(lambda task: task(), self._breadcrumb_tasks(crumbs)))
+    def _trail_tasks(self, merges: list[BucketMerge]) -> list[Callable[[], int]]:
+        """One task per vehicle (its buckets in order), each merge call under ``retry.WRITE``. The one
+        call site of the trail write: the intake buffer will hand it its due merges instead."""
+        merge = self._retrier.wrap(WRITE, self._stores.trail.merge)
+        by_vehicle: dict[str, list[BucketMerge]] = {}
+        for item in merges:
+            by_vehicle.setdefault(item.pseudo_vin, []).append(item)
+        return [partial(merge, group) for group in by_vehicle.values()]
 
     def _run_commits(self, task: Callable[[T], Committed], plans: Sequence[T]) -> list[Committed]:
         return self._run_all(task, plans)

@@ -1,8 +1,10 @@
-"""``python -m worker inspect``: what the worker stored about one vehicle or one trip, readably.
+"""``python -m worker inspect``: what the worker stored about one vehicle, one trip or one vehicle's
+trail, readably.
 
 Read-only. A vehicle is named by its pseudoVin (never a VIN: this tool does not decrypt); a trip by its
 id, found in ``trips-index`` through the ``tripDate-index`` (the id carries the start date) unless the
-vehicle is given, then in ``trip-state`` if it is still running.
+vehicle is given, then in ``trip-state`` if it is still running; a trail by its vehicle and a time range
+(the live map's read, ``DynamoTrail.read_trail``).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 import orjson
 
 from processors.errors import OperatorError
+from processors.signals import format_time
 from processors.vehicle_state import named_item
 from schemas.dynamo import from_item
 from worker.aws import AwsClients
 from worker.config import Settings
+from worker.stores.dynamo_trail import DynamoTrail
 
 PSEUDO_VIN = re.compile(r"[0-9a-f]{32}")
 TRIP_ID = re.compile(r"trip_(\d{4})(\d{2})(\d{2})_\d{6}_([0-9a-f]{6})")
@@ -125,7 +129,7 @@ def vehicle_report(settings: Settings, clients: AwsClients, pseudo_vin: str) -> 
     trips = list(_query(clients, TableName=tables["trips-index"], **_by_vehicle(pseudo_vin)))
     if state is None and trip is None and not trips:
         raise NotFound(f"no vehicle {pseudo_vin} in {tables['vehicle-state']}, trip-state or trips-index")
-    crumbs = _count(clients, TableName=tables["live-breadcrumbs"], **_by_vehicle(pseudo_vin))
+    buckets = _count(clients, TableName=tables["live-breadcrumbs"], **_by_vehicle(pseudo_vin))
 
     lines = [f"vehicle {pseudo_vin}"]
     lines.append(f"  latest values ({tables['vehicle-state']})")
@@ -142,7 +146,12 @@ def vehicle_report(settings: Settings, clients: AwsClients, pseudo_vin: str) -> 
         lines.append(row("(none)", "", 4))
     else:
         lines += trip_state_rows(trip)
-    lines.append(row("live breadcrumbs", f"{crumbs} ({tables['live-breadcrumbs']}, kept 24 h)"))
+    lines.append(
+        row(
+            "live trail",
+            f"{buckets} buckets of 15 s ({tables['live-breadcrumbs']}, kept 24 h; inspect trail)",
+        )
+    )
     trips.sort(key=lambda item: str(item.get("startTime", "")), reverse=True)
     shown = f"; the latest {min(len(trips), RECENT_TRIPS)}:" if trips else ""
     lines.append(row("archived trips", f"{len(trips)} ({tables['trips-index']}){shown}"))
@@ -159,15 +168,8 @@ def trip_state_rows(trip: dict[str, Any]) -> list[str]:
     lines = [row("status", trip.get("status", "-"), 4)]
     if trip.get("tripId"):
         lines.append(row("tripId", trip["tripId"], 4))
-        lines.append(row("started", f"{trip.get('startTime', '-')} at {place(trip.get('startLocation'))}", 4))
-        lines.append(
-            row(
-                "so far",
-                f"{trip.get('breadcrumbCount', 0)} breadcrumbs, {trip.get('distanceMiles', 0):.2f} mi, "
-                f"max {trip.get('maxSpeedMph', 0)} mph",
-                4,
-            )
-        )
+        lines.append(row("started", trip.get("startTime", "-"), 4))
+        lines.append(row("so far", f"{trip.get('breadcrumbCount', 0)} breadcrumbs", 4))
     if trip.get("gapStartTime"):
         lines.append(row("stopped at", f"{trip['gapStartTime']} (ends after the trip gap)", 4))
     lines.append(row("last event", trip.get("lastEventTime", "-"), 4))
@@ -275,5 +277,35 @@ def archive_rows(settings: Settings, clients: AwsClients, key: str, expected: An
                 f"{crumb.get('timestamp', '-')}  {place(crumb)}  {crumb.get('vehicleSpeed', '-')} mph",
                 4,
             )
+        )
+    return lines
+
+
+# --- inspect trail --------------------------------------------------------------------------------------
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def trail_report(
+    settings: Settings, clients: AwsClients, pseudo_vin: str, from_ms: int, to_ms: int, now_ms: int
+) -> list[str]:
+    """The vehicle's trail between ``from_ms`` and ``to_ms`` as the live map reads it: eventually
+    consistent, expired crumbs left out, values filled forward within the range."""
+    check_pseudo_vin(pseudo_vin)
+    if to_ms < from_ms:
+        raise BadName("--from must not be after --to")
+    table = settings.table_names["live-breadcrumbs"]
+    points = DynamoTrail(clients.dynamodb, table).read_trail(pseudo_vin, from_ms, to_ms, now_ms)
+    lines = [
+        f"trail of {pseudo_vin}  {format_time(from_ms)} -> {format_time(to_ms)}",
+        row("points", f"{len(points)} ({table}, kept 24 h)"),
+    ]
+    for point in points:
+        lines.append(
+            f"    {format_time(point.t_ms)}  {point.lat:.5f}, {point.lng:.5f}  "
+            f"{_number(point.vehicle_speed)} mph  heading {_number(point.heading, 0)}  "
+            f"odometer {_number(point.odometer)}  battery {_number(point.battery_level)} %"
         )
     return lines

@@ -56,7 +56,7 @@ class BatchOutcome:
             dead_letters=len(plan.dead_letters) + len(executed.dead_letters),
             vehicles=plan.vehicles,
             writes=executed.requests,
-            breadcrumbs=len(plan.breadcrumbs),
+            breadcrumbs=sum(len(merge.slots) for merge in plan.trail),
             trips_archived=sum(len(t.outbox) for t in plan.trips),
             invalid_coordinates=plan.invalid_coordinates,
             last_position=plan.last_position,
@@ -129,15 +129,12 @@ class Pipeline:
             for pseudo_vin in unknown:
                 self.trips.adopt(pseudo_vin, stored.get(pseudo_vin))
         for pseudo_vin, readings in groups.items():
-            trip_plan, crumbs = self.trips.plan(pseudo_vin, readings)
-            plan.trips.append(trip_plan)
-            plan.breadcrumbs += crumbs
+            plan.trips.append(self.trips.plan(pseudo_vin, readings))
 
     def _replan(self, groups: dict[str, list[VehicleReading]], stale: StaleTripState) -> Replanned:
         """Another writer moved this vehicle first: plan the batch's readings again on top of it."""
         self.trips.adopt(stale.pseudo_vin, stale.current)
-        trip_plan, crumbs = self.trips.plan(stale.pseudo_vin, groups[stale.pseudo_vin])
-        return Replanned(trip_plan, crumbs)
+        return Replanned(self.trips.plan(stale.pseudo_vin, groups[stale.pseudo_vin]))
 
     def close(self) -> None:
         self.executor.close()

@@ -10,7 +10,8 @@ layer  where                                          what it retries, and how o
                                                       ``FLEET_AWS_MAX_ATTEMPTS`` attempts, botocore's backoff.
 1      inside an adapter (``worker/stores/``)         what botocore answers 200 to but did not do:
                                                       ``UNPROCESSED`` re-sends ``UnprocessedKeys/Items``;
-                                                      ``VEHICLE_STATE_ROUNDS`` bounds conditional rounds.
+                                                      ``VEHICLE_STATE_ROUNDS``, ``TRAIL_ROUNDS`` bound
+                                                      conditional rounds.
 2      around each port call (executor, pipeline,     ``WRITE``/``READ``: rides out throttling that outlasts
        sweep)                                         layer 0. Stacks on it: one call may make up to
                                                       ``WRITE.attempts`` x ``FLEET_AWS_MAX_ATTEMPTS``
@@ -223,5 +224,8 @@ CHECKPOINT = Policy("checkpoint", 8, Backoff(0.2, 5.0), is_transient_checkpoint,
 """amazon-kclpy's checkpoint: the daemon's lease-table write was throttled."""
 VEHICLE_STATE_ROUNDS = Limit("vehicle_state_contention", 8)
 """Conditional UpdateItem rounds of one vehicle-state chunk (layer 1, inside ``WRITE``)."""
+TRAIL_ROUNDS = Limit("trail_contention", 4)
+"""Conditional UpdateItem rounds of one trail bucket chunk (layer 1, inside ``WRITE``): each round keeps only
+the slots that still beat the stored item, so it ends when no other writer raced ahead meanwhile."""
 TRIP_REPLANS = Limit("trip_state_contention", 5)
 """Commit rounds of a batch's trip plans (or a sweep's claim) re-planned over another writer's state."""

@@ -64,7 +64,7 @@ def sweep(
     outboxes. Each claim goes through ``commit_until_settled``, the record processor's own commit loop:
     when our claim landed but a later step failed and was retried, it meets our own claim and finishes
     it; when the vehicle's processor wrote meanwhile, the trip is left to it (``lost_race``)."""
-    committer = TripCommitter(stores.trips, TripArchiver(stores.trips, stores.archive))
+    committer = TripCommitter(stores.trips, TripArchiver(stores.trail, stores.archive))
     commit = retrier.wrap(WRITE, committer.commit)
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     cutoff = now - (idle_ms if idle_ms is not None else 2 * settings.trip_gap_seconds * 1000)
@@ -73,8 +73,8 @@ def sweep(
         report.scanned += 1
         if (item.status == "IDLE" and not item.outbox) or parse_time(item.lastUpdate) > cutoff:
             continue
-        plan, orphan = completion_plan(item)
-        settled = commit_until_settled([plan], commit, partial(reclaim, orphan=orphan))
+        plan, orphan = completion_plan(item, now)
+        settled = commit_until_settled([plan], commit, partial(reclaim, orphan=orphan, now_ms=now))
         if settled.unsettled:
             report.lost_race += 1  # the vehicle spoke up meanwhile: its processor owns the trip
             continue

@@ -6,77 +6,79 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from processors.archive import archive_key, archive_record, gzip_json, index_item, read_gzip_json, segment_key
+from processors.archive import archive_key, archive_trip, gzip_json, read_gzip_json, segment_key
 from processors.errors import StaleTripState
-from processors.ports import TripArchive, TripStore
-from processors.signals import format_time, parse_time
-from processors.trip_items import (
-    completed_item,
-    completed_trip,
-    next_last_update,
-    state_fields,
-    state_from_item,
+from processors.ports import TrailStore, TripArchive, TripStore
+from processors.trail import TRAIL_TTL_SECONDS, Crumb, from_segment_rows, segment_rows, trip_rows
+from processors.trip_items import completed_item, next_last_update, outbox_of, state_fields, state_from_item
+from processors.trips import (
+    CompletedTrip,
+    EndReason,
+    SegmentSeal,
+    TripThresholds,
+    VehicleTripPlan,
+    complete,
 )
-from processors.trips import Breadcrumb, CompletedTrip, EndReason, SegmentSeal, VehicleTripPlan, complete
 from schemas.items import TripIndexItem, TripStateItem
 from worker.logs import event
 from worker.retry import TRIP_REPLANS, Limit
 
 log = logging.getLogger(__name__)
 
+ARCHIVE_SAFE_MS = TRAIL_TTL_SECONDS * 1000 - TripThresholds().segment_max_ms - TripThresholds().gap_ms
+"""How long after its completion point R a trip's archive is sure to find every crumb it needs: the tail
+after the sealed segments spans at most 12 h of event time (plus the gap), and a crumb stays 24 h after
+its arrival (proposal §4.2: 11 h 55 min)."""
+
 
 class TripArchiver:
-    """Writes sealed segments and completed trips' archives (segments + the live tail, then the index
-    item) through the ``TripArchive`` port. Deterministic content: writing twice changes nothing."""
+    """Writes sealed segments and completed trips' archives (segments + the trail's tail, then the index
+    item) through the ``TripArchive`` port. Deterministic content: writing twice changes nothing, and the
+    rows are selected against the trip's completion point R, never the wall clock."""
 
-    def __init__(self, store: TripStore, archive: TripArchive) -> None:
-        self._store = store
+    def __init__(
+        self, trail: TrailStore, archive: TripArchive, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._trail = trail
         self._archive = archive
+        self._clock = clock
 
     def seal(self, seal: SegmentSeal) -> None:
-        crumbs = self._store.breadcrumbs(seal.pseudo_vin, seal.trip_id, seal.from_ms, seal.to_ms)
+        crumbs = self._trail.read(seal.pseudo_vin, seal.from_ms, seal.to_ms)
+        rows = trip_rows(crumbs, seal.from_ms, seal.to_ms, seal.completion_ms)
         self._archive.put_object(
-            segment_key(seal.pseudo_vin, seal.trip_id, seal.index), gzip_json(map(archive_record, crumbs))
+            segment_key(seal.pseudo_vin, seal.trip_id, seal.index), gzip_json(segment_rows(rows))
         )
 
     def archive(self, trip: CompletedTrip) -> TripIndexItem:
         """Write the archive object, then its index item. Idempotent."""
-        records = self._breadcrumbs(trip)
-        if len(records) != trip.breadcrumbs:
-            # Breadcrumbs expired (TTL) before they were staged: archived anyway, as they are, but loudly.
+        lag_ms = int(self._clock() * 1000) - trip.completion_ms
+        if lag_ms >= ARCHIVE_SAFE_MS:
+            # Rows are chosen against R, so a re-archive reads the same set while every needed crumb is
+            # still stored; this long after R, TTL may have removed some. Archived as found, but loudly.
             event(
                 log,
-                "archive_incomplete",
+                "archive_at_risk",
                 logging.ERROR,
                 pseudoVin=trip.pseudo_vin,
                 tripId=trip.trip_id,
-                breadcrumbs=trip.breadcrumbs,
-                archived=len(records),
+                lagSeconds=lag_ms // 1000,
             )
-        self._archive.put_object(archive_key(trip.pseudo_vin, trip.trip_id), gzip_json(records))
-        item = index_item(trip, len(records))
+        body, item = archive_trip(trip, self.crumbs(trip))
+        self._archive.put_object(archive_key(trip.pseudo_vin, trip.trip_id), body)
         self._archive.put_index(item)
         return item
 
-    def _breadcrumbs(self, trip: CompletedTrip) -> list[dict[str, Any]]:
-        end = format_time(trip.end_time_ms)
-        records: list[dict[str, Any]] = []
+    def crumbs(self, trip: CompletedTrip) -> list[Crumb]:
+        """The sealed segments' crumbs, then the trail's tail ``[sealedThrough + 1, end]``."""
+        crumbs: list[Crumb] = []
         for index in range(trip.segments):
-            records += read_gzip_json(
-                self._archive.get_object(segment_key(trip.pseudo_vin, trip.trip_id, index))
-            )
+            body = self._archive.get_object(segment_key(trip.pseudo_vin, trip.trip_id, index))
+            crumbs += from_segment_rows(read_gzip_json(body))
         tail_from = trip.start_time_ms if trip.sealed_through_ms is None else trip.sealed_through_ms + 1
-        records += map(
-            archive_record,
-            self._store.breadcrumbs(trip.pseudo_vin, trip.trip_id, tail_from, trip.end_time_ms),
-        )
-        # Breadcrumbs after the stop (waiting out the gap) are not part of the trip.
-        return [
-            r for r in records if r["timestamp"] <= end and parse_time(r["timestamp"]) >= trip.start_time_ms
-        ]
+        return crumbs + self._trail.read(trip.pseudo_vin, tail_from, trip.end_time_ms)
 
 
 class TripCommitter:
@@ -137,10 +139,10 @@ class TripCommitter:
 
 @dataclass(frozen=True, slots=True)
 class Replanned:
-    """A vehicle re-planned on top of what another writer stored, and the breadcrumbs that plan needs."""
+    """A vehicle re-planned on top of what another writer stored (its trail is written already: a crumb
+    does not depend on the plan)."""
 
     plan: VehicleTripPlan
-    breadcrumbs: list[Breadcrumb] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +182,6 @@ def commit_until_settled(
     plans: Sequence[VehicleTripPlan],
     commit: Callable[[VehicleTripPlan], tuple[str | None, int]],
     replan: Callable[[StaleTripState], Replanned | None],
-    put_breadcrumbs: Callable[[list[Breadcrumb]], int] = lambda crumbs: 0,
     run_all: RunAll = serially,
     on_committed: Callable[[str, str | None], None] = _ignore,
     limit: Limit = TRIP_REPLANS,
@@ -216,7 +217,7 @@ def commit_until_settled(
             break
         # Another writer (a zombie processor, the orphan sweep, the live processor) moved these vehicles
         # first: build on what is stored now. Whatever it already applied falls under the high-water mark.
-        pending, crumbs = [], []
+        pending = []
         for conflict in stale:
             event(log, "trip_state_conflict", logging.WARNING, pseudoVin=conflict.pseudo_vin)
             replanned = replan(conflict)
@@ -224,9 +225,6 @@ def commit_until_settled(
                 unsettled.append(conflict)
                 continue
             pending.append(replanned.plan)
-            crumbs += replanned.breadcrumbs
-        if crumbs:
-            requests += put_breadcrumbs(crumbs)
         if not pending:
             break
     return Settled(versions, requests, unsettled)
@@ -235,13 +233,14 @@ def commit_until_settled(
 # --- the orphan sweep's plans --------------------------------------------------------------------------
 
 
-def completion_plan(item: TripStateItem) -> tuple[VehicleTripPlan, CompletedTrip | None]:
-    """Finish the item's outbox and, if a trip is still open, complete it as an orphan."""
+def completion_plan(item: TripStateItem, now_ms: int) -> tuple[VehicleTripPlan, CompletedTrip | None]:
+    """Finish the item's outbox and, if a trip is still open, complete it as an orphan at R = ``now_ms``
+    (the sweep's clock)."""
     state = state_from_item(item)
-    outbox = [completed_trip(item.pseudoVin, c) for c in item.outbox]
+    outbox = outbox_of(item)
     orphan = None
     if state.trip is not None:
-        orphan = complete(item.pseudoVin, state.trip, EndReason.ORPHAN)
+        orphan = complete(item.pseudoVin, state, state.trip, EndReason.ORPHAN, now_ms)
         outbox.append(orphan)
         state.trip = None
     plan = VehicleTripPlan(
@@ -256,12 +255,12 @@ def completion_plan(item: TripStateItem) -> tuple[VehicleTripPlan, CompletedTrip
     return plan, orphan
 
 
-def reclaim(stale: StaleTripState, orphan: CompletedTrip | None) -> Replanned | None:
+def reclaim(stale: StaleTripState, orphan: CompletedTrip | None, now_ms: int) -> Replanned | None:
     """The sweep lost a race. When the stored outbox holds our own orphan (our claim landed, a later step
     failed and was retried), finish that outbox; otherwise the vehicle's processor wrote meanwhile and
     owns the trip (None)."""
     current = stale.current
     if current is None or orphan is None or orphan.trip_id not in {c.tripId for c in current.outbox}:
         return None
-    plan, _ = completion_plan(current)
+    plan, _ = completion_plan(current, now_ms)
     return Replanned(plan)

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from processors.dead_letter import partition_key_hasher
-from processors.ports import Stores, TripArchive, TripStore
+from processors.ports import Stores, TrailStore, TripArchive, TripStore
 from processors.pseudonymize import Pseudonymizer, check_fingerprint
 from worker.aws import AwsClients
 from worker.config import Settings
 from worker.logs import event
 from worker.pipeline import Pipeline
+from worker.stores.dynamo_trail import DynamoTrail
 from worker.stores.dynamo_trips import DynamoTripStore
 from worker.stores.dynamo_vehicle_state import DynamoVehicleState
 from worker.stores.s3_archive import S3TripArchive
@@ -25,9 +26,10 @@ from worker.stores.vin_vault import KmsVinVault, load_pseudonym_key
 
 @dataclass(frozen=True, slots=True)
 class TripStores:
-    """What the orphan sweep writes through: trip state and the archive."""
+    """What the orphan sweep writes through: trip state, the trail it archives from, and the archive."""
 
     trips: TripStore
+    trail: TrailStore
     archive: TripArchive
 
 
@@ -50,9 +52,14 @@ def check_pseudonym_key(settings: Settings, clients: AwsClients, pseudonymizer: 
 def trip_stores(settings: Settings, clients: AwsClients) -> TripStores:
     tables = settings.table_names
     return TripStores(
-        trips=DynamoTripStore(clients.dynamodb, tables["trip-state"], tables["live-breadcrumbs"]),
+        trips=DynamoTripStore(clients.dynamodb, tables["trip-state"]),
+        trail=trail_store(settings, clients),
         archive=S3TripArchive(clients.s3, settings.archive_bucket, clients.dynamodb, tables["trips-index"]),
     )
+
+
+def trail_store(settings: Settings, clients: AwsClients) -> DynamoTrail:
+    return DynamoTrail(clients.dynamodb, settings.table_names["live-breadcrumbs"])
 
 
 def vin_vault(settings: Settings, clients: AwsClients) -> KmsVinVault:
@@ -73,6 +80,7 @@ def aws_stores(settings: Settings, clients: AwsClients, pseudonymizer: Pseudonym
     trips = trip_stores(settings, clients)
     return Stores(
         trips=trips.trips,
+        trail=trips.trail,
         vehicle_state=DynamoVehicleState(clients.dynamodb, settings.table_names["vehicle-state"]),
         dead_letters=dead_letter_archive(settings, clients, partition_key_hasher(pseudonymizer.pseudo_vin)),
         vault=vin_vault(settings, clients),

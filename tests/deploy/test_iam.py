@@ -71,10 +71,10 @@ WORKER_REQUESTS = {
     ("secretsmanager", "GetSecretValue"),  # pseudonymize: the HMAC key, once per processor
     ("kms", "Encrypt"),  # VinVault.remember, only for a vehicle not in vin-mapping yet
     ("dynamodb", "PutItem"),  # trip-state, trips-index
-    ("dynamodb", "UpdateItem"),  # vehicle-state; vin-mapping (the vault write: if_not_exists)
+    # vehicle-state; vin-mapping (the vault write: if_not_exists); live-breadcrumbs (one max-merge per bucket)
+    ("dynamodb", "UpdateItem"),
     ("dynamodb", "BatchGetItem"),  # trip-state and vin-mapping of vehicles new to this processor; the
     # pseudonym key's fingerprint (vin-mapping) at start
-    ("dynamodb", "BatchWriteItem"),  # live-breadcrumbs
     ("dynamodb", "Query"),  # live-breadcrumbs of a trip, when sealing or archiving it
     ("s3", "PutObject"),  # trips/, trip-segments/, dead-letter/
     ("s3", "GetObject"),  # trip-segments/, when archiving a long trip
@@ -122,7 +122,7 @@ DATA_TABLE_ACTIONS = {
     "worker": {
         "vehicle-state": {"dynamodb:UpdateItem"},
         "trip-state": {"dynamodb:BatchGetItem", "dynamodb:PutItem"},
-        "live-breadcrumbs": {"dynamodb:BatchWriteItem", "dynamodb:Query"},
+        "live-breadcrumbs": {"dynamodb:UpdateItem", "dynamodb:Query"},
         "trips-index": {"dynamodb:PutItem"},
         "vin-mapping": {"dynamodb:BatchGetItem", "dynamodb:UpdateItem"},
     },

@@ -32,7 +32,7 @@ from devtools.local_aws import LocalAws
 from devtools.settings import settings_from
 from processors.archive import INDEX_TTL_SECONDS
 from processors.pseudonymize import is_vehicle
-from processors.trip_items import BREADCRUMB_TTL_SECONDS
+from processors.trail import TRAIL_TTL_SECONDS
 from processors.trips import TripThresholds
 from schemas.dynamo import from_item
 from schemas.tables import ALL_TABLES
@@ -168,7 +168,7 @@ def test_the_lifecycle_is_bootstraps_and_follows_the_data_model() -> None:
     segments = next(r for r in rules if r["Filter"]["Prefix"] == "trip-segments/")
     retention_days = int(STACK.parameters["StreamRetentionHours"]) / 24
     assert segments["Expiration"]["Days"] >= 2 * retention_days + 1
-    assert TripThresholds().segment_max_ms < BREADCRUMB_TTL_SECONDS * 1000, "segments are sealed in time"
+    assert TripThresholds().segment_max_ms < TRAIL_TTL_SECONDS * 1000, "segments are sealed in time"
     assert any(r["Filter"]["Prefix"] == "dead-letter/" and "Expiration" in r for r in rules)
 
 
@@ -230,7 +230,7 @@ def test_alarms_watch_metrics_and_log_events_the_code_emits() -> None:
         named = set(re.findall(r'\$\.event = "(\w+)"', metric["FilterPattern"]))
         assert named and named <= events, named - events
         assert metric["MetricTransformations"][0]["MetricNamespace"] == namespace
-    assert "archive_incomplete" in filters["ArchiveIncomplete"]["FilterPattern"]
+    assert "archive_at_risk" in filters["ArchiveIncomplete"]["FilterPattern"]
     assert {"batch_failed", "checkpoint_failed", "initialize_failed"} <= set(
         re.findall(r'"(\w+)"', filters["ProcessorExits"]["FilterPattern"])
     )

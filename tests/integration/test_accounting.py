@@ -1,12 +1,11 @@
 """Request accounting: what one batch costs in AWS requests and write units, for a fixed fixture.
 
-These pin the batching and coalescing behaviour (one state write per vehicle per batch, breadcrumbs in
-25s, the VIN vault written once per vehicle), not speed: see ``make bench`` for that.
+These pin the batching and coalescing behaviour (one state write per vehicle per batch, one trail write per
+vehicle and 15 s bucket, the VIN vault written once per vehicle), not speed: see ``make bench`` for that.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from devtools.local_aws.billing import Written, write_units, written_items, written_keys
 from devtools.local_aws.limits import AwsRequest, KeySchema, attribute_size, item_size
 from processors.signals import format_time
+from processors.trail import bucket_of
 from tests.conftest import AwsEnv
 from tests.support.harness import ProcessorHarness, ShardRecord, shard_records
 from worker.replay import StreamEntry
@@ -61,6 +61,12 @@ def fleet(seconds: range) -> list[StreamEntry]:
     return [entry for second in seconds for entry in second_of_fleet(second)]
 
 
+def trail_buckets(seconds: range) -> int:
+    """(vehicle, 15 s bucket) pairs the records of ``seconds`` fall in: every record is a crumb, parked or
+    moving, in a trip or not."""
+    return len({(i, bucket_of(T0 + second * 1000 + i * 10)) for second in seconds for i in range(4)})
+
+
 @pytest.fixture
 def processor(aws_env: AwsEnv) -> Any:
     env = aws_env.with_settings(FLEET_TRIP_GAP_SECONDS=str(GAP_SECONDS), FLEET_PSEUDONYM_KEY="accounting")
@@ -79,27 +85,28 @@ def deliver(
     return Counter(aws_env.aws.app.requests)
 
 
-def test_one_batch_costs_one_state_write_per_vehicle_and_a_batch_write_per_25_breadcrumbs(
+def test_one_batch_costs_one_state_write_per_vehicle_and_one_trail_write_per_bucket(
     aws_env: AwsEnv, processor: ProcessorHarness
 ) -> None:
     records = shard_records(fleet(range(30)))  # 4 vehicles x 30 s = 120 records, one batch
     calls = deliver(aws_env, processor, records)
-    breadcrumbs = 2 * 30 + 20  # two vehicles moving throughout; the trip: 10 s driving, stop, 9 s of gap
+    buckets = trail_buckets(range(30))
+    assert 4 * 2 <= buckets <= 4 * 3
     assert calls == Counter(
         {
             ("kms", "Encrypt"): 4,  # the VIN vault: once per vehicle not in it yet
             ("dynamodb", "PutItem"): 2 + 2 + 1,  # trip-state x2; the trip's 2 steps; index
             ("dynamodb", "BatchGetItem"): 2,  # trip-state and vin-mapping of the 4 vehicles first seen
-            ("dynamodb", "UpdateItem"): 4 + 4,  # vehicle-state: one conditional update per vehicle; vault
-            ("dynamodb", "BatchWriteItem"): math.ceil(breadcrumbs / 25),
-            ("dynamodb", "Query"): 1,  # the completed trip's breadcrumbs, for its archive
+            # vehicle-state: one per vehicle; the vault; the trail: one per vehicle and bucket
+            ("dynamodb", "UpdateItem"): 4 + 4 + buckets,
+            ("dynamodb", "Query"): 1,  # the completed trip's trail, for its archive
             ("s3", "PutObject"): 1,  # the archive
         }
     )
     written = aws_env.aws.app.written
     tables = aws_env.settings.table_names
-    assert written[("dynamodb", tables["live-breadcrumbs"])].items == breadcrumbs
-    assert written[("dynamodb", tables["live-breadcrumbs"])].units == breadcrumbs  # each under 1 KB
+    assert written[("dynamodb", tables["live-breadcrumbs"])].items == buckets
+    assert written[("dynamodb", tables["live-breadcrumbs"])].units == buckets  # each under 1 KB
     assert written[("dynamodb", tables["vehicle-state"])].items == 4
     assert written[("dynamodb", tables["vin-mapping"])].items == 4
     assert written[("dynamodb", tables["trip-state"])].items == 4
@@ -120,9 +127,8 @@ def test_a_later_batch_of_known_vehicles_reads_nothing_and_skips_the_vault(
     calls = deliver(aws_env, processor, shard_records(fleet(range(30, 60)), first=1000))
     assert calls == Counter(
         {
-            ("dynamodb", "UpdateItem"): 4,
+            ("dynamodb", "UpdateItem"): 4 + trail_buckets(range(30, 60)),
             ("dynamodb", "PutItem"): 2,  # trip-state of the two vehicles still driving; the others idle
-            ("dynamodb", "BatchWriteItem"): math.ceil(2 * 30 / 25),
         }
     )
 

@@ -334,7 +334,7 @@ def test_inspect_vehicle_prints_state_trip_machine_and_trips(processed: Processe
     for heading in (
         "latest values (vehicle-state)",
         "trip machine (trip-state)",
-        "live breadcrumbs",
+        "live trail",
         "archived trips",
     ):
         assert heading in out
@@ -369,6 +369,30 @@ def test_inspect_trip_prints_the_index_item_and_the_archive(processed: Processed
     assert f"archived, ended by {trip['endReason']}" in out
     assert f"{trip['s3Key']}: {len(crumbs)} breadcrumbs\n" in out
     assert crumbs[0]["timestamp"] in out and crumbs[-1]["timestamp"] in out
+
+
+def test_inspect_trail_prints_the_points_the_live_map_reads(processed: Processed) -> None:
+    trip = indexed_trips(processed)[0]
+    body = processed.env.clients.s3.get_object(
+        Bucket=processed.env.settings.archive_bucket, Key=trip["s3Key"]
+    )
+    rows = orjson.loads(gzip.decompress(body["Body"].read()))
+    result = worker(
+        "inspect", "trail", trip["pseudoVin"], "--from", trip["startTime"], "--to", trip["endTime"],
+        env=processed.env.environ,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"trail of {trip['pseudoVin']}  {trip['startTime']} -> {trip['endTime']}"
+    assert lines[1].split()[:2] == ["points", str(len(rows))]
+    # The same rows as the archive: every located crumb of the span, in time order.
+    assert [line.split()[0] for line in lines[2:]] == [r["timestamp"] for r in rows]
+    assert f"{rows[-1]['lat']:.5f}, {rows[-1]['lng']:.5f}" in lines[-1]
+    backwards = worker(
+        "inspect", "trail", trip["pseudoVin"], "--from", trip["endTime"], "--to", trip["startTime"],
+        env=processed.env.environ,
+    )  # fmt: skip
+    assert_one_line_error(backwards, "inspect")
 
 
 def test_inspect_trip_finds_a_running_trip_and_refuses_unknown_ones(processed: Processed) -> None:

@@ -181,7 +181,7 @@ def sized_item(size: int, key: str = "v") -> dict[str, Any]:
 
 def test_dynamodb_limits_are_refused_as_dynamodb_refuses_them_and_nothing_is_stored(aws_env: AwsEnv) -> None:
     ddb, tables = aws_env.clients.dynamodb, aws_env.settings.table_names
-    state, crumbs = tables["vehicle-state"], tables["live-breadcrumbs"]
+    state, ranged = tables["vehicle-state"], tables["trips-index"]  # a string sort key (tripId)
     key = {"pseudoVin": {"S": "v"}}
     many_operators = "NOT NOT " + " AND ".join(f"#a = :v{i}" for i in range(150))
     calls: dict[str, tuple[Any, dict[str, Any]]] = {
@@ -227,23 +227,23 @@ def test_dynamodb_limits_are_refused_as_dynamodb_refuses_them_and_nothing_is_sto
         ),
         "sort_key_too_long": (
             ddb.put_item,
-            {"TableName": crumbs, "Item": {"pseudoVin": {"S": "v"}, "timestamp": {"S": "t" * 1025}}},
+            {"TableName": ranged, "Item": {"pseudoVin": {"S": "v"}, "tripId": {"S": "t" * 1025}}},
         ),
     }
     for reason, (call, kwargs) in calls.items():
         assert refused(call, **kwargs) == ("ValidationException", 400), reason
     assert sorted(reason for _, _, reason in aws_env.aws.app.refused.elements()) == sorted(calls)
     assert ddb.scan(TableName=state)["Count"] == 0
-    assert ddb.scan(TableName=crumbs)["Count"] == 0
+    assert ddb.scan(TableName=ranged)["Count"] == 0
 
 
 def test_dynamodb_requests_at_the_limits_pass(aws_env: AwsEnv) -> None:
     ddb, tables = aws_env.clients.dynamodb, aws_env.settings.table_names
-    state, crumbs = tables["vehicle-state"], tables["live-breadcrumbs"]
+    state, ranged = tables["vehicle-state"], tables["trips-index"]  # a string sort key (tripId)
     ddb.put_item(TableName=state, Item=sized_item(400 * 1024, key="big"))  # moto's own 405,000 is lifted
     ddb.put_item(TableName=state, Item={"pseudoVin": {"S": "deep"}, "deep": nested(32)})
     ddb.put_item(TableName=state, Item={"pseudoVin": {"S": "k" * 2048}})
-    ddb.put_item(TableName=crumbs, Item={"pseudoVin": {"S": "v"}, "timestamp": {"S": "t" * 1024}})
+    ddb.put_item(TableName=ranged, Item={"pseudoVin": {"S": "v"}, "tripId": {"S": "t" * 1024}})
     ddb.batch_write_item(
         RequestItems={state: [{"PutRequest": {"Item": {"pseudoVin": {"S": str(i)}}}} for i in range(25)]}
     )

@@ -1,7 +1,8 @@
 """One contract, two implementations: the in-memory fakes (``tests/support/fakes.py``) and the boto3 adapters
 (``worker/stores/``) on the local AWS pass the same tests, so what the fakes prove elsewhere holds on AWS.
 
-Checked: an idempotent rewrite changes nothing; a stale trip-state write raises with the current item and
+Checked: an idempotent rewrite changes nothing; a trail merge is a max (idempotent, order-free, a late crumb
+joins its bucket, ``expiresAt`` never decreases); a stale trip-state write raises with the current item and
 overwrites nothing; a store refusing content as invalid raises ``UnwritableUpdate``; a failed write
 exits the record processor before any checkpoint."""
 
@@ -22,11 +23,11 @@ from processors.batch import DeadLetter
 from processors.errors import RejectReason, StaleTripState, TransientError, UnwritableUpdate
 from processors.ports import Stores
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, Pseudonymizer
-from processors.trips import Breadcrumb
+from processors.trail import BucketMerge, Crumb, bucket_of, crumb_of, encode, pack, slot_of
 from processors.vehicle_state import Observation, StateUpdate
 from schemas.dynamo import from_item, to_item
 from schemas.items import CompletedTripItem, TripIndexItem, TripStateItem
-from schemas.records import KinesisRecord, StreamPosition
+from schemas.records import KinesisRecord, Location, StreamPosition, VehicleReading
 from tests.conftest import TEST_ENV, AwsEnv
 from tests.support.fakes import memory_stores
 from tests.support.harness import fixture, process_records_input, shard_records
@@ -56,6 +57,8 @@ class Backend:
     """Set another attribute on a vin-mapping item (as a trip mark would be written)."""
     vault_item: Callable[[str], dict[str, Any]]
     """The stored vin-mapping item (plain values), {} when absent."""
+    trail_item: Callable[[str, int], dict[str, Any]]
+    """The stored bucket item (plain values), {} when absent."""
 
 
 def memory_backend(settings: Settings) -> Backend:
@@ -76,6 +79,7 @@ def memory_backend(settings: Settings) -> Backend:
         fail,
         set_vault_attribute,
         lambda pv: dict(stores.vault.items.get(pv, {})),
+        lambda pv, bucket: dict(stores.trail.items.get((pv, bucket), {})),
     )
 
 
@@ -111,6 +115,14 @@ def aws_backend(env: AwsEnv) -> Backend:
         item = env.clients.dynamodb.get_item(TableName=vault_table, Key={"pseudoVin": {"S": pv}}).get("Item")
         return from_item(item) if item else {}
 
+    def trail_item(pv: str, bucket: int) -> dict[str, Any]:
+        item = env.clients.dynamodb.get_item(
+            TableName=env.settings.table_names["live-breadcrumbs"],
+            Key={"pseudoVin": {"S": pv}, "bucket": {"N": str(bucket)}},
+            ConsistentRead=True,
+        ).get("Item")
+        return from_item(item) if item else {}
+
     return Backend(
         "aws",
         aws_stores(env.settings, env.clients, KEY),
@@ -120,6 +132,7 @@ def aws_backend(env: AwsEnv) -> Backend:
         fail,
         set_vault_attribute,
         vault_item,
+        trail_item,
     )
 
 
@@ -161,24 +174,125 @@ def test_a_stale_trip_state_write_raises_with_the_current_item_and_overwrites_no
 def test_the_outbox_is_stored_and_read_back_under_its_stored_name(backend: Backend) -> None:
     done = CompletedTripItem(
         tripId="t1", startTime="2025-03-05T13:00:00.000Z", endTime="2025-03-05T13:30:00.000Z",
-        endReason="gap", breadcrumbCount=0, distanceMiles=0.0, maxSpeedMph=0.0,
+        endReason="gap", completionMs=1_741_181_700_000, reportsBatteryLevel=True,
     )  # fmt: skip
     backend.stores.trips.write(trip_item("2025-03-05T14:00:00.000Z", outbox=[done]), None)
     assert backend.stores.trips.load([PV])[PV].outbox == [done]
 
 
-def test_rewriting_breadcrumbs_is_idempotent_and_ranges_are_in_time_order(backend: Backend) -> None:
-    crumbs = [
-        Breadcrumb(PV, "trip-1", 1_741_183_200_000 + i * 1_000, 39.7, -104.9, 30.0, 90.0, 100.0 + i, 80)
-        for i in (2, 0, 1, 3)
-    ]
-    trips = backend.stores.trips
-    trips.put_breadcrumbs(crumbs)
-    trips.put_breadcrumbs(crumbs[:2])
-    found = trips.breadcrumbs(PV, "trip-1", 1_741_183_200_000, 1_741_183_202_000)
+# --- trail --------------------------------------------------------------------------------------------
+
+T0 = 1_741_183_200_000  # 2025-03-05T14:00:00Z, a bucket boundary
+BUCKET = T0 // 1000
+
+
+def crumb(t: int, arrival: int, speed: float = 30.0, odometer: float = 100.0) -> Crumb:
+    location = Location(39.7, -104.9)
+    signals: dict[str, Any] = {"vehicleSpeed": speed, "odometer": odometer, "location": location}
+    made = crumb_of(VehicleReading(PV, t, signals, StreamPosition(SHARD, "1", 0, arrival)))
+    assert made is not None
+    return made
+
+
+def slots(item: dict[str, Any]) -> dict[str, str]:
+    return {k: v for k, v in item.items() if k not in ("pseudoVin", "bucket", "expiresAt")}
+
+
+def test_re_merging_the_trail_is_idempotent_and_reads_are_in_time_order(backend: Backend) -> None:
+    crumbs = [crumb(T0 + i * 1_000, T0 + 5_000, odometer=100.0 + i) for i in (2, 0, 1, 3, 20)]
+    trail = backend.stores.trail
+    trail.merge(pack(PV, crumbs))
+    stored = backend.trail_item(PV, BUCKET)
+    trail.merge(pack(PV, crumbs[:2]))
+    trail.merge(pack(PV, crumbs))
+    assert backend.trail_item(PV, BUCKET) == stored
+    assert stored["expiresAt"] == (T0 + 5_000) // 1000 + 86_400
+    found = trail.read(PV, T0, T0 + 2_000)
     assert [c.odometer for c in found] == [100.0, 101.0, 102.0]
-    assert trips.breadcrumbs(PV, "other-trip", 0, 2_000_000_000_000) == []
-    assert trips.breadcrumbs(PV, "trip-1", 5, 4) == []
+    assert found == sorted(crumbs[:3], key=lambda c: c.t_ms)
+    assert [c.t_ms for c in trail.read(PV, T0, T0 + 60_000)] == [T0 + i * 1_000 for i in (0, 1, 2, 3, 20)]
+    assert trail.read(PV, T0 + 5, T0 + 4) == [] and trail.read("f" * 32, T0, T0 + 60_000) == []
+
+
+def test_on_conflict_the_greatest_value_wins_in_either_order(backend: Backend) -> None:
+    earlier, later = crumb(T0 + 10, T0 + 1_000), crumb(T0 + 10, T0 + 9_000)  # a resend of one sample
+    other = crumb(T0 + 500, T0 + 9_000)
+    trail = backend.stores.trail
+    trail.merge(pack(PV, [earlier]))
+    trail.merge(pack(PV, [later, other]))  # one slot loses, one is new: only the winner is written
+    (winner,) = [v for k, v in slots(backend.trail_item(PV, BUCKET)).items() if k == slot_of(T0 + 10)]
+    assert winner == encode(earlier) > encode(later)
+    assert trail.read(PV, T0, T0 + 1_000) == [earlier, other]
+    trail.merge(pack(PV, [later]))
+    assert slots(backend.trail_item(PV, BUCKET))[slot_of(T0 + 10)] == encode(earlier)
+
+
+def test_a_late_crumb_joins_its_existing_bucket_and_expires_at_never_decreases(backend: Backend) -> None:
+    trail = backend.stores.trail
+    trail.merge(pack(PV, [crumb(T0 + 1_000, T0 + 30 * 3_600_000)]))  # accepted 30 h late
+    late = crumb(T0 + 2_000, T0 + 3_000)  # a crumb that arrived earlier, merged later
+    trail.merge(pack(PV, [late]))
+    item = backend.trail_item(PV, BUCKET)
+    assert item["expiresAt"] == (T0 + 30 * 3_600_000) // 1000 + 86_400  # from arrival, not event time
+    assert slots(item)[slot_of(late.t_ms)] == encode(late) and len(slots(item)) == 2
+
+
+def test_a_full_bucket_of_the_longest_values_is_written_in_chunks(backend: Backend) -> None:
+    longest = -2.2250738585072014e-308
+    crumbs = [
+        Crumb(T0 + i * 10, T0 + 20_000, longest, longest, longest, longest, longest, longest, longest)
+        for i in range(1500)
+    ]
+    (merge,) = pack(PV, crumbs)
+    backend.stores.trail.merge([merge])
+    assert slots(backend.trail_item(PV, BUCKET)) == dict(merge.slots)
+    assert len(backend.stores.trail.read(PV, T0, T0 + 15_000)) == 1500
+    backend.stores.trail.merge([merge])  # every guard equal: nothing left to write
+    assert slots(backend.trail_item(PV, BUCKET)) == dict(merge.slots)
+
+
+def test_merges_of_one_bucket_by_two_writers_in_any_order_leave_the_same_item(backend: Backend) -> None:
+    a = [crumb(T0 + i * 700, T0 + 9_000 - i * 100, speed=float(i)) for i in range(12)]
+    b = [crumb(T0 + i * 700, T0 + 2_000 + i * 100, speed=float(i)) for i in range(6, 18)]
+    trail = backend.stores.trail
+    trail.merge(pack(PV, a))
+    trail.merge(pack(PV, b))
+    first = backend.trail_item(PV, BUCKET)
+    other = "e" * 32
+    trail.merge([BucketMerge(other, m.bucket, m.slots, m.expires_at) for m in pack(PV, b)])
+    trail.merge([BucketMerge(other, m.bucket, m.slots, m.expires_at) for m in pack(PV, a)])
+    assert {**backend.trail_item(other, BUCKET), "pseudoVin": PV} == first
+    assert bucket_of(T0 + 17 * 700) == BUCKET
+
+
+def test_a_record_is_the_same_bytes_whoever_writes_it_whatever_trip_it_thinks_it_is_in(
+    backend: Backend,
+) -> None:
+    """No writer can relabel a crumb: a processor that sees the record mid-trip (after the vehicle's
+    earlier records) and one that sees it alone (no trip at all) store the same string for it."""
+    records = [r for r in shard_records(fixture("trips.jsonl")) if r.partition_key.endswith("00001")]
+    as_kinesis = [
+        KinesisRecord(r.data, r.partition_key, StreamPosition(SHARD, r.sequence_number, 0, r.arrival_ms))
+        for r in records
+    ]
+    k = 62
+    in_a_trip = memory_stores()
+    pipeline = Pipeline(backend.settings, in_a_trip, KEY, NO_SLEEP)
+    pipeline.process(as_kinesis[:k])
+    pipeline.process(as_kinesis[k : k + 1])
+    pipeline.close()
+    (open_trip,) = [item for item in in_a_trip.trips.items.values() if item.tripId]
+    assert open_trip.status == "ACTIVE"
+
+    alone = Pipeline(backend.settings, backend.stores, KEY, NO_SLEEP)
+    alone.process(as_kinesis[k : k + 1])  # a first sighting: the vehicle has no trip here
+    alone.close()
+    ((pv, bucket),) = [key for key in in_a_trip.trail.items if backend.trail_item(*key)]
+    held, stored = in_a_trip.trail.items[(pv, bucket)], backend.trail_item(pv, bucket)
+    (slot,) = slots(stored)
+    assert len(slots(held)) > 1  # the writer in a trip has the record's neighbours in that bucket too
+    assert slots(stored)[slot] == held[slot] and "trip" not in stored[slot]
+    assert stored["expiresAt"] == records[k].arrival_ms // 1000 + 86_400
 
 
 # --- vehicle state --------------------------------------------------------------------------------------

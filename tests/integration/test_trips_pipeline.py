@@ -12,11 +12,12 @@ import orjson
 import pytest
 
 from devtools.local_aws import FaultPlan
+from processors.archive import archive_trip, read_gzip_json
 from processors.decode import DecodeLimits, Decoder
 from processors.errors import TransientError
 from processors.pseudonymize import Pseudonymizer
 from processors.signals import format_time, parse_event_time
-from processors.trip_items import BREADCRUMB_TTL_SECONDS
+from processors.trail import TRAIL_TTL_SECONDS, Crumb, crumb_of, decode_item, pack
 from processors.trips import (
     CompletedTrip,
     EndReason,
@@ -28,6 +29,7 @@ from processors.trips import (
 )
 from schemas.dynamo import from_item
 from schemas.items import TripIndexItem
+from schemas.records import StreamPosition
 from tests.conftest import FIXTURES, AwsEnv
 from tests.fixtures.build import TRIP_GAP_SECONDS, TRIP_SCENARIO, expected_trips
 from tests.support import harness as support
@@ -43,7 +45,8 @@ from tests.support.harness import (
 from tests.support.oracle import leaked, vins_in
 from worker.bootstrap import bootstrap
 from worker.sweep import sweep_orphans
-from worker.trip_commit import TripArchiver
+from worker.trip_commit import ARCHIVE_SAFE_MS, TripArchiver
+from worker.wiring import trip_stores
 
 SEGMENT = 100
 TRIP_ENV = {
@@ -77,18 +80,32 @@ def deliver(env: AwsEnv, records: Sequence[ShardRecord], size: int = 150) -> Pro
     return support.deliver(env.environ, records, size)
 
 
-def clean_pass(records: Sequence[ShardRecord]) -> tuple[list[CompletedTrip], int]:
-    """The pure machine over the same decoded records, in one pass; the silent trip swept at the end."""
+def clean_pass(records: Sequence[ShardRecord]) -> tuple[list[CompletedTrip], dict[str, list[Crumb]]]:
+    """The pure machine over the same decoded records, in one pass, the silent trip swept at the end
+    (R = the sweep's clock); and every vehicle's crumbs (every accepted record with a trail field)."""
     decoder = Decoder(DecodeLimits(max_event_age_ms=10**15))
     machine = TripStateMachine(TripThresholds(gap_ms=TRIP_GAP_SECONDS * 1000, segment_breadcrumbs=SEGMENT))
     states: dict[str, VehicleTrips] = {}
+    crumbs: dict[str, list[Crumb]] = {}
     effects = TripEffects()
-    for record in records:
+    for i, record in enumerate(records):
         decoded = decoder.decode(record.data, record.arrival_ms)
-        pv = KEY.pseudo_vin(decoded.vin)
-        machine.apply(states.setdefault(pv, VehicleTrips(pv)), KEY.reading(decoded, None), effects)  # type: ignore[arg-type]
-    orphans = [complete(pv, s.trip, EndReason.ORPHAN) for pv, s in states.items() if s.trip is not None]
-    return effects.completed + orphans, len(effects.breadcrumbs)
+        reading = KEY.reading(decoded, StreamPosition("shardId-0", str(i + 1), 0, record.arrival_ms))
+        machine.apply(
+            states.setdefault(reading.pseudo_vin, VehicleTrips(reading.pseudo_vin)), reading, effects
+        )
+        if (crumb := crumb_of(reading)) is not None:
+            crumbs.setdefault(reading.pseudo_vin, []).append(crumb)
+    orphans = [
+        complete(pv, s, s.trip, EndReason.ORPHAN, AN_HOUR_LATER)
+        for pv, s in states.items()
+        if s.trip is not None
+    ]
+    return effects.completed + orphans, crumbs
+
+
+def expected_index(trip: CompletedTrip, crumbs: dict[str, list[Crumb]]) -> TripIndexItem:
+    return archive_trip(trip, crumbs[trip.pseudo_vin])[1]
 
 
 def test_trip_scenario_through_the_record_processor(trip_env: AwsEnv) -> None:
@@ -105,7 +122,7 @@ def test_trip_scenario_through_the_record_processor(trip_env: AwsEnv) -> None:
         assert len(trips) == expected_trips(phases), vin
     assert {i["endReason"] for (pv, _), i in index.items() if pv == PV["3"]} == {"orphan"}
 
-    completed, breadcrumbs = clean_pass(records)
+    completed, crumbs_by_vehicle = clean_pass(records)
     assert len(index) == len(completed)
     for trip in completed:
         item = index[(trip.pseudo_vin, trip.trip_id)]
@@ -114,10 +131,13 @@ def test_trip_scenario_through_the_record_processor(trip_env: AwsEnv) -> None:
             format_time(trip.end_time_ms),
             trip.end_reason.value,
         )
-        assert item["breadcrumbCount"] == trip.breadcrumbs
-        assert item["distanceMiles"] == round(trip.distance_miles, 3)
+        expected = expected_index(trip, crumbs_by_vehicle)  # the whole trail, no segments, no store
+        assert item["breadcrumbCount"] == expected.breadcrumbCount > 0
+        assert item["distanceMiles"] == expected.distanceMiles
+        assert (item["maxSpeedMph"], item.get("endBattery")) == (expected.maxSpeedMph, expected.endBattery)
         assert item["tripDate"] == item["startTime"][:10]
-        assert item["expiresAt"] == trip.end_time_ms // 1000 + 90 * 86400
+        completion = AN_HOUR_LATER if trip.end_reason is EndReason.ORPHAN else trip.completion_ms
+        assert item["expiresAt"] == max(trip.end_time_ms, completion) // 1000 + 90 * 86400
         obj, crumbs = archive(trip_env, item["s3Key"])
         assert item["s3Key"] == f"trips/{trip.pseudo_vin}/{trip.trip_id}.json.gz"
         assert (obj["ContentType"], obj["ContentEncoding"]) == ("application/json", "gzip")
@@ -136,9 +156,16 @@ def test_trip_scenario_through_the_record_processor(trip_env: AwsEnv) -> None:
     assert {s["status"] for s in states.values()} == {"IDLE"} and not any(
         "closing" in s for s in states.values()
     )
+    # Every accepted record with a trail field is a crumb, moving or not, in a trip or not.
     live = table(trip_env, "live-breadcrumbs")
-    assert len(live) == breadcrumbs
-    assert all(b["expiresAt"] == _epoch(b["timestamp"]) + BREADCRUMB_TTL_SECONDS for b in live)
+    packed = {(m.pseudo_vin, m.bucket): m for pv, cs in crumbs_by_vehicle.items() for m in pack(pv, cs)}
+    assert {(b["pseudoVin"], b["bucket"]) for b in live} == set(packed)
+    for bucket in live:
+        merge = packed[(bucket["pseudoVin"], bucket["bucket"])]
+        assert {
+            k: v for k, v in bucket.items() if k not in ("pseudoVin", "bucket", "expiresAt")
+        } == merge.slots
+        assert bucket["expiresAt"] == merge.expires_at == records[0].arrival_ms // 1000 + TRAIL_TTL_SECONDS
     segments = trip_env.clients.s3.list_objects_v2(
         Bucket=trip_env.settings.archive_bucket, Prefix="trip-segments/"
     )
@@ -171,50 +198,78 @@ def test_a_sweep_whose_archive_step_fails_once_finishes_its_own_claim(
     assert state["status"] == "IDLE" and "closing" not in state
 
 
+def bucket_items(env: AwsEnv, pseudo_vin: str) -> list[dict[str, Any]]:
+    return [b for b in table(env, "live-breadcrumbs") if b["pseudoVin"] == pseudo_vin]
+
+
+def delete_bucket(env: AwsEnv, bucket: dict[str, Any]) -> None:
+    env.clients.dynamodb.delete_item(
+        TableName=env.settings.table_names["live-breadcrumbs"],
+        Key={"pseudoVin": {"S": bucket["pseudoVin"]}, "bucket": {"N": str(bucket["bucket"])}},
+    )
+
+
 def test_a_trip_outliving_the_breadcrumb_ttl_is_still_archived_whole(trip_env: AwsEnv) -> None:
     records = shard_records(fixture("trips.jsonl"))
     long_haul = [r for r in records if r.partition_key.endswith("00002")]
     deliver(trip_env, long_haul[:400])
-    # DynamoDB's TTL removes breadcrumbs older than a day: remove every one of this trip sealed so far.
+    # DynamoDB's TTL removes buckets a day after their newest arrival: remove every bucket of this trip
+    # sealed so far (wholly before the sealed point), as if they had expired.
     state = next(i for i in table(trip_env, "trip-state") if i["pseudoVin"] == PV["2"])
-    expired = [b for b in table(trip_env, "live-breadcrumbs") if b["timestamp"] <= state["sealedThrough"]]
-    assert len(expired) >= 3 * SEGMENT
-    for crumb in expired:
-        trip_env.clients.dynamodb.delete_item(
-            TableName=trip_env.settings.table_names["live-breadcrumbs"],
-            Key={"pseudoVin": {"S": crumb["pseudoVin"]}, "timestamp": {"S": crumb["timestamp"]}},
-        )
+    sealed = _epoch(state["sealedThrough"]) * 1000
+    expired = [b for b in bucket_items(trip_env, PV["2"]) if (b["bucket"] + 15) * 1000 <= sealed]
+    assert sum(len(decode_item(b)) for b in expired) >= 3 * SEGMENT
+    for bucket in expired:
+        delete_bucket(trip_env, bucket)
     deliver(trip_env, long_haul[400:])
-    ((trip,), _) = clean_pass(long_haul)[0], None
+    ((trip,), crumbs) = clean_pass(long_haul)
     (item,) = table(trip_env, "trips-index")
-    _, crumbs = archive(trip_env, item["s3Key"])
-    assert len(crumbs) == item["breadcrumbCount"] == trip.breadcrumbs
+    _, rows = archive(trip_env, item["s3Key"])
+    assert len(rows) == item["breadcrumbCount"] == expected_index(trip, crumbs).breadcrumbCount
+    segment = trip_env.clients.s3.get_object(
+        Bucket=trip_env.settings.archive_bucket, Key=f"trip-segments/{PV['2']}/{trip.trip_id}/00000.json.gz"
+    )
+    raw = read_gzip_json(segment["Body"].read())  # raw crumbs: [tMs, aS, lat, lng, speed, ...]
+    assert all(len(r) == 9 and r[1] == long_haul[0].arrival_ms // 1000 for r in raw)
 
 
-def test_a_breadcrumb_lost_before_it_was_staged_is_archived_without_but_reported(trip_env: AwsEnv) -> None:
+def test_a_trip_archived_after_its_trail_may_have_expired_is_archived_as_found_but_reported(
+    trip_env: AwsEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A re-archive reads the same rows while every needed crumb is stored (rows are chosen against R);
+    this long after R, TTL may have taken some of the tail: the archive says so (``archive_at_risk``)."""
     records = [r for r in shard_records(fixture("trips.jsonl")) if r.partition_key.endswith("00001")]
-    ((first, *_), _) = clean_pass(records)
+    ((first, *_), crumbs) = clean_pass(records)
     moving = [r for r in records if parse_event_time(orjson.loads(r.data)["timestamp"]) <= first.end_time_ms]
     deliver(trip_env, moving)
     assert first.sealed_through_ms is not None
-    staged, end = format_time(first.sealed_through_ms), format_time(first.end_time_ms)
-    unstaged = [
+    sealed = first.sealed_through_ms
+    tail = [
         b
-        for b in table(trip_env, "live-breadcrumbs")
-        if b["tripId"] == first.trip_id and staged < b["timestamp"] <= end
+        for b in bucket_items(trip_env, PV["1"])
+        if any(sealed < c.t_ms <= first.end_time_ms and c.located for c in decode_item(b))
     ]
-    lost = unstaged[0]  # as if DynamoDB's TTL had taken it before the trip ended
-    trip_env.clients.dynamodb.delete_item(
-        TableName=trip_env.settings.table_names["live-breadcrumbs"],
-        Key={"pseudoVin": {"S": lost["pseudoVin"]}, "timestamp": {"S": lost["timestamp"]}},
-    )
-    harness = deliver(trip_env, records[len(moving) :])
-    item = next(i for i in table(trip_env, "trips-index") if i["tripId"] == first.trip_id)
-    _, crumbs = archive(trip_env, item["s3Key"])
-    assert len(crumbs) == item["breadcrumbCount"] == first.breadcrumbs - 1
-    (alarm,) = [line for line in harness.logs() if line["event"] == "archive_incomplete"]
-    assert alarm["level"] == "ERROR" and alarm["tripId"] == first.trip_id
-    assert (alarm["breadcrumbs"], alarm["archived"]) == (first.breadcrumbs, first.breadcrumbs - 1)
+    lost = tail[len(tail) // 2]  # as if DynamoDB's TTL had taken it before the trip was archived
+    delete_bucket(trip_env, lost)
+    stores = trip_stores(trip_env.settings, trip_env.clients)
+    late = (first.completion_ms + ARCHIVE_SAFE_MS) / 1000
+    item = TripArchiver(stores.trail, stores.archive, clock=lambda: late).archive(first)
+    _, rows = archive(trip_env, item.s3Key)
+    gone = {c.t_ms for c in decode_item(lost) if c.t_ms > sealed}  # what the sealed segment did not keep
+    left = [c for c in crumbs[PV["1"]] if c.t_ms not in gone]
+    assert len(rows) == item.breadcrumbCount == archive_trip(first, left)[1].breadcrumbCount
+    assert item.breadcrumbCount < expected_index(first, crumbs).breadcrumbCount
+    (alarm,) = [r for r in caplog.records if r.getMessage() == "archive_at_risk"]
+    assert alarm.levelname == "ERROR"
+    assert alarm.fields == {  # type: ignore[attr-defined]
+        "pseudoVin": PV["1"],
+        "tripId": first.trip_id,
+        "lagSeconds": ARCHIVE_SAFE_MS // 1000,
+    }
+    on_time = TripArchiver(stores.trail, stores.archive, clock=lambda: first.completion_ms / 1000)
+    caplog.clear()
+    assert on_time.archive(first) == item  # the same rows: nothing else changed
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 def _epoch(iso: str) -> int:
@@ -301,7 +356,7 @@ def test_a_crash_between_two_writes_of_a_commit_is_finished_identically(
     if failing == "trips-index":  # stopped between the archive object and its index item
         assert _objects(trip_env, "trips/") and not table(trip_env, "trips-index")
         assert any(item.get("closing") for item in table(trip_env, "trip-state"))
-    else:  # stopped between a vehicle's breadcrumbs and its trip state
+    else:  # stopped between a vehicle's trail and its trip state
         assert table(trip_env, "live-breadcrumbs") and not table(trip_env, "trip-state")
 
     # The KCL starts a new processor from the last checkpoint.

@@ -8,7 +8,12 @@ Volatile attributes (documented in the README, "Failure semantics") are dropped:
   worker's, and not a vehicle;
 - dead-letter objects are keyed by shard and sequence number (which differ after a reshard) and
   hold randomized ciphertext: the digest keeps how many there are per reason (their content is
-  checked by the dead-letter tests).
+  checked by the dead-letter tests);
+- what records' *arrival* times decide, which two runs through a real stream never share: a trail
+  slot's inverted arrival delay (its digits after the ms digit) and a bucket's ``expiresAt``
+  (``live-breadcrumbs``), ``trips-index.expiresAt`` (from the completion point R) and the arrival
+  second of a segment's raw crumbs (``trip-segments/``). Everything else of them is kept: the slots,
+  their event-time ms and values, which trips and rows exist.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from typing import Any
 
 import orjson
 
+from processors.archive import read_gzip_json
 from processors.pseudonymize import is_vehicle
+from processors.trail import DELAY_DIGITS
 from processors.vehicle_state import named_item, stored_observations
 from schemas.dynamo import from_item
 from schemas.signal_codes import encode
@@ -29,6 +36,8 @@ from worker.config import Settings
 VOLATILE: dict[str, frozenset[str]] = {
     "trip-state": frozenset({"lastUpdate", "appliedThrough"}),
     "vin-mapping": frozenset({"encryptedVin", "createdAt"}),
+    "trips-index": frozenset({"expiresAt"}),
+    "live-breadcrumbs": frozenset({"expiresAt"}),
 }
 DIGESTED_PREFIXES = ("trips/", "trip-segments/")
 
@@ -64,9 +73,13 @@ def state_digest(settings: Settings, clients: AwsClients) -> dict[str, Any]:
         ]
         if logical == "vehicle-state":
             rows = [readable_vehicle_state(row) for row in rows]
+        if logical == "live-breadcrumbs":
+            rows = [_without_arrival(row) for row in rows]
         digest[logical] = sorted(rows, key=lambda row: orjson.dumps(row, option=orjson.OPT_SORT_KEYS))
     for prefix in DIGESTED_PREFIXES:
         objects = _objects(clients, settings.archive_bucket, prefix)
+        if prefix == "trip-segments/":
+            objects = {key: _segment_without_arrival(body) for key, body in objects.items()}
         digest[prefix] = {key: hashlib.sha256(body).hexdigest() for key, body in sorted(objects.items())}
     digest["dead-letter/"] = dead_letter_digest(settings, clients)
     return digest
@@ -79,6 +92,17 @@ def readable_vehicle_state(item: dict[str, Any]) -> dict[str, Any]:
     _, observations = stored_observations(item)
     decoded = {encode(name) for name in observations} | ({"ts"} if "timestamp" in named else set())
     return named | {k: v for k, v in item.items() if k not in decoded and k not in named}
+
+
+def _without_arrival(bucket: dict[str, Any]) -> dict[str, Any]:
+    """A bucket item with each slot's inverted arrival delay cut out (the ms digit and values stay)."""
+    keys = ("pseudoVin", "bucket")
+    return {k: v if k in keys else v[0] + v[1 + DELAY_DIGITS :] for k, v in bucket.items()}
+
+
+def _segment_without_arrival(body: bytes) -> bytes:
+    """A segment's raw crumbs ``[tMs, aS, lat, ...]`` without ``aS``."""
+    return orjson.dumps([[row[0], *row[2:]] for row in read_gzip_json(body)])
 
 
 def dead_letter_digest(settings: Settings, clients: AwsClients) -> list[tuple[str, int]]:

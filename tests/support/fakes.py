@@ -8,7 +8,6 @@ holds errors raised, one per call, by its next writes (quix-streams' ``FailingSi
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -19,12 +18,12 @@ from processors.errors import StaleTripState, UnwritableUpdate
 from processors.ports import Stores
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, is_vehicle
 from processors.signals import format_time
-from processors.trip_items import breadcrumb_item
-from processors.trips import Breadcrumb
+from processors.trail import BucketMerge, Crumb, bucket_of, decode_item, encode
+from processors.trail import outstanding as trail_outstanding
 from processors.vehicle_state import StateUpdate, outstanding, stored_value
-from schemas.dynamo import from_attribute, from_item, to_attribute
-from schemas.items import BreadcrumbItem, TripIndexItem, TripStateItem
-from schemas.signal_codes import encode
+from schemas.dynamo import from_attribute, to_attribute
+from schemas.items import TripIndexItem, TripStateItem
+from schemas.signal_codes import encode as signal_code
 
 
 class _Failing:
@@ -45,7 +44,6 @@ class MemoryTripStore(_Failing):
     def __init__(self) -> None:
         super().__init__()
         self.items: dict[str, TripStateItem] = {}
-        self.crumbs: dict[tuple[str, str], BreadcrumbItem] = {}
 
     def load(self, pseudo_vins: Sequence[str]) -> dict[str, TripStateItem]:
         with self.lock:
@@ -59,27 +57,41 @@ class MemoryTripStore(_Failing):
                 raise StaleTripState(item.pseudoVin, current)
             self.items[item.pseudoVin] = item
 
-    def put_breadcrumbs(self, crumbs: Sequence[Breadcrumb]) -> int:
-        self._maybe_fail()
-        with self.lock:
-            for crumb in crumbs:
-                item = BreadcrumbItem.model_validate(from_item(breadcrumb_item(crumb)))
-                self.crumbs[(item.pseudoVin, item.timestamp)] = item
-        return math.ceil(len(crumbs) / 25)
-
-    def breadcrumbs(self, pseudo_vin: str, trip_id: str, from_ms: int, to_ms: int) -> list[BreadcrumbItem]:
-        low, high = format_time(from_ms), format_time(to_ms)
-        with self.lock:
-            return [
-                crumb
-                for (pv, at), crumb in sorted(self.crumbs.items())
-                if pv == pseudo_vin and low <= at <= high and crumb.tripId == trip_id
-            ]
-
     def scan(self) -> Iterator[TripStateItem]:
         with self.lock:
             items = list(self.items.values())
         return iter(items)
+
+
+class MemoryTrail(_Failing):
+    """Bucket items as ``from_item`` reads them back: ``{"pseudoVin", "bucket", "expiresAt", slot: value}``,
+    merged by the same rule (``processors.trail.outstanding``) as the DynamoDB guards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def merge(self, merges: Sequence[BucketMerge]) -> int:
+        self._maybe_fail()
+        with self.lock:
+            for merge in merges:
+                item = self.items.setdefault(
+                    (merge.pseudo_vin, merge.bucket), {"pseudoVin": merge.pseudo_vin, "bucket": merge.bucket}
+                )
+                remainder = trail_outstanding(merge, item)
+                if remainder is None:
+                    continue
+                item.update(remainder.slots)
+                if remainder.expires_at is not None:
+                    item["expiresAt"] = remainder.expires_at
+        return len(merges)
+
+    def read(self, pseudo_vin: str, from_ms: int, to_ms: int) -> list[Crumb]:
+        low, high = bucket_of(from_ms), bucket_of(to_ms)
+        with self.lock:
+            items = [dict(i) for (pv, b), i in self.items.items() if pv == pseudo_vin and low <= b <= high]
+        crumbs = [c for item in items for c in decode_item(item) if from_ms <= c.t_ms <= to_ms]
+        return sorted(crumbs, key=lambda c: (c.t_ms, encode(c)))
 
 
 NESTING_MAX_LEVELS = 32
@@ -117,7 +129,7 @@ class MemoryVehicleState(_Failing):
                 value = from_attribute(
                     to_attribute(stored_value(name, observation.value))
                 )  # as stored and read
-                item[encode(name)] = [value, observation.at_ms]
+                item[signal_code(name)] = [value, observation.at_ms]
             if remainder.sets_timestamp:
                 item["ts"] = remainder.timestamp_ms
         return 1
@@ -214,6 +226,7 @@ class MemoryStores(Stores):
     """``Stores`` whose members are the fakes above (typed as such, for tests to reach in)."""
 
     trips: MemoryTripStore
+    trail: MemoryTrail
     vehicle_state: MemoryVehicleState
     dead_letters: MemoryDeadLetters
     vault: MemoryVinVault
@@ -223,6 +236,7 @@ class MemoryStores(Stores):
 def memory_stores() -> MemoryStores:
     return MemoryStores(
         trips=MemoryTripStore(),
+        trail=MemoryTrail(),
         vehicle_state=MemoryVehicleState(),
         dead_letters=MemoryDeadLetters(),
         vault=MemoryVinVault(),

@@ -23,7 +23,7 @@ def test_defaults_match_the_seed_names(monkeypatch: pytest.MonkeyPatch) -> None:
         "vehicle-state": "vehicle-state",
         "trip-state": "trip-state",
         "trips-index": "trips-index",
-        "live-breadcrumbs": "live-breadcrumbs",
+        "live-breadcrumbs": "live-breadcrumbs-v2",  # its key changed: a new table beside the old one
         "vin-mapping": "vin-mapping",
     }
 

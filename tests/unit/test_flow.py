@@ -116,7 +116,9 @@ def test_a_vehicle_another_writer_moved_is_replanned_on_top_of_its_state(
     half = len(records) // 2
     run(pipeline, records[:half])
     # The orphan sweep claims every open trip meanwhile: the pipeline's cached versions are now stale.
-    report = sweep(settings, TripStores(stores.trips, stores.archive), now_ms=10**15, retrier=NO_SLEEP)
+    report = sweep(
+        settings, TripStores(stores.trips, stores.trail, stores.archive), now_ms=10**15, retrier=NO_SLEEP
+    )
     assert report.orphaned
     with caplog.at_level(logging.WARNING):
         run(pipeline, records[half:])
@@ -186,7 +188,7 @@ def test_the_executor_fails_the_batch_when_vehicles_stay_contended(settings: Set
 
     stores = memory_stores()
     stores = MemoryStores(
-        AlwaysMoved(), stores.vehicle_state, stores.dead_letters, stores.vault, stores.archive
+        AlwaysMoved(), stores.trail, stores.vehicle_state, stores.dead_letters, stores.vault, stores.archive
     )
     with pytest.raises(TransientError) as raised:
         run(Pipeline(settings, stores, KEY, NO_SLEEP), shard_records(fixture("trips.jsonl")))
@@ -208,7 +210,9 @@ def test_the_sweep_finishes_its_own_claim_when_a_later_step_failed(settings: Set
     stores = open_trips(settings)
     open_ids = {i.tripId for i in stores.trips.items.values() if i.status != "IDLE"}
     stores.archive.fail_next = [TransientError("SlowDown")]  # after the claim landed
-    report = sweep(settings, TripStores(stores.trips, stores.archive), now_ms=10**15, retrier=NO_SLEEP)
+    report = sweep(
+        settings, TripStores(stores.trips, stores.trail, stores.archive), now_ms=10**15, retrier=NO_SLEEP
+    )
     assert (set(report.orphaned), report.lost_race) == (open_ids, 0)
     assert all(i.status == "IDLE" and not i.outbox for i in stores.trips.items.values())
     assert open_ids <= {trip_id for _pv, trip_id in stores.archive.index}
@@ -228,7 +232,9 @@ def test_the_sweep_leaves_a_trip_to_the_processor_that_wrote_meanwhile(settings:
 
     racing = ProcessorWroteFirst()
     racing.items = dict(stores.trips.items)
-    report = sweep(settings, TripStores(racing, stores.archive), now_ms=10**15, retrier=NO_SLEEP)
+    report = sweep(
+        settings, TripStores(racing, stores.trail, stores.archive), now_ms=10**15, retrier=NO_SLEEP
+    )
     assert report.orphaned == [] and report.lost_race == sum(
         1 for i in stores.trips.items.values() if i.status != "IDLE"
     )

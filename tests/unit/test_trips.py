@@ -1,4 +1,5 @@
-"""The trip state machine: every transition and boundary, and exactly-once effects under replay."""
+"""The trip state machine: every transition and boundary, and exactly-once effects under replay; and the
+archive computed from the trail's rows (``processors.archive``: fill-forward, battery source, aggregates)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.trip_items import BREADCRUMB_TTL_SECONDS, breadcrumb_item, state_fields, state_from_item
+from processors.archive import archive_trip, read_gzip_json
+from processors.trail import Crumb, crumb_of
+from processors.trip_items import state_fields, state_from_item
 from processors.trips import (
-    Breadcrumb,
     CompletedTrip,
     EndReason,
     TripEffects,
@@ -22,8 +24,7 @@ from processors.trips import (
     complete,
     trip_id,
 )
-from schemas.dynamo import from_item
-from schemas.items import BreadcrumbItem, TripStateItem
+from schemas.items import TripIndexItem, TripStateItem
 from schemas.records import Location, StreamPosition, VehicleReading
 
 PV = "4f0c9a7e11b2c3d4e5f60718293a4b5c"
@@ -59,6 +60,29 @@ class Run:
     def status(self) -> TripStatus:
         return self.state.trip.status if self.state.trip else TripStatus.IDLE
 
+    @property
+    def count(self) -> int:
+        assert self.state.trip is not None
+        return self.state.trip.breadcrumb_count
+
+
+def crumbs_of(readings: list[VehicleReading]) -> list[Crumb]:
+    return [c for c in map(crumb_of, readings) if c is not None]
+
+
+def archived(
+    trip: CompletedTrip, readings: list[VehicleReading]
+) -> tuple[list[dict[str, Any]], TripIndexItem]:
+    body, item = archive_trip(trip, crumbs_of(readings))
+    return read_gzip_json(body), item
+
+
+def open_trip(run: Run, readings: list[VehicleReading]) -> tuple[list[dict[str, Any]], TripIndexItem]:
+    """The archive the open trip would get if the sweep completed it now."""
+    assert run.state.trip is not None
+    trip = complete(PV, run.state, run.state.trip, EndReason.ORPHAN, readings[-1].event_time_ms)
+    return archived(trip, readings)
+
 
 def test_a_trip_starts_strictly_above_the_start_speed_with_a_deterministic_id() -> None:
     run = Run().feed(at(0, 0), at(1, 5.0))
@@ -72,7 +96,7 @@ def test_a_trip_starts_strictly_above_the_start_speed_with_a_deterministic_id() 
 def test_a_vehicle_already_moving_when_first_seen_starts_at_its_first_record() -> None:
     run = Run().feed(at(0, 40), at(1, 41))
     assert run.state.trip is not None and run.state.trip.start_time_ms == T0
-    assert [b.time_ms for b in run.effects.breadcrumbs] == [T0, T0 + 1000]
+    assert run.count == 2
 
 
 def test_ending_starts_at_or_below_the_end_speed_and_the_gap_timer_starts_there() -> None:
@@ -88,7 +112,7 @@ def test_moving_again_before_the_gap_resumes_the_same_trip() -> None:
     assert run.status() is TripStatus.ACTIVE
     assert run.effects.completed == []
     assert run.state.trip is not None and run.state.trip.trip_id == trip_id(PV, T0)
-    assert run.state.trip.stats.breadcrumbs == 5  # the wait belongs to the continuing trip
+    assert run.count == 5  # the wait belongs to the continuing trip
 
 
 def test_creeping_below_the_start_speed_neither_resumes_nor_resets_the_gap() -> None:
@@ -109,17 +133,22 @@ def test_the_gap_boundary_is_inclusive() -> None:
 
 
 def test_the_archived_trip_ends_at_the_stop_and_excludes_the_wait() -> None:
-    run = Run().feed(at(0, 30, batteryLevel=80), at(60, 40, batteryLevel=79), at(120, 0.5, batteryLevel=78))
-    run.feed(at(200, 0, batteryLevel=77), at(250, 2, batteryLevel=77))  # waiting out the gap
-    run.feed(at(420, 0))
+    readings = [at(0, 30, batteryLevel=80), at(60, 40, batteryLevel=79), at(120, 0.5, batteryLevel=78)]
+    readings += [at(200, 0, batteryLevel=77), at(250, 2, batteryLevel=77)]  # waiting out the gap
+    readings += [at(420, 0)]
+    run = Run().feed(*readings)
     (trip,) = run.effects.completed
     assert trip.start_time_ms == T0
     assert trip.end_time_ms == T0 + 120_000  # the stop
-    assert trip.breadcrumbs == 3  # start, cruise, stop; not the two while waiting
-    assert (trip.start_battery, trip.end_battery) == (80.0, 78.0)
-    assert trip.max_speed_mph == 40
-    assert trip.end_location == Location(39.7 + 120 / 10_000, -104.9)
-    assert trip.distance_miles > 0
+    assert trip.completion_ms == T0 + 420_000  # R: the completing record's arrival (never before its t)
+    rows, item = archived(trip, readings)
+    assert item.breadcrumbCount == len(rows) == 3  # start, cruise, stop; not the two while waiting
+    assert (item.startBattery, item.endBattery) == (80.0, 78.0)
+    assert item.maxSpeedMph == 40
+    assert item.endLocation is not None
+    assert (item.endLocation.lat, item.endLocation.lng) == (39.7 + 120 / 10_000, -104.9)
+    assert item.distanceMiles > 0
+    assert item.expiresAt == (T0 + 420_000) // 1000 + 90 * 86400  # from max(end, completion)
 
 
 def test_the_completing_record_may_start_the_next_trip() -> None:
@@ -131,59 +160,71 @@ def test_the_completing_record_may_start_the_next_trip() -> None:
 
 def test_duplicates_and_late_records_change_nothing() -> None:
     run = Run().feed(at(0, 30), at(2, 31))
-    before = (state_fields(run.state), list(run.effects.breadcrumbs))
+    before = (state_fields(run.state), list(run.effects.completed), list(run.effects.seals))
     run.feed(at(2, 31), at(1, 99), at(0, 30))
-    assert (state_fields(run.state), run.effects.breadcrumbs) == before
+    assert (state_fields(run.state), run.effects.completed, run.effects.seals) == before
 
 
 def test_records_without_speed_never_move_the_machine() -> None:
     assert Run().feed(at(0, None), at(1, None, batteryLevel=50)).status() is TripStatus.IDLE
     run = Run().feed(at(0, 30), at(1, None, located=True))
     assert run.status() is TripStatus.ACTIVE
-    assert run.state.trip is not None and run.state.trip.stats.breadcrumbs == 2
+    assert run.count == 2
 
 
 def test_delta_records_are_completed_from_the_values_last_seen_in_the_trip() -> None:
-    run = Run().feed(
+    readings = [
         at(0, 30, heading=90, odometer=100.0, batteryLevel=80),
         at(1, None, located=True),
         at(2, 32, located=False, batteryLevel=79),
         at(3, None, located=True, heading=95),
-    )
-    crumbs = [(b.vehicle_speed, b.heading, b.odometer, b.battery_level) for b in run.effects.breadcrumbs]
-    assert crumbs == [(30, 90, 100.0, 80), (30, 90, 100.0, 80), (32, 95, 100.0, 79)]
+    ]
+    rows, _ = open_trip(Run().feed(*readings), readings)
+    filled = [(r["vehicleSpeed"], r["heading"], r["odometer"], r["batteryLevel"]) for r in rows]
+    assert filled == [(30, 90, 100.0, 80), (30, 90, 100.0, 80), (32, 95, 100.0, 79)]
 
 
-def battery_figures(run: Run) -> tuple[list[float | None], float | None, float | None]:
-    trip = run.state.trip
-    assert trip is not None
-    return [b.battery_level for b in run.effects.breadcrumbs], trip.start_battery, trip.stats.end_battery
+def battery_figures(
+    run: Run, readings: list[VehicleReading]
+) -> tuple[list[float | None], float | None, float | None]:
+    rows, item = open_trip(run, readings)
+    return [r.get("batteryLevel") for r in rows], item.startBattery, item.endBattery
 
 
 def test_a_vehicle_reporting_battery_level_never_takes_soc_for_it() -> None:
     """Soc (BMS) and BatteryLevel (displayed) differ by a few percent: mixing them made figures flap."""
-    run = Run().feed(
+    readings = [
         at(0, 30, batteryLevel=80, soc=83),
         at(1, 31, soc=82.5),
         at(2, 32, batteryLevel=79, soc=82),
         at(3, 33, soc=81.5),
-    )
-    assert battery_figures(run) == ([80, 80, 79, 79], 80, 79)
+    ]
+    run = Run().feed(*readings)
+    assert battery_figures(run, readings) == ([80, 80, 79, 79], 80, 79)
     assert run.state.reports_battery_level
-    # The next trip too, though it starts on a record without batteryLevel.
-    run.feed(at(4, 0), at(400, 30, soc=80.5), at(401, 31, batteryLevel=77))
-    assert battery_figures(run)[1:] == (77, 77)
+    # The next trip too, though it starts on a record without batteryLevel: the vehicle is known to
+    # report it (``reports_battery_level`` travels with the completed trip).
+    run.feed(at(4, 0))
+    following = [at(400, 30, soc=80.5), at(401, 31, soc=80)]  # created in stream order
+    run.feed(*following)
+    assert battery_figures(run, following) == ([None, None], None, None)
+    following.append(at(402, 31, batteryLevel=77))
+    run.feed(following[-1])
+    assert battery_figures(run, following) == ([None, None, 77], 77, 77)
 
 
 def test_a_vehicle_that_never_reports_battery_level_falls_back_to_soc() -> None:
-    run = Run().feed(at(0, 30, soc=82.5), at(1, 31), at(2, 32, soc=82))
-    assert battery_figures(run) == ([82.5, 82.5, 82], 82.5, 82)
+    readings = [at(0, 30, soc=82.5), at(1, 31), at(2, 32, soc=82)]
+    run = Run().feed(*readings)
+    assert battery_figures(run, readings) == ([82.5, 82.5, 82], 82.5, 82)
     assert not run.state.reports_battery_level
 
 
-def test_a_first_battery_level_mid_trip_replaces_the_soc_figures() -> None:
-    run = Run().feed(at(0, 30, soc=82.5), at(1, 31, batteryLevel=80), at(2, 32, soc=81))
-    assert battery_figures(run) == ([82.5, 80, 80], 80, 80)
+def test_a_first_battery_level_mid_trip_makes_it_the_source_for_the_whole_trip() -> None:
+    """A deliberate change (proposal §3.3): the archive is a function of the trail's record set, so a trip
+    that learns ``batteryLevel`` midway uses it for its whole trail (its earlier rows carry none)."""
+    readings = [at(0, 30, soc=82.5), at(1, 31, batteryLevel=80), at(2, 32, soc=81)]
+    assert battery_figures(Run().feed(*readings), readings) == ([None, 80, 80], 80, 80)
 
 
 def test_what_a_vehicle_reports_is_learned_from_its_trips_and_persisted_with_them() -> None:
@@ -208,13 +249,20 @@ def test_long_trips_seal_segments_of_fixed_size() -> None:
 
 
 def test_orphan_completion_ends_an_ending_trip_at_its_stop_and_an_active_one_at_its_last_record() -> None:
+    now = T0 + 3_600_000
     ending = Run().feed(at(0, 30), at(10, 0), at(20, 0))
     assert ending.state.trip is not None
-    assert complete(PV, ending.state.trip, EndReason.ORPHAN).end_time_ms == T0 + 10_000
-    active = Run().feed(at(0, 30), at(10, 35))
+    assert complete(PV, ending.state, ending.state.trip, EndReason.ORPHAN, now).end_time_ms == T0 + 10_000
+    readings = [at(0, 30), at(10, 35)]
+    active = Run().feed(*readings)
     assert active.state.trip is not None
-    orphan = complete(PV, active.state.trip, EndReason.ORPHAN)
-    assert (orphan.end_time_ms, orphan.breadcrumbs, orphan.end_reason) == (T0 + 10_000, 2, EndReason.ORPHAN)
+    orphan = complete(PV, active.state, active.state.trip, EndReason.ORPHAN, now)
+    assert (orphan.end_time_ms, orphan.completion_ms, orphan.end_reason) == (
+        T0 + 10_000,
+        now,  # R: the sweep's clock
+        EndReason.ORPHAN,
+    )
+    assert archived(orphan, readings)[1].breadcrumbCount == 2
 
 
 def test_a_rarely_reporting_trip_is_staged_at_least_every_12_hours_of_event_time() -> None:
@@ -245,7 +293,7 @@ def test_a_redelivery_skips_a_record_the_clean_pass_found_idle_before_an_earlier
     persisted = state_from_item(TripStateItem(**state_fields(clean.state), lastUpdate="x"))
     redelivered = Run(state=persisted).feed(idle, moving)  # a crash before the checkpoint
     assert state_fields(redelivered.state) == state_fields(clean.state)
-    assert redelivered.effects.breadcrumbs == []
+    assert not redelivered.effects.changed and redelivered.effects.completed == []
 
 
 # --- replay: any redelivery, any batching, any crash point -> the same effects as one clean pass ------
@@ -270,11 +318,9 @@ def streams(draw: st.DrawFn) -> list[VehicleReading]:
     return readings
 
 
-def effects_of(
-    breadcrumbs: list[Breadcrumb], completed: list[CompletedTrip]
-) -> tuple[dict[int, Breadcrumb], dict[str, CompletedTrip]]:
+def effects_of(completed: list[CompletedTrip]) -> dict[str, CompletedTrip]:
     """Idempotent writes keyed as the stores key them: the last write of a key wins."""
-    return {b.time_ms: b for b in breadcrumbs}, {c.trip_id: c for c in completed}
+    return {c.trip_id: c for c in completed}
 
 
 @settings(max_examples=1000, deadline=None)
@@ -314,26 +360,28 @@ def test_redelivery_batching_and_crashes_yield_the_effects_of_one_clean_pass(
 
     final = state_from_item(stored) if stored else VehicleTrips(PV)
     assert state_fields(final) == state_fields(clean.state)
-    assert effects_of(out.breadcrumbs, out.completed) == effects_of(
-        clean.effects.breadcrumbs, clean.effects.completed
-    )
-    assert {(s.index, s.from_ms, s.to_ms) for s in out.seals} == {
-        (s.index, s.from_ms, s.to_ms) for s in clean.effects.seals
+    assert effects_of(out.completed) == effects_of(clean.effects.completed)
+    assert set(out.seals) == set(clean.effects.seals)
+
+
+def test_an_archive_row_has_the_stored_format_and_its_index_the_aggregates() -> None:
+    readings = [
+        at(0, 31.5, odometer=22683.6, batteryLevel=75.0),
+        at(1.25, 32, located=False, heading=10),
+        at(2.5, 0),
+        at(400, 0),
+    ]
+    (trip,) = Run().feed(*readings).effects.completed
+    rows, item = archived(trip, readings)
+    assert rows[0] == {
+        "timestamp": "2025-03-05T14:32:01.000Z",
+        "lat": 39.7,
+        "lng": -104.9,
+        "vehicleSpeed": 31.5,
+        "odometer": 22683.6,
+        "batteryLevel": 75.0,
     }
-
-
-def test_a_breadcrumb_is_stored_in_the_shape_of_its_schema() -> None:
-    crumb = Breadcrumb(PV, trip_id(PV, T0), T0 + 1_250, 39.7392, -104.9903, 31.5, None, 22683.6, 75.0)
-    item = breadcrumb_item(crumb)
-    assert item["lat"] == {"N": "39.7392"} and "heading" not in item
-    assert BreadcrumbItem.model_validate(from_item(item)) == BreadcrumbItem(
-        pseudoVin=PV,
-        timestamp="2025-03-05T14:32:02.250Z",
-        tripId="trip_20250305_143201_4f0c9a",
-        lat=39.7392,
-        lng=-104.9903,
-        vehicleSpeed=31.5,
-        odometer=22683.6,
-        batteryLevel=75.0,
-        expiresAt=(T0 + 1_250) // 1000 + BREADCRUMB_TTL_SECONDS,
-    )
+    assert rows[1]["heading"] == 10 and rows[1]["vehicleSpeed"] == 0
+    assert (item.breadcrumbCount, item.maxSpeedMph, item.durationSeconds) == (2, 32.0, 2)
+    assert abs(item.avgSpeedMph - item.distanceMiles / (2 / 3600)) < 1  # from the unrounded distance
+    assert archive_trip(trip, crumbs_of(readings[::-1] * 2)) == archive_trip(trip, crumbs_of(readings))

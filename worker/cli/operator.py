@@ -110,11 +110,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     from worker.aws import AwsClients
-    from worker.inspection import trip_report, vehicle_report
+    from worker.inspection import trail_report, trip_report, vehicle_report
 
     clients = AwsClients(settings)
     if args.what == "vehicle":
         lines = vehicle_report(settings, clients, args.pseudo_vin)
+    elif args.what == "trail":
+        now_ms = int(time.time() * 1000)
+        to_ms = int(args.to.timestamp() * 1000) if args.to else now_ms
+        from_ms = int(args.since.timestamp() * 1000) if args.since else to_ms - 3600_000
+        lines = trail_report(settings, clients, args.pseudo_vin, from_ms, to_ms, now_ms)
     else:
         lines = trip_report(settings, clients, args.trip_id, args.vehicle)
     for line in lines:
@@ -171,14 +176,16 @@ def register(add: AddCommand) -> None:
     )
 
     p = add(
-        "inspect", cmd_inspect, "Print what is stored about one vehicle or one trip (read-only, no VINs)."
+        "inspect",
+        cmd_inspect,
+        "Print what is stored about one vehicle, one trip or a vehicle's trail (read-only, no VINs).",
     )
     what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     vehicle = what.add_parser(
         "vehicle",
-        help="latest values, trip machine, live breadcrumbs and recent archived trips of a vehicle",
-        description="Latest values (vehicle-state), the trip machine (trip-state), the live breadcrumb "
-        "count and the most recent archived trips (trips-index) of one vehicle.",
+        help="latest values, trip machine, live trail and recent archived trips of a vehicle",
+        description="Latest values (vehicle-state), the trip machine (trip-state), the live trail's "
+        "bucket count and the most recent archived trips (trips-index) of one vehicle.",
     )
     vehicle.add_argument(
         "pseudo_vin", metavar="PSEUDO_VIN", help="the vehicle's pseudoVin (32 hex characters)"
@@ -195,3 +202,15 @@ def register(add: AddCommand) -> None:
         metavar="PSEUDO_VIN",
         help="the trip's vehicle: a direct read instead of a query by the trip's date",
     )
+    trail = what.add_parser(
+        "trail",
+        help="a vehicle's trail (live-breadcrumbs) over a time range, as the live map reads it",
+        description="The points of a vehicle's trail between --from and --to (default: the last hour), "
+        "read as the live map reads them: eventually consistent, crumbs older than 24 h left out, speed, "
+        "heading, odometer and battery filled forward within the range.",
+    )
+    trail.add_argument("pseudo_vin", metavar="PSEUDO_VIN", help="the vehicle's pseudoVin (32 hex characters)")
+    trail.add_argument(
+        "--from", dest="since", type=iso_time, help="ISO 8601 start (UTC if no zone; default --to - 1 h)"
+    )
+    trail.add_argument("--to", type=iso_time, help="ISO 8601 end (UTC if no zone; default now)")

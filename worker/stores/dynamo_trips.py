@@ -1,4 +1,4 @@
-"""``DynamoTripStore``: the ``TripStore`` port on the ``trip-state`` and ``live-breadcrumbs`` tables."""
+"""``DynamoTripStore``: the ``TripStore`` port on the ``trip-state`` table."""
 
 from __future__ import annotations
 
@@ -8,18 +8,14 @@ from typing import TYPE_CHECKING, Any, cast
 from botocore.exceptions import ClientError
 
 from processors.errors import StaleTripState
-from processors.signals import format_time
-from processors.trip_items import breadcrumb_item
-from processors.trips import Breadcrumb
 from schemas.dynamo import from_item, to_item
-from schemas.items import BreadcrumbItem, TripStateItem
+from schemas.items import TripStateItem
 from worker.aws import aws_error_code
 from worker.retry import DEFAULT, UNPROCESSED, Retrier
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-BATCH_WRITE_LIMIT = 25
 BATCH_GET_LIMIT = 100
 
 
@@ -28,13 +24,10 @@ class DynamoTripStore:
     ``lastUpdate`` being what the writer last saw, so a zombie processor or the orphan sweeper can never
     overwrite a newer state unnoticed: the loser gets the current item back (``StaleTripState``)."""
 
-    def __init__(
-        self, dynamodb: DynamoDBClient, trip_table: str, breadcrumb_table: str, retrier: Retrier = DEFAULT
-    ) -> None:
+    def __init__(self, dynamodb: DynamoDBClient, trip_table: str, retrier: Retrier = DEFAULT) -> None:
         self._dynamodb = dynamodb
         self._retrier = retrier
         self.trip_table = trip_table
-        self.breadcrumb_table = breadcrumb_table
 
     def load(self, pseudo_vins: Sequence[str]) -> dict[str, TripStateItem]:
         """Current items of these vehicles (strongly consistent); absent vehicles have no item."""
@@ -79,46 +72,6 @@ class DynamoTripStore:
             raw = cast(dict[str, Any] | None, failed.response.get("Item"))
             current = TripStateItem.model_validate(from_item(raw)) if raw else None
             raise StaleTripState(item.pseudoVin, current) from None
-
-    def put_breadcrumbs(self, crumbs: Sequence[Breadcrumb]) -> int:
-        """BatchWriteItem in 25s, re-sending UnprocessedItems (``retry.UNPROCESSED``). Returns requests."""
-
-        def write(chunk: list[Any]) -> list[Any]:
-            response = self._dynamodb.batch_write_item(RequestItems={self.breadcrumb_table: chunk})
-            return list((response.get("UnprocessedItems") or {}).get(self.breadcrumb_table, []))
-
-        pending: list[Any] = [{"PutRequest": {"Item": breadcrumb_item(c)}} for c in crumbs]
-        return sum(
-            self._retrier.drain(
-                UNPROCESSED, write, pending[i : i + BATCH_WRITE_LIMIT], "breadcrumbs_unprocessed"
-            )
-            for i in range(0, len(pending), BATCH_WRITE_LIMIT)
-        )
-
-    def breadcrumbs(self, pseudo_vin: str, trip_id: str, from_ms: int, to_ms: int) -> list[BreadcrumbItem]:
-        """A trip's breadcrumbs with ``from_ms <= time <= to_ms``, in time order (strongly consistent)."""
-        if to_ms < from_ms:
-            return []
-        query: dict[str, Any] = {
-            "TableName": self.breadcrumb_table,
-            "ConsistentRead": True,
-            "KeyConditionExpression": "pseudoVin = :pv AND #ts BETWEEN :from AND :to",
-            "FilterExpression": "tripId = :trip",
-            "ExpressionAttributeNames": {"#ts": "timestamp"},
-            "ExpressionAttributeValues": {
-                ":pv": {"S": pseudo_vin},
-                ":from": {"S": format_time(from_ms)},
-                ":to": {"S": format_time(to_ms)},
-                ":trip": {"S": trip_id},
-            },
-        }
-        crumbs: list[BreadcrumbItem] = []
-        while True:
-            page = self._dynamodb.query(**query)
-            crumbs += [BreadcrumbItem.model_validate(from_item(raw)) for raw in page["Items"]]
-            if "LastEvaluatedKey" not in page:
-                return crumbs
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def scan(self) -> Iterator[TripStateItem]:
         """Every trip-state item (the orphan sweep's input)."""

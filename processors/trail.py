@@ -1,0 +1,370 @@
+"""The trail: every accepted record with a trail field, packed into 15 s buckets of ``live-breadcrumbs``.
+
+Pure: the crumb codec, packing into per-bucket merges, the retry remainder of a failed conditional merge,
+the selection of a trip's rows and the live map's points. The store is a port
+(``processors.ports.TrailStore``; ``worker/stores/dynamo_trail.py``).
+
+**A crumb carries no trip label** (proposal §2.1, D3): its bytes are a function of the record alone, so two
+writers of the same record (a zombie, a redelivery, the live processor) write the same string, and trip
+membership is decided from the span at archive time (``trip_rows``).
+
+**Item**: PK ``pseudoVin``, SK ``bucket`` (epoch s, multiple of 15), TTL ``expiresAt``, and one top-level
+attribute per 10 ms slot: name ``str((t - bucket*1000) // 10)``, value
+``f"{t % 10}{999999999 - delay_s:09d}{lat},{lng},{speed},{heading},{odometer},{batteryLevel},{soc}"``
+(numbers in their shortest round-trip form, absent fields empty, trailing commas trimmed).
+
+**Merge rule = max**: a slot keeps the greatest string ever written to it; ``expiresAt`` is a max-register
+(max arrival s + 24 h). Commutative, associative, idempotent: the item is a function of the record set,
+whatever the order, writer or batching. A Tesla resend of one sample wins with its *earlier* arrival
+(larger inverted delay); two samples in one 10 ms slot resolve by the ms digit, then content.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from schemas.records import VehicleReading
+
+TRAIL_BUCKET_SECONDS = 15
+TRAIL_TTL_SECONDS = 86_400
+SLOT_MS = 10
+DELAY_DIGITS = 9
+MAX_DELAY_SECONDS = 10**DELAY_DIGITS - 1
+"""The inverted arrival delay has nine digits (31 years): the proposal's six (11.5 days) cover the shipped
+``FLEET_MAX_EVENT_AGE_HOURS`` (168 h) but not a deployment or test configured for older records, whose
+clamped arrival would put ``expiresAt`` in the past and drop them from every archive. Three bytes a crumb:
+a full 1 Hz bucket stays under 1 KB."""
+TRAIL_SIGNALS = ("location", "vehicleSpeed", "heading", "odometer", "batteryLevel", "soc")
+KEY_ATTRIBUTES = ("pseudoVin", "bucket", "expiresAt")
+
+
+@dataclass(frozen=True, slots=True)
+class Crumb:
+    """One record's trail fields. ``arrival_ms`` is whole seconds, never before ``t_ms``'s second (the codec
+    keeps the arrival second only; ``crumb_of`` normalises)."""
+
+    t_ms: int
+    arrival_ms: int
+    lat: float | None
+    lng: float | None
+    vehicle_speed: float | None
+    heading: float | None
+    odometer: float | None
+    battery_level: float | None
+    soc: float | None
+
+    @property
+    def arrival_s(self) -> int:
+        return self.arrival_ms // 1000
+
+    @property
+    def located(self) -> bool:
+        return self.lat is not None and self.lng is not None
+
+
+def _number(value: object) -> float | None:
+    """A trail field's value: a finite number, else absent (never an error: this runs on every accepted
+    record, outside the per-record boundary)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def crumb_of(reading: VehicleReading) -> Crumb | None:
+    """The reading's crumb (its own values, no carry-forward), None when it has no trail field at all."""
+    signals = reading.signals
+    location = reading.location
+    fields = (
+        _number(signals.get("vehicleSpeed")),
+        _number(signals.get("heading")),
+        _number(signals.get("odometer")),
+        _number(signals.get("batteryLevel")),
+        _number(signals.get("soc")),
+    )
+    lat = lng = None
+    if location is not None and math.isfinite(location.lat) and math.isfinite(location.lng):
+        lat, lng = float(location.lat), float(location.lng)
+    if lat is None and all(value is None for value in fields):
+        return None
+    t = reading.event_time_ms
+    delay = min(MAX_DELAY_SECONDS, max(0, reading.position.arrival_ms // 1000 - t // 1000))
+    return Crumb(t, (t // 1000 + delay) * 1000, lat, lng, *fields)
+
+
+def bucket_of(t_ms: int) -> int:
+    """The bucket (epoch seconds, a multiple of ``TRAIL_BUCKET_SECONDS``) holding event time ``t_ms``."""
+    return t_ms // 1000 // TRAIL_BUCKET_SECONDS * TRAIL_BUCKET_SECONDS
+
+
+def slot_of(t_ms: int) -> str:
+    return str((t_ms - bucket_of(t_ms) * 1000) // SLOT_MS)
+
+
+def _text(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))  # "225", not "225.0": decoded back to the same float
+    return orjson.dumps(value).decode()
+
+
+def encode(crumb: Crumb) -> str:
+    """The slot value of ``crumb`` (see the module docstring)."""
+    delay = min(MAX_DELAY_SECONDS, max(0, crumb.arrival_ms // 1000 - crumb.t_ms // 1000))
+    values = (
+        crumb.lat,
+        crumb.lng,
+        crumb.vehicle_speed,
+        crumb.heading,
+        crumb.odometer,
+        crumb.battery_level,
+        crumb.soc,
+    )
+    body = ",".join(map(_text, values)).rstrip(",")
+    return f"{crumb.t_ms % 10}{MAX_DELAY_SECONDS - delay:0{DELAY_DIGITS}d}{body}"
+
+
+def decode(bucket: int, slot: str, value: str) -> Crumb:
+    """The crumb stored in ``slot`` of ``bucket``: ``decode(b, slot_of(c.t_ms), encode(c)) == c``."""
+    t = bucket * 1000 + int(slot) * SLOT_MS + int(value[0])
+    delay = MAX_DELAY_SECONDS - int(value[1 : 1 + DELAY_DIGITS])
+    parts = value[1 + DELAY_DIGITS :].split(",")
+    parts += [""] * (7 - len(parts))
+    lat, lng, speed, heading, odometer, battery, soc = (float(p) if p else None for p in parts)
+    return Crumb(t, (t // 1000 + delay) * 1000, lat, lng, speed, heading, odometer, battery, soc)
+
+
+def decode_item(item: Mapping[str, Any]) -> list[Crumb]:
+    """Every crumb of a stored bucket item (plain values, as ``schemas.dynamo.from_item`` gives)."""
+    bucket = int(item["bucket"])
+    return [
+        decode(bucket, name, value)
+        for name, value in item.items()
+        if name not in KEY_ATTRIBUTES and isinstance(value, str)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketMerge:
+    """Slots to max-merge into one bucket item, and the ``expiresAt`` it must reach at least."""
+
+    pseudo_vin: str
+    bucket: int
+    slots: Mapping[str, str]
+    expires_at: int
+
+
+def pack(pseudo_vin: str, crumbs: Iterable[Crumb]) -> list[BucketMerge]:
+    """One merge per bucket, slots max-merged: the same for any order or duplication of ``crumbs``."""
+    slots: dict[int, dict[str, str]] = {}
+    expires: dict[int, int] = {}
+    for crumb in crumbs:
+        bucket = bucket_of(crumb.t_ms)
+        bucket_slots = slots.setdefault(bucket, {})
+        name, value = slot_of(crumb.t_ms), encode(crumb)
+        if value > bucket_slots.get(name, ""):
+            bucket_slots[name] = value
+        expires[bucket] = max(expires.get(bucket, 0), crumb.arrival_s + TRAIL_TTL_SECONDS)
+    return [BucketMerge(pseudo_vin, b, slots[b], expires[b]) for b in sorted(slots)]
+
+
+def combine(a: BucketMerge, b: BucketMerge) -> BucketMerge:
+    """Both merges as one (same vehicle and bucket): slot max, ``expires_at`` max."""
+    if (a.pseudo_vin, a.bucket) != (b.pseudo_vin, b.bucket):
+        raise ValueError("combine needs merges of the same bucket")
+    slots = dict(a.slots)
+    for name, value in b.slots.items():
+        if value > slots.get(name, ""):
+            slots[name] = value
+    return replace(a, slots=slots, expires_at=max(a.expires_at, b.expires_at))
+
+
+@dataclass(frozen=True, slots=True)
+class Remainder:
+    """What of a merge still has to be written: slots that beat the stored ones, and ``expiresAt`` when it
+    raises the stored one (None: leave it)."""
+
+    slots: Mapping[str, str]
+    expires_at: int | None
+
+
+def outstanding(merge: BucketMerge, stored_item: Mapping[str, Any] | None) -> Remainder | None:
+    """After a failed conditional merge: only what still beats ``stored_item`` (plain values, the
+    ``ALL_OLD`` item), or None when the stored item already reflects the whole merge."""
+    stored = stored_item or {}
+    slots = {name: value for name, value in merge.slots.items() if value > str(stored.get(name, ""))}
+    current = stored.get("expiresAt")
+    expires = merge.expires_at if current is None or int(current) < merge.expires_at else None
+    if not slots and expires is None:
+        return None
+    return Remainder(slots, expires)
+
+
+def _canonical(crumbs: Iterable[Crumb]) -> list[tuple[Crumb, str]]:
+    """The crumbs as the store would hold them (slot max), sorted by (t, encoded value)."""
+    best: dict[tuple[int, str], tuple[Crumb, str]] = {}
+    for crumb in crumbs:
+        key, value = (bucket_of(crumb.t_ms), slot_of(crumb.t_ms)), encode(crumb)
+        held = best.get(key)
+        if held is None or value > held[1]:
+            best[key] = (crumb, value)
+    return sorted(best.values(), key=lambda pair: (pair[0].t_ms, pair[1]))
+
+
+def trip_rows(crumbs: Iterable[Crumb], start_ms: int, end_ms: int, completion_ms: int) -> list[Crumb]:
+    """A trip's rows: crumbs with ``start <= t <= end`` that arrived by its completion point R
+    (``arrival_s <= R//1000``) and were unexpired at R (``arrival_s + 86400 > R//1000``), one per slot
+    (the max), sorted by (t, encoded value). Defined against R, never the wall clock: a re-archive reads
+    the same rows."""
+    r = completion_ms // 1000
+    return [
+        crumb
+        for crumb, _ in _canonical(crumbs)
+        if start_ms <= crumb.t_ms <= end_ms and crumb.arrival_s <= r < crumb.arrival_s + TRAIL_TTL_SECONDS
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class TrailPoint:
+    """A point of the live map's polyline: a located crumb, its other values filled forward."""
+
+    t_ms: int
+    lat: float
+    lng: float
+    vehicle_speed: float | None
+    heading: float | None
+    odometer: float | None
+    battery_level: float | None
+
+
+def trail_points(
+    crumbs: Iterable[Crumb], from_ms: int, to_ms: int, now_ms: int, *, fill_forward: bool = True
+) -> list[TrailPoint]:
+    """The live map's trail: crumbs with ``from <= t <= to``, unexpired now (``arrival_s + 86400 >
+    now_s``: TTL deletes lazily, expired items are filtered, not trusted to be gone), in (t, value) order;
+    speed, heading, odometer and battery filled forward *within the range* (values before ``from_ms`` are
+    not carried in). Rows without a location only feed the fill-forward. Battery is ``batteryLevel`` if
+    any row has it, else ``soc``."""
+    now_s = now_ms // 1000
+    rows = [
+        c
+        for c, _ in _canonical(crumbs)
+        if from_ms <= c.t_ms <= to_ms and c.arrival_s + TRAIL_TTL_SECONDS > now_s
+    ]
+    use_level = any(c.battery_level is not None for c in rows)
+    points: list[TrailPoint] = []
+    speed = heading = odometer = battery = None
+    for crumb in rows:
+        level = crumb.battery_level if use_level else crumb.soc
+        if fill_forward:
+            speed = crumb.vehicle_speed if crumb.vehicle_speed is not None else speed
+            heading = crumb.heading if crumb.heading is not None else heading
+            odometer = crumb.odometer if crumb.odometer is not None else odometer
+            battery = level if level is not None else battery
+        else:
+            speed, heading, odometer, battery = crumb.vehicle_speed, crumb.heading, crumb.odometer, level
+        if crumb.lat is not None and crumb.lng is not None:
+            points.append(TrailPoint(crumb.t_ms, crumb.lat, crumb.lng, speed, heading, odometer, battery))
+    return points
+
+
+def segment_rows(crumbs: Iterable[Crumb]) -> list[list[Any]]:
+    """Raw crumbs as a sealed segment stores them: ``[tMs, aS, lat, lng, speed, heading, odometer,
+    batteryLevel, soc]``."""
+    return [
+        [
+            c.t_ms,
+            c.arrival_s,
+            c.lat,
+            c.lng,
+            c.vehicle_speed,
+            c.heading,
+            c.odometer,
+            c.battery_level,
+            c.soc,
+        ]
+        for c in crumbs
+    ]
+
+
+def from_segment_rows(rows: Iterable[list[Any]]) -> list[Crumb]:
+    def number(value: Any) -> float | None:
+        return None if value is None else float(value)
+
+    crumbs = []
+    for row in rows:
+        lat, lng, speed, heading, odometer, battery, soc = (number(v) for v in row[2:9])
+        crumbs.append(
+            Crumb(int(row[0]), int(row[1]) * 1000, lat, lng, speed, heading, odometer, battery, soc)
+        )
+    return crumbs
+
+
+CHUNK_SLOTS = 60
+"""Slots per UpdateItem: 4 operators and <= 50 condition characters a slot keep a chunk (with the
+``expiresAt`` clauses) within DynamoDB's 300 operators and 4 KB per expression."""
+
+
+def remainder_of(merge: BucketMerge) -> Remainder:
+    return Remainder(merge.slots, merge.expires_at)
+
+
+def chunks(remainder: Remainder, size: int = CHUNK_SLOTS) -> list[Remainder]:
+    """The remainder in requests of at most ``size`` slots, in slot order; each raises ``expiresAt`` too,
+    so every crumb written is covered by its TTL whichever chunk lands first."""
+    names = sorted(remainder.slots, key=int)
+    if not names:
+        return [remainder]
+    return [
+        Remainder({n: remainder.slots[n] for n in names[i : i + size]}, remainder.expires_at)
+        for i in range(0, len(names), size)
+    ]
+
+
+def update_request(table: str, pseudo_vin: str, bucket: int, remainder: Remainder) -> dict[str, Any]:
+    """The UpdateItem of one chunk: ``SET #k = :c`` per slot, each guarded ``attribute_not_exists(#k) OR
+    #k <= :c`` (the greatest string wins), ``expiresAt`` a guarded max-register; the stored item comes back
+    when a guard fails (``ALL_OLD``), for ``outstanding``."""
+    names: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    sets: list[str] = []
+    guards: list[str] = []
+    for i, (slot, value) in enumerate(remainder.slots.items()):
+        names[f"#k{i}"], values[f":c{i}"] = slot, {"S": value}
+        sets.append(f"#k{i} = :c{i}")
+        guards.append(f"(attribute_not_exists(#k{i}) OR #k{i} <= :c{i})")
+    if remainder.expires_at is not None:
+        values[":e"] = {"N": str(remainder.expires_at)}
+        sets.append("expiresAt = :e")
+        guards.append("(attribute_not_exists(expiresAt) OR expiresAt <= :e)")
+    request: dict[str, Any] = {
+        "TableName": table,
+        "Key": {"pseudoVin": {"S": pseudo_vin}, "bucket": {"N": str(bucket)}},
+        "UpdateExpression": "SET " + ", ".join(sets),
+        "ConditionExpression": " AND ".join(guards),
+        "ExpressionAttributeValues": values,
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
+    if names:
+        request["ExpressionAttributeNames"] = names
+    return request
+
+
+def remainder_outstanding(
+    remainder: Remainder, pseudo_vin: str, bucket: int, stored_item: Mapping[str, Any] | None
+) -> Remainder | None:
+    """``outstanding`` of a chunk (its ``expiresAt`` may already be dropped)."""
+    merge = BucketMerge(pseudo_vin, bucket, remainder.slots, remainder.expires_at or 0)
+    left = outstanding(merge, stored_item)
+    if left is None or remainder.expires_at is not None:
+        return left
+    return None if not left.slots else Remainder(left.slots, None)

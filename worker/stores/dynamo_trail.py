@@ -1,0 +1,114 @@
+"""``DynamoTrail``: the ``TrailStore`` port on the ``live-breadcrumbs`` table (packed 15 s buckets).
+
+The requests are built by ``processors.trail`` (pure, guards included); this module sends one UpdateItem per
+bucket chunk and, when a guard fails, re-sends only what still beats the stored item
+(``retry.TRAIL_ROUNDS``). A read-modify-write was rejected: an extra read per write, a version race per
+bucket, and two owners of one vehicle would ping-pong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from botocore.exceptions import ClientError
+
+from processors.trail import (
+    CHUNK_SLOTS,
+    BucketMerge,
+    Crumb,
+    Remainder,
+    TrailPoint,
+    bucket_of,
+    chunks,
+    decode_item,
+    encode,
+    remainder_of,
+    remainder_outstanding,
+    trail_points,
+    update_request,
+)
+from schemas.dynamo import AttributeValue, from_item
+from worker.aws import aws_error_code
+from worker.retry import TRAIL_ROUNDS
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+
+class DynamoTrail:
+    """Max-merges ``BucketMerge``s and reads crumbs back. Idempotent: re-merging changes nothing."""
+
+    def __init__(self, dynamodb: DynamoDBClient, table: str, chunk_slots: int = CHUNK_SLOTS) -> None:
+        self._dynamodb = dynamodb
+        self.table = table
+        self._chunk_slots = chunk_slots
+
+    def merge(self, merges: Sequence[BucketMerge]) -> int:
+        """Every merge, chunk by chunk; returns the UpdateItem calls made. Raised out of a later chunk, an
+        error leaves the earlier chunks stored: merging again finds them current."""
+        requests = 0
+        for merge in merges:
+            for chunk in chunks(remainder_of(merge), self._chunk_slots):
+                requests += self._merge(merge.pseudo_vin, merge.bucket, chunk)
+        return requests
+
+    def _merge(self, pseudo_vin: str, bucket: int, chunk: Remainder) -> int:
+        pending: Remainder | None = chunk
+        for rounds in TRAIL_ROUNDS:
+            assert pending is not None
+            try:
+                self._dynamodb.update_item(**update_request(self.table, pseudo_vin, bucket, pending))
+                return rounds
+            except ClientError as failed:
+                if aws_error_code(failed) != "ConditionalCheckFailedException":
+                    raise
+                stored = cast(Mapping[str, AttributeValue], failed.response.get("Item") or {})
+            pending = remainder_outstanding(pending, pseudo_vin, bucket, from_item(stored))
+            if pending is None:
+                return rounds
+        raise TRAIL_ROUNDS.exhausted(f"{TRAIL_ROUNDS.rounds} conditional rounds")
+
+    def read(self, pseudo_vin: str, from_ms: int, to_ms: int, *, consistent: bool = True) -> list[Crumb]:
+        """Crumbs with ``from_ms <= t <= to_ms`` in (t, value) order: one Query over the bucket range."""
+        if to_ms < from_ms:
+            return []
+        query: dict[str, Any] = {
+            "TableName": self.table,
+            "ConsistentRead": consistent,
+            "KeyConditionExpression": "pseudoVin = :pv AND #b BETWEEN :b0 AND :b1",
+            "ExpressionAttributeNames": {"#b": "bucket"},
+            "ExpressionAttributeValues": {
+                ":pv": {"S": pseudo_vin},
+                ":b0": {"N": str(bucket_of(from_ms))},
+                ":b1": {"N": str(bucket_of(to_ms))},
+            },
+        }
+        crumbs: list[Crumb] = []
+        while True:
+            page = self._dynamodb.query(**query)
+            for raw in page["Items"]:
+                crumbs += decode_item(from_item(raw))
+            if "LastEvaluatedKey" not in page:
+                break
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted((c for c in crumbs if from_ms <= c.t_ms <= to_ms), key=_order)
+
+    def read_trail(
+        self,
+        pseudo_vin: str,
+        from_ms: int,
+        to_ms: int,
+        now_ms: int,
+        *,
+        consistent: bool = False,
+        fill_forward: bool = True,
+    ) -> list[TrailPoint]:
+        """The live map's trail (``processors.trail.trail_points``): eventually consistent by default (half
+        the price; the map tolerates a second), expired crumbs filtered against ``now_ms``."""
+        crumbs = self.read(pseudo_vin, from_ms, to_ms, consistent=consistent)
+        return trail_points(crumbs, from_ms, to_ms, now_ms, fill_forward=fill_forward)
+
+
+def _order(crumb: Crumb) -> tuple[int, str]:
+    return crumb.t_ms, encode(crumb)
