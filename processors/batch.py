@@ -133,8 +133,8 @@ class TripPlanner:
         if item is None:
             self._vehicles[pseudo_vin] = _Vehicle(VehicleTrips(pseudo_vin), None, [])
             return
-        self._vehicles[pseudo_vin] = _Vehicle(
-            state_from_item(item), item.lastUpdate, [completed_trip(pseudo_vin, c) for c in item.outbox]
+        self._vehicles[pseudo_vin] = _Vehicle(  # a mark's version is "": no item stored
+            state_from_item(item), item.lastUpdate or None, [completed_trip(pseudo_vin, c) for c in item.outbox]
         )
 
     def plan(

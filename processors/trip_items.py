@@ -25,6 +25,7 @@ from schemas.items import (
     LocationItem,
     PositionItem,
     StopSnapshot,
+    TripMarkItem,
     TripStateItem,
 )
 from schemas.records import Location, StreamPosition
@@ -103,6 +104,8 @@ def state_fields(state: VehicleTrips) -> dict[str, Any]:
         "appliedThrough": _position(state.applied_through),
         "status": TripStatus.IDLE.value,
         "reportsBatteryLevel": state.reports_battery_level,
+        "recent": [list(r) for r in state.recent],
+        "lastTripSecond": state.last_trip_second,
     }
     trip = state.trip
     if trip is None:
@@ -145,7 +148,11 @@ def state_fields(state: VehicleTrips) -> dict[str, Any]:
 
 def state_from_item(item: TripStateItem) -> VehicleTrips:
     state = VehicleTrips(
-        item.pseudoVin, _ms(item.lastEventTime), reports_battery_level=item.reportsBatteryLevel
+        item.pseudoVin,
+        _ms(item.lastEventTime),
+        reports_battery_level=item.reportsBatteryLevel,
+        recent=[(r[0], r[1], r[2]) for r in item.recent],
+        last_trip_second=item.lastTripSecond,
     )
     if (through := item.appliedThrough) is not None:
         state.applied_through = StreamPosition(
@@ -186,6 +193,53 @@ def state_from_item(item: TripStateItem) -> VehicleTrips:
         tail_breadcrumbs=item.tailBreadcrumbs,
     )
     return state
+
+
+MARK_VERSION = ""
+"""``lastUpdate`` of an item read from a mark: there is no trip-state item (the next write creates one)."""
+
+SWEEP_SHARDS = 16
+SWEEP_QUANTUM_SECONDS = 300
+
+
+def mark_of(fields: dict[str, Any]) -> TripMarkItem | None:
+    """The mark of an idle vehicle's state (``state_fields``); None without a high-water mark."""
+    if fields.get("lastEventTime") is None:
+        return None
+    return TripMarkItem(
+        hwm=parse_time(fields["lastEventTime"]),
+        rbl=bool(fields.get("reportsBatteryLevel")),
+        recent=list(fields.get("recent") or []),
+        ts=fields.get("lastTripSecond"),
+    )
+
+
+def item_from_mark(pseudo_vin: str, mark: TripMarkItem) -> TripStateItem:
+    """An idle vehicle's state as a ``TripStateItem`` whose version says no item is stored."""
+    return TripStateItem(
+        pseudoVin=pseudo_vin,
+        status="IDLE",
+        lastEventTime=format_time(mark.hwm),
+        reportsBatteryLevel=mark.rbl,
+        recent=mark.recent,
+        lastTripSecond=mark.ts,
+        lastUpdate=MARK_VERSION,
+    )
+
+
+def is_idle(item: TripStateItem) -> bool:
+    """No open trip and nothing to archive: a mark (or an old IDLE tombstone, read as one)."""
+    return item.status == TripStatus.IDLE.value and not item.outbox
+
+
+def sweep_shard(pseudo_vin: str) -> int:
+    return int(pseudo_vin[-2:], 16) % SWEEP_SHARDS
+
+
+def idle_after(last_ms: int, idle_ms: int) -> int:
+    """Epoch seconds after which a vehicle last heard of at ``last_ms`` is silent, rounded up to 300 s."""
+    seconds = -(-(last_ms + idle_ms) // 1000)
+    return -(-seconds // SWEEP_QUANTUM_SECONDS) * SWEEP_QUANTUM_SECONDS
 
 
 def breadcrumb_item(crumb: Breadcrumb) -> Item:

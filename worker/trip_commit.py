@@ -16,16 +16,31 @@ from processors.signals import format_time, parse_time
 from processors.trip_items import (
     completed_item,
     completed_trip,
+    idle_after,
+    mark_of,
     next_last_update,
     state_fields,
     state_from_item,
+    sweep_shard,
 )
-from processors.trips import Breadcrumb, CompletedTrip, EndReason, SegmentSeal, VehicleTripPlan, complete
+from processors.trips import (
+    Breadcrumb,
+    CompletedTrip,
+    EndReason,
+    SegmentSeal,
+    VehicleTripPlan,
+    complete,
+    remember_completed,
+)
 from schemas.items import TripIndexItem, TripStateItem
 from worker.logs import event
 from worker.retry import TRIP_REPLANS, Limit
 
 log = logging.getLogger(__name__)
+
+SWEEP_IDLE_MS = 600_000
+"""Silence after which the orphan sweep completes a trip: twice the default trip gap. Written into each
+item as its ``idleAfter`` (the sweep index's sort key)."""
 
 
 class TripArchiver:
@@ -96,11 +111,16 @@ class TripCommitter:
     """
 
     def __init__(
-        self, store: TripStore, archiver: TripArchiver, clock: Callable[[], float] = time.time
+        self,
+        store: TripStore,
+        archiver: TripArchiver,
+        clock: Callable[[], float] = time.time,
+        idle_ms: int = SWEEP_IDLE_MS,
     ) -> None:
         self._store = store
         self._archiver = archiver
         self._clock = clock
+        self._idle_ms = idle_ms
 
     def commit(self, plan: VehicleTripPlan) -> tuple[str | None, int]:
         requests = 0
@@ -115,18 +135,27 @@ class TripCommitter:
             for trip in plan.outbox:
                 self._archiver.archive(trip)
                 requests += 2 + trip.segments
-            version = self._write(plan, [], version)
-            requests += 1
+            version, made = self._settle(plan, version)
+            requests += made
         elif plan.write:
-            version = self._write(plan, [], version)
-            requests += 1
+            version, made = self._settle(plan, version)
+            requests += made
         return version, requests
 
+    def _settle(self, plan: VehicleTripPlan, expected: str | None) -> tuple[str | None, int]:
+        """The state without an outbox: the item if a trip is open, else the mark and no item."""
+        if plan.state.get("tripId") is not None:
+            return self._write(plan, [], expected), 1
+        return None, self._store.close(plan.pseudo_vin, mark_of(plan.state), expected)
+
     def _write(self, plan: VehicleTripPlan, outbox: list[CompletedTrip], expected: str | None) -> str:
+        version = next_last_update(expected or None, int(self._clock() * 1000))
         item = TripStateItem(
             **plan.state,
-            lastUpdate=next_last_update(expected, int(self._clock() * 1000)),
+            lastUpdate=version,
             outbox=[completed_item(trip) for trip in outbox],
+            sweepShard=sweep_shard(plan.pseudo_vin),
+            idleAfter=idle_after(parse_time(version), self._idle_ms),
         )
         self._store.write(item, expected)
         return item.lastUpdate
@@ -242,6 +271,7 @@ def completion_plan(item: TripStateItem) -> tuple[VehicleTripPlan, CompletedTrip
     orphan = None
     if state.trip is not None:
         orphan = complete(item.pseudoVin, state.trip, EndReason.ORPHAN)
+        remember_completed(state, orphan, orphan.end_time_ms)
         outbox.append(orphan)
         state.trip = None
     plan = VehicleTripPlan(

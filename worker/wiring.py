@@ -39,7 +39,9 @@ def pseudonymizer_for(settings: Settings, clients: AwsClients) -> Pseudonymizer:
 def trip_stores(settings: Settings, clients: AwsClients) -> TripStores:
     tables = settings.table_names
     return TripStores(
-        trips=DynamoTripStore(clients.dynamodb, tables["trip-state"], tables["live-breadcrumbs"]),
+        trips=DynamoTripStore(
+            clients.dynamodb, tables["trip-state"], tables["live-breadcrumbs"], tables["vin-mapping"]
+        ),
         archive=S3TripArchive(clients.s3, settings.archive_bucket, clients.dynamodb, tables["trips-index"]),
     )
 

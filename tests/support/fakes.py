@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from processors.batch import DeadLetter
 from processors.dead_letter import DataKey, dead_letter_key
 from processors.errors import StaleTripState, UnwritableUpdate
 from processors.ports import Stores
-from processors.signals import format_time
-from processors.trip_items import breadcrumb_item
+from processors.signals import format_time, parse_time
+from processors.trip_items import breadcrumb_item, item_from_mark
 from processors.trips import Breadcrumb
 from processors.vehicle_state import StateUpdate, outstanding
 from schemas.dynamo import from_item
-from schemas.items import BreadcrumbItem, TripIndexItem, TripStateItem
+from schemas.items import BreadcrumbItem, TripIndexItem, TripMarkItem, TripStateItem
 
 
 class _Failing:
@@ -43,19 +43,60 @@ class MemoryTripStore(_Failing):
     def __init__(self) -> None:
         super().__init__()
         self.items: dict[str, TripStateItem] = {}
+        self.marks: dict[str, TripMarkItem] = {}
         self.crumbs: dict[tuple[str, str], BreadcrumbItem] = {}
 
     def load(self, pseudo_vins: Sequence[str]) -> dict[str, TripStateItem]:
         with self.lock:
-            return {pv: self.items[pv] for pv in pseudo_vins if pv in self.items}
+            return self._load(pseudo_vins)
+
+    def _load(self, pseudo_vins: Sequence[str]) -> dict[str, TripStateItem]:
+        found = {pv: self.items[pv] for pv in pseudo_vins if pv in self.items}
+        for pv in pseudo_vins:
+            if pv not in found and pv in self.marks:
+                found[pv] = item_from_mark(pv, self.marks[pv])
+        return found
 
     def write(self, item: TripStateItem, expected_last_update: str | None) -> None:
         self._maybe_fail()
         with self.lock:
-            current = self.items.get(item.pseudoVin)
-            if (current.lastUpdate if current else None) != expected_last_update:
-                raise StaleTripState(item.pseudoVin, current)
-            self.items[item.pseudoVin] = item
+            pv = item.pseudoVin
+            current = self.items.get(pv)
+            if expected_last_update is None:
+                starts = [parse_time(t.startTime) for t in item.outbox]
+                starts += [parse_time(item.startTime)] if item.startTime else []
+                mark = self.marks.get(pv)
+                if current is not None or (mark is not None and mark.hwm >= min(starts, default=0)):
+                    raise StaleTripState(pv, self._load([pv]).get(pv))
+            elif current is None or current.lastUpdate != expected_last_update:
+                raise StaleTripState(pv, self._load([pv]).get(pv))
+            self.items[pv] = item
+
+    def close(self, pseudo_vin: str, mark: TripMarkItem | None, expected_last_update: str | None) -> int:
+        self._maybe_fail()
+        with self.lock:
+            stored = self.marks.get(pseudo_vin)
+            if mark is not None and (stored is None or stored.hwm <= mark.hwm):
+                self.marks[pseudo_vin] = mark
+            if expected_last_update is None:
+                return int(mark is not None)
+            current = self.items.get(pseudo_vin)
+            if current is None or current.lastUpdate != expected_last_update:
+                raise StaleTripState(pseudo_vin, self._load([pseudo_vin]).get(pseudo_vin))
+            del self.items[pseudo_vin]
+        return 1 + int(mark is not None)
+
+    def open_items(self, pseudo_vins: Sequence[str]) -> tuple[dict[str, TripStateItem], int]:
+        with self.lock:
+            return {pv: self.items[pv] for pv in pseudo_vins if pv in self.items}, -(-len(pseudo_vins) // 100)
+
+    def silent(self, shard: int, until_s: int) -> tuple[list[str], int]:
+        with self.lock:
+            return [
+                pv
+                for pv, item in self.items.items()
+                if item.sweepShard == shard and item.idleAfter is not None and item.idleAfter <= until_s
+            ], 1
 
     def put_breadcrumbs(self, crumbs: Sequence[Breadcrumb]) -> int:
         self._maybe_fail()
@@ -73,11 +114,6 @@ class MemoryTripStore(_Failing):
                 for (pv, at), crumb in sorted(self.crumbs.items())
                 if pv == pseudo_vin and low <= at <= high and crumb.tripId == trip_id
             ]
-
-    def scan(self) -> Iterator[TripStateItem]:
-        with self.lock:
-            items = list(self.items.values())
-        return iter(items)
 
 
 NESTING_MAX_LEVELS = 32

@@ -208,7 +208,9 @@ def test_the_sweep_finishes_its_own_claim_when_a_later_step_failed(settings: Set
     stores.archive.fail_next = [TransientError("SlowDown")]  # after the claim landed
     report = sweep(settings, TripStores(stores.trips, stores.archive), now_ms=10**15, retrier=NO_SLEEP)
     assert (set(report.orphaned), report.lost_race) == (open_ids, 0)
-    assert all(i.status == "IDLE" and not i.outbox for i in stores.trips.items.values())
+    # trip-state holds open trips only: archived, the items are gone and the vehicles are their marks
+    assert stores.trips.items == {}
+    assert set(stores.trips.marks) >= {pv for pv, _ in stores.archive.index}
     assert open_ids <= {trip_id for _pv, trip_id in stores.archive.index}
 
 
@@ -216,16 +218,17 @@ def test_the_sweep_leaves_a_trip_to_the_processor_that_wrote_meanwhile(settings:
     stores = open_trips(settings)
 
     class ProcessorWroteFirst(MemoryTripStore):
-        def scan(self) -> Iterator[TripStateItem]:
-            for item in list(stores.trips.items.values()):
+        def open_items(self, pseudo_vins: Sequence[str]) -> tuple[dict[str, TripStateItem], int]:
+            found, requests = super().open_items(pseudo_vins)
+            for item in found.values():
                 # the vehicle's processor writes between the sweep's read and its claim
                 self.items[item.pseudoVin] = item.model_copy(
                     update={"lastUpdate": "9999-12-31T00:00:00.000Z"}
                 )
-                yield item
+            return found, requests
 
     racing = ProcessorWroteFirst()
-    racing.items = dict(stores.trips.items)
+    racing.items, racing.marks = dict(stores.trips.items), dict(stores.trips.marks)
     report = sweep(settings, TripStores(racing, stores.archive), now_ms=10**15, retrier=NO_SLEEP)
     assert report.orphaned == [] and report.lost_race == sum(
         1 for i in stores.trips.items.values() if i.status != "IDLE"

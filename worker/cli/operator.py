@@ -47,9 +47,13 @@ def cmd_sweep_orphans(args: argparse.Namespace, settings: Settings) -> int:
 
     idle_ms = int(args.idle_seconds * 1000) if args.idle_seconds is not None else None
     report = sweep_orphans(settings, AwsClients(settings), idle_ms=idle_ms)
+    if report.skipped is not None:
+        say(f"skipped: the consumer of {report.skipped} is more than a trip gap behind (nothing read)")
+        return 0
     say(
-        f"scanned {report.scanned} trip-state items: {len(report.orphaned)} orphaned trips archived, "
-        f"{len(report.finished)} pending archives finished, {report.lost_race} left to a live processor"
+        f"read {report.items_read} of {report.candidates} silent candidates in {report.requests} requests: "
+        f"{len(report.orphaned)} orphaned trips archived, {len(report.finished)} pending archives "
+        f"finished, {report.lost_race} left to a live processor"
     )
     for trip_id in report.orphaned:
         say(f"  orphan  {trip_id}")
