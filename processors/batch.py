@@ -134,7 +134,9 @@ class TripPlanner:
             self._vehicles[pseudo_vin] = _Vehicle(VehicleTrips(pseudo_vin), None, [])
             return
         self._vehicles[pseudo_vin] = _Vehicle(  # a mark's version is "": no item stored
-            state_from_item(item), item.lastUpdate or None, [completed_trip(pseudo_vin, c) for c in item.outbox]
+            state_from_item(item),
+            item.lastUpdate or None,
+            [completed_trip(pseudo_vin, c) for c in item.outbox],
         )
 
     def plan(

@@ -133,7 +133,12 @@ def sweep_orphans(
         )
         return report
     return sweep(
-        settings, trip_stores(settings, clients), now, idle_ms, shards=frontier.shards, requests=frontier.requests
+        settings,
+        trip_stores(settings, clients),
+        now,
+        idle_ms,
+        shards=frontier.shards,
+        requests=frontier.requests,
     )
 
 
@@ -152,9 +157,7 @@ def sweep(
     it; when the vehicle's processor wrote meanwhile, the trip is left to it (``lost_race``)."""
     idle = idle_ms if idle_ms is not None else 2 * settings.trip_gap_seconds * 1000
     index_idle = 2 * settings.trip_gap_seconds * 1000 or SWEEP_IDLE_MS
-    committer = TripCommitter(
-        stores.trips, TripArchiver(stores.trips, stores.archive), idle_ms=index_idle
-    )
+    committer = TripCommitter(stores.trips, TripArchiver(stores.trips, stores.archive), idle_ms=index_idle)
     commit = retrier.wrap(WRITE, committer.commit)
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     # idleAfter = lastUpdate + index_idle, rounded up to the quantum: this bound misses no item with

@@ -22,11 +22,11 @@ from processors.batch import DeadLetter
 from processors.errors import RejectReason, StaleTripState, TransientError, UnwritableUpdate
 from processors.ports import Stores
 from processors.pseudonymize import Pseudonymizer
+from processors.signals import parse_time
+from processors.trip_items import MARK_VERSION, item_from_mark, sweep_shard
 from processors.trips import Breadcrumb
 from processors.vehicle_state import Observation, StateUpdate
 from schemas.dynamo import from_item
-from processors.signals import parse_time
-from processors.trip_items import MARK_VERSION, item_from_mark, sweep_shard
 from schemas.items import CompletedTripItem, TripIndexItem, TripMarkItem, TripStateItem
 from schemas.records import KinesisRecord, StreamPosition
 from tests.conftest import TEST_ENV, AwsEnv
