@@ -171,9 +171,11 @@ def register(add: AddCommand) -> None:
         description="An archived trip's trips-index item and its S3 archive (breadcrumb count, first and "
         "last points); a trip still running is shown from trip-state.",
     )
-    trip.add_argument("trip_id", metavar="TRIP_ID", help="e.g. trip_20250305_143201_4f0c9a")
+    trip.add_argument(
+        "trip_id", metavar="TRIP_ID", help="e.g. trip_20250305_143201_4f0c9a7e11b2c3d4e5f60718293a4b5c"
+    )
     trip.add_argument(
         "--vehicle",
         metavar="PSEUDO_VIN",
-        help="the trip's vehicle: a direct read instead of a query by the trip's date",
+        help="the trip's vehicle (redundant: the id names it; checked against it)",
     )
