@@ -20,11 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from bench.stage import Stage, fresh_stage
+from bench.stage import fresh_stage
 from devtools.local_aws import LocalAws
 from processors.signals import format_time
 from processors.trip_items import idle_after, sweep_shard
 from schemas.dynamo import to_item
+from worker.aws import AwsClients
+from worker.config import Settings
 from worker.sweep import sweep_orphans
 from worker.trip_commit import SWEEP_IDLE_MS
 
@@ -40,8 +42,9 @@ def pseudo_vin(kind: str, i: int) -> str:
     return hashlib.md5(f"{kind}-{i}".encode()).hexdigest()
 
 
-def _write_all(stage: Stage, table: str, items: list[dict[str, Any]]) -> None:
-    ddb = stage.clients.dynamodb
+def write_all(clients: AwsClients, table: str, items: list[dict[str, Any]]) -> None:
+    """BatchWriteItem in 25s, 8 at a time."""
+    ddb = clients.dynamodb
 
     def write(chunk: list[dict[str, Any]]) -> None:
         pending: Any = {table: [{"PutRequest": {"Item": item}} for item in chunk]}
@@ -52,12 +55,12 @@ def _write_all(stage: Stage, table: str, items: list[dict[str, Any]]) -> None:
         list(pool.map(write, [items[i : i + BATCH] for i in range(0, len(items), BATCH)]))
 
 
-def _mark(i: int, now_ms: int) -> dict[str, Any]:
+def idle_mark(i: int, now_ms: int) -> dict[str, Any]:
     hwm = now_ms - 86_400_000 - i * 1000
     return {"hwm": hwm, "rbl": True, "recent": [[hwm - 900_000, hwm - 300_000, hwm]], "ts": hwm // 1000 - 900}
 
 
-def _open_trip(pv: str, silent: bool, now_ms: int) -> dict[str, Any]:
+def open_trip_item(pv: str, silent: bool, now_ms: int) -> dict[str, Any]:
     last = now_ms - (3 * SWEEP_IDLE_MS if silent else 60_000)
     start = last - 600_000
     return {
@@ -73,9 +76,9 @@ def _open_trip(pv: str, silent: bool, now_ms: int) -> dict[str, Any]:
     }
 
 
-def _settle_stream(stage: Stage) -> None:
+def leases_caught_up(settings: Settings, clients: AwsClients) -> None:
     """Leases whose checkpoints are each shard's newest record: the consumer is caught up."""
-    ddb, kinesis, settings = stage.clients.dynamodb, stage.clients.kinesis, stage.settings
+    ddb, kinesis = clients.dynamodb, clients.kinesis
     ddb.create_table(
         TableName=settings.application_name,
         KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
@@ -120,13 +123,13 @@ def measure(aws: LocalAws, idle: int, open_trips: int, silent: int) -> Figures:
             "pseudoVin": {"S": pseudo_vin("idle", i)},
             "encryptedVin": {"B": b"x" * 180},
             "createdAt": {"S": format_time(now)},
-            "m": {"M": to_item(_mark(i, now))},
+            "m": {"M": to_item(idle_mark(i, now))},
         }
         for i in range(idle)
     ]
-    _write_all(stage, tables["vin-mapping"], marks)
-    opened = [to_item(_open_trip(pseudo_vin("open", i), i < silent, now)) for i in range(open_trips)]
-    _write_all(stage, tables["trip-state"], opened)
+    write_all(stage.clients, tables["vin-mapping"], marks)
+    opened = [to_item(open_trip_item(pseudo_vin("open", i), i < silent, now)) for i in range(open_trips)]
+    write_all(stage.clients, tables["trip-state"], opened)
     # What the replaced sweep read: every trip-state item, an IDLE tombstone per idle vehicle included.
     before = tables["trip-state"] + "-before"
     stage.clients.dynamodb.create_table(
@@ -140,7 +143,7 @@ def measure(aws: LocalAws, idle: int, open_trips: int, silent: int) -> Figures:
             {
                 "pseudoVin": pseudo_vin("idle", i),
                 "status": "IDLE",
-                "lastEventTime": format_time(_mark(i, now)["hwm"]),
+                "lastEventTime": format_time(idle_mark(i, now)["hwm"]),
                 "appliedThrough": {"shardId": "shardId-000000000000", "sequenceNumber": "4" * 56},
                 "reportsBatteryLevel": True,
                 "lastUpdate": format_time(now - 86_400_000),
@@ -148,8 +151,8 @@ def measure(aws: LocalAws, idle: int, open_trips: int, silent: int) -> Figures:
         )
         for i in range(idle)
     ]
-    _write_all(stage, before, tombstones + opened)
-    _settle_stream(stage)
+    write_all(stage.clients, before, tombstones + opened)
+    leases_caught_up(stage.settings, stage.clients)
     say(f"      seeded {idle:,} idle + {open_trips:,} open in {time.monotonic() - started:.0f} s")
 
     scan_requests = scan_items = 0
