@@ -11,10 +11,11 @@ import pytest
 
 from bench.sweep import idle_mark, leases_caught_up, open_trip_item, pseudo_vin, write_all
 from processors.signals import format_time
+from processors.trip_items import SWEEP_SHARDS
 from schemas.dynamo import to_item
 from tests.conftest import AwsEnv, create_lease_table
 from tests.support.iam import recording_resources
-from worker.sweep import SWEEP_SHARDS, sweep_orphans
+from worker.sweep import sweep_orphans
 
 
 def seed(env: AwsEnv, idle: int, open_trips: int, silent: int, now: int) -> None:
