@@ -14,11 +14,14 @@ import orjson
 import pytest
 
 from devtools.settings import settings_from
+from processors.batch import TripPlanner
 from processors.errors import StaleTripState, TransientError
 from processors.pseudonymize import Pseudonymizer
-from processors.trips import VehicleTripPlan
+from processors.signals import format_time
+from processors.trip_items import MARK_VERSION
+from processors.trips import TripStateMachine, TripThresholds, VehicleTripPlan
 from schemas.items import TripStateItem
-from schemas.records import KinesisRecord, StreamPosition
+from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 from tests.conftest import TEST_ENV
 from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.support.fakes import MemoryStores, MemoryTripStore, memory_stores
@@ -29,7 +32,7 @@ from worker.record_processor import EXIT_BATCH_FAILED, FleetRecordProcessor
 from worker.replay import StreamEntry
 from worker.retry import TRIP_REPLANS, Retrier
 from worker.sweep import sweep
-from worker.trip_commit import Replanned, commit_until_settled
+from worker.trip_commit import Replanned, TripArchiver, TripCommitter, commit_until_settled
 from worker.wiring import TripStores
 
 SHARD = "shardId-000000000000"
@@ -284,3 +287,33 @@ def test_a_failed_write_exits_before_any_checkpoint(processor_on: Any) -> None:
     with pytest.raises(SystemExit) as exited:
         deliver(processor_on(stores), shard_records(fixture("trips.jsonl"))[:50], checkpointer)
     assert (exited.value.code, checkpointer.calls) == (EXIT_BATCH_FAILED, [])
+
+
+# --- trip-state holds open trips only ---------------------------------------------------------------------
+
+
+def test_an_old_idle_item_is_read_as_the_mark_and_deleted_by_the_next_archival() -> None:
+    """Items left IDLE by earlier versions keep their high-water mark (a replay of the archived trip
+    starts nothing); the vehicle's next archival deletes the item and leaves its mark in vin-mapping."""
+    store, archive = MemoryTripStore(), memory_stores().archive
+    pv, t0 = "ab" * 16, 1_741_185_121_000
+    old = TripStateItem(
+        pseudoVin=pv, status="IDLE", lastEventTime=format_time(t0 + 10_000), lastUpdate=format_time(t0)
+    )
+    store.items[pv] = old
+    planner = TripPlanner(TripStateMachine(TripThresholds(gap_ms=60_000)))
+    planner.adopt(pv, store.load([pv])[pv])
+    readings = [
+        VehicleReading(
+            pv, t0 + s * 1000, {"vehicleSpeed": v}, StreamPosition("shardId-000000000000", str(s), 0, 0)
+        )
+        for s, v in ((5, 30.0), (20, 30.0), (21, 0.0), (90, 0.0))
+    ]
+    plan, _ = planner.plan(pv, readings)
+    assert [t.start_time_ms for t in plan.outbox] == [t0 + 20_000]  # not from the record under the mark
+    TripCommitter(store, TripArchiver(store, archive)).commit(plan)
+    assert store.items == {}
+    assert store.marks[pv].hwm == t0 + 90_000 and store.marks[pv].recent == [
+        [t0 + 20_000, t0 + 21_000, t0 + 90_000]
+    ]
+    assert store.load([pv])[pv].lastUpdate == MARK_VERSION
