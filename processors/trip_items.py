@@ -227,11 +227,6 @@ def item_from_mark(pseudo_vin: str, mark: TripMarkItem) -> TripStateItem:
     )
 
 
-def is_idle(item: TripStateItem) -> bool:
-    """No open trip and nothing to archive: a mark (or an old IDLE tombstone, read as one)."""
-    return item.status == TripStatus.IDLE.value and not item.outbox
-
-
 def sweep_shard(pseudo_vin: str) -> int:
     return int(pseudo_vin[-2:], 16) % SWEEP_SHARDS
 

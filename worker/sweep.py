@@ -34,7 +34,7 @@ from functools import partial
 from typing import Any
 
 from processors.signals import parse_time
-from processors.trip_items import SWEEP_QUANTUM_SECONDS, SWEEP_SHARDS
+from processors.trip_items import SWEEP_SHARDS
 from schemas.items import TripStateItem
 from worker.aws import AwsClients
 from worker.config import Settings
@@ -160,9 +160,9 @@ def sweep(
     committer = TripCommitter(stores.trips, TripArchiver(stores.trips, stores.archive), idle_ms=index_idle)
     commit = retrier.wrap(WRITE, committer.commit)
     now = now_ms if now_ms is not None else int(time.time() * 1000)
-    # idleAfter = lastUpdate + index_idle, rounded up to the quantum: this bound misses no item with
-    # lastUpdate + idle <= now; the exact test is made on the item read.
-    until_s = (now - idle + index_idle) // 1000 + SWEEP_QUANTUM_SECONDS
+    # idleAfter = lastUpdate + index_idle rounded up to 5 minutes: a trip silent for ``idle`` is named
+    # at the latest one quantum later (the next run); the exact test is made on the item read.
+    until_s = (now - idle + index_idle) // 1000
     report = SweepReport(shards=shards, requests=requests)
     with ThreadPoolExecutor(PARALLEL, thread_name_prefix="sweep") as pool:
         found = list(pool.map(partial(stores.trips.silent, until_s=until_s), range(SWEEP_SHARDS)))
