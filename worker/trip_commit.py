@@ -103,7 +103,12 @@ class TripCommitter:
        (conditional on the version we built on). From here on, whoever loads the item (this processor
        after a restart, or the orphan sweep) finishes those trips identically;
     3. per outbox trip: archive object, then its index item (plain overwrites);
-    4. the new state with an empty outbox (conditional on the version written in 2).
+    4. the new state with an empty outbox (conditional on the version written in 2); or, with no trip
+       left open, the vehicle's mark in ``vin-mapping`` (a monotone register), then the item's deletion
+       (conditional on that version): ``trip-state`` holds open trips only.
+
+    An item is created (no version yet) by a transaction that also checks the vehicle's mark: a writer
+    whose view predates an archival cannot bring the archived trip back.
 
     ``commit`` returns (version now stored, requests made). It raises ``StaleTripState`` if another
     writer got there first: nothing of ours that could diverge has been written (steps 1-3 only run on
