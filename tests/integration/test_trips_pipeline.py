@@ -150,9 +150,7 @@ def test_trip_scenario_through_the_record_processor(trip_env: AwsEnv) -> None:
     assert len(segments["Contents"]) >= 4  # the long haul was staged while it ran
 
     every_object = [archive(trip_env, i["s3Key"])[1] for i in index.values()]
-    assert not leaked(
-        vins_in(FIXTURES / "trips.jsonl"), orjson.dumps([every_object, states, live])
-    )
+    assert not leaked(vins_in(FIXTURES / "trips.jsonl"), orjson.dumps([every_object, states, live]))
 
 
 def test_a_sweep_whose_archive_step_fails_once_finishes_its_own_claim(
