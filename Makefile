@@ -50,6 +50,7 @@ fuzz: venv
 
 bench: $(BENCH_STAMP)
 	$(PY) -m bench
+	$(PY) -m bench sweep  # the orphan sweep's requests and items read at 10k and 100k idle + 1k open
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

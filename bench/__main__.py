@@ -10,6 +10,9 @@
    (the naive peer on the native one): p50/p99 from PutRecords to ``vehicle-state`` visibility, write units
    by table, requests, processor and JVM CPU per record, log bytes per record (``bench.e2e``).
 
+``python -m bench sweep``: the orphan sweep's requests and items read at 10k and 100k idle vehicles +
+1k open trips (``bench.sweep``).
+
 Prints one table on stdout (progress on stderr) and writes ``bench/results/latest.json`` (with
 ``targets``: met or missed) and ``latest.png``; ``python -m bench.capacity`` turns the JSON into
 ``docs/capacity.md``. The local AWS is moto behind hypercorn (~150 requests/s here): request counts, bytes
@@ -112,6 +115,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sweep"]:  # the orphan sweep's work against fleet size (bench/sweep.py)
+        from bench import sweep
+
+        return sweep.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     # Ten minutes from minute 10 on, so that trips complete (drives of 3-8 min, then the 5-min gap).
     parser.add_argument("--replay-vehicles", type=int, default=12)

@@ -144,7 +144,11 @@ class TripPlanner:
         if item is None:
             self._vehicles[pseudo_vin] = _Vehicle(VehicleTrips(pseudo_vin), None, [])
             return
-        self._vehicles[pseudo_vin] = _Vehicle(state_from_item(item), item.lastUpdate, outbox_of(item))
+        self._vehicles[pseudo_vin] = _Vehicle(  # a mark's version is "": no item stored
+            state_from_item(item),
+            item.lastUpdate or None,
+            outbox_of(item),
+        )
 
     def plan(self, pseudo_vin: str, readings: Iterable[VehicleReading]) -> VehicleTripPlan:
         vehicle = self._vehicles[pseudo_vin]

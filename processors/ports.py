@@ -9,7 +9,7 @@ Throttling and 5xx may surface as the AWS error itself: ``worker.retry.is_transi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,27 +18,40 @@ if TYPE_CHECKING:
     from processors.dead_letter import DataKey
     from processors.trail import BucketMerge, Crumb
     from processors.vehicle_state import StateUpdate
-    from schemas.items import TripIndexItem, TripStateItem
+    from schemas.items import TripIndexItem, TripMarkItem, TripStateItem
 
 
 class TripStore(Protocol):
-    """``trip-state`` (one item per vehicle).
+    """``trip-state`` (one item per vehicle with an open trip) and the marks of the others (``vin-mapping``).
 
     Every trip-state write is conditional on the version the writer read: a lost race raises
     ``StaleTripState`` carrying the item stored now, and never overwrites it.
     """
 
     def load(self, pseudo_vins: Sequence[str]) -> dict[str, TripStateItem]:
-        """The stored items of these vehicles, strongly consistent; a vehicle without an item is absent."""
+        """The state of these vehicles, strongly consistent: the trip-state item, else the vehicle's mark
+        as an IDLE item whose ``lastUpdate`` is ``MARK_VERSION`` (no item); absent: neither is stored."""
         ...
 
     def write(self, item: TripStateItem, expected_last_update: str | None) -> None:
-        """Store ``item`` if the stored one is still at ``expected_last_update`` (None: no item yet);
-        else raise ``StaleTripState(current)``."""
+        """Store ``item`` if the stored one is still at ``expected_last_update``; None: create it, only if
+        there is no item and the mark's high-water mark is older than the item's earliest trip. Else raise
+        ``StaleTripState(current)`` (``current`` as ``load`` returns it)."""
         ...
 
-    def scan(self) -> Iterator[TripStateItem]:
-        """Every trip-state item (the orphan sweep's input)."""
+    def close(self, pseudo_vin: str, mark: TripMarkItem | None, expected_last_update: str | None) -> int:
+        """No trip left open: raise the mark to ``mark`` (monotone on ``hwm``; an older one changes
+        nothing), then delete the item if still at ``expected_last_update`` (None: there is none), else
+        raise ``StaleTripState(current)``. Returns requests made."""
+        ...
+
+    def open_items(self, pseudo_vins: Sequence[str]) -> tuple[dict[str, TripStateItem], int]:
+        """Trip-state items only (never marks), strongly consistent. Returns (items, requests)."""
+        ...
+
+    def silent(self, shard: int, until_s: int) -> tuple[list[str], int]:
+        """The orphan sweep's candidates: vehicles of sweep shard ``shard`` whose item has ``idleAfter <=
+        until_s`` (the sparse index ``open-trips-by-idle``). Returns (pseudoVins, requests)."""
         ...
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from processors.signals import format_time, parse_time
 from processors.trips import CompletedTrip, EndReason, Trip, TripStatus, VehicleTrips
-from schemas.items import CompletedTripItem, PositionItem, TripStateItem
+from schemas.items import CompletedTripItem, PositionItem, TripMarkItem, TripStateItem
 from schemas.records import StreamPosition
 
 
@@ -61,6 +61,8 @@ def completed_trip(pseudo_vin: str, item: CompletedTripItem, written_ms: int) ->
 
 
 def outbox_of(item: TripStateItem) -> list[CompletedTrip]:
+    if not item.outbox:
+        return []
     written = parse_time(item.lastUpdate)
     return [completed_trip(item.pseudoVin, c, written) for c in item.outbox]
 
@@ -73,6 +75,8 @@ def state_fields(state: VehicleTrips) -> dict[str, Any]:
         "appliedThrough": _position(state.applied_through),
         "status": TripStatus.IDLE.value,
         "reportsBatteryLevel": state.reports_battery_level,
+        "recent": [list(r) for r in state.recent],
+        "lastTripSecond": state.last_trip_second,
     }
     trip = state.trip
     if trip is None:
@@ -93,7 +97,11 @@ def state_fields(state: VehicleTrips) -> dict[str, Any]:
 
 def state_from_item(item: TripStateItem) -> VehicleTrips:
     state = VehicleTrips(
-        item.pseudoVin, _ms(item.lastEventTime), reports_battery_level=item.reportsBatteryLevel
+        item.pseudoVin,
+        _ms(item.lastEventTime),
+        reports_battery_level=item.reportsBatteryLevel,
+        recent=[(r[0], r[1], r[2]) for r in item.recent],
+        last_trip_second=item.lastTripSecond,
     )
     if (through := item.appliedThrough) is not None:
         state.applied_through = StreamPosition(
@@ -113,6 +121,48 @@ def state_from_item(item: TripStateItem) -> VehicleTrips:
         tail_breadcrumbs=item.tailBreadcrumbs,
     )
     return state
+
+
+MARK_VERSION = ""
+"""``lastUpdate`` of an item read from a mark: there is no trip-state item (the next write creates one)."""
+
+SWEEP_SHARDS = 16
+SWEEP_QUANTUM_SECONDS = 300
+
+
+def mark_of(fields: dict[str, Any]) -> TripMarkItem | None:
+    """The mark of an idle vehicle's state (``state_fields``); None without a high-water mark."""
+    if fields.get("lastEventTime") is None:
+        return None
+    return TripMarkItem(
+        hwm=parse_time(fields["lastEventTime"]),
+        rbl=bool(fields.get("reportsBatteryLevel")),
+        recent=list(fields.get("recent") or []),
+        ts=fields.get("lastTripSecond"),
+    )
+
+
+def item_from_mark(pseudo_vin: str, mark: TripMarkItem) -> TripStateItem:
+    """An idle vehicle's state as a ``TripStateItem`` whose version says no item is stored."""
+    return TripStateItem(
+        pseudoVin=pseudo_vin,
+        status="IDLE",
+        lastEventTime=format_time(mark.hwm),
+        reportsBatteryLevel=mark.rbl,
+        recent=mark.recent,
+        lastTripSecond=mark.ts,
+        lastUpdate=MARK_VERSION,
+    )
+
+
+def sweep_shard(pseudo_vin: str) -> int:
+    return int(pseudo_vin[-2:], 16) % SWEEP_SHARDS
+
+
+def idle_after(last_ms: int, idle_ms: int) -> int:
+    """Epoch seconds after which a vehicle last heard of at ``last_ms`` is silent, rounded up to 300 s."""
+    seconds = -(-(last_ms + idle_ms) // 1000)
+    return -(-seconds // SWEEP_QUANTUM_SECONDS) * SWEEP_QUANTUM_SECONDS
 
 
 def next_last_update(previous: str | None, now_ms: int | None = None) -> str:

@@ -128,6 +128,12 @@ class VehicleTrips:
     reports_battery_level: bool = False
     """The vehicle has sent ``batteryLevel`` in a trip: its trips' battery figures come from that signal
     only. Until then they come from ``soc`` (Tesla vehicles that send only the BMS state of charge)."""
+    recent: list[tuple[int, int, int]] = field(default_factory=list)
+    """The last ``RECENT_TRIPS`` completed trips' ``(start, end, completion)`` ms, oldest first (late-record
+    accounting; kept in the idle vehicle's mark in ``vin-mapping``)."""
+    last_trip_second: int | None = None
+    """Epoch second in the id of the vehicle's newest trip: a trip starting in that same second gets the
+    next one (``trip_id``), so ids stay unique per vehicle."""
 
 
 def already_applied(position: StreamPosition, through: StreamPosition | None) -> bool:
@@ -154,9 +160,29 @@ class TripEffects:
     re-applying an idle record changes nothing."""
 
 
-def trip_id(pseudo_vin: str, start_ms: int) -> str:
-    moment = datetime.fromtimestamp(start_ms // 1000, UTC)
-    return f"trip_{moment:%Y%m%d_%H%M%S}_{pseudo_vin[:6]}"
+RECENT_TRIPS = 4
+
+
+def trip_second(start_ms: int, previous_second: int | None = None) -> int:
+    """The epoch second a trip's id names: its start second, bumped past the previous trip's id second
+    when it starts within it (two trips of one vehicle never share an id)."""
+    second = start_ms // 1000
+    if previous_second is not None and second <= previous_second:
+        return previous_second + 1
+    return second
+
+
+def trip_id(pseudo_vin: str, start_ms: int, previous_second: int | None = None) -> str:
+    """``trip_{YYYYMMDD_HHMMSS}_{pseudoVin}``: deterministic, unique (the whole pseudoVin, and the second
+    bumped by ``trip_second``), and it names the vehicle and day, so a lookup needs no index query."""
+    moment = datetime.fromtimestamp(trip_second(start_ms, previous_second), UTC)
+    return f"trip_{moment:%Y%m%d_%H%M%S}_{pseudo_vin}"
+
+
+def remember_completed(state: VehicleTrips, trip: CompletedTrip) -> None:
+    """Keep ``trip`` among the vehicle's ``recent`` completed trips (the last ``RECENT_TRIPS``)."""
+    recent = (trip.start_time_ms, trip.end_time_ms, trip.completion_ms)
+    state.recent = [*state.recent, recent][-RECENT_TRIPS:]
 
 
 def _arrival(reading: VehicleReading) -> int:
@@ -218,6 +244,7 @@ class TripStateMachine:
             if t >= trip.gap_start_ms + limits.gap_ms:
                 completion = _arrival(reading)
                 effects.completed.append(complete(state.pseudo_vin, state, trip, EndReason.GAP, completion))
+                remember_completed(state, effects.completed[-1])
                 state.trip = trip = None
                 state.high_water_ms, state.applied_through = t, reading.position
                 effects.changed = True
@@ -232,8 +259,9 @@ class TripStateMachine:
             # other figures (and a vehicle that never drove would need a trip-state item).
             state.reports_battery_level = True
         if trip is None:
+            state.last_trip_second = trip_second(t, state.last_trip_second)
             trip = state.trip = Trip(
-                trip_id=trip_id(state.pseudo_vin, t),
+                trip_id=trip_id(state.pseudo_vin, state.last_trip_second * 1000),
                 status=TripStatus.ACTIVE,
                 start_time_ms=t,
                 last_time_ms=t,

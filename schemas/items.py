@@ -44,11 +44,30 @@ class CompletedTripItem(_Item):
     sealedThrough: str | None = None
 
 
-class TripStateItem(_Item):
-    """One item per vehicle that ever drove: its trip machine state.
+class TripMarkItem(_Item):
+    """``m`` in a vehicle's ``vin-mapping`` item: what exactly-once needs while no trip is open.
 
-    ``status`` IDLE means no active trip; the item stays (a tombstone) because its ``lastEventTime``
-    is what stops a replay from the middle of an archived trip from starting a phantom trip.
+    Written after a vehicle's last open trip is archived, right before its ``trip-state`` item is deleted,
+    as a monotone register (``hwm`` never moves back). Its ``hwm`` is what stops a replay from the middle
+    of an archived trip, or a zombie, from starting that trip again (the creation transaction checks it).
+    """
+
+    hwm: int
+    """High-water mark, event time ms."""
+    rbl: bool = False
+    """reports battery level."""
+    recent: list[list[int]] = []
+    """The last <= 4 completed trips' ``[startMs, endMs, completionMs]``, oldest first."""
+    ts: int | None = None
+    """Epoch second in the newest trip's id (``processors.trips.trip_second``)."""
+
+
+class TripStateItem(_Item):
+    """One item per vehicle with an open trip or an unarchived completed one: its trip machine state.
+
+    Deleted once its last trip is archived; the vehicle's bookkeeping then lives in its mark
+    (``TripMarkItem``, in ``vin-mapping``). Items with status IDLE and no outbox are left by older
+    versions: they are read as marks, and deleted by the vehicle's next completion.
     """
 
     pseudoVin: str
@@ -70,6 +89,15 @@ class TripStateItem(_Item):
     segments: int = 0
     sealedThrough: str | None = None
     tailBreadcrumbs: int = 0
+    recent: list[list[int]] = []
+    """The last <= 4 completed trips' ``[startMs, endMs, completionMs]`` (moves to the mark when idle)."""
+    lastTripSecond: int | None = None
+    """Epoch second in the newest trip's id: the next trip's id is bumped past it."""
+    sweepShard: int | None = None
+    """Partition key of the sparse sweep index ``open-trips-by-idle``: ``int(pseudoVin[-2:], 16) % 16``."""
+    idleAfter: int | None = None
+    """Sort key of ``open-trips-by-idle``: epoch seconds after which the vehicle counts as silent,
+    quantized up to 300 s so the index entry moves at most once per 5 minutes."""
     outbox: list[CompletedTripItem] = Field(default=[], alias="closing")
     """Trips completed but not yet archived: whoever loads the item finishes them identically. Stored
     as ``closing`` and left out of the item while empty (the stored format is unchanged)."""

@@ -19,6 +19,7 @@ class GlobalIndex:
     name: str
     partition_key: Key
     sort_key: Key | None = None
+    projection: Literal["ALL", "KEYS_ONLY"] = "ALL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,7 @@ class TableSpec:
                 {
                     "IndexName": index.name,
                     "KeySchema": _key_schema(index.partition_key, index.sort_key),
-                    "Projection": {"ProjectionType": "ALL"},
+                    "Projection": {"ProjectionType": index.projection},
                 }
                 for index in self.indexes
             ]
@@ -72,7 +73,14 @@ def _key_schema(partition: Key, sort: Key | None) -> list[dict[str, str]]:
 PSEUDO_VIN = Key("pseudoVin")
 
 VEHICLE_STATE = TableSpec("vehicle-state", "vehicle_state_table", PSEUDO_VIN)
-TRIP_STATE = TableSpec("trip-state", "trip_state_table", PSEUDO_VIN)
+# Open trips only (a vehicle without one keeps its mark in vin-mapping). The sweep finds the silent ones
+# through a sparse index written across 16 partition keys (one key would throttle at fleet scale).
+TRIP_STATE = TableSpec(
+    "trip-state",
+    "trip_state_table",
+    PSEUDO_VIN,
+    indexes=(GlobalIndex("open-trips-by-idle", Key("sweepShard", "N"), Key("idleAfter", "N"), "KEYS_ONLY"),),
+)
 TRIPS_INDEX = TableSpec(
     "trips-index",
     "trips_index_table",

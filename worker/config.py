@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     )
     table_prefix: str = Field("", description="Prefix prepended to every data table name (e.g. `prod-`).")
     vehicle_state_table: str = Field("vehicle-state", description="Latest snapshot per vehicle.")
-    trip_state_table: str = Field("trip-state", description="Active trip (or idle marker) per vehicle.")
+    trip_state_table: str = Field(
+        "trip-state", description="Open trips only (idle vehicles' marks are in vin-mapping)."
+    )
     trips_index_table: str = Field("trips-index", description="One metadata item per archived trip.")
     live_breadcrumbs_table: str = Field(
         "live-breadcrumbs-v2", description="Every vehicle's trail in 15 s buckets (24 h after arrival)."

@@ -22,7 +22,14 @@ from processors.trail import BucketMerge
 from processors.vehicle_state import StateUpdate, coalesce
 from schemas.records import VehicleReading
 from worker.retry import DEFAULT, READ, TRIP_REPLANS, WRITE, Retrier
-from worker.trip_commit import Committed, Replanned, TripArchiver, TripCommitter, commit_until_settled
+from worker.trip_commit import (
+    SWEEP_IDLE_MS,
+    Committed,
+    Replanned,
+    TripArchiver,
+    TripCommitter,
+    commit_until_settled,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,12 +59,16 @@ class PlanExecutor:
     dead-lettered (and reported in ``Executed``) instead of failing the batch. The plan is never changed.
     """
 
-    def __init__(self, stores: Stores, pool_size: int, retrier: Retrier = DEFAULT) -> None:
+    def __init__(
+        self, stores: Stores, pool_size: int, retrier: Retrier = DEFAULT, idle_ms: int = SWEEP_IDLE_MS
+    ) -> None:
         self._stores = stores
         self._retrier = retrier
         self._pool = ThreadPoolExecutor(pool_size, thread_name_prefix="write")
         self._seen = SeenVehicles()
-        self._committer = TripCommitter(stores.trips, TripArchiver(stores.trail, stores.archive))
+        self._committer = TripCommitter(
+            stores.trips, TripArchiver(stores.trail, stores.archive), idle_ms=idle_ms
+        )
 
     def execute(
         self,

@@ -2,9 +2,10 @@
 trail, readably.
 
 Read-only. A vehicle is named by its pseudoVin (never a VIN: this tool does not decrypt); a trip by its
-id, found in ``trips-index`` through the ``tripDate-index`` (the id carries the start date) unless the
-vehicle is given, then in ``trip-state`` if it is still running; a trail by its vehicle and a time range
-(the live map's read, ``DynamoTrail.read_trail``).
+id, which names its vehicle (``trip_{YYYYMMDD_HHMMSS}_{pseudoVin}``): one GetItem in ``trips-index``, and
+if it is not archived one GetItem in ``trip-state`` (still running). At most 2 requests either way (an
+archived trip's second is its S3 archive); a trail by its vehicle and a time range (the live map's read,
+``DynamoTrail.read_trail``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from worker.config import Settings
 from worker.stores.dynamo_trail import DynamoTrail
 
 PSEUDO_VIN = re.compile(r"[0-9a-f]{32}")
-TRIP_ID = re.compile(r"trip_(\d{4})(\d{2})(\d{2})_\d{6}_([0-9a-f]{6})")
+TRIP_ID = re.compile(r"trip_(\d{4})(\d{2})(\d{2})_\d{6}_([0-9a-f]{32})")
 RECENT_TRIPS = 5
 VALUE_COLUMN = 22
 
@@ -47,7 +48,7 @@ def check_pseudo_vin(text: str) -> str:
 def check_trip_id(text: str) -> re.Match[str]:
     match = TRIP_ID.fullmatch(text)
     if match is None:
-        raise BadName("a trip id looks like trip_YYYYMMDD_HHMMSS_xxxxxx (xxxxxx: the pseudoVin's first 6)")
+        raise BadName("a trip id looks like trip_YYYYMMDD_HHMMSS_<pseudoVin> (32 lowercase hex characters)")
     return match
 
 
@@ -143,7 +144,7 @@ def vehicle_report(settings: Settings, clients: AwsClients, pseudo_vin: str) -> 
             lines.append(row(name, f"{value_text(signal['value']):<28} at {signal['at']}", 4))
     lines.append(f"  trip machine ({tables['trip-state']})")
     if trip is None:
-        lines.append(row("(none)", "", 4))
+        lines.append(row("status", "idle: no open trip (trip-state holds open trips only)", 4))
     else:
         lines += trip_state_rows(trip)
     lines.append(
@@ -182,52 +183,26 @@ def trip_state_rows(trip: dict[str, Any]) -> list[str]:
 # --- inspect trip ---------------------------------------------------------------------------------------
 
 
-def find_indexed_trip(
-    settings: Settings, clients: AwsClients, trip_id: str, pseudo_vin: str | None
-) -> dict[str, Any] | None:
-    table = settings.table_names["trips-index"]
-    if pseudo_vin is not None:
-        return _get(clients, table, {"pseudoVin": pseudo_vin, "tripId": trip_id})
-    year, month, day, _ = check_trip_id(trip_id).groups()
-    found = _query(
-        clients,
-        TableName=table,
-        IndexName="tripDate-index",
-        KeyConditionExpression="tripDate = :d",
-        FilterExpression="tripId = :t",
-        ExpressionAttributeValues={":d": {"S": f"{year}-{month}-{day}"}, ":t": {"S": trip_id}},
-    )
-    return next(found, None)
+def find_indexed_trip(settings: Settings, clients: AwsClients, trip_id: str) -> dict[str, Any] | None:
+    """The trip's trips-index item: one GetItem (the id names the vehicle)."""
+    pseudo_vin = check_trip_id(trip_id).group(4)
+    return _get(clients, settings.table_names["trips-index"], {"pseudoVin": pseudo_vin, "tripId": trip_id})
 
 
-def find_running_trip(
-    settings: Settings, clients: AwsClients, trip_id: str, pseudo_vin: str | None
-) -> dict[str, Any] | None:
-    table = settings.table_names["trip-state"]
-    if pseudo_vin is not None:
-        item = _get(clients, table, {"pseudoVin": pseudo_vin})
-        return item if item and item.get("tripId") == trip_id else None
-    request: dict[str, Any] = {
-        "TableName": table,
-        "FilterExpression": "tripId = :t",
-        "ExpressionAttributeValues": {":t": {"S": trip_id}},
-    }
-    while True:
-        page = clients.dynamodb.scan(**request)
-        if page["Items"]:
-            return from_item(page["Items"][0])
-        if "LastEvaluatedKey" not in page:
-            return None
-        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+def find_running_trip(settings: Settings, clients: AwsClients, trip_id: str) -> dict[str, Any] | None:
+    """The vehicle's trip-state item if it is this trip: one GetItem (trip-state holds open trips only)."""
+    pseudo_vin = check_trip_id(trip_id).group(4)
+    item = _get(clients, settings.table_names["trip-state"], {"pseudoVin": pseudo_vin})
+    return item if item and item.get("tripId") == trip_id else None
 
 
 def trip_report(settings: Settings, clients: AwsClients, trip_id: str, pseudo_vin: str | None) -> list[str]:
-    prefix = check_trip_id(trip_id).group(4)
-    if pseudo_vin is not None and not check_pseudo_vin(pseudo_vin).startswith(prefix):
-        raise BadName(f"that trip id belongs to a vehicle whose pseudoVin starts with {prefix}")
-    item = find_indexed_trip(settings, clients, trip_id, pseudo_vin)
+    owner = check_trip_id(trip_id).group(4)
+    if pseudo_vin is not None and check_pseudo_vin(pseudo_vin) != owner:
+        raise BadName(f"that trip id belongs to vehicle {owner}")
+    item = find_indexed_trip(settings, clients, trip_id)
     if item is None:
-        running = find_running_trip(settings, clients, trip_id, pseudo_vin)
+        running = find_running_trip(settings, clients, trip_id)
         if running is None:
             raise NotFound(f"no trip {trip_id} in {settings.table_names['trips-index']} or trip-state")
         return [

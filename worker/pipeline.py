@@ -104,7 +104,9 @@ class Pipeline:
         self.pseudonymizer = pseudonymizer
         self._stores = stores
         self._retrier = retrier
-        self.executor = PlanExecutor(stores, settings.write_concurrency, retrier)
+        self.executor = PlanExecutor(
+            stores, settings.write_concurrency, retrier, idle_ms=2 * settings.trip_gap_seconds * 1000
+        )
         self.trips = TripPlanner(TripStateMachine(trip_thresholds(settings)))
 
     def process(self, records: Sequence[KinesisRecord]) -> BatchOutcome:

@@ -1,56 +1,145 @@
 """The orphan sweep: complete trips of vehicles that went silent (``python -m worker sweep-orphans``).
 
 A vehicle that stops sending mid-trip (parked and asleep, out of coverage) never delivers the record
-that would complete its trip. The sweep finds trip-state items not written for ``2 x gap`` of wall
-clock and completes them with ``endReason: orphan``.
+that would complete its trip. The sweep completes trips whose item was not written for ``2 x gap`` of wall
+clock with ``endReason: orphan``.
+
+**Work grows with open trips, not with the fleet.** ``trip-state`` holds open trips only (an idle
+vehicle's bookkeeping is its mark in ``vin-mapping``, which the sweep never reads), and the sweep finds
+the silent ones through the sparse index ``open-trips-by-idle`` (PK ``sweepShard`` 0..15, SK
+``idleAfter``): 16 Queries in parallel, then one strongly consistent BatchGetItem per 100 candidates.
 
 It never races a live processor into a double or torn archive: its first write claims the trip (state
 IDLE, the completed trip in the outbox) conditionally on the ``lastUpdate`` it read. If the processor
-wrote in between, the claim fails and the trip is left alone; if the claim wins, the processor's next
-write fails instead and it re-plans on top of the claimed state. Archive and index are then written
-from the outbox, which is deterministic content whoever writes it. Outboxes left behind by a crashed
-processor are finished the same way.
+wrote in between, the claim fails and the trip is left alone (``lostRace``); if the claim wins, the
+processor's next write fails instead and it re-plans on top of the claimed state. Archive, index, mark
+and the item's deletion then follow through the processor's own commit code (``worker.trip_commit``).
 
-What it cannot see is the stream: "silent" means "no write for 2 x gap", so while a shard's consumer
-is more than 2 x gap behind (an outage, a backlog), its vehicles' trips look silent too. Swept, such a
-trip ends at its last applied record and the records still in the stream start a new one: the same
-data, cut differently from one clean pass. Skip the sweep while ``MillisBehindLatest`` is that high,
-or give it a longer ``--idle-seconds``.
+**It does nothing while the consumer is behind.** "Silent" means "no write for 2 x gap", so while a
+shard's consumer lags (an outage, a backlog) its vehicles' trips look silent too, and swept they would be
+cut differently from one clean pass. So the sweep first reads where each shard's consumer is (the KCL
+lease table's checkpoints) and the first record after it (GetShardIterator AFTER_SEQUENCE_NUMBER +
+GetRecords Limit=1): if that record arrived more than a gap ago (or MillisBehindLatest says so), it logs
+``sweep_skipped`` and exits 0 without reading trip-state.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from processors.signals import parse_time
+from processors.trip_items import SWEEP_SHARDS
+from schemas.items import TripStateItem
 from worker.aws import AwsClients
 from worker.config import Settings
+from worker.leases import read_leases
 from worker.logs import event
 from worker.retry import DEFAULT, WRITE, Retrier
-from worker.trip_commit import TripArchiver, TripCommitter, commit_until_settled, completion_plan, reclaim
+from worker.trip_commit import (
+    SWEEP_IDLE_MS,
+    TripArchiver,
+    TripCommitter,
+    commit_until_settled,
+    completion_plan,
+    reclaim,
+)
 from worker.wiring import TripStores, trip_stores
 
 log = logging.getLogger(__name__)
 
+PARALLEL = 16
+
 
 @dataclass
 class SweepReport:
-    scanned: int = 0
+    shards: int = 0
+    """Stream shards whose consumer position was checked."""
+    candidates: int = 0
+    """Vehicles the index named as silent."""
+    items_read: int = 0
+    """trip-state items read (the candidates still stored)."""
+    requests: int = 0
+    """Every request the sweep made (frontier, queries, reads, commits)."""
     orphaned: list[str] = field(default_factory=list)
     """Trip ids completed as orphans."""
     finished: list[str] = field(default_factory=list)
     """Trip ids whose pending archive (left by a crashed writer) was completed."""
     lost_race: int = 0
+    skipped: str | None = None
+    """Why the sweep did nothing (a shard's consumer behind), else None."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frontier:
+    shards: int
+    requests: int
+    behind: tuple[str, int] | None
+    """(shard id, ms behind) of the first shard found behind the limit, else None."""
+
+
+def stream_frontier(settings: Settings, clients: AwsClients, now_ms: int, limit_ms: int) -> Frontier:
+    """Where each shard's consumer is: the oldest unprocessed record's arrival, per leased shard."""
+    leases = read_leases(clients.dynamodb, settings.application_name)
+    kinesis = clients.kinesis
+    shards, requests = 0, 1
+    for shard_id, lease in sorted(leases.items()):
+        checkpoint = lease.checkpoint
+        if checkpoint == "SHARD_END":
+            continue
+        shards += 1
+        where: dict[str, Any]
+        if checkpoint and checkpoint.isdigit():
+            where = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": checkpoint}
+        elif checkpoint == "LATEST":
+            where = {"ShardIteratorType": "LATEST"}
+        else:  # no checkpoint yet, TRIM_HORIZON, AT_TIMESTAMP: everything retained may be unprocessed
+            where = {"ShardIteratorType": "TRIM_HORIZON"}
+        iterator = kinesis.get_shard_iterator(StreamName=settings.stream_name, ShardId=shard_id, **where)
+        page = kinesis.get_records(ShardIterator=iterator["ShardIterator"], Limit=1)
+        requests += 2
+        behind = int(page.get("MillisBehindLatest", 0))
+        if page["Records"]:
+            arrival = page["Records"][0]["ApproximateArrivalTimestamp"]
+            behind = max(behind, now_ms - int(arrival.timestamp() * 1000))
+        if behind > limit_ms:
+            return Frontier(shards, requests, (shard_id, behind))
+    return Frontier(shards, requests, None)
 
 
 def sweep_orphans(
     settings: Settings, clients: AwsClients, now_ms: int | None = None, idle_ms: int | None = None
 ) -> SweepReport:
-    """The sweep on AWS (``python -m worker sweep-orphans``): ``sweep`` over the stores ``wiring`` builds."""
-    return sweep(settings, trip_stores(settings, clients), now_ms, idle_ms)
+    """The sweep on AWS (``python -m worker sweep-orphans``): skipped while a shard's consumer is more
+    than a trip gap behind, else ``sweep`` over the stores ``wiring`` builds."""
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    limit_ms = settings.trip_gap_seconds * 1000
+    frontier = stream_frontier(settings, clients, now, limit_ms)
+    if frontier.behind is not None:
+        shard_id, behind = frontier.behind
+        report = SweepReport(shards=frontier.shards, requests=frontier.requests, skipped=shard_id)
+        event(
+            log,
+            "sweep_skipped",
+            shard=shard_id,
+            behindSeconds=behind // 1000,
+            limitSeconds=limit_ms // 1000,
+            reason="a shard has unprocessed records older than the trip gap: its trips would look silent",
+        )
+        return report
+    return sweep(
+        settings,
+        trip_stores(settings, clients),
+        now,
+        idle_ms,
+        shards=frontier.shards,
+        requests=frontier.requests,
+    )
 
 
 def sweep(
@@ -59,34 +148,66 @@ def sweep(
     now_ms: int | None = None,
     idle_ms: int | None = None,
     retrier: Retrier = DEFAULT,
+    shards: int = 0,
+    requests: int = 0,
 ) -> SweepReport:
     """Complete the trips of vehicles silent for ``idle_ms`` (default ``2 x gap``) and finish pending
     outboxes. Each claim goes through ``commit_until_settled``, the record processor's own commit loop:
     when our claim landed but a later step failed and was retried, it meets our own claim and finishes
     it; when the vehicle's processor wrote meanwhile, the trip is left to it (``lost_race``)."""
-    committer = TripCommitter(stores.trips, TripArchiver(stores.trail, stores.archive))
+    idle = idle_ms if idle_ms is not None else 2 * settings.trip_gap_seconds * 1000
+    index_idle = 2 * settings.trip_gap_seconds * 1000 or SWEEP_IDLE_MS
+    committer = TripCommitter(stores.trips, TripArchiver(stores.trail, stores.archive), idle_ms=index_idle)
     commit = retrier.wrap(WRITE, committer.commit)
     now = now_ms if now_ms is not None else int(time.time() * 1000)
-    cutoff = now - (idle_ms if idle_ms is not None else 2 * settings.trip_gap_seconds * 1000)
-    report = SweepReport()
-    for item in stores.trips.scan():
-        report.scanned += 1
-        if (item.status == "IDLE" and not item.outbox) or parse_time(item.lastUpdate) > cutoff:
-            continue
-        plan, orphan = completion_plan(item, now)
-        settled = commit_until_settled([plan], commit, partial(reclaim, orphan=orphan, now_ms=now))
-        if settled.unsettled:
-            report.lost_race += 1  # the vehicle spoke up meanwhile: its processor owns the trip
-            continue
-        report.finished += [c.tripId for c in item.outbox]
-        if orphan:
-            report.orphaned.append(orphan.trip_id)
+    # idleAfter = lastUpdate + index_idle rounded up to 5 minutes: a trip silent for ``idle`` is named
+    # at the latest one quantum later (the next run); the exact test is made on the item read.
+    until_s = (now - idle + index_idle) // 1000
+    report = SweepReport(shards=shards, requests=requests)
+    with ThreadPoolExecutor(PARALLEL, thread_name_prefix="sweep") as pool:
+        found = list(pool.map(partial(stores.trips.silent, until_s=until_s), range(SWEEP_SHARDS)))
+        candidates = sorted({pv for names, _ in found for pv in names})
+        report.candidates = len(candidates)
+        report.requests += sum(made for _, made in found)
+        items, made = stores.trips.open_items(candidates) if candidates else ({}, 0)
+        report.requests += made
+        report.items_read = len(items)
+        due = [
+            item
+            for item in items.values()
+            if item.outbox or (item.status != "IDLE" and parse_time(item.lastUpdate) + idle <= now)
+        ]
+        for outcome in pool.map(partial(_complete, commit, now), due):
+            _count(report, *outcome)
     event(
         log,
         "sweep",
-        scanned=report.scanned,
+        shards=report.shards,
+        candidates=report.candidates,
+        itemsRead=report.items_read,
+        requests=report.requests,
         orphaned=len(report.orphaned),
         finished=len(report.finished),
         lostRace=report.lost_race,
     )
     return report
+
+
+def _complete(
+    commit: Callable[..., tuple[str | None, int]], now_ms: int, item: TripStateItem
+) -> tuple[TripStateItem, str | None, int, bool]:
+    """Claim and finish one vehicle: (item, orphan trip id, requests, lost the race)."""
+    plan, orphan = completion_plan(item, now_ms)
+    settled = commit_until_settled([plan], commit, partial(reclaim, orphan=orphan, now_ms=now_ms))
+    lost = bool(settled.unsettled)  # the vehicle spoke up meanwhile: its processor owns the trip
+    return item, orphan.trip_id if orphan else None, settled.requests, lost
+
+
+def _count(report: SweepReport, item: TripStateItem, orphan: str | None, made: int, lost: bool) -> None:
+    report.requests += made
+    if lost:
+        report.lost_race += 1
+        return
+    report.finished += [c.tripId for c in item.outbox]
+    if orphan:
+        report.orphaned.append(orphan)

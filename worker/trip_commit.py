@@ -11,8 +11,18 @@ from dataclasses import dataclass
 from processors.archive import archive_key, archive_trip, gzip_json, read_gzip_json, segment_key
 from processors.errors import StaleTripState
 from processors.ports import TrailStore, TripArchive, TripStore
+from processors.signals import parse_time
 from processors.trail import TRAIL_TTL_SECONDS, Crumb, from_segment_rows, segment_rows, trip_rows
-from processors.trip_items import completed_item, next_last_update, outbox_of, state_fields, state_from_item
+from processors.trip_items import (
+    completed_item,
+    idle_after,
+    mark_of,
+    next_last_update,
+    outbox_of,
+    state_fields,
+    state_from_item,
+    sweep_shard,
+)
 from processors.trips import (
     CompletedTrip,
     EndReason,
@@ -20,6 +30,7 @@ from processors.trips import (
     TripThresholds,
     VehicleTripPlan,
     complete,
+    remember_completed,
 )
 from schemas.items import TripIndexItem, TripStateItem
 from worker.logs import event
@@ -31,6 +42,10 @@ ARCHIVE_SAFE_MS = TRAIL_TTL_SECONDS * 1000 - TripThresholds().segment_max_ms - T
 """How long after its completion point R a trip's archive is sure to find every crumb it needs: the tail
 after the sealed segments spans at most 12 h of event time (plus the gap), and a crumb stays 24 h after
 its arrival (proposal §4.2: 11 h 55 min)."""
+
+SWEEP_IDLE_MS = 600_000
+"""Silence after which the orphan sweep completes a trip: twice the default trip gap. Written into each
+item as its ``idleAfter`` (the sweep index's sort key)."""
 
 
 class TripArchiver:
@@ -90,7 +105,12 @@ class TripCommitter:
        (conditional on the version we built on). From here on, whoever loads the item (this processor
        after a restart, or the orphan sweep) finishes those trips identically;
     3. per outbox trip: archive object, then its index item (plain overwrites);
-    4. the new state with an empty outbox (conditional on the version written in 2).
+    4. the new state with an empty outbox (conditional on the version written in 2); or, with no trip
+       left open, the vehicle's mark in ``vin-mapping`` (a monotone register), then the item's deletion
+       (conditional on that version): ``trip-state`` holds open trips only.
+
+    An item is created (no version yet) by a transaction that also checks the vehicle's mark: a writer
+    whose view predates an archival cannot bring the archived trip back.
 
     ``commit`` returns (version now stored, requests made). It raises ``StaleTripState`` if another
     writer got there first: nothing of ours that could diverge has been written (steps 1-3 only run on
@@ -98,11 +118,16 @@ class TripCommitter:
     """
 
     def __init__(
-        self, store: TripStore, archiver: TripArchiver, clock: Callable[[], float] = time.time
+        self,
+        store: TripStore,
+        archiver: TripArchiver,
+        clock: Callable[[], float] = time.time,
+        idle_ms: int = SWEEP_IDLE_MS,
     ) -> None:
         self._store = store
         self._archiver = archiver
         self._clock = clock
+        self._idle_ms = idle_ms
 
     def commit(self, plan: VehicleTripPlan) -> tuple[str | None, int]:
         requests = 0
@@ -117,18 +142,27 @@ class TripCommitter:
             for trip in plan.outbox:
                 self._archiver.archive(trip)
                 requests += 2 + trip.segments
-            version = self._write(plan, [], version)
-            requests += 1
+            version, made = self._settle(plan, version)
+            requests += made
         elif plan.write:
-            version = self._write(plan, [], version)
-            requests += 1
+            version, made = self._settle(plan, version)
+            requests += made
         return version, requests
 
+    def _settle(self, plan: VehicleTripPlan, expected: str | None) -> tuple[str | None, int]:
+        """The state without an outbox: the item if a trip is open, else the mark and no item."""
+        if plan.state.get("tripId") is not None:
+            return self._write(plan, [], expected), 1
+        return None, self._store.close(plan.pseudo_vin, mark_of(plan.state), expected)
+
     def _write(self, plan: VehicleTripPlan, outbox: list[CompletedTrip], expected: str | None) -> str:
+        version = next_last_update(expected or None, int(self._clock() * 1000))
         item = TripStateItem(
             **plan.state,
-            lastUpdate=next_last_update(expected, int(self._clock() * 1000)),
+            lastUpdate=version,
             outbox=[completed_item(trip) for trip in outbox],
+            sweepShard=sweep_shard(plan.pseudo_vin),
+            idleAfter=idle_after(parse_time(version), self._idle_ms),
         )
         self._store.write(item, expected)
         return item.lastUpdate
@@ -241,6 +275,7 @@ def completion_plan(item: TripStateItem, now_ms: int) -> tuple[VehicleTripPlan, 
     orphan = None
     if state.trip is not None:
         orphan = complete(item.pseudoVin, state, state.trip, EndReason.ORPHAN, now_ms)
+        remember_completed(state, orphan)
         outbox.append(orphan)
         state.trip = None
     plan = VehicleTripPlan(

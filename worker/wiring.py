@@ -52,7 +52,7 @@ def check_pseudonym_key(settings: Settings, clients: AwsClients, pseudonymizer: 
 def trip_stores(settings: Settings, clients: AwsClients) -> TripStores:
     tables = settings.table_names
     return TripStores(
-        trips=DynamoTripStore(clients.dynamodb, tables["trip-state"]),
+        trips=DynamoTripStore(clients.dynamodb, tables["trip-state"], tables["vin-mapping"]),
         trail=trail_store(settings, clients),
         archive=S3TripArchive(clients.s3, settings.archive_bucket, clients.dynamodb, tables["trips-index"]),
     )

@@ -30,8 +30,16 @@ class Written:
 
 
 DYNAMODB_WRITE_UNIT = 1024
-DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
-"""The writes billed per item. TransactWriteItems (AWS bills it double) is not: nothing of ours sends it."""
+DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
+"""The writes billed per item."""
+TRANSACTION_FACTOR = 2
+"""TransactWriteItems bills two write units per started KB of each item it names, a ConditionCheck's
+included (DynamoDB developer guide, "Capacity management for transactions"); a cancelled one too."""
+
+
+def write_factor(operation: str) -> int:
+    """How many times ``write_units`` an item written by ``operation`` costs."""
+    return TRANSACTION_FACTOR if operation == "TransactWriteItems" else 1
 
 
 def write_units(before: int, after: int) -> int:
@@ -51,6 +59,9 @@ def written_keys(request: AwsRequest, key_schema: KeySchemaOf) -> list[tuple[str
         named.append((payload.get("TableName", ""), payload.get("Item", {})))
     elif request.operation in ("UpdateItem", "DeleteItem"):
         named.append((payload.get("TableName", ""), payload.get("Key", {})))
+    for action in payload.get("TransactItems", ()):
+        ((kind, body),) = action.items()
+        named.append((body.get("TableName", ""), body.get("Item" if kind == "Put" else "Key", {})))
     for table, writes in payload.get("RequestItems", {}).items():
         for write in writes:
             named.append(

@@ -113,6 +113,8 @@ def _tables_in(body: bytes) -> set[str]:
     except ValueError:
         return set()
     tables = set(payload.get("RequestItems", {}))
+    for action in payload.get("TransactItems", ()):
+        tables |= {item["TableName"] for item in action.values() if "TableName" in item}
     if "TableName" in payload:
         tables.add(payload["TableName"])
     return tables

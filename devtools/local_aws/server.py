@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from devtools.local_aws.billing import Written, write_units, written_items, written_keys
+from devtools.local_aws.billing import Written, write_factor, write_units, written_items, written_keys
 from devtools.local_aws.faults import Fault, FaultPlan, error_response, request_digest
 from devtools.local_aws.limits import (
     AwsRequest,
@@ -219,10 +219,14 @@ class LocalAwsApp:
                 stored.restore(*keys[0], undo)
                 self.refused[(request.service, request.operation, refusal.reason)] += 1
                 return _refusal_response(refusal)
-        # AWS bills a failed condition as a write of the item as it is; other errors bill nothing.
-        if status.startswith("200") or b"ConditionalCheckFailedException" in payload:
+        # AWS bills a failed condition as a write of the item as it is (a cancelled transaction too:
+        # each item it names); other errors bill nothing.
+        if status.startswith("200") or any(
+            failure in payload
+            for failure in (b"ConditionalCheckFailedException", b"TransactionCanceledException")
+        ):
             after = [stored.size(table, key) for table, key in keys]
-            self._tally_items(keys, before, after)
+            self._tally_items(keys, before, after, write_factor(request.operation))
         return status, headers, payload
 
     def _partially(
@@ -251,14 +255,15 @@ class LocalAwsApp:
         )
 
     def _tally_items(
-        self, keys: list[tuple[str, dict[str, Any]]], before: list[int], after: list[int]
+        self, keys: list[tuple[str, dict[str, Any]]], before: list[int], after: list[int], factor: int = 1
     ) -> None:
-        """Bill DynamoDB items as AWS does (``write_units``); ``bytes`` is the billed size of each."""
+        """Bill DynamoDB items as AWS does (``write_units``, times ``factor`` in a transaction); ``bytes``
+        is the billed size of each."""
         for (table, _), was, now in zip(keys, before, after, strict=True):
             tally = self.written.setdefault(("dynamodb", table), Written())
             tally.items += 1
             tally.bytes += max(was, now)
-            tally.units += write_units(was, now)
+            tally.units += factor * write_units(was, now)
         for table in {table for table, _ in keys}:
             self.written[("dynamodb", table)].requests += 1
 

@@ -95,10 +95,15 @@ def test_one_batch_costs_one_state_write_per_vehicle_and_one_trail_write_per_buc
     assert calls == Counter(
         {
             ("kms", "Encrypt"): 4,  # the VIN vault: once per vehicle not in it yet
-            ("dynamodb", "PutItem"): 2 + 2 + 1,  # trip-state x2; the trip's 2 steps; index
-            ("dynamodb", "BatchGetItem"): 2,  # trip-state and vin-mapping of the 4 vehicles first seen
-            # vehicle-state: one per vehicle; the vault; the trail: one per vehicle and bucket
-            ("dynamodb", "UpdateItem"): 4 + 4 + buckets,
+            ("dynamodb", "PutItem"): 1,  # the trips-index item
+            # trip-state items are created checking the vehicle's mark: the two vehicles still driving,
+            # and the completed trip's outbox
+            ("dynamodb", "TransactWriteItems"): 2 + 1,
+            # trip-state and marks of the 4 vehicles first seen; the vault's lookup of them
+            ("dynamodb", "BatchGetItem"): 2,
+            # vehicle-state: one per vehicle; the vault; the completed trip's mark; the trail: per bucket
+            ("dynamodb", "UpdateItem"): 4 + 4 + 1 + buckets,
+            ("dynamodb", "DeleteItem"): 1,  # trip-state holds open trips only: the archived one goes
             ("dynamodb", "Query"): 1,  # the completed trip's trail, for its archive
             ("s3", "PutObject"): 1,  # the archive
         }
@@ -108,8 +113,12 @@ def test_one_batch_costs_one_state_write_per_vehicle_and_one_trail_write_per_buc
     assert written[("dynamodb", tables["live-breadcrumbs"])].items == buckets
     assert written[("dynamodb", tables["live-breadcrumbs"])].units == buckets  # each under 1 KB
     assert written[("dynamodb", tables["vehicle-state"])].items == 4
-    assert written[("dynamodb", tables["vin-mapping"])].items == 4
-    assert written[("dynamodb", tables["trip-state"])].items == 4
+    # the vault x4, the mark, the 3 creations' condition checks (2 units each: a transaction)
+    assert written[("dynamodb", tables["vin-mapping"])].items == 4 + 1 + 3
+    assert written[("dynamodb", tables["vin-mapping"])].units == 4 + 1 + 3 * 2
+    # 3 creations (2 units each); the archived trip's item deleted (its mark holds what remains)
+    assert written[("dynamodb", tables["trip-state"])].items == 3 + 1
+    assert written[("dynamodb", tables["trip-state"])].units == 3 * 2 + 1
     archive = written[("s3", aws_env.settings.archive_bucket)]
     assert (archive.requests, archive.items, archive.units) == (1, 1, 1)
     (key,) = [
@@ -264,3 +273,29 @@ def test_requests_dynamodb_refuses_bill_nothing(aws_env: AwsEnv) -> None:
     with pytest.raises(ddb.exceptions.ResourceNotFoundException):
         ddb.put_item(TableName="no-such-table", Item={"pseudoVin": {"S": "v"}})
     assert aws_env.aws.app.written == {}
+
+
+def test_a_transaction_bills_two_units_per_started_kb_of_each_item_condition_checks_included(
+    aws_env: AwsEnv,
+) -> None:
+    ddb, tables = aws_env.clients.dynamodb, aws_env.settings.table_names
+    marks, trips = tables["vin-mapping"], tables["trip-state"]
+    ddb.put_item(TableName=marks, Item=sized_item(1500))
+    aws_env.aws.app.reset_counts()
+
+    def create(condition: str) -> None:
+        ddb.transact_write_items(
+            TransactItems=[
+                {"ConditionCheck": {"TableName": marks, "Key": {"pseudoVin": {"S": "v"}},
+                                    "ConditionExpression": condition}},
+                {"Put": {"TableName": trips, "Item": {"pseudoVin": {"S": "v"}},
+                         "ConditionExpression": "attribute_not_exists(pseudoVin)"}},
+            ]
+        )  # fmt: skip
+
+    create("attribute_exists(pseudoVin)")
+    assert billed(aws_env, marks) == Written(requests=1, items=1, bytes=1500, units=2 * 2)
+    assert billed(aws_env, trips) == Written(requests=1, items=1, bytes=9 + 1, units=2 * 1)
+    with pytest.raises(ddb.exceptions.TransactionCanceledException):
+        create("attribute_not_exists(pseudoVin)")  # cancelled: still billed, as AWS does
+    assert billed(aws_env, marks).units == 2 * 2 * 2 and billed(aws_env, trips).units == 2 * 2

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,14 +396,38 @@ def test_inspect_trail_prints_the_points_the_live_map_reads(processed: Processed
     assert_one_line_error(backwards, "inspect")
 
 
+def inspect_requests(
+    processed: Processed, trip_id: str
+) -> tuple[subprocess.CompletedProcess[str], Counter[tuple[str, str]]]:
+    """``inspect trip``, and the requests the local AWS served meanwhile."""
+    processed.env.aws.app.reset_counts()
+    result = worker("inspect", "trip", trip_id, env=processed.env.environ)
+    return result, Counter(processed.env.aws.app.requests)
+
+
+def test_inspect_trip_answers_in_at_most_two_requests(processed: Processed) -> None:
+    """The id names the vehicle: no index query by date, no scan of trip-state."""
+    archived, made = inspect_requests(processed, indexed_trips(processed)[0]["tripId"])
+    assert archived.returncode == 0 and "archived" in archived.stdout
+    assert made == Counter({("dynamodb", "GetItem"): 1, ("s3", "GetObject"): 1})  # index item, archive
+    table = processed.env.settings.table_names["trip-state"]
+    running = [i for i in processed.env.clients.dynamodb.scan(TableName=table)["Items"] if "tripId" in i]
+    result, made = inspect_requests(processed, running[0]["tripId"]["S"])
+    assert result.returncode == 0 and "running, not archived yet" in result.stdout
+    assert made == Counter({("dynamodb", "GetItem"): 2})  # trips-index (absent), trip-state
+
+
 def test_inspect_trip_finds_a_running_trip_and_refuses_unknown_ones(processed: Processed) -> None:
     table = processed.env.settings.table_names["trip-state"]
     running = [i for i in processed.env.clients.dynamodb.scan(TableName=table)["Items"] if "tripId" in i]
     assert running
     result = worker("inspect", "trip", running[0]["tripId"]["S"], env=processed.env.environ)
     assert result.returncode == 0 and "running, not archived yet" in result.stdout
-    missing = worker("inspect", "trip", "trip_20250101_000000_abcdef", env=processed.env.environ)
-    assert "no trip trip_20250101_000000_abcdef" in assert_one_line_error(missing, "inspect")
+    unknown = "trip_20250101_000000_" + "ab" * 16
+    missing = worker("inspect", "trip", unknown, env=processed.env.environ)
+    assert f"no trip {unknown}" in assert_one_line_error(missing, "inspect")
+    short = worker("inspect", "trip", "trip_20250101_000000_abcdef", env=processed.env.environ)
+    assert "32 lowercase hex" in assert_one_line_error(short, "inspect")
     wrong = worker(
         "inspect", "trip", running[0]["tripId"]["S"], "--vehicle", "f" * 32, env=processed.env.environ
     )

@@ -23,10 +23,12 @@ from processors.batch import DeadLetter
 from processors.errors import RejectReason, StaleTripState, TransientError, UnwritableUpdate
 from processors.ports import Stores
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, Pseudonymizer
+from processors.signals import parse_time
 from processors.trail import BucketMerge, Crumb, bucket_of, crumb_of, encode, pack, slot_of
+from processors.trip_items import MARK_VERSION, item_from_mark, sweep_shard
 from processors.vehicle_state import Observation, StateUpdate
 from schemas.dynamo import from_item, to_item
-from schemas.items import CompletedTripItem, TripIndexItem, TripStateItem
+from schemas.items import CompletedTripItem, TripIndexItem, TripMarkItem, TripStateItem
 from schemas.records import KinesisRecord, Location, StreamPosition, VehicleReading
 from tests.conftest import TEST_ENV, AwsEnv
 from tests.support.fakes import memory_stores
@@ -168,7 +170,50 @@ def test_a_stale_trip_state_write_raises_with_the_current_item_and_overwrites_no
             trips.write(trip_item("2025-03-05T14:00:02.000Z"), expected)
         assert (stale.value.pseudo_vin, stale.value.current) == (PV, second)
     assert trips.load([PV, "absent"]) == {PV: second}
-    assert list(trips.scan()) == [second]
+    assert trips.open_items([PV, "absent"])[0] == {PV: second}
+
+
+def open_trip(last_update: str, start: str, **fields: Any) -> TripStateItem:
+    return trip_item(last_update, "ACTIVE", tripId=f"trip_x_{PV}", startTime=start, **fields)
+
+
+def test_an_archived_trip_leaves_a_mark_and_no_item_and_cannot_be_created_again(backend: Backend) -> None:
+    """trip-state holds open trips only. Closing stores the mark (a monotone register) and deletes the
+    item; creating an item whose trip started at or before the mark's high-water mark (a zombie bringing
+    an archived trip back) is refused with the mark as the current state."""
+    trips = backend.stores.trips
+    trip = open_trip("2025-03-05T14:00:00.000Z", "2025-03-05T13:00:00.000Z")
+    trips.write(trip, None)
+    hwm = parse_time("2025-03-05T13:30:00.000Z")
+    mark = TripMarkItem(hwm=hwm, rbl=True, recent=[[hwm - 1800_000, hwm, hwm + 1]], ts=hwm // 1000 - 1800)
+    assert trips.close(PV, mark, trip.lastUpdate) == 2
+    loaded = trips.load([PV])[PV]
+    assert loaded == item_from_mark(PV, mark) and loaded.lastUpdate == MARK_VERSION
+    assert trips.open_items([PV])[0] == {}
+    with pytest.raises(StaleTripState) as stale:  # the zombie: its trip started before the mark
+        trips.write(trip, None)
+    assert stale.value.current == loaded
+    assert trips.open_items([PV])[0] == {}
+    # An older mark does not move it back; the next trip, after the mark, is created.
+    trips.close(PV, mark.model_copy(update={"hwm": hwm - 1}), None)
+    assert trips.load([PV])[PV] == loaded
+    later = open_trip("2025-03-05T15:00:00.000Z", "2025-03-05T14:30:00.000Z")
+    trips.write(later, None)
+    assert trips.load([PV])[PV] == later
+    # A stale delete raises with what is stored and deletes nothing.
+    with pytest.raises(StaleTripState) as stale:
+        trips.close(PV, None, trip.lastUpdate)
+    assert stale.value.current == later and trips.open_items([PV])[0] == {PV: later}
+
+
+def test_the_sweep_index_names_the_silent_open_trips_of_a_shard(backend: Backend) -> None:
+    trips = backend.stores.trips
+    shard = sweep_shard(PV)
+    trips.write(open_trip("2025-03-05T14:00:00.000Z", "2025-03-05T13:00:00.000Z", sweepShard=shard,
+                          idleAfter=1_000_000_200), None)  # fmt: skip
+    assert trips.silent(shard, 1_000_000_200)[0] == [PV]
+    assert trips.silent(shard, 1_000_000_199)[0] == []
+    assert trips.silent((shard + 1) % 16, 2_000_000_000)[0] == []
 
 
 def test_the_outbox_is_stored_and_read_back_under_its_stored_name(backend: Backend) -> None:

@@ -151,11 +151,16 @@ def test_trip_scenario_through_the_record_processor(trip_env: AwsEnv) -> None:
             for c in crumbs
         )
 
-    states = {i["pseudoVin"]: i for i in table(trip_env, "trip-state")}
-    assert PV["4"] not in states  # never drove: no trip-state at all
-    assert {s["status"] for s in states.values()} == {"IDLE"} and not any(
-        "closing" in s for s in states.values()
-    )
+    # trip-state holds open trips only: every trip archived, no item is left; what exactly-once still
+    # needs of each vehicle that drove is its mark in vin-mapping
+    assert table(trip_env, "trip-state") == []
+    marks = {i["pseudoVin"]: i["m"] for i in table(trip_env, "vin-mapping") if "m" in i}
+    assert PV["4"] not in marks  # never drove: no mark either
+    assert set(marks) == {pv for pv, _ in index}
+    for pv, mark in marks.items():
+        recent = sorted([t.start_time_ms, t.end_time_ms] for t in completed if t.pseudo_vin == pv)[-4:]
+        assert [r[:2] for r in mark["recent"]] == recent
+    states = list(marks.values())
     # Every accepted record with a trail field is a crumb, moving or not, in a trip or not.
     live = table(trip_env, "live-breadcrumbs")
     packed = {(m.pseudo_vin, m.bucket): m for pv, cs in crumbs_by_vehicle.items() for m in pack(pv, cs)}
@@ -172,9 +177,7 @@ def test_trip_scenario_through_the_record_processor(trip_env: AwsEnv) -> None:
     assert len(segments["Contents"]) >= 4  # the long haul was staged while it ran
 
     every_object = [archive(trip_env, i["s3Key"])[1] for i in index.values()]
-    assert not leaked(
-        vins_in(FIXTURES / "trips.jsonl"), orjson.dumps([every_object, list(states.values()), live])
-    )
+    assert not leaked(vins_in(FIXTURES / "trips.jsonl"), orjson.dumps([every_object, states, live]))
 
 
 def test_a_sweep_whose_archive_step_fails_once_finishes_its_own_claim(
@@ -194,8 +197,7 @@ def test_a_sweep_whose_archive_step_fails_once_finishes_its_own_claim(
     report = sweep_orphans(trip_env.settings, trip_env.clients, now_ms=AN_HOUR_LATER)
     assert (report.orphaned, report.lost_race) == ([silent["tripId"]], 0)
     assert any(i["tripId"] == silent["tripId"] for i in table(trip_env, "trips-index"))
-    (state,) = [i for i in table(trip_env, "trip-state") if i["pseudoVin"] == PV["3"]]
-    assert state["status"] == "IDLE" and "closing" not in state
+    assert not [i for i in table(trip_env, "trip-state") if i["pseudoVin"] == PV["3"]]  # archived: gone
 
 
 def bucket_items(env: AwsEnv, pseudo_vin: str) -> list[dict[str, Any]]:
@@ -344,9 +346,8 @@ def test_a_crash_between_two_writes_of_a_commit_is_finished_identically(
     records = shard_records(fixture("trips.jsonl"))
     clean = clean_digest_then_reset(trip_env, records)
     physical = frozenset({trip_env.settings.table_names[failing]})
-    trip_env.aws.app.inject(
-        FaultPlan(rate=1.0, kinds=("server_error",), ops=frozenset({"PutItem"}), worker_tables=physical)
-    )
+    writes = frozenset({"PutItem", "TransactWriteItems"})  # the item's creation is a transaction
+    trip_env.aws.app.inject(FaultPlan(rate=1.0, kinds=("server_error",), ops=writes, worker_tables=physical))
     harness = ProcessorHarness(trip_env.environ)
     harness.initialize()
     with pytest.raises(ProcessExited):  # retries exhausted: the processor ends, nothing checkpointed after

@@ -1,7 +1,9 @@
 """A canonical digest of everything the worker writes, so two runs can be compared exactly.
 
 Volatile attributes (documented in the README, "Failure semantics") are dropped:
-- ``trip-state.lastUpdate``: wall-clock time of the last write;
+- ``trip-state.lastUpdate``: wall-clock time of the last write, and ``idleAfter`` (the sweep index's sort
+  key) derived from it; trip-state holds open trips only, the idle vehicles' marks are ``vin-mapping.m``
+  (kept: deterministic);
 - ``vin-mapping.encryptedVin`` and ``createdAt``: KMS ciphertext is randomized, the time is the
   first sighting; the digest keeps the decrypted VIN's hash instead;
 - ``vin-mapping``'s ``_meta#`` items (the pseudonymization key's fingerprint): bootstrap's, not the
@@ -34,7 +36,7 @@ from worker.aws import AwsClients
 from worker.config import Settings
 
 VOLATILE: dict[str, frozenset[str]] = {
-    "trip-state": frozenset({"lastUpdate", "appliedThrough"}),
+    "trip-state": frozenset({"lastUpdate", "appliedThrough", "idleAfter"}),
     "vin-mapping": frozenset({"encryptedVin", "createdAt"}),
     "trips-index": frozenset({"expiresAt"}),
     "live-breadcrumbs": frozenset({"expiresAt"}),

@@ -9,7 +9,7 @@ holds errors raised, one per call, by its next writes (quix-streams' ``FailingSi
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from processors.batch import DeadLetter
@@ -17,12 +17,13 @@ from processors.dead_letter import DataKey, dead_letter_key
 from processors.errors import StaleTripState, UnwritableUpdate
 from processors.ports import Stores
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, is_vehicle
-from processors.signals import format_time
+from processors.signals import format_time, parse_time
 from processors.trail import BucketMerge, Crumb, bucket_of, decode_item, encode
 from processors.trail import outstanding as trail_outstanding
+from processors.trip_items import item_from_mark
 from processors.vehicle_state import StateUpdate, outstanding, stored_value
 from schemas.dynamo import from_attribute, to_attribute
-from schemas.items import TripIndexItem, TripStateItem
+from schemas.items import TripIndexItem, TripMarkItem, TripStateItem
 from schemas.signal_codes import encode as signal_code
 
 
@@ -44,23 +45,60 @@ class MemoryTripStore(_Failing):
     def __init__(self) -> None:
         super().__init__()
         self.items: dict[str, TripStateItem] = {}
+        self.marks: dict[str, TripMarkItem] = {}
 
     def load(self, pseudo_vins: Sequence[str]) -> dict[str, TripStateItem]:
         with self.lock:
-            return {pv: self.items[pv] for pv in pseudo_vins if pv in self.items}
+            return self._load(pseudo_vins)
+
+    def _load(self, pseudo_vins: Sequence[str]) -> dict[str, TripStateItem]:
+        found = {pv: self.items[pv] for pv in pseudo_vins if pv in self.items}
+        for pv in pseudo_vins:
+            if pv not in found and pv in self.marks:
+                found[pv] = item_from_mark(pv, self.marks[pv])
+        return found
 
     def write(self, item: TripStateItem, expected_last_update: str | None) -> None:
         self._maybe_fail()
         with self.lock:
-            current = self.items.get(item.pseudoVin)
-            if (current.lastUpdate if current else None) != expected_last_update:
-                raise StaleTripState(item.pseudoVin, current)
-            self.items[item.pseudoVin] = item
+            pv = item.pseudoVin
+            current = self.items.get(pv)
+            if expected_last_update is None:
+                starts = [parse_time(t.startTime) for t in item.outbox]
+                starts += [parse_time(item.startTime)] if item.startTime else []
+                mark = self.marks.get(pv)
+                if current is not None or (mark is not None and mark.hwm >= min(starts, default=0)):
+                    raise StaleTripState(pv, self._load([pv]).get(pv))
+            elif current is None or current.lastUpdate != expected_last_update:
+                raise StaleTripState(pv, self._load([pv]).get(pv))
+            self.items[pv] = item
 
-    def scan(self) -> Iterator[TripStateItem]:
+    def close(self, pseudo_vin: str, mark: TripMarkItem | None, expected_last_update: str | None) -> int:
+        self._maybe_fail()
         with self.lock:
-            items = list(self.items.values())
-        return iter(items)
+            stored = self.marks.get(pseudo_vin)
+            if mark is not None and (stored is None or stored.hwm <= mark.hwm):
+                self.marks[pseudo_vin] = mark
+            if expected_last_update is None:
+                return int(mark is not None)
+            current = self.items.get(pseudo_vin)
+            if current is None or current.lastUpdate != expected_last_update:
+                raise StaleTripState(pseudo_vin, self._load([pseudo_vin]).get(pseudo_vin))
+            del self.items[pseudo_vin]
+        return 1 + int(mark is not None)
+
+    def open_items(self, pseudo_vins: Sequence[str]) -> tuple[dict[str, TripStateItem], int]:
+        with self.lock:
+            return {pv: self.items[pv] for pv in pseudo_vins if pv in self.items}, -(-len(pseudo_vins) // 100)
+
+    def silent(self, shard: int, until_s: int) -> tuple[list[str], int]:
+        with self.lock:
+            return [
+                pv
+                for pv, item in self.items.items()
+                if item.sweepShard == shard and item.idleAfter is not None and item.idleAfter <= until_s
+            ], 1
+
 
 
 class MemoryTrail(_Failing):

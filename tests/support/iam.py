@@ -84,6 +84,28 @@ def allowed(policy: Mapping[str, Any], action: str, resource_arn: str) -> bool:
     return any(fnmatch.fnmatchcase(resource_arn, pattern) for pattern in grants(policy).get(action, ()))
 
 
+TRANSACTION_ITEM_ACTIONS = {
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+}
+"""IAM authorizes TransactWriteItems per item, by these actions (there is no TransactWriteItems action)."""
+OUR_TRANSACTIONS = frozenset({"PutItem", "ConditionCheckItem"})
+"""The item actions of the only transaction the code sends (a trip's creation: ConditionCheck on the
+vehicle's mark + Put of its trip-state item), for recordings that keep the operation name only."""
+
+
+def transaction_items(body: bytes) -> list[tuple[str, str]]:
+    """(operation, ``table/name``) of each item a TransactWriteItems request names."""
+    request = json.loads(body or b"{}")
+    items = []
+    for action in request.get("TransactItems", ()):
+        ((kind, item),) = action.items()
+        items.append((TRANSACTION_ITEM_ACTIONS[kind], f"table/{item['TableName']}"))
+    return items
+
+
 def resource_of(service: str, environ: Mapping[str, Any], body: bytes) -> str:
     """The resource a request addresses: tables, or one table's index (DynamoDB), bucket/key (S3), the
     stream (Kinesis); "" elsewhere (the KMS key and the secret are named differently here than on AWS)."""
@@ -114,7 +136,10 @@ def recording_resources() -> Iterator[set[tuple[str, str, str]]]:
 
     def recording_identify(environ: dict[str, Any], body: bytes) -> AwsRequest:
         request = identify(environ, body)
-        calls.add((request.service, request.operation, resource_of(request.service, environ, body)))
+        if (request.service, request.operation) == ("dynamodb", "TransactWriteItems"):
+            calls.update(("dynamodb", operation, table) for operation, table in transaction_items(body))
+        else:
+            calls.add((request.service, request.operation, resource_of(request.service, environ, body)))
         return request
 
     with pytest.MonkeyPatch.context() as patch:
@@ -156,8 +181,15 @@ def iam_action(service: str, operation: str) -> str:
 
 
 def iam_actions(requests: Iterable[tuple[str, str]]) -> set[str]:
-    """IAM actions for recorded (service, operation) pairs (a ``Counter`` of them works too)."""
-    return {iam_action(service, operation) for service, operation in requests}
+    """IAM actions for recorded (service, operation) pairs (a ``Counter`` of them works too); a
+    TransactWriteItems stands for the item actions of ``OUR_TRANSACTIONS``."""
+    actions = set()
+    for service, operation in requests:
+        if (service, operation) == ("dynamodb", "TransactWriteItems"):
+            actions |= {f"dynamodb:{item}" for item in OUR_TRANSACTIONS}
+        else:
+            actions.add(iam_action(service, operation))
+    return actions
 
 
 def allow_statements(policy: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -14,12 +14,15 @@ import orjson
 import pytest
 
 from devtools.settings import settings_from
+from processors.batch import TripPlanner
 from processors.errors import StaleTripState, TransientError
 from processors.pseudonymize import Pseudonymizer
-from processors.trips import VehicleTripPlan
+from processors.signals import format_time
+from processors.trip_items import MARK_VERSION
+from processors.trips import TripStateMachine, TripThresholds, VehicleTripPlan
 from processors.vehicle_state import named_item
 from schemas.items import TripStateItem
-from schemas.records import KinesisRecord, StreamPosition
+from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 from tests.conftest import TEST_ENV
 from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.support.fakes import MemoryStores, MemoryTripStore, memory_stores
@@ -30,7 +33,7 @@ from worker.record_processor import EXIT_BATCH_FAILED, FleetRecordProcessor
 from worker.replay import StreamEntry
 from worker.retry import TRIP_REPLANS, Retrier
 from worker.sweep import sweep
-from worker.trip_commit import Replanned, commit_until_settled
+from worker.trip_commit import Replanned, TripArchiver, TripCommitter, commit_until_settled
 from worker.wiring import TripStores
 
 SHARD = "shardId-000000000000"
@@ -214,7 +217,9 @@ def test_the_sweep_finishes_its_own_claim_when_a_later_step_failed(settings: Set
         settings, TripStores(stores.trips, stores.trail, stores.archive), now_ms=10**15, retrier=NO_SLEEP
     )
     assert (set(report.orphaned), report.lost_race) == (open_ids, 0)
-    assert all(i.status == "IDLE" and not i.outbox for i in stores.trips.items.values())
+    # trip-state holds open trips only: archived, the items are gone and the vehicles are their marks
+    assert stores.trips.items == {}
+    assert set(stores.trips.marks) >= {pv for pv, _ in stores.archive.index}
     assert open_ids <= {trip_id for _pv, trip_id in stores.archive.index}
 
 
@@ -222,16 +227,17 @@ def test_the_sweep_leaves_a_trip_to_the_processor_that_wrote_meanwhile(settings:
     stores = open_trips(settings)
 
     class ProcessorWroteFirst(MemoryTripStore):
-        def scan(self) -> Iterator[TripStateItem]:
-            for item in list(stores.trips.items.values()):
+        def open_items(self, pseudo_vins: Sequence[str]) -> tuple[dict[str, TripStateItem], int]:
+            found, requests = super().open_items(pseudo_vins)
+            for item in found.values():
                 # the vehicle's processor writes between the sweep's read and its claim
                 self.items[item.pseudoVin] = item.model_copy(
                     update={"lastUpdate": "9999-12-31T00:00:00.000Z"}
                 )
-                yield item
+            return found, requests
 
     racing = ProcessorWroteFirst()
-    racing.items = dict(stores.trips.items)
+    racing.items, racing.marks = dict(stores.trips.items), dict(stores.trips.marks)
     report = sweep(
         settings, TripStores(racing, stores.trail, stores.archive), now_ms=10**15, retrier=NO_SLEEP
     )
@@ -289,3 +295,34 @@ def test_a_failed_write_exits_before_any_checkpoint(processor_on: Any) -> None:
     with pytest.raises(SystemExit) as exited:
         deliver(processor_on(stores), shard_records(fixture("trips.jsonl"))[:50], checkpointer)
     assert (exited.value.code, checkpointer.calls) == (EXIT_BATCH_FAILED, [])
+
+
+# --- trip-state holds open trips only ---------------------------------------------------------------------
+
+
+def test_an_old_idle_item_is_read_as_the_mark_and_deleted_by_the_next_archival() -> None:
+    """Items left IDLE by earlier versions keep their high-water mark (a replay of the archived trip
+    starts nothing); the vehicle's next archival deletes the item and leaves its mark in vin-mapping."""
+    stores = memory_stores()
+    store, trail, archive = MemoryTripStore(), stores.trail, stores.archive
+    pv, t0 = "ab" * 16, 1_741_185_121_000
+    old = TripStateItem(
+        pseudoVin=pv, status="IDLE", lastEventTime=format_time(t0 + 10_000), lastUpdate=format_time(t0)
+    )
+    store.items[pv] = old
+    planner = TripPlanner(TripStateMachine(TripThresholds(gap_ms=60_000)))
+    planner.adopt(pv, store.load([pv])[pv])
+    readings = [
+        VehicleReading(
+            pv, t0 + s * 1000, {"vehicleSpeed": v}, StreamPosition("shardId-000000000000", str(s), 0, 0)
+        )
+        for s, v in ((5, 30.0), (20, 30.0), (21, 0.0), (90, 0.0))
+    ]
+    plan = planner.plan(pv, readings)
+    assert [t.start_time_ms for t in plan.outbox] == [t0 + 20_000]  # not from the record under the mark
+    TripCommitter(store, TripArchiver(trail, archive)).commit(plan)
+    assert store.items == {}
+    assert store.marks[pv].hwm == t0 + 90_000 and store.marks[pv].recent == [
+        [t0 + 20_000, t0 + 21_000, t0 + 90_000]
+    ]
+    assert store.load([pv])[pv].lastUpdate == MARK_VERSION

@@ -90,7 +90,26 @@ def test_a_trip_starts_strictly_above_the_start_speed_with_a_deterministic_id() 
     run.feed(at(2, 5.1))
     assert run.status() is TripStatus.ACTIVE
     assert run.state.trip is not None
-    assert run.state.trip.trip_id == "trip_20250305_143203_4f0c9a" == trip_id(PV, T0 + 2000)
+    assert run.state.trip.trip_id == f"trip_20250305_143203_{PV}" == trip_id(PV, T0 + 2000)
+
+
+def test_trip_ids_carry_the_whole_pseudo_vin_and_never_repeat_within_a_vehicle() -> None:
+    """Two vehicles sharing the pseudoVin's first 6 hex characters get different ids; a trip starting in
+    the second its vehicle's previous trip started in is named after the next free second."""
+    other = PV[:6] + "0" * 26
+    assert trip_id(PV, T0) != trip_id(other, T0)
+    quick = TripStateMachine(TripThresholds(start_speed_mph=5, end_speed_mph=1, gap_ms=200))
+    run = Run().feed(at(0, 30), at(0.1, 0), at(0.3, 25), at(0.4, 0), at(0.6, 25), machine=quick)
+    ids = [t.trip_id for t in run.effects.completed] + [run.state.trip.trip_id if run.state.trip else ""]
+    assert ids == [
+        f"trip_20250305_143201_{PV}",
+        f"trip_20250305_143202_{PV}",
+        f"trip_20250305_143203_{PV}",
+    ]
+    assert [r[0] for r in run.state.recent] == [T0, T0 + 300]
+    # The bump survives persistence: the last id's second is part of the state.
+    stored = state_from_item(TripStateItem(**state_fields(run.state), lastUpdate="2026-01-01T00:00:00.000Z"))
+    assert stored == run.state and stored.last_trip_second == T0 // 1000 + 2
 
 
 def test_a_vehicle_already_moving_when_first_seen_starts_at_its_first_record() -> None:

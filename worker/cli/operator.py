@@ -53,9 +53,13 @@ def cmd_sweep_orphans(args: argparse.Namespace, settings: Settings) -> int:
 
     idle_ms = int(args.idle_seconds * 1000) if args.idle_seconds is not None else None
     report = sweep_orphans(settings, AwsClients(settings), idle_ms=idle_ms)
+    if report.skipped is not None:
+        say(f"skipped: the consumer of {report.skipped} is more than a trip gap behind (nothing read)")
+        return 0
     say(
-        f"scanned {report.scanned} trip-state items: {len(report.orphaned)} orphaned trips archived, "
-        f"{len(report.finished)} pending archives finished, {report.lost_race} left to a live processor"
+        f"read {report.items_read} of {report.candidates} silent candidates in {report.requests} requests: "
+        f"{len(report.orphaned)} orphaned trips archived, {len(report.finished)} pending archives "
+        f"finished, {report.lost_race} left to a live processor"
     )
     for trip_id in report.orphaned:
         say(f"  orphan  {trip_id}")
@@ -196,11 +200,13 @@ def register(add: AddCommand) -> None:
         description="An archived trip's trips-index item and its S3 archive (breadcrumb count, first and "
         "last points); a trip still running is shown from trip-state.",
     )
-    trip.add_argument("trip_id", metavar="TRIP_ID", help="e.g. trip_20250305_143201_4f0c9a")
+    trip.add_argument(
+        "trip_id", metavar="TRIP_ID", help="e.g. trip_20250305_143201_4f0c9a7e11b2c3d4e5f60718293a4b5c"
+    )
     trip.add_argument(
         "--vehicle",
         metavar="PSEUDO_VIN",
-        help="the trip's vehicle: a direct read instead of a query by the trip's date",
+        help="the trip's vehicle (redundant: the id names it; checked against it)",
     )
     trail = what.add_parser(
         "trail",

@@ -1,0 +1,96 @@
+"""The orphan sweep on the local AWS (issue 13, item 3): it reads open trips only, through the sparse
+sweep index, and does nothing while a shard's consumer is behind."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import pytest
+
+from bench.sweep import idle_mark, leases_caught_up, open_trip_item, pseudo_vin, write_all
+from processors.signals import format_time
+from processors.trip_items import SWEEP_SHARDS
+from schemas.dynamo import to_item
+from tests.conftest import AwsEnv, create_lease_table
+from tests.support.iam import recording_resources
+from worker.sweep import sweep_orphans
+
+
+def seed(env: AwsEnv, idle: int, open_trips: int, silent: int, now: int) -> None:
+    tables = env.settings.table_names
+    marks = [
+        {
+            "pseudoVin": {"S": pseudo_vin("idle", i)},
+            "createdAt": {"S": format_time(now)},
+            "m": {"M": to_item(idle_mark(i, now))},
+        }
+        for i in range(idle)
+    ]
+    write_all(env.clients, tables["vin-mapping"], marks)
+    trips = [to_item(open_trip_item(pseudo_vin("open", i), i < silent, now)) for i in range(open_trips)]
+    write_all(env.clients, tables["trip-state"], trips)
+
+
+@pytest.mark.parametrize("idle", [0, 400])
+def test_the_sweep_reads_the_silent_open_trips_only_whatever_the_fleet(aws_env: AwsEnv, idle: int) -> None:
+    """Idle vehicles (marks in vin-mapping) cost the sweep nothing: 16 index Queries and one BatchGetItem
+    for the candidates, whether 0 or 400 vehicles are idle. (The replaced sweep Scanned trip-state.)"""
+    now = int(time.time() * 1000)
+    seed(aws_env, idle, open_trips=30, silent=4, now=now)
+    leases_caught_up(aws_env.settings, aws_env.clients)
+    aws_env.aws.app.reset_counts()
+    with recording_resources() as calls:
+        report = sweep_orphans(aws_env.settings, aws_env.clients, now_ms=now)
+    assert (report.candidates, report.items_read, len(report.orphaned), report.lost_race) == (4, 4, 4, 0)
+    served = Counter(aws_env.aws.app.requests)
+    trip_state = f"table/{aws_env.settings.table_names['trip-state']}"
+    reads = Counter(op for service, op, resource in calls if resource.startswith(trip_state))
+    assert reads["Scan"] == 0 and reads["BatchGetItem"] == 1
+    assert f"{trip_state}/index/open-trips-by-idle" in {r for _, _, r in calls}
+    assert served[("dynamodb", "Query")] == SWEEP_SHARDS + 4  # the index; each orphan's breadcrumbs
+    assert served[("dynamodb", "Scan")] == 1  # the lease table
+    assert (served[("kinesis", "GetShardIterator")], served[("kinesis", "GetRecords")]) == (2, 2)
+    # trip-state holds open trips only: the orphans' items are gone, their marks hold what remains
+    remaining = aws_env.clients.dynamodb.scan(TableName=aws_env.settings.table_names["trip-state"])
+    assert remaining["Count"] == 30 - 4
+
+
+def test_the_sweep_does_nothing_while_a_shard_has_unprocessed_records_older_than_the_gap(
+    aws_env: AwsEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = int(time.time() * 1000)
+    seed(aws_env, idle=10, open_trips=5, silent=5, now=now)
+    settings, clients = aws_env.settings, aws_env.clients
+    create_lease_table(aws_env)
+    for shard in clients.kinesis.list_shards(StreamName=settings.stream_name)["Shards"]:
+        clients.dynamodb.put_item(
+            TableName=settings.application_name,
+            Item={"leaseKey": {"S": shard["ShardId"]}, "checkpoint": {"S": "TRIM_HORIZON"}},
+        )
+    (first, *_) = clients.kinesis.list_shards(StreamName=settings.stream_name)["Shards"]
+    clients.kinesis.put_record(
+        StreamName=settings.stream_name,
+        Data=b"{}",
+        PartitionKey="x",
+        ExplicitHashKey=first["HashKeyRange"]["StartingHashKey"],
+    )
+    # Seen a gap and a second later, that record is still waiting for its consumer.
+    later = now + (settings.trip_gap_seconds + 1) * 1000
+    with recording_resources() as calls, caplog.at_level(logging.INFO):
+        report = sweep_orphans(settings, clients, now_ms=later)
+    assert report.skipped == first["ShardId"] and report.orphaned == [] and report.items_read == 0
+    assert not {r for _, _, r in calls if settings.table_names["trip-state"] in r}, "zero trip-state reads"
+    assert [r.getMessage() for r in caplog.records if r.name == "worker.sweep"] == ["sweep_skipped"]
+    assert clients.dynamodb.scan(TableName=settings.table_names["trip-state"])["Count"] == 5
+    # Caught up (the record was processed and checkpointed), the same sweep completes them.
+    iterator = clients.kinesis.get_shard_iterator(
+        StreamName=settings.stream_name, ShardId=first["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )
+    (record,) = clients.kinesis.get_records(ShardIterator=iterator["ShardIterator"])["Records"]
+    clients.dynamodb.put_item(
+        TableName=settings.application_name,
+        Item={"leaseKey": {"S": first["ShardId"]}, "checkpoint": {"S": record["SequenceNumber"]}},
+    )
+    assert len(sweep_orphans(settings, clients, now_ms=later).orphaned) == 5
