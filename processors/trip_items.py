@@ -23,11 +23,10 @@ from schemas.items import (
     CompletedTripItem,
     LastKnownItem,
     LocationItem,
-    PositionItem,
     StopSnapshot,
     TripStateItem,
 )
-from schemas.records import Location, StreamPosition
+from schemas.records import Location
 
 BREADCRUMB_TTL_SECONDS = 24 * 3600
 
@@ -42,16 +41,6 @@ def _from_location(value: LocationItem | None) -> Location | None:
 
 def _time(ms: int | None) -> str | None:
     return format_time(ms) if ms is not None else None
-
-
-def _position(position: StreamPosition | None) -> PositionItem | None:
-    if position is None:
-        return None
-    return PositionItem(
-        shardId=position.shard_id,
-        sequenceNumber=position.sequence_number,
-        subSequenceNumber=position.sub_sequence_number,
-    )
 
 
 def _ms(text: str | None) -> int | None:
@@ -100,7 +89,6 @@ def state_fields(state: VehicleTrips) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "pseudoVin": state.pseudo_vin,
         "lastEventTime": _time(state.high_water_ms),
-        "appliedThrough": _position(state.applied_through),
         "status": TripStatus.IDLE.value,
         "reportsBatteryLevel": state.reports_battery_level,
     }
@@ -147,10 +135,6 @@ def state_from_item(item: TripStateItem) -> VehicleTrips:
     state = VehicleTrips(
         item.pseudoVin, _ms(item.lastEventTime), reports_battery_level=item.reportsBatteryLevel
     )
-    if (through := item.appliedThrough) is not None:
-        state.applied_through = StreamPosition(
-            through.shardId, through.sequenceNumber, through.subSequenceNumber, 0
-        )
     if item.status == TripStatus.IDLE or item.tripId is None or item.startTime is None:
         return state
     known = item.lastKnown or LastKnownItem()

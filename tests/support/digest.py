@@ -22,7 +22,7 @@ from worker.aws import AwsClients
 from worker.config import Settings
 
 VOLATILE: dict[str, frozenset[str]] = {
-    "trip-state": frozenset({"lastUpdate", "appliedThrough"}),
+    "trip-state": frozenset({"lastUpdate"}),
     "vin-mapping": frozenset({"encryptedVin", "createdAt"}),
 }
 DIGESTED_PREFIXES = ("trips/", "trip-segments/")
