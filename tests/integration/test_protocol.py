@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
-
-import time
 
 import orjson
 import pytest
@@ -21,8 +20,8 @@ from tests.support.harness import (
     fixture,
     shard_records,
 )
-from worker.replay import StreamEntry
 from tests.support.oracle import latest_by_vin, leaked, vins_in
+from worker.replay import StreamEntry
 
 FLEET = FIXTURES / "fleet-small.jsonl"
 

@@ -49,7 +49,7 @@ SEGMENT = 100
 TRIP_ENV = {
     "FLEET_TRIP_GAP_SECONDS": str(TRIP_GAP_SECONDS),
     "FLEET_TRIP_SEGMENT_BREADCRUMBS": str(SEGMENT),
-    "FLEET_CHECKPOINT_EVERY_RECORDS": "300",
+    "FLEET_CHECKPOINT_EVERY_SECONDS": "0",
     "FLEET_PSEUDONYM_KEY": "trip-tests-key",
 }
 KEY = Pseudonymizer(TRIP_ENV["FLEET_PSEUDONYM_KEY"].encode())
@@ -245,6 +245,7 @@ def replay_with_crashes(env: AwsEnv, records: Sequence[ShardRecord], seed: int) 
             position += len(batch)
         if position >= len(records):
             harness.process([])
+            harness.shutdown_requested()
             harness.lease_lost()
             harness.close()
             break
