@@ -90,6 +90,8 @@ class SettleBuffer(Generic[V]):
         self._in_order: deque[_Entry[V]] = deque()
         self._serial = itertools.count()
         self._size = 0
+        self._ready: dict[str, list[_Entry[V]]] = {}
+        """Settled by the event-time rule when added, handed out by the next ``advance``."""
 
     def __len__(self) -> int:
         return self._size
@@ -105,6 +107,10 @@ class SettleBuffer(Generic[V]):
         self._in_order.append(entry)
         self._size += 1
         self.observe(item.a_ms)
+        # Event-time rule: only this vehicle's newest t moved, so only its inputs can settle by it.
+        limit = vehicle.max_t - self.settle_ms
+        if vehicle.by_t[0][0][0] < limit:
+            self._ready.setdefault(pseudo_vin, []).extend(self._take(pseudo_vin, limit - 1))
 
     def observe(self, clock_ms: int) -> None:
         """Move the stream clock forward (never back)."""
@@ -116,37 +122,27 @@ class SettleBuffer(Generic[V]):
         if clock_ms is not None:
             self.observe(clock_ms)
         through: dict[str, int] = {}
-        for pseudo_vin, vehicle in self._vehicles.items():
-            if vehicle.by_t and vehicle.max_t is not None:
-                top = vehicle.by_t[0][1].input.t_ms
-                if top + self.settle_ms < vehicle.max_t:
-                    # The greatest t that is more than D below the newest t: found from the bottom up.
-                    limit = vehicle.max_t - self.settle_ms
-                    through[pseudo_vin] = max(
-                        (e.input.t_ms for _, e in vehicle.by_t if e.input.t_ms < limit), default=top
-                    )
         if self.clock_ms is not None:
             arrivals = self._by_arrival
             while arrivals and arrivals[0][0] + self.settle_ms < self.clock_ms:
                 _, _, pseudo_vin, entry = heapq.heappop(arrivals)
                 if not entry.consumed:
                     through[pseudo_vin] = max(through.get(pseudo_vin, entry.input.t_ms), entry.input.t_ms)
-        settled: dict[str, list[MachineInput[V]]] = {}
+        settled, self._ready = self._ready, {}
         for pseudo_vin, t_ms in through.items():
-            settled[pseudo_vin] = self._take(pseudo_vin, t_ms)
+            settled.setdefault(pseudo_vin, []).extend(self._take(pseudo_vin, t_ms))
+        handed = {pv: self._hand_out(entries) for pv, entries in settled.items() if entries}
         self._trim()
-        return {pv: inputs for pv, inputs in settled.items() if inputs}
+        return handed
 
     def drain(self, pseudo_vin: str) -> list[MachineInput[V]]:
         """Every buffered input of the vehicle, in order (SHARD_END, the orphan rule)."""
-        drained = self._take(pseudo_vin, None)
+        drained = self._hand_out(self._ready.pop(pseudo_vin, []) + self._take(pseudo_vin, None))
         self._trim()
         return drained
 
     def drain_all(self) -> dict[str, list[MachineInput[V]]]:
-        drained = {pv: self._take(pv, None) for pv in list(self._vehicles)}
-        self._trim()
-        return {pv: inputs for pv, inputs in drained.items() if inputs}
+        return {pv: inputs for pv in list(self._vehicles) if (inputs := self.drain(pv))}
 
     def oldest(self) -> MachineInput[V] | None:
         """The input still buffered that was received first (None: nothing is)."""
@@ -156,19 +152,24 @@ class SettleBuffer(Generic[V]):
     def vehicles(self) -> Iterable[str]:
         return [pv for pv, vehicle in self._vehicles.items() if vehicle.by_t]
 
-    def _take(self, pseudo_vin: str, through_t: int | None) -> list[MachineInput[V]]:
-        """Remove and return the vehicle's inputs with ``t <= through_t`` (None: all), in order."""
+    def _take(self, pseudo_vin: str, through_t: int | None) -> list[_Entry[V]]:
+        """Remove and return the vehicle's entries with ``t <= through_t`` (None: all), in order."""
         vehicle = self._vehicles.get(pseudo_vin)
         if vehicle is None:
             return []
-        taken: list[MachineInput[V]] = []
+        taken: list[_Entry[V]] = []
         heap = vehicle.by_t
         while heap and (through_t is None or heap[0][1].input.t_ms <= through_t):
-            _, entry = heapq.heappop(heap)
-            entry.consumed = True
-            taken.append(entry.input)
-        self._size -= len(taken)
+            taken.append(heapq.heappop(heap)[1])
         return taken
+
+    def _hand_out(self, entries: list[_Entry[V]]) -> list[MachineInput[V]]:
+        """Entries leaving the buffer for the machine, in ``(t, bytes)`` order. Only from here on do they
+        stop holding the watermark back."""
+        for entry in entries:
+            entry.consumed = True
+        self._size -= len(entries)
+        return [e.input for e in sorted(entries, key=_Entry.order)]
 
     def _trim(self) -> None:
         while self._in_order and self._in_order[0].consumed:
