@@ -1,7 +1,9 @@
 """Request accounting: what one batch costs in AWS requests and write units, for a fixed fixture.
 
-These pin the batching and coalescing behaviour (one state write per vehicle per batch, breadcrumbs in
-25s, the VIN vault written once per vehicle), not speed: see ``make bench`` for that.
+These pin the batching and coalescing behaviour (one state write per vehicle per flush, breadcrumbs in
+25s, the VIN vault written once per vehicle, trip-state on transitions and at checkpoints), not speed:
+see ``make bench`` for that. A delivery is a batch, then the empty poll after it (the records arrived an
+hour ago: everything settles), each followed by a checkpoint (``FLEET_CHECKPOINT_EVERY_SECONDS=0``).
 """
 
 from __future__ import annotations
@@ -63,7 +65,11 @@ def fleet(seconds: range) -> list[StreamEntry]:
 
 @pytest.fixture
 def processor(aws_env: AwsEnv) -> Any:
-    env = aws_env.with_settings(FLEET_TRIP_GAP_SECONDS=str(GAP_SECONDS), FLEET_PSEUDONYM_KEY="accounting")
+    env = aws_env.with_settings(
+        FLEET_TRIP_GAP_SECONDS=str(GAP_SECONDS),
+        FLEET_PSEUDONYM_KEY="accounting",
+        FLEET_CHECKPOINT_EVERY_SECONDS="0",
+    )
     harness = ProcessorHarness(env.environ)
     harness.initialize()
     yield harness
@@ -76,6 +82,7 @@ def deliver(
 ) -> Counter[tuple[str, str]]:
     aws_env.aws.app.reset_counts()
     harness.process(records)
+    harness.process([])
     return Counter(aws_env.aws.app.requests)
 
 
@@ -85,13 +92,18 @@ def test_one_batch_costs_one_state_write_per_vehicle_and_a_batch_write_per_25_br
     records = shard_records(fleet(range(30)))  # 4 vehicles x 30 s = 120 records, one batch
     calls = deliver(aws_env, processor, records)
     breadcrumbs = 2 * 30 + 20  # two vehicles moving throughout; the trip: 10 s driving, stop, 9 s of gap
+    # The batch: seconds 0-18 settle (D = gap = 10 s behind each vehicle's newest), 19-29 at the poll.
+    settled_in_batch = 3 * 19
     assert calls == Counter(
         {
             ("kms", "Encrypt"): 4,  # the VIN vault: once per vehicle
-            ("dynamodb", "PutItem"): 4 + 2 + 2 + 1,  # vin-mapping; trip-state x2; the trip's 2 steps; index
+            # vin-mapping x4; the three trip starts (transitions: at once); the trip's completion (closing,
+            # index, final state); the two moving vehicles' marks at the poll's checkpoint
+            ("dynamodb", "PutItem"): 4 + 3 + 3 + 2,
             ("dynamodb", "BatchGetItem"): 1,  # trip-state of the 4 vehicles first seen
             ("dynamodb", "UpdateItem"): 4,  # vehicle-state: one conditional update per vehicle
-            ("dynamodb", "BatchWriteItem"): math.ceil(breadcrumbs / 25),
+            ("dynamodb", "BatchWriteItem"): math.ceil(settled_in_batch / 25)
+            + math.ceil((breadcrumbs - settled_in_batch) / 25),
             ("dynamodb", "Query"): 1,  # the completed trip's breadcrumbs, for its archive
             ("s3", "PutObject"): 1,  # the archive
         }
@@ -102,7 +114,7 @@ def test_one_batch_costs_one_state_write_per_vehicle_and_a_batch_write_per_25_br
     assert written[("dynamodb", tables["live-breadcrumbs"])].units == breadcrumbs  # each under 1 KB
     assert written[("dynamodb", tables["vehicle-state"])].items == 4
     assert written[("dynamodb", tables["vin-mapping"])].items == 4
-    assert written[("dynamodb", tables["trip-state"])].items == 4
+    assert written[("dynamodb", tables["trip-state"])].items == 3 + 2 + 2
     archive = written[("s3", aws_env.settings.archive_bucket)]
     assert (archive.requests, archive.items, archive.units) == (1, 1, 1)
     (key,) = [
@@ -121,7 +133,9 @@ def test_a_later_batch_of_known_vehicles_reads_nothing_and_skips_the_vault(
     assert calls == Counter(
         {
             ("dynamodb", "UpdateItem"): 4,
-            ("dynamodb", "PutItem"): 2,  # trip-state of the two vehicles still driving; the others idle
+            # The first delivery's poll moved the stream clock past these arrivals + D: they all settle in
+            # the batch. trip-state of the two vehicles still driving, at its checkpoint; the others idle.
+            ("dynamodb", "PutItem"): 2,
             ("dynamodb", "BatchWriteItem"): math.ceil(2 * 30 / 25),
         }
     )

@@ -23,7 +23,7 @@ import orjson
 from worker.replay import StreamEntry, read_fixture
 
 SEQUENCE_BASE = 49_000_000_000_000_000_000
-ARRIVED_AGO_MS = 3_600_000
+ARRIVED_AGO_MS = 310_000
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,10 @@ class ShardRecord:
 def shard_records(
     entries: Iterable[StreamEntry], first: int = 1, arrival_ms: int | None = None
 ) -> list[ShardRecord]:
-    """Number fixture entries as one shard would (increasing sequence numbers). Arrival: an hour ago by
-    default, past the settle window D, so an empty, caught-up poll (the stream clock moves to now - 1 s)
-    lets the trip machine consume every record (``processors.settle``)."""
+    """Number fixture entries as one shard would (increasing sequence numbers). Arrival: 310 s ago by
+    default, past the default settle window D (300 s), so an empty, caught-up poll (the stream clock moves
+    to now - 1 s) lets the trip machine consume every record (``processors.settle``). Not further back:
+    an event time after its arrival is clamped to the arrival."""
     arrival = arrival_ms if arrival_ms is not None else int(time.time() * 1000) - ARRIVED_AGO_MS
     return [
         ShardRecord(e.data, e.partition_key, str(SEQUENCE_BASE + first + i), arrival)
