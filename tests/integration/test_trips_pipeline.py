@@ -78,15 +78,16 @@ def deliver(env: AwsEnv, records: Sequence[ShardRecord], size: int = 150) -> Pro
 
 
 def clean_pass(records: Sequence[ShardRecord]) -> tuple[list[CompletedTrip], int]:
-    """The pure machine over the same decoded records, in one pass; the silent trip swept at the end."""
+    """The pure machine over the same decoded records, in one pass in (event time, record bytes) order
+    (what the settle buffer feeds it); the silent trip swept at the end."""
     decoder = Decoder(DecodeLimits(max_event_age_ms=10**15))
     machine = TripStateMachine(TripThresholds(gap_ms=TRIP_GAP_SECONDS * 1000, segment_breadcrumbs=SEGMENT))
     states: dict[str, VehicleTrips] = {}
     effects = TripEffects()
-    for record in records:
-        decoded = decoder.decode(record.data, record.arrival_ms)
-        pv = KEY.pseudo_vin(decoded.vin)
-        machine.apply(states.setdefault(pv, VehicleTrips(pv)), KEY.reading(decoded, None), effects)  # type: ignore[arg-type]
+    decoded = [(decoder.decode(r.data, r.arrival_ms), r.data) for r in records]
+    for record, _ in sorted(decoded, key=lambda d: (d[0].event_time_ms, d[1])):
+        pv = KEY.pseudo_vin(record.vin)
+        machine.apply(states.setdefault(pv, VehicleTrips(pv)), KEY.reading(record, None), effects)  # type: ignore[arg-type]
     orphans = [complete(pv, s.trip, EndReason.ORPHAN) for pv, s in states.items() if s.trip is not None]
     return effects.completed + orphans, len(effects.breadcrumbs)
 
