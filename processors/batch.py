@@ -10,13 +10,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from processors.decode import Decoder
-from processors.errors import InvalidRecord, RejectReason
+from processors.errors import InvalidRecord, RejectReason, StaleTripState
 from processors.pseudonymize import Pseudonymizer
+from processors.settle import MachineInput, SettleBuffer
 from processors.signal_bounds import SignalBounds, bound_signals
 from processors.trail import BucketMerge, crumb_of, pack
 from processors.trip_items import outbox_of, state_fields, state_from_item
 from processors.trips import (
     CompletedTrip,
+    SegmentSeal,
     TripEffects,
     TripStateMachine,
     VehicleTripPlan,
@@ -123,18 +125,47 @@ class _Vehicle:
     version: str | None
     """``lastUpdate`` of the stored item (None: no item)."""
     outbox: list[CompletedTrip]
+    seals: list[SegmentSeal] = field(default_factory=list)
+    new_completions: int = 0
+    journal: list[VehicleReading] = field(default_factory=list)
+    """Inputs consumed since the last durable write: re-applied over another writer's state (``replan``)."""
+    dirty: bool = False
+    """The state moved since the last durable write (the mark, the live breadcrumb count...)."""
+    urgent: bool = False
+    """A transition (start, stop, resume, completion, seal): written at the next flush, not at the
+    checkpoint."""
+
+
+def _shape(state: VehicleTrips) -> tuple[object, ...]:
+    """What a transition changes; the mark and the running counts are not part of it."""
+    trip = state.trip
+    if trip is None:
+        return (None,)
+    return (trip.trip_id, trip.status, trip.gap_start_ms, trip.segments)
 
 
 class TripPlanner:
-    """The trip machines of the vehicles this processor owns (its shard lease), cached between batches.
+    """The trip machines of the vehicles this processor owns (its shard lease), cached between batches,
+    fed through a ``SettleBuffer`` in event-time order.
 
     A vehicle is loaded from ``trip-state`` the first time it is seen; after that the cache is the
-    truth, until a conditional write says otherwise (``adopt``) or the lease is lost (the process ends).
+    truth, until a conditional write says otherwise (``replan``) or the lease is lost (the process ends).
+
+    Cadence: ``receive`` buffers a record and consumes whatever settles; a transition makes the vehicle's
+    plan due at the next flush (``due(everything=False)``), anything else (mark, counts) waits for the
+    checkpoint flush (``due(everything=True)``), which must precede every checkpoint. Records are
+    consumed in event order, so the persisted mark alone says what was consumed; a checkpoint stays
+    before the oldest record still unsettled (``oldest``).
     """
 
-    def __init__(self, machine: TripStateMachine) -> None:
+    def __init__(self, machine: TripStateMachine, settle_ms: int | None = None) -> None:
         self._machine = machine
         self._vehicles: dict[str, _Vehicle] = {}
+        self._settle: SettleBuffer[VehicleReading] = SettleBuffer(
+            machine.thresholds.gap_ms if settle_ms is None else settle_ms
+        )
+        self.late_for_machine = 0
+        """Records that arrived at or below their vehicle's mark: never drive the machine (counted)."""
 
     def unknown(self, pseudo_vins: Iterable[str]) -> list[str]:
         return [pv for pv in pseudo_vins if pv not in self._vehicles]
@@ -150,22 +181,106 @@ class TripPlanner:
             outbox_of(item),
         )
 
-    def plan(self, pseudo_vin: str, readings: Iterable[VehicleReading]) -> VehicleTripPlan:
+    # --- settled intake ---------------------------------------------------------------------------------
+
+    def receive(self, reading: VehicleReading, key: bytes, previous: StreamPosition | None) -> bool:
+        """Buffer one record (its vehicle adopted), in stream order, and consume what settles.
+        ``key`` breaks event-time ties (the record's bytes); ``previous`` is the position just before it
+        (where a checkpoint may go while it is unsettled). False: late-for-machine, not buffered."""
+        state = self._vehicles[reading.pseudo_vin].state
+        t = reading.event_time_ms
+        if state.high_water_ms is not None and t <= state.high_water_ms:
+            self.late_for_machine += 1
+            return False
+        arrival = reading.position.arrival_ms
+        entry = MachineInput(t, arrival, key, reading.position, reading, previous)
+        self._settle.add(reading.pseudo_vin, entry)
+        self._consume(self._settle.advance())
+        return True
+
+    def tick(self, clock_ms: int) -> None:
+        """The stream clock moved without a record (an empty poll, caught up): consume what settles."""
+        self._consume(self._settle.advance(clock_ms))
+
+    def drain(self) -> None:
+        """Consume everything buffered (SHARD_END: no later record of this shard can come)."""
+        self._consume(self._settle.drain_all())
+
+    def oldest(self) -> MachineInput[VehicleReading] | None:
+        """The oldest record still unsettled: a checkpoint must stay before it."""
+        return self._settle.oldest()
+
+    @property
+    def unsettled(self) -> int:
+        return len(self._settle)
+
+    def _consume(self, settled: dict[str, list[MachineInput[VehicleReading]]]) -> None:
+        for pseudo_vin, inputs in settled.items():
+            self.consume(pseudo_vin, [i.value for i in inputs])
+
+    # --- consumption and plans ----------------------------------------------------------------------------
+
+    def consume(self, pseudo_vin: str, readings: Iterable[VehicleReading]) -> None:
+        """Apply readings (already in event order) to the vehicle's machine; remember what the next write
+        must carry."""
         vehicle = self._vehicles[pseudo_vin]
         effects = TripEffects()
+        machine, state = self._machine, vehicle.state
         for reading in readings:
-            self._machine.apply(vehicle.state, reading, effects)
+            before = _shape(state)
+            machine.apply(state, reading, effects)
+            if _shape(state) != before:
+                vehicle.urgent = True
+            vehicle.journal.append(reading)
+        if effects.completed or effects.seals:
+            vehicle.urgent = True
+        vehicle.dirty = vehicle.dirty or effects.changed
+        vehicle.seals += effects.seals
+        vehicle.outbox += effects.completed
+        vehicle.new_completions += len(effects.completed)
+        if not (vehicle.dirty or vehicle.urgent):
+            vehicle.journal.clear()  # nothing moved: nothing to re-apply over another writer's state
+
+    def plan_for(self, pseudo_vin: str) -> VehicleTripPlan:
+        """The vehicle's write: everything it must carry since its last durable write."""
+        vehicle = self._vehicles[pseudo_vin]
         return VehicleTripPlan(
             pseudo_vin=pseudo_vin,
-            seals=effects.seals,
-            outbox=vehicle.outbox + effects.completed,
-            new_completions=len(effects.completed),
+            seals=list(vehicle.seals),
+            outbox=list(vehicle.outbox),
+            new_completions=vehicle.new_completions,
             state=state_fields(vehicle.state),
             expected_last_update=vehicle.version,
-            write=effects.changed,
+            write=vehicle.dirty,
         )
 
+    def plan(self, pseudo_vin: str, readings: Iterable[VehicleReading]) -> VehicleTripPlan:
+        """``consume`` then ``plan_for``: readings applied now, in the order given."""
+        self.consume(pseudo_vin, readings)
+        return self.plan_for(pseudo_vin)
+
+    def due(self, *, everything: bool) -> list[VehicleTripPlan]:
+        """Plans to write now: vehicles with a transition (or an outbox left over), and with
+        ``everything`` (the checkpoint flush) every vehicle whose state moved since its last write."""
+        return [
+            self.plan_for(pv)
+            for pv, v in self._vehicles.items()
+            if v.urgent or v.outbox or v.seals or (everything and v.dirty)
+        ]
+
+    def replan(self, stale: StaleTripState) -> VehicleTripPlan:
+        """Another writer moved this vehicle first: take what it stored and consume the journal again
+        on top (what it already applied falls under its mark)."""
+        journal = self._vehicles[stale.pseudo_vin].journal
+        self.adopt(stale.pseudo_vin, stale.current)
+        self.consume(stale.pseudo_vin, journal)
+        vehicle = self._vehicles[stale.pseudo_vin]
+        vehicle.dirty = True
+        return self.plan_for(stale.pseudo_vin)
+
     def committed(self, pseudo_vin: str, version: str | None) -> None:
-        vehicle = self._vehicles[pseudo_vin]
-        vehicle.version = version
-        vehicle.outbox = []
+        self._vehicles[pseudo_vin] = _Vehicle(self._vehicles[pseudo_vin].state, version, [])
+
+    def pending(self, pseudo_vin: str) -> VehicleTrips:
+        """The vehicle's machine state in memory (tests, inspection)."""
+        return self._vehicles[pseudo_vin].state

@@ -9,22 +9,11 @@ from typing import Any
 
 from processors.signals import format_time, parse_time
 from processors.trips import CompletedTrip, EndReason, Trip, TripStatus, VehicleTrips
-from schemas.items import CompletedTripItem, PositionItem, TripMarkItem, TripStateItem
-from schemas.records import StreamPosition
+from schemas.items import CompletedTripItem, TripMarkItem, TripStateItem
 
 
 def _time(ms: int | None) -> str | None:
     return format_time(ms) if ms is not None else None
-
-
-def _position(position: StreamPosition | None) -> PositionItem | None:
-    if position is None:
-        return None
-    return PositionItem(
-        shardId=position.shard_id,
-        sequenceNumber=position.sequence_number,
-        subSequenceNumber=position.sub_sequence_number,
-    )
 
 
 def _ms(text: str | None) -> int | None:
@@ -72,7 +61,6 @@ def state_fields(state: VehicleTrips) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "pseudoVin": state.pseudo_vin,
         "lastEventTime": _time(state.high_water_ms),
-        "appliedThrough": _position(state.applied_through),
         "status": TripStatus.IDLE.value,
         "reportsBatteryLevel": state.reports_battery_level,
         "recent": [list(r) for r in state.recent],
@@ -103,10 +91,6 @@ def state_from_item(item: TripStateItem) -> VehicleTrips:
         recent=[(r[0], r[1], r[2]) for r in item.recent],
         last_trip_second=item.lastTripSecond,
     )
-    if (through := item.appliedThrough) is not None:
-        state.applied_through = StreamPosition(
-            through.shardId, through.sequenceNumber, through.subSequenceNumber, 0
-        )
     if item.status == TripStatus.IDLE or item.tripId is None or item.startTime is None:
         return state
     state.trip = Trip(

@@ -18,14 +18,13 @@ part of the archive. A trip completed by the orphan sweep ends at its stop if it
 last record, with R = the sweep's clock.
 
 **Exactly-once under replay.** Each vehicle keeps a high-water mark: the event time of the newest record
-that changed its trip state, and that record's stream position. A record at or below the mark changes
-nothing (duplicates, late records); a record at or before the position in the same shard was already
-applied (KCL redeliveries). The position matters when records arrive out of event-time order: an idle
-record followed by an earlier moving one starts a trip and moves the mark below the idle record, which
-a redelivery must then not apply. Records between the stored position and the persisted point changed
-nothing the first time and change nothing again. So the state is a function of the stream, not of how
-it was batched or how often it was redelivered, as long as the persisted state is the whole machine
-state: it is (``VehicleTrips``). Late records still update ``vehicle-state``, which merges per signal.
+that changed its trip state. The machine consumes a vehicle's records in event-time order
+(``processors.settle``), so a record at or below the mark was consumed already (a redelivery) or arrived
+displaced beyond the settle window (late-for-machine): it changes nothing. Consumption being monotone in
+event time, the mark alone is exact; no stream position is kept. So the state is a function of the
+stream, not of how it was batched or how often it was redelivered, as long as the persisted state is the
+whole machine state: it is (``VehicleTrips``). Late records still update ``vehicle-state``, which merges
+per signal.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from schemas.records import StreamPosition, VehicleReading
+from schemas.records import VehicleReading
 
 
 class TripStatus(StrEnum):
@@ -123,8 +122,6 @@ class VehicleTrips:
     pseudo_vin: str
     high_water_ms: int | None = None
     trip: Trip | None = None
-    applied_through: StreamPosition | None = None
-    """Stream position of the record that set the high-water mark."""
     reports_battery_level: bool = False
     """The vehicle has sent ``batteryLevel`` in a trip: its trips' battery figures come from that signal
     only. Until then they come from ``soc`` (Tesla vehicles that send only the BMS state of charge)."""
@@ -134,19 +131,6 @@ class VehicleTrips:
     last_trip_second: int | None = None
     """Epoch second in the id of the vehicle's newest trip: a trip starting in that same second gets the
     next one (``trip_id``), so ids stay unique per vehicle."""
-
-
-def already_applied(position: StreamPosition, through: StreamPosition | None) -> bool:
-    """``position`` is at or before ``through`` in the same shard. Sequence numbers are decimal strings
-    without leading zeros: by length, then text, is numeric order without parsing 56-digit numbers."""
-    if through is None or position.shard_id != through.shard_id:
-        return False
-    ours, theirs = position.sequence_number, through.sequence_number
-    return (len(ours), ours, position.sub_sequence_number) <= (
-        len(theirs),
-        theirs,
-        through.sub_sequence_number,
-    )
 
 
 @dataclass(slots=True)
@@ -221,8 +205,9 @@ class TripStateMachine:
     does with it (``processors.trail``).
 
     Guarantees: pure and event-time driven; the resulting state is a function of the stream, not of how it
-    was batched or how often it was redelivered (the high-water mark and the applied position skip what
-    was already applied). It holds no state of its own: the caller owns every ``VehicleTrips``.
+    was batched or how often it was redelivered, provided each vehicle's records are consumed in event-time
+    order (``processors.settle``): the high-water mark skips what was already consumed. It holds no state
+    of its own: the caller owns every ``VehicleTrips``.
     """
 
     def __init__(self, thresholds: TripThresholds | None = None) -> None:
@@ -232,8 +217,6 @@ class TripStateMachine:
         """Apply one record in place, appending what it produced to ``effects``."""
         t = reading.event_time_ms
         if state.high_water_ms is not None and t <= state.high_water_ms:
-            return
-        if already_applied(reading.position, state.applied_through):
             return
         limits = self.thresholds
         trip = state.trip
@@ -246,7 +229,7 @@ class TripStateMachine:
                 effects.completed.append(complete(state.pseudo_vin, state, trip, EndReason.GAP, completion))
                 remember_completed(state, effects.completed[-1])
                 state.trip = trip = None
-                state.high_water_ms, state.applied_through = t, reading.position
+                state.high_water_ms = t
                 effects.changed = True
 
         if trip is None and (speed is None or speed <= limits.start_speed_mph):
@@ -267,7 +250,7 @@ class TripStateMachine:
                 last_time_ms=t,
             )
 
-        state.high_water_ms, state.applied_through = t, reading.position
+        state.high_water_ms = t
         effects.changed = True
         self._include(state.pseudo_vin, trip, reading, effects)
 

@@ -21,12 +21,6 @@ class LocationItem(_Item):
     lng: float
 
 
-class PositionItem(_Item):
-    """A record's place in the stream."""
-
-    shardId: str
-    sequenceNumber: str
-    subSequenceNumber: int = 0
 
 
 class CompletedTripItem(_Item):
@@ -74,8 +68,6 @@ class TripStateItem(_Item):
     status: Literal["ACTIVE", "ENDING", "IDLE"]
     lastEventTime: str | None = None
     """High-water mark: the event time of the newest record that changed the trip machine."""
-    appliedThrough: PositionItem | None = None
-    """That record's stream position: a redelivery at or before it (same shard) is skipped."""
     reportsBatteryLevel: bool = False
     """The vehicle has sent ``batteryLevel``; until then its trips' battery figures come from ``soc``."""
     lastUpdate: str

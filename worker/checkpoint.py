@@ -1,7 +1,7 @@
 """When to checkpoint, and how to checkpoint safely through amazon-kclpy.
 
 The policy is a small frozen object with the clock passed in; the processor asks it after every batch
-whose writes all succeeded. A failed batch never reaches it: the process exits first.
+whose writes all succeeded. A failed batch or flush never reaches it: the process exits first.
 """
 
 from __future__ import annotations
@@ -22,21 +22,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class CheckpointPolicy:
-    """When applied records are checkpointed: after ``every_records`` of them, after ``every_seconds``, or
-    at once on an idle shard. It only ever sees applied records: what failed is never checkpointed."""
+    """When to checkpoint: every ``every_seconds`` (and always at ``shutdown_requested``/``shard_ended``,
+    which the processor handles itself). Time only: each checkpoint first writes everything pending
+    (vehicle state, trail, and the trip-state of every vehicle whose mark moved), so a count trigger
+    would multiply trip-state writes by the record rate, and an idle trigger by the poll rate."""
 
-    every_records: int = 500
     every_seconds: float = 60.0
 
-    def due(self, *, now: float, last_checkpoint_at: float, pending_records: int, idle: bool) -> bool:
-        """True when applied-but-uncheckpointed records should be checkpointed now.
-
-        ``idle`` (the daemon delivered an empty batch: the shard has nothing new) checkpoints at once:
-        it costs nothing then, and leaves nothing to replay after a quiet stop.
-        """
-        if pending_records <= 0:
-            return False
-        return idle or pending_records >= self.every_records or now - last_checkpoint_at >= self.every_seconds
+    def due(self, *, now: float, last_checkpoint_at: float) -> bool:
+        return now - last_checkpoint_at >= self.every_seconds
 
 
 class Checkpointer(Protocol):

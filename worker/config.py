@@ -64,8 +64,30 @@ class Settings(BaseSettings):
     )
 
     # --- processing -----------------------------------------------------------------------------------
-    checkpoint_every_records: int = Field(500, description="Checkpoint after this many applied records...")
-    checkpoint_every_seconds: float = Field(60.0, description="...or this many seconds, whichever first.")
+    checkpoint_every_seconds: float = Field(
+        60.0,
+        description="Checkpoint this often (and at shutdown and shard end), after writing everything "
+        "pending; at the position just before the oldest record the trip machine has not consumed yet.",
+    )
+    state_max_delay_ms: int = Field(
+        1800,
+        ge=0,
+        description="Freshness budget B: a record's `vehicle-state` effect is written at most this long "
+        "after its arrival in the stream (or its receipt + B when received later), at most one write per "
+        "vehicle per B.",
+    )
+    state_write_margin_ms: int = Field(
+        100,
+        ge=0,
+        description="Time a buffered write is taken before its deadline on top of the poll interval, so "
+        "it lands by the deadline (a write's latency).",
+    )
+    trail_max_delay_ms: int = Field(
+        15_000,
+        ge=0,
+        description="A pending trail bucket merge is written at the latest this long after its first "
+        "crumb (sooner once the vehicle's newest record passes the bucket's end).",
+    )
     max_record_bytes: int = Field(65_536, description="Larger records are quarantined as `oversize`.")
     max_future_skew_seconds: int = Field(
         86_400, description="Event times further ahead of the stream's arrival time are rejected."
@@ -94,6 +116,13 @@ class Settings(BaseSettings):
     trip_start_speed_mph: float = Field(5.0, description="A trip starts above this speed.")
     trip_end_speed_mph: float = Field(1.0, description="A trip starts ending at or below this speed.")
     trip_gap_seconds: int = Field(300, description="Stop length that completes a trip.")
+    trip_settle_seconds: int | None = Field(
+        None,
+        ge=0,
+        description="Settle window D: the trip machine consumes a vehicle's records in event-time order, "
+        "each once no earlier one can still arrive (D later in event time or in the stream); unset: "
+        "`FLEET_TRIP_GAP_SECONDS`.",
+    )
     trip_segment_breadcrumbs: int = Field(
         3600, description="Long trips are staged to S3 in segments of this many breadcrumbs."
     )
@@ -114,7 +143,9 @@ class Settings(BaseSettings):
         10_000, description="Lease expiry; a dead worker's shards move after it."
     )
     kcl_shard_sync_interval_millis: int = Field(60_000, description="Pause between shard syncs.")
-    kcl_idle_time_between_reads_millis: int = Field(500, description="Pause between GetRecords calls.")
+    kcl_idle_time_between_reads_millis: int = Field(
+        250, description="Pause between GetRecords calls (4 polls a second: 1 of the 5 allowed is left)."
+    )
     kcl_max_records: int = Field(10_000, description="Records per GetRecords call.")
     kcl_shutdown_grace_millis: int = Field(
         30_000, description="Time the daemon gives processors to checkpoint on shutdown."
@@ -147,6 +178,18 @@ class Settings(BaseSettings):
                 "is read from Secrets Manager (FLEET_PSEUDONYM_SECRET_ID)"
             )
         return self
+
+    @property
+    def trip_settle_ms(self) -> int:
+        """D in ms: ``trip_settle_seconds``, by default the gap."""
+        seconds = self.trip_gap_seconds if self.trip_settle_seconds is None else self.trip_settle_seconds
+        return seconds * 1000
+
+    @property
+    def state_flush_lead_ms(self) -> int:
+        """How long before its deadline a buffered write is taken: the next poll may be that far away,
+        and the write must land by the deadline."""
+        return self.kcl_idle_time_between_reads_millis + self.state_write_margin_ms
 
     def table_name(self, spec: TableSpec) -> str:
         """The physical name of a data table: prefix + configured name."""

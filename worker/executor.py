@@ -19,8 +19,10 @@ from processors.errors import RejectReason, StaleTripState, UnwritableUpdate
 from processors.ports import Stores
 from processors.pseudonymize import SeenVehicles
 from processors.trail import BucketMerge
-from processors.vehicle_state import StateUpdate, coalesce
+from processors.trips import VehicleTripPlan
+from processors.vehicle_state import coalesce
 from schemas.records import VehicleReading
+from worker.freshness import PendingState
 from worker.retry import DEFAULT, READ, TRIP_REPLANS, WRITE, Retrier
 from worker.trip_commit import (
     SWEEP_IDLE_MS,
@@ -50,13 +52,13 @@ class Executed:
 
 
 class PlanExecutor:
-    """Carries out a ``WritePlan`` against the ports: independent writes first (VIN vault, vehicle state,
-    trail buckets, dead letters), then each vehicle's trip commit, in order per vehicle and in parallel
-    across vehicles.
+    """Carries out writes against the ports: with the batch (``write_now``: VIN vault, dead letters), and
+    from the buffers (``flush``: vehicle state and trail buckets, then each vehicle's trip commit, in order
+    per vehicle and in parallel across vehicles).
 
-    Guarantees: ``execute`` returns only once every write of the plan is durable, or raises, and then
-    the caller must not checkpoint. A record whose vehicle-state update a store refuses as invalid is
-    dead-lettered (and reported in ``Executed``) instead of failing the batch. The plan is never changed.
+    Guarantees: each returns only once every write it was given is durable, or raises, and then the
+    caller must not checkpoint. A record whose vehicle-state update a store refuses as invalid is
+    dead-lettered (and reported in ``Executed``) instead of failing the flush.
     """
 
     def __init__(
@@ -70,21 +72,36 @@ class PlanExecutor:
             stores.trips, TripArchiver(stores.trail, stores.archive), idle_ms=idle_ms
         )
 
-    def execute(
+    def write_now(self, plan: WritePlan) -> int:
+        """What is written with the batch, before anything is buffered: the VIN vault for unseen vehicles
+        and the dead letters. Returns requests made."""
+        tasks: list[Callable[[], int]] = [
+            partial(self._remember, pv, vin) for pv, vin in self._not_in_vault(plan.sightings).items()
+        ]
+        return self.dead_letter(plan.dead_letters) + sum(self._run_all(lambda task: task(), tasks))
+
+    def flush(
         self,
-        plan: WritePlan,
+        states: Sequence[PendingState],
+        trail: list[BucketMerge],
+        trips: Sequence[VehicleTripPlan],
         replan: Callable[[StaleTripState], Replanned],
         on_committed: Callable[[str, str | None], None],
     ) -> Executed:
-        """Every write of ``plan``; ``replan`` rebuilds a vehicle's trip plan over another writer's state,
-        ``on_committed`` hears of each version stored. Raises ``TransientError("trip_state_contention")``
-        when vehicles stay contended after ``retry.TRIP_REPLANS`` rounds."""
-        requests, refused = self._write_independent(plan)
+        """Write buffered vehicle-state updates and trail merges, then each vehicle's trip commit (in order
+        per vehicle, vehicles in parallel). ``replan`` rebuilds a vehicle's trip plan over another writer's
+        state, ``on_committed`` hears of each version stored. Returns only once all is durable, else
+        raises; raises ``TransientError("trip_state_contention")`` when vehicles stay contended after
+        ``retry.TRIP_REPLANS`` rounds."""
+        refused: list[PendingState] = []
+        tasks: list[Callable[[], int]] = [partial(self._vehicle_state_or_refused, p, refused) for p in states]
+        tasks += self._trail_tasks(trail)
+        requests = sum(self._run_all(lambda task: task(), tasks))
         dead_letters: list[DeadLetter] = []
         if refused:
-            made, dead_letters = self._dead_letter_refused(plan, refused)
+            made, dead_letters = self._dead_letter_refused(refused)
             requests += made
-        pending = [t for t in plan.trips if t.write or t.outbox or t.seals]
+        pending = [t for t in trips if t.write or t.outbox or t.seals]
         settled = commit_until_settled(
             pending,
             self._retrier.wrap(WRITE, self._committer.commit),
@@ -95,18 +112,6 @@ class PlanExecutor:
         if settled.unsettled:
             raise TRIP_REPLANS.exhausted(f"{len(settled.unsettled)} vehicles, {TRIP_REPLANS.rounds} plans")
         return Executed(requests + settled.requests, dead_letters, settled.versions)
-
-    def _write_independent(self, plan: WritePlan) -> tuple[int, list[str]]:
-        """Writes nothing else waits on, all at once. Returns (requests, vehicles whose state update was
-        refused as invalid)."""
-        refused: list[str] = []
-        tasks: list[Callable[[], int]] = [
-            partial(self._remember, pv, vin) for pv, vin in self._not_in_vault(plan.sightings).items()
-        ]
-        tasks += [partial(self._vehicle_state_or_refused, update, refused) for update in plan.vehicle_states]
-        tasks += self._trail_tasks(plan.trail)
-        requests = self.dead_letter(plan.dead_letters) + sum(self._run_all(lambda task: task(), tasks))
-        return requests, refused
 
     def _not_in_vault(self, sightings: dict[str, str]) -> dict[str, str]:
         """Of the vehicles sighted, those whose VIN is not in the vault: only vehicles this worker has not
@@ -133,25 +138,23 @@ class PlanExecutor:
         write = self._retrier.wrap(WRITE, writer.write)
         return 1 + sum(self._run_all(lambda letter: write(letter, data_key), dead_letters))
 
-    def _vehicle_state_or_refused(self, update: StateUpdate, refused: list[str]) -> int:
+    def _vehicle_state_or_refused(self, pending: PendingState, refused: list[PendingState]) -> int:
         try:
-            return self._retrier.call(WRITE, self._stores.vehicle_state.apply, update)
+            return self._retrier.call(WRITE, self._stores.vehicle_state.apply, pending.update)
         except UnwritableUpdate:
-            refused.append(update.pseudo_vin)  # not retryable: find the record at fault, don't fail the batch
+            refused.append(pending)  # not retryable: find the record at fault, don't fail the flush
             return 1
 
-    def _dead_letter_refused(self, plan: WritePlan, vehicles: list[str]) -> tuple[int, list[DeadLetter]]:
+    def _dead_letter_refused(self, refused: list[PendingState]) -> tuple[int, list[DeadLetter]]:
         """A vehicle's state update refused as invalid: apply its records one by one and dead-letter the
         ones refused, instead of failing (and endlessly redelivering) the batch."""
-        by_position = {record.position: record for record in plan.records}
-        groups = plan.by_vehicle()
         requests, dead_letters = 0, []
-        for pseudo_vin in vehicles:
-            made, refused = self._refused_readings(groups[pseudo_vin])
+        for pending in refused:
+            records = {reading.position: record for reading, record in pending.readings}
+            made, readings = self._refused_readings([reading for reading, _ in pending.readings])
             requests += made
             dead_letters += [
-                DeadLetter(by_position[r.position], RejectReason.UNWRITABLE, UNWRITABLE_DETAIL)
-                for r in refused
+                DeadLetter(records[r.position], RejectReason.UNWRITABLE, UNWRITABLE_DETAIL) for r in readings
             ]
         return requests + self.dead_letter(dead_letters), dead_letters
 
@@ -168,8 +171,8 @@ class PlanExecutor:
         return requests, refused
 
     def _trail_tasks(self, merges: list[BucketMerge]) -> list[Callable[[], int]]:
-        """One task per vehicle (its buckets in order), each merge call under ``retry.WRITE``. The one
-        call site of the trail write: the intake buffer will hand it its due merges instead."""
+        """One task per vehicle (its buckets in order), each merge call under ``retry.WRITE``: the one call
+        site of the trail write (``TrailBuffer`` hands it the merges due)."""
         merge = self._retrier.wrap(WRITE, self._stores.trail.merge)
         by_vehicle: dict[str, list[BucketMerge]] = {}
         for item in merges:

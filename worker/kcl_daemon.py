@@ -95,7 +95,8 @@ def daemon_properties(settings: Settings) -> dict[str, str]:
         "retrievalMode": "POLLING",
         "maxRecords": str(settings.kcl_max_records),
         "idleTimeBetweenReadsInMillis": str(settings.kcl_idle_time_between_reads_millis),
-        # Empty batches let an idle shard checkpoint what it applied (see CheckpointPolicy).
+        # process_records after every poll, empty or not: it flushes the freshness buffers by deadline
+        # and moves the settle clock on a quiet shard (worker.freshness, processors.settle).
         "callProcessRecordsEvenForEmptyRecordList": "true",
         "failoverTimeMillis": str(settings.kcl_failover_time_millis),
         "shardSyncIntervalMillis": str(settings.kcl_shard_sync_interval_millis),

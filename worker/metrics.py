@@ -27,6 +27,7 @@ UNITS = {
     "TripsArchived": "Count",
     "InvalidCoordinates": "Count",
     "SignalsDropped": "Count",
+    "LateForMachine": "Count",
     "WriteRequests": "Count",
     "BatchDurationMs": "Milliseconds",
     "MillisBehindLatest": "Milliseconds",
@@ -48,6 +49,9 @@ class BatchMetrics:
     duration_ms: float
     millis_behind_latest: int | None
     """None when the daemon did not say (then the metric is left out, not reported as 0)."""
+    late_for_machine: int = 0
+    """Records that arrived at or below their vehicle's high-water mark (displaced beyond the settle
+    window, or redelivered after a restart): they never drive the trip machine."""
 
     def values(self) -> dict[str, float]:
         values: dict[str, float] = {
@@ -56,6 +60,7 @@ class BatchMetrics:
             "TripsArchived": self.trips_archived,
             "InvalidCoordinates": self.invalid_coordinates,
             "SignalsDropped": self.signals_dropped,
+            "LateForMachine": self.late_for_machine,
             "WriteRequests": self.write_requests,
             "BatchDurationMs": self.duration_ms,
         }

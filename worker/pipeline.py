@@ -1,31 +1,37 @@
-"""One shard's batches, in one forward flow: decode -> plan -> execute. The caller checkpoints.
+"""One shard's records, in one forward flow: decode -> buffer -> flush. The caller checkpoints.
 
-1. decode: ``decode_batch`` turns records into readings and dead letters (pure);
-2. plan: the trip machines of unknown vehicles are loaded (``retry.READ``), then every vehicle is planned
-   (pure after the load): a ``WritePlan``;
-3. execute: ``PlanExecutor.execute`` makes every write of the plan through the ports, re-planning vehicles
-   another writer moved first (``trip_commit.commit_until_settled``);
-4. outcome: ``BatchOutcome`` from the plan and what execution reported. The plan is never changed after
-   it is built.
+1. decode: ``decode_batch`` turns records into readings and dead letters (pure); the VIN vault and the
+   dead letters are written at once;
+2. buffer: the trip machines of unknown vehicles are loaded (``retry.READ``); each reading goes into the
+   ``VehicleStateBuffer`` (freshness budget B) and, through the ``TripPlanner``'s settle buffer, to the
+   trip machine in event-time order (``processors.settle``);
+3. flush (after every batch, also empty ones): vehicle-state updates whose deadline is near, trail
+   buckets that are complete or 15 s old (every accepted record's crumb, ``processors.trail``; all of a
+   vehicle's before its archive), and the trip-state of vehicles with a transition; ``flush(everything
+   =True)`` writes all that is pending (vehicle state, and the trip-state of every vehicle whose mark or
+   counts moved) and must precede every checkpoint, which goes at ``watermark()``: just before the
+   oldest record the trip machine has not consumed yet.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 
-from processors.batch import DeadLetter, TripPlanner, WritePlan, decode_batch
+from processors.batch import DeadLetter, TripPlanner, decode_batch
 from processors.decode import DecodeLimits, Decoder
 from processors.errors import StaleTripState
 from processors.ports import Stores
 from processors.pseudonymize import Pseudonymizer
 from processors.signal_bounds import SignalBounds
+from processors.trail import TRAIL_BUCKET_SECONDS, combine
 from processors.trips import TripStateMachine, TripThresholds
-from schemas.records import KinesisRecord, StreamPosition, VehicleReading
+from schemas.records import KinesisRecord, StreamPosition
 from worker.config import Settings
-from worker.executor import Executed, PlanExecutor
+from worker.executor import PlanExecutor
+from worker.freshness import TrailBuffer, VehicleStateBuffer
 from worker.logs import event
 from worker.retry import DEFAULT, READ, Retrier
 from worker.trip_commit import Replanned
@@ -34,8 +40,19 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class Flushed:
+    """What one flush wrote."""
+
+    writes: int = 0
+    dead_letters: int = 0
+    breadcrumbs: int = 0
+    trips_archived: int = 0
+    vehicle_states: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class BatchOutcome:
-    """What one applied batch did: the ``batch`` log line and the batch metrics are built from it."""
+    """What one batch did (and the flush after it): the ``batch`` log line and the batch metrics."""
 
     records: int
     applied: int
@@ -47,21 +64,7 @@ class BatchOutcome:
     invalid_coordinates: int
     last_position: StreamPosition | None
     signals_dropped: int = 0
-
-    @classmethod
-    def of(cls, plan: WritePlan, executed: Executed) -> BatchOutcome:
-        return cls(
-            records=len(plan.records),
-            applied=len(plan.readings),
-            dead_letters=len(plan.dead_letters) + len(executed.dead_letters),
-            vehicles=plan.vehicles,
-            writes=executed.requests,
-            breadcrumbs=sum(len(merge.slots) for merge in plan.trail),
-            trips_archived=sum(len(t.outbox) for t in plan.trips),
-            invalid_coordinates=plan.invalid_coordinates,
-            last_position=plan.last_position,
-            signals_dropped=plan.signals_dropped,
-        )
+    late_for_machine: int = 0
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:
@@ -88,12 +91,12 @@ def trip_thresholds(settings: Settings) -> TripThresholds:
 
 
 class Pipeline:
-    """Applies one shard's batches: decode -> plan -> execute, through the ports in ``stores``.
+    """Applies one shard's records through the ports in ``stores``: decode, buffer, flush.
 
-    Guarantees: ``process`` returns only when every write of the batch is durable, else raises, and then
-    the caller must not checkpoint. No record is left out: each is applied, or dead-lettered by the
-    boundary, or (decoded, then refused by a store as invalid) dead-lettered by the executor. Trip
-    machines are cached between batches: one ``Pipeline`` per shard lease.
+    Guarantees: ``process`` and ``flush`` return only when every write they made is durable, else raise,
+    and then the caller must not checkpoint. No record is left out: each is buffered (and written by a
+    later flush), or dead-lettered by the boundary, or (refused later by a store as invalid)
+    dead-lettered by the flush. One ``Pipeline`` per shard lease: its buffers are that lease's.
     """
 
     def __init__(
@@ -107,36 +110,93 @@ class Pipeline:
         self.executor = PlanExecutor(
             stores, settings.write_concurrency, retrier, idle_ms=2 * settings.trip_gap_seconds * 1000
         )
-        self.trips = TripPlanner(TripStateMachine(trip_thresholds(settings)))
+        self.trips = TripPlanner(TripStateMachine(trip_thresholds(settings)), settings.trip_settle_ms)
+        self.states = VehicleStateBuffer(settings.state_max_delay_ms)
+        self.trail = TrailBuffer(combine, TRAIL_BUCKET_SECONDS, settings.trail_max_delay_ms)
+        self.lead_ms = settings.state_flush_lead_ms
+        self._last_position: StreamPosition | None = None
 
-    def process(self, records: Sequence[KinesisRecord]) -> BatchOutcome:
-        """Apply a batch. Returns only when every write is durable; raises otherwise."""
+    def process(
+        self, records: Sequence[KinesisRecord], now_ms: int | None = None, caught_up: bool = False
+    ) -> BatchOutcome:
+        """Take a batch received at ``now_ms`` (an empty one too: ``caught_up`` when the daemon says the
+        shard has nothing newer) and write what is due. Returns only once that is durable; raises
+        otherwise."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         plan = decode_batch(records, self.decoder, self.pseudonymizer, self.bounds)
         if plan.signals_dropped:
             # Not a rejection: the records apply without these signals (see processors.signal_bounds).
             event(log, "signals_dropped", logging.WARNING, signalsDropped=plan.signals_dropped)
         _log_dead_letters(plan.dead_letters)
-        groups = plan.by_vehicle()
-        self._plan_trips(plan, groups)
-        executed = self.executor.execute(
-            plan, replan=partial(self._replan, groups), on_committed=self.trips.committed
-        )
-        _log_dead_letters(executed.dead_letters)
-        return BatchOutcome.of(plan, executed)
-
-    def _plan_trips(self, plan: WritePlan, groups: dict[str, list[VehicleReading]]) -> None:
-        unknown = self.trips.unknown(groups)
+        writes = self.executor.write_now(plan)
+        unknown = self.trips.unknown(plan.sightings)
         if unknown:
             stored = self._retrier.call(READ, self._stores.trips.load, unknown)
             for pseudo_vin in unknown:
                 self.trips.adopt(pseudo_vin, stored.get(pseudo_vin))
-        for pseudo_vin, readings in groups.items():
-            plan.trips.append(self.trips.plan(pseudo_vin, readings))
+        readings = {reading.position: reading for reading in plan.readings}
+        late, previous = self.trips.late_for_machine, self._last_position
+        for record in records:
+            reading = readings.get(record.position)
+            if reading is not None:
+                self.states.absorb(reading, record, now_ms)
+                self.trail.observe(reading.pseudo_vin, reading.event_time_ms)
+                self.trips.receive(reading, record.data, previous)
+            previous = record.position
+        self._last_position = previous
+        self.trail.add(plan.trail, now_ms)
+        if not records and caught_up:
+            self.trips.tick(now_ms - 1000)  # no unseen record can have arrived before that
+        flushed = self.flush(now_ms, everything=False)
+        return BatchOutcome(
+            records=len(records),
+            applied=len(plan.readings),
+            dead_letters=len(plan.dead_letters) + flushed.dead_letters,
+            vehicles=plan.vehicles,
+            writes=writes + flushed.writes,
+            breadcrumbs=flushed.breadcrumbs,
+            trips_archived=flushed.trips_archived,
+            invalid_coordinates=plan.invalid_coordinates,
+            last_position=plan.last_position,
+            signals_dropped=plan.signals_dropped,
+            late_for_machine=self.trips.late_for_machine - late,
+        )
 
-    def _replan(self, groups: dict[str, list[VehicleReading]], stale: StaleTripState) -> Replanned:
-        """Another writer moved this vehicle first: plan the batch's readings again on top of it."""
-        self.trips.adopt(stale.pseudo_vin, stale.current)
-        return Replanned(self.trips.plan(stale.pseudo_vin, groups[stale.pseudo_vin]))
+    def flush(self, now_ms: int, *, everything: bool) -> Flushed:
+        """Write what is due at ``now_ms`` (``everything``: all that is pending, before a checkpoint)."""
+        states = self.states.take_all(now_ms) if everything else self.states.take_due(now_ms, self.lead_ms)
+        trips = self.trips.due(everything=everything)
+        if everything:
+            trail = self.trail.take_all()
+        else:
+            # An archive or a segment reads its span back from the trail: its vehicle's crumbs go first.
+            archiving = {t.pseudo_vin for t in trips if t.outbox or t.seals}
+            trail = self.trail.take_vehicles(archiving) + self.trail.take_due(now_ms, self.lead_ms)
+        if not (states or trail or trips):
+            return Flushed()
+        executed = self.executor.flush(states, trail, trips, self._replan, self.trips.committed)
+        _log_dead_letters(executed.dead_letters)
+        return Flushed(
+            writes=executed.requests,
+            dead_letters=len(executed.dead_letters),
+            breadcrumbs=sum(len(merge.slots) for merge in trail),
+            trips_archived=sum(len(t.outbox) for t in trips),
+            vehicle_states=len(states),
+        )
+
+    def end_of_shard(self) -> None:
+        """No later record of this shard can come: the machine consumes everything buffered."""
+        self.trips.drain()
+
+    def watermark(self) -> StreamPosition | None:
+        """Where a checkpoint may go once ``flush(everything=True)`` succeeded: just before the oldest
+        record the trip machine has not consumed, else the last record received (None: nothing yet)."""
+        oldest = self.trips.oldest()
+        return oldest.previous if oldest is not None else self._last_position
+
+    def _replan(self, stale: StaleTripState) -> Replanned:
+        """Another writer moved this vehicle first: consume its journal again on top of what it stored."""
+        return Replanned(self.trips.replan(stale))
 
     def close(self) -> None:
         self.executor.close()

@@ -1,12 +1,14 @@
 """The amazon-kclpy record processor: one process per shard lease, driven by the MultiLangDaemon.
 
 Contract with the daemon:
-- a batch is checkpointed only after all of its writes succeeded, and only when the policy says so;
-- a batch that fails (retries exhausted, or any unexpected error) ends the process with a non-zero exit
-  *before* anything else is checkpointed, so the KCL restarts the shard from the last checkpoint.
-  (amazon-kclpy would log a plain exception and answer the daemon as if all went well.);
-- ``shard_ended`` always checkpoints (children wait on it); ``shutdown_requested`` checkpoints what was
-  applied; ``lease_lost`` never checkpoints and drops every cache.
+- every checkpoint is preceded by a flush of everything pending (vehicle state, trail, the trip-state
+  exactly-once needs) and goes just before the oldest record the trip machine has not consumed yet;
+  it is taken every ``FLEET_CHECKPOINT_EVERY_SECONDS``, at ``shutdown_requested`` and at ``shard_ended``;
+- a batch or flush that fails (retries exhausted, or any unexpected error) ends the process with a
+  non-zero exit *before* anything else is checkpointed, so the KCL restarts the shard from the last
+  checkpoint. (amazon-kclpy would log a plain exception and answer the daemon as if all went well.);
+- ``shard_ended`` drains the settle buffer into the machine, flushes and checkpoints SHARD_END (children
+  wait on it); ``lease_lost`` never flushes nor checkpoints and drops every buffer.
 """
 
 from __future__ import annotations
@@ -54,12 +56,12 @@ def kinesis_record(record: Any, shard_id: str) -> KinesisRecord:
 
 
 class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
-    """The MultiLangDaemon's record processor for one shard lease: applies each batch through a
-    ``Pipeline`` and checkpoints what was applied.
+    """The MultiLangDaemon's record processor for one shard lease: feeds each batch (empty ones too)
+    through a ``Pipeline`` and checkpoints at its watermark.
 
-    Guarantees: a position is checkpointed only after every write of the batches up to it succeeded,
-    and only when the ``CheckpointPolicy`` says so; any failure of a batch ends the process (exit 3)
-    before a later checkpoint could skip it; a lost lease never checkpoints.
+    Guarantees: a position is checkpointed only after every write the records up to it need succeeded
+    (``Pipeline.flush(everything=True)`` right before); any failure of a batch or flush ends the process
+    (exit 3) before a later checkpoint could skip it; a lost lease never flushes nor checkpoints.
     """
 
     def __init__(
@@ -67,14 +69,16 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         settings: Settings,
         pipeline_factory: Callable[[], Pipeline] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._pipeline_factory = pipeline_factory or partial(pipeline_for, settings)
         self._pipeline: Pipeline | None = None
         self._clock = clock
-        self._policy = CheckpointPolicy(settings.checkpoint_every_records, settings.checkpoint_every_seconds)
+        self._wall_clock = wall_clock
+        self._policy = CheckpointPolicy(settings.checkpoint_every_seconds)
         self._shard_id = "unknown"
-        self._applied: StreamPosition | None = None
+        self._checkpointed: StreamPosition | None = None
         self._pending = 0
         self._last_checkpoint_at = clock()
         self._metrics = MetricsPublisher(settings.metrics_namespace, settings.application_name)
@@ -103,43 +107,42 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
 
     def process_records(self, process_records_input: Any) -> None:
         started, cpu_started = self._clock(), time.process_time()
+        lag = process_records_input.millis_behind_latest
         try:
-            if self._pipeline is None:
-                raise RuntimeError("process_records before a successful initialize")
+            pipeline = self._require_pipeline()
             records = [kinesis_record(r, self._shard_id) for r in process_records_input.records]
-            outcome = self._pipeline.process(records)
+            outcome = pipeline.process(records, self._now_ms(), caught_up=not records and lag == 0)
         except Exception as error:
             self._exit(EXIT_BATCH_FAILED, "batch_failed", error)
-        if outcome.last_position is not None:
-            self._applied = outcome.last_position
-            self._pending += outcome.records
-        lag = process_records_input.millis_behind_latest
-        if records:
+        self._pending += outcome.records
+        if records or outcome.writes:
             duration_ms = round((self._clock() - started) * 1000, 1)
             cpu_ms = round((time.process_time() - cpu_started) * 1000, 1)
             self._report(outcome, lag, duration_ms, cpu_ms)
-        now = self._clock()
-        idle = not records
-        if self._policy.due(
-            now=now, last_checkpoint_at=self._last_checkpoint_at, pending_records=self._pending, idle=idle
-        ):
-            self._checkpoint(process_records_input.checkpointer, self._applied)
+        if self._policy.due(now=self._clock(), last_checkpoint_at=self._last_checkpoint_at):
+            self._flush_and_checkpoint(process_records_input.checkpointer)
         if self._heartbeat is not None:
             self._heartbeat.beat()
 
     def lease_lost(self, lease_lost_input: Any) -> None:
+        # Nothing is flushed: what is buffered is the next owner's to replay from our last checkpoint.
         event(log, "lease_lost", shard=self._shard_id, uncheckpointed=self._pending)
         self._close()
 
     def shard_ended(self, shard_ended_input: Any) -> None:
         event(log, "shard_ended", shard=self._shard_id)
+        try:
+            pipeline = self._require_pipeline()
+            pipeline.end_of_shard()
+            pipeline.flush(self._now_ms(), everything=True)
+        except Exception as error:
+            self._exit(EXIT_BATCH_FAILED, "flush_failed", error)
         self._checkpoint(shard_ended_input.checkpointer, None)
         self._close()
 
     def shutdown_requested(self, shutdown_requested_input: Any) -> None:
         event(log, "shutdown_requested", shard=self._shard_id, uncheckpointed=self._pending)
-        if self._pending:
-            self._checkpoint(shutdown_requested_input.checkpointer, self._applied)
+        self._flush_and_checkpoint(shutdown_requested_input.checkpointer)
         self._stop_heartbeat()
 
     # --- internals ----------------------------------------------------------------------------------
@@ -153,6 +156,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             records=outcome.records,
             applied=outcome.applied,
             deadLetters=outcome.dead_letters,
+            lateForMachine=outcome.late_for_machine,
             vehicles=outcome.vehicles,
             writes=outcome.writes,
             breadcrumbs=outcome.breadcrumbs,
@@ -172,11 +176,33 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
                 trips_archived=outcome.trips_archived,
                 invalid_coordinates=outcome.invalid_coordinates,
                 signals_dropped=outcome.signals_dropped,
+                late_for_machine=outcome.late_for_machine,
                 write_requests=outcome.writes,
                 duration_ms=duration_ms,
                 millis_behind_latest=lag,
             ),
         )
+
+    def _require_pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            raise RuntimeError("a daemon message before a successful initialize")
+        return self._pipeline
+
+    def _now_ms(self) -> int:
+        return int(self._wall_clock() * 1000)
+
+    def _flush_and_checkpoint(self, checkpointer: Any) -> None:
+        """Write everything pending, then checkpoint at the watermark if it moved. A failed flush ends the
+        process: nothing after it is checkpointed."""
+        try:
+            pipeline = self._require_pipeline()
+            pipeline.flush(self._now_ms(), everything=True)
+            position = pipeline.watermark()
+        except Exception as error:
+            self._exit(EXIT_BATCH_FAILED, "flush_failed", error)
+        self._last_checkpoint_at = self._clock()
+        if position is not None and position != self._checkpointed:
+            self._checkpoint(checkpointer, position)
 
     def _checkpoint(self, checkpointer: Any, position: StreamPosition | None) -> None:
         try:
@@ -193,6 +219,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             records=self._pending,
         )
         self._pending = 0
+        self._checkpointed = position
         self._last_checkpoint_at = self._clock()
 
     def _close(self) -> None:

@@ -77,8 +77,7 @@ def test_sigterm_checkpoints_what_was_applied_and_a_restart_applies_the_rest_onc
             "FLEET_PSEUDONYM_KEY": "stop-key",
             "FLEET_TRIP_GAP_SECONDS": str(TRIP_GAP_SECONDS),
             "FLEET_HEARTBEAT_PATH": str(beats),
-            # Only an idle shard or a stop checkpoints: the stop has something to checkpoint.
-            "FLEET_CHECKPOINT_EVERY_RECORDS": "1000000",
+            # Only a stop checkpoints: the stop has something to checkpoint.
             "FLEET_CHECKPOINT_EVERY_SECONDS": "3600",
         },
     )

@@ -1,7 +1,10 @@
 """Request accounting: what one batch costs in AWS requests and write units, for a fixed fixture.
 
-These pin the batching and coalescing behaviour (one state write per vehicle per batch, one trail write per
-vehicle and 15 s bucket, the VIN vault written once per vehicle), not speed: see ``make bench`` for that.
+These pin the batching and coalescing behaviour (one state write per vehicle per flush, one trail write
+per vehicle and 15 s bucket, the VIN vault written once per vehicle, trip-state on transitions and at
+checkpoints), not speed: see ``make bench`` for that. A delivery is a batch, then the empty poll after it
+(the records arrived an hour ago: everything settles), each followed by a checkpoint
+(``FLEET_CHECKPOINT_EVERY_SECONDS=0``).
 """
 
 from __future__ import annotations
@@ -69,7 +72,11 @@ def trail_buckets(seconds: range) -> int:
 
 @pytest.fixture
 def processor(aws_env: AwsEnv) -> Any:
-    env = aws_env.with_settings(FLEET_TRIP_GAP_SECONDS=str(GAP_SECONDS), FLEET_PSEUDONYM_KEY="accounting")
+    env = aws_env.with_settings(
+        FLEET_TRIP_GAP_SECONDS=str(GAP_SECONDS),
+        FLEET_PSEUDONYM_KEY="accounting",
+        FLEET_CHECKPOINT_EVERY_SECONDS="0",
+    )
     harness = ProcessorHarness(env.environ)
     harness.initialize()
     yield harness
@@ -82,6 +89,7 @@ def deliver(
 ) -> Counter[tuple[str, str]]:
     aws_env.aws.app.reset_counts()
     harness.process(records)
+    harness.process([])
     return Counter(aws_env.aws.app.requests)
 
 

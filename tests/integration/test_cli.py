@@ -138,9 +138,9 @@ def test_a_missing_file_is_one_line() -> None:
 
 
 def test_a_bad_setting_is_one_line() -> None:
-    env = offline_env(FLEET_CHECKPOINT_EVERY_RECORDS="many")
+    env = offline_env(FLEET_CHECKPOINT_EVERY_SECONDS="many")
     line = assert_one_line_error(worker("status", env=env), "status")
-    assert "FLEET_CHECKPOINT_EVERY_RECORDS" in line
+    assert "FLEET_CHECKPOINT_EVERY_SECONDS" in line
 
 
 def test_bad_arguments_are_one_line_pointing_at_help() -> None:

@@ -123,10 +123,13 @@ def test_the_batch_line_carries_what_an_operator_needs(aws_env: AwsEnv) -> None:
     harness = ProcessorHarness(aws_env.environ)
     harness.initialize()
     harness.process(records, millis_behind=4200)
+    harness.process([])  # caught up: every record settles, so the stop has something to checkpoint
     harness.shutdown_requested()
     assert harness.close() == 0
     logs = harness.logs()
-    (batch,) = [line for line in logs if line["event"] == "batch"]
+    # The second line is the empty poll's flush (the trip machine's writes): records 0.
+    batch, flush = [line for line in logs if line["event"] == "batch"]
+    assert flush["records"] == 0 and flush["writes"] > 0
     assert batch["level"] == "INFO" and batch["shard"] == "shardId-000000000000"
     assert batch["records"] == 200 and batch["applied"] + batch["deadLetters"] == 200
     assert batch["vehicles"] > 0 and batch["writes"] > 0

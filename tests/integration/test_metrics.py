@@ -27,6 +27,7 @@ METRICS = {
     "TripsArchived",
     "InvalidCoordinates",
     "SignalsDropped",
+    "LateForMachine",
     "BatchDurationMs",
     "MillisBehindLatest",
     "WriteRequests",
@@ -130,17 +131,18 @@ def test_the_processor_emits_one_document_per_non_empty_batch_on_stderr(aws_env:
     harness.initialize()
     for batch in batches(records, 100):
         harness.process(batch, millis_behind=900)
-        harness.process([])  # an empty batch: no document
+        harness.process([])  # an empty batch: a document only if its flush wrote something
     harness.shutdown_requested()
     assert harness.close() == 0  # a document on stdout would have broken the protocol exchange above
     documents = harness.metrics()
-    assert len(documents) == 3
+    assert len([d for d in documents if d["RecordsProcessed"]]) == 3
+    assert all(d["WriteRequests"] for d in documents if not d["RecordsProcessed"])
     for document in documents:
         assert_emf(document)
         assert document["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "fleet-test"
         assert document["Application"] == aws_env.settings.application_name
         assert document["Shard"] == "shardId-000000000000"
-        assert document["MillisBehindLatest"] == 900
+        assert document["MillisBehindLatest"] == (900 if document["RecordsProcessed"] else 0)
     assert sum(d["RecordsProcessed"] for d in documents) == 300
     batch_lines = [line for line in harness.logs() if line["event"] == "batch"]
     assert [d["RecordsDeadLettered"] for d in documents] == [b["deadLetters"] for b in batch_lines]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,24 @@ from processors.pseudonymize import Pseudonymizer
 from processors.vehicle_state import named_item
 from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv
-from tests.support.harness import ProcessExited, ProcessorHarness, batches, fixture, shard_records
+from tests.support.harness import (
+    ProcessExited,
+    ProcessorHarness,
+    ShardRecord,
+    batches,
+    fixture,
+    shard_records,
+)
 from tests.support.oracle import latest_by_vin, leaked, vins_in
+from worker.replay import StreamEntry
 
 FLEET = FIXTURES / "fleet-small.jsonl"
+
+
+def arrived_long_ago(entries: list[StreamEntry]) -> list[ShardRecord]:
+    """Records that arrived 10 minutes ago: past D (300 s), so an empty, caught-up poll (the stream clock
+    moves to now - 1 s) settles every one of them."""
+    return shard_records(entries, arrival_ms=int(time.time() * 1000) - 600_000)
 
 
 def vehicle_state(env: AwsEnv) -> dict[str, dict[str, Any]]:
@@ -28,18 +43,19 @@ def pseudonymizer(env: AwsEnv) -> Pseudonymizer:
     return Pseudonymizer(secret["SecretString"].encode())
 
 
-def test_fixture_stream_is_applied_and_checkpointed_by_policy(aws_env: AwsEnv) -> None:
-    records = shard_records(fixture("fleet-small.jsonl"))
-    harness = ProcessorHarness({**aws_env.environ, "FLEET_CHECKPOINT_EVERY_RECORDS": "400"})
+def test_fixture_stream_is_applied_and_checkpointed_at_the_settle_watermark(aws_env: AwsEnv) -> None:
+    records = arrived_long_ago(fixture("fleet-small.jsonl"))
+    order = {r.sequence_number: i for i, r in enumerate(records)}
+    harness = ProcessorHarness({**aws_env.environ, "FLEET_CHECKPOINT_EVERY_SECONDS": "0"})
     harness.initialize()
-    asked = [harness.process(batch) for batch in batches(records, 100)]
-    # 400 records pending -> checkpoint at the end of the 4th batch, the 8th, ...
-    assert [i for i, made in enumerate(asked) if made] == [3, 7]
-    assert asked[3][0].sequence_number == records[399].sequence_number
-    # The shard goes idle: what was applied since is checkpointed at once.
+    asked = [c for batch in batches(records, 100) for c in harness.process(batch)]
+    # Each checkpoint stays before the records still settling (every vehicle's newest is): never at the end.
+    made = [order[c.sequence_number] for c in asked if c.sequence_number is not None]
+    assert made == sorted(made) and all(i < len(records) - 1 for i in made)
+    # Caught up: the stream clock passes every arrival + D, everything settles and is checkpointed.
     (idle,) = harness.process([])
     assert idle.sequence_number == records[-1].sequence_number
-    assert harness.shutdown_requested() == []  # nothing left to checkpoint
+    assert harness.shutdown_requested() == []  # nothing new: the watermark did not move
     harness.lease_lost()
     assert harness.close() == 0
 
@@ -64,10 +80,10 @@ def test_fixture_stream_is_applied_and_checkpointed_by_policy(aws_env: AwsEnv) -
 
 
 def test_throttled_checkpoint_is_retried_at_the_same_position(aws_env: AwsEnv) -> None:
-    records = shard_records(fixture("fleet-small.jsonl")[:50])
-    harness = ProcessorHarness(aws_env.environ)
+    records = arrived_long_ago(fixture("fleet-small.jsonl")[:50])
+    harness = ProcessorHarness({**aws_env.environ, "FLEET_CHECKPOINT_EVERY_SECONDS": "0"})
     harness.initialize()
-    assert harness.process(records) == []
+    harness.process(records)
     made = harness.process([], checkpoint_errors=["ThrottlingException"])
     assert [(c.sequence_number, c.error) for c in made] == [
         (records[-1].sequence_number, "ThrottlingException"),
@@ -94,26 +110,34 @@ def test_shard_end_always_checkpoints_and_lease_loss_never_does(aws_env: AwsEnv)
     assert lost.close() == 0
 
 
-def test_shutdown_requested_checkpoints_what_was_applied(aws_env: AwsEnv) -> None:
-    records = shard_records(fixture("fleet-small.jsonl")[:30])
-    harness = ProcessorHarness(aws_env.environ)
+def test_shutdown_requested_flushes_then_checkpoints_what_was_consumed(aws_env: AwsEnv) -> None:
+    records = arrived_long_ago(fixture("fleet-small.jsonl")[:30])
+    harness = ProcessorHarness(aws_env.environ)  # checkpoints every 60 s: none during this test
     harness.initialize()
     assert harness.process(records) == []
+    assert harness.process([]) == []  # everything settles; still no checkpoint (time policy)
     (made,) = harness.shutdown_requested()
     assert made.sequence_number == records[-1].sequence_number
+    assert vehicle_state(aws_env), "flushed before the checkpoint"
     harness.lease_lost()
     assert harness.close() == 0
 
 
-def test_a_failed_batch_ends_the_process_before_any_checkpoint(aws_env: AwsEnv) -> None:
-    # The vehicle-state table does not exist: every write of the batch fails.
-    harness = ProcessorHarness({**aws_env.environ, "FLEET_VEHICLE_STATE_TABLE": "no-such-table"})
+def test_a_failed_flush_ends_the_process_before_any_checkpoint(aws_env: AwsEnv) -> None:
+    # The vehicle-state table does not exist: the flush before the first checkpoint fails.
+    harness = ProcessorHarness(
+        {
+            **aws_env.environ,
+            "FLEET_VEHICLE_STATE_TABLE": "no-such-table",
+            "FLEET_CHECKPOINT_EVERY_SECONDS": "0",
+        }
+    )
     harness.initialize()
     with pytest.raises(ProcessExited) as exited:
-        harness.process(shard_records(fixture("fleet-small.jsonl")[:20]))
+        harness.process(arrived_long_ago(fixture("fleet-small.jsonl")[:20]))
     assert exited.value.code not in (0, None)
     assert harness.checkpoints == []
-    failure = next(log for log in harness.logs() if log["event"] == "batch_failed")
+    failure = next(log for log in harness.logs() if log["event"] == "flush_failed")
     assert failure["level"] == "ERROR" and failure["reason"] == "ResourceNotFoundException"
 
 

@@ -457,17 +457,18 @@ class Checkpointer:
 
 def process(backend: Backend, checkpointer: Checkpointer, heartbeats: Path) -> None:
     settings = backend.settings.model_copy(
-        update={"checkpoint_every_records": 1, "heartbeat_path": heartbeats}
+        update={"checkpoint_every_seconds": 0.0, "heartbeat_path": heartbeats}
     )
     processor = FleetRecordProcessor(
         settings, pipeline_factory=lambda: Pipeline(settings, backend.stores, KEY, NO_SLEEP)
-    )
+    )  # the records arrived an hour ago: the empty, caught-up poll settles every one
     processor.initialize(SimpleNamespace(shard_id=SHARD, sequence_number="TRIM_HORIZON"))
     gc.unfreeze()  # initialize freezes what exists, for a long-lived process; not this test session
     try:
         processor.process_records(
             process_records_input(shard_records(fixture("trips.jsonl"))[:20], checkpointer)
         )
+        processor.process_records(process_records_input([], checkpointer))
     finally:
         processor.lease_lost(None)
 

@@ -52,7 +52,7 @@ SEGMENT = 100
 TRIP_ENV = {
     "FLEET_TRIP_GAP_SECONDS": str(TRIP_GAP_SECONDS),
     "FLEET_TRIP_SEGMENT_BREADCRUMBS": str(SEGMENT),
-    "FLEET_CHECKPOINT_EVERY_RECORDS": "300",
+    "FLEET_CHECKPOINT_EVERY_SECONDS": "0",
     "FLEET_PSEUDONYM_KEY": "trip-tests-key",
 }
 KEY = Pseudonymizer(TRIP_ENV["FLEET_PSEUDONYM_KEY"].encode())
@@ -81,16 +81,17 @@ def deliver(env: AwsEnv, records: Sequence[ShardRecord], size: int = 150) -> Pro
 
 
 def clean_pass(records: Sequence[ShardRecord]) -> tuple[list[CompletedTrip], dict[str, list[Crumb]]]:
-    """The pure machine over the same decoded records, in one pass, the silent trip swept at the end
-    (R = the sweep's clock); and every vehicle's crumbs (every accepted record with a trail field)."""
+    """The pure machine over the same decoded records, in one pass in (event time, record bytes) order
+    (what the settle buffer feeds it), the silent trip swept at the end (R = the sweep's clock); and every
+    vehicle's crumbs (every accepted record with a trail field)."""
     decoder = Decoder(DecodeLimits(max_event_age_ms=10**15))
     machine = TripStateMachine(TripThresholds(gap_ms=TRIP_GAP_SECONDS * 1000, segment_breadcrumbs=SEGMENT))
     states: dict[str, VehicleTrips] = {}
     crumbs: dict[str, list[Crumb]] = {}
     effects = TripEffects()
-    for i, record in enumerate(records):
-        decoded = decoder.decode(record.data, record.arrival_ms)
-        reading = KEY.reading(decoded, StreamPosition("shardId-0", str(i + 1), 0, record.arrival_ms))
+    decoded = [(decoder.decode(r.data, r.arrival_ms), r, i) for i, r in enumerate(records)]
+    for record, raw, i in sorted(decoded, key=lambda d: (d[0].event_time_ms, d[1].data)):
+        reading = KEY.reading(record, StreamPosition("shardId-0", str(i + 1), 0, raw.arrival_ms))
         machine.apply(
             states.setdefault(reading.pseudo_vin, VehicleTrips(reading.pseudo_vin)), reading, effects
         )
@@ -302,6 +303,7 @@ def replay_with_crashes(env: AwsEnv, records: Sequence[ShardRecord], seed: int) 
             position += len(batch)
         if position >= len(records):
             harness.process([])
+            harness.shutdown_requested()
             harness.lease_lost()
             harness.close()
             break

@@ -36,7 +36,7 @@ from worker.aws import AwsClients
 from worker.config import Settings
 
 VOLATILE: dict[str, frozenset[str]] = {
-    "trip-state": frozenset({"lastUpdate", "appliedThrough", "idleAfter"}),
+    "trip-state": frozenset({"lastUpdate", "idleAfter"}),
     "vin-mapping": frozenset({"encryptedVin", "createdAt"}),
     "trips-index": frozenset({"expiresAt"}),
     "live-breadcrumbs": frozenset({"expiresAt"}),

