@@ -182,9 +182,13 @@ def test_any_order_within_the_window_resends_and_redeliveries_give_the_in_order_
     reference, finals = RecordingMachine(), {}
     for pseudo_vin in VEHICLES:
         state, effects = VehicleTrips(pseudo_vin), TripEffects()
-        ordered = sorted({s for s in stream if s.pseudo_vin == pseudo_vin}, key=lambda s: (s.t_ms, s.key()))
+        # Equal records in arrival order: a trip's completion point is its completing record's (first) arrival.
+        ordered = sorted(
+            {s for s in stream if s.pseudo_vin == pseudo_vin}, key=lambda s: (s.t_ms, s.key(), s.a_ms)
+        )
         for s in ordered:
-            reference.apply(state, VehicleReading(pseudo_vin, s.t_ms, s.signals(), position(0, 0)), effects)
+            reading = VehicleReading(pseudo_vin, s.t_ms, s.signals(), position(0, s.a_ms))
+            reference.apply(state, reading, effects)
         finals[pseudo_vin] = stored(TripStateItem(**state_fields(state), lastUpdate="x"))
 
     consumer = Consumer(RecordingMachine())
