@@ -19,8 +19,11 @@ and the item's deletion then follow through the processor's own commit code (``w
 shard's consumer lags (an outage, a backlog) its vehicles' trips look silent too, and swept they would be
 cut differently from one clean pass. So the sweep first reads where each shard's consumer is (the KCL
 lease table's checkpoints) and the first record after it (GetShardIterator AFTER_SEQUENCE_NUMBER +
-GetRecords Limit=1): if that record arrived more than a gap ago (or MillisBehindLatest says so), it logs
-``sweep_skipped`` and exits 0 without reading trip-state.
+GetRecords Limit=1): if that record arrived longer ago than the limit (or MillisBehindLatest says so), it
+logs ``sweep_skipped`` and exits 0 without reading trip-state. The limit is the gap plus the lag a healthy
+consumer's checkpoint has by design (``skip_limit_ms``): checkpoints wait for the settle window D and come
+every ``checkpoint_every_seconds``, so the first unprocessed record of a consumer that keeps up is up to
+D + that interval old.
 """
 
 from __future__ import annotations
@@ -112,13 +115,21 @@ def stream_frontier(settings: Settings, clients: AwsClients, now_ms: int, limit_
     return Frontier(shards, requests, None)
 
 
+def skip_limit_ms(settings: Settings) -> int:
+    """How far behind a shard's first unprocessed record may be before the sweep skips: a trip gap, plus
+    the designed lag of the checkpoint (the settle window D, then up to one checkpoint interval)."""
+    checkpoint_ms = round(settings.checkpoint_every_seconds * 1000)
+    return settings.trip_gap_seconds * 1000 + settings.trip_settle_ms + checkpoint_ms
+
+
 def sweep_orphans(
     settings: Settings, clients: AwsClients, now_ms: int | None = None, idle_ms: int | None = None
 ) -> SweepReport:
-    """The sweep on AWS (``python -m worker sweep-orphans``): skipped while a shard's consumer is more
-    than a trip gap behind, else ``sweep`` over the stores ``wiring`` builds."""
+    """The sweep on AWS (``python -m worker sweep-orphans``): skipped while a shard's consumer is further
+    behind than ``skip_limit_ms`` (a gap past its designed lag), else ``sweep`` over the stores ``wiring``
+    builds."""
     now = now_ms if now_ms is not None else int(time.time() * 1000)
-    limit_ms = settings.trip_gap_seconds * 1000
+    limit_ms = skip_limit_ms(settings)
     frontier = stream_frontier(settings, clients, now, limit_ms)
     if frontier.behind is not None:
         shard_id, behind = frontier.behind
@@ -129,7 +140,8 @@ def sweep_orphans(
             shard=shard_id,
             behindSeconds=behind // 1000,
             limitSeconds=limit_ms // 1000,
-            reason="a shard has unprocessed records older than the trip gap: its trips would look silent",
+            reason="a shard's first unprocessed record is older than the trip gap plus the checkpoint's "
+            "designed lag (settle window + checkpoint interval): its trips would look silent",
         )
         return report
     return sweep(

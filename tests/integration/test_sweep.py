@@ -15,7 +15,7 @@ from processors.trip_items import SWEEP_SHARDS
 from schemas.dynamo import to_item
 from tests.conftest import AwsEnv, create_lease_table
 from tests.support.iam import recording_resources
-from worker.sweep import sweep_orphans
+from worker.sweep import skip_limit_ms, sweep_orphans
 
 
 def seed(env: AwsEnv, idle: int, open_trips: int, silent: int, now: int) -> None:
@@ -57,12 +57,17 @@ def test_the_sweep_reads_the_silent_open_trips_only_whatever_the_fleet(aws_env: 
     assert remaining["Count"] == 30 - 4
 
 
-def test_the_sweep_does_nothing_while_a_shard_has_unprocessed_records_older_than_the_gap(
+def test_the_sweep_does_nothing_while_a_shard_is_a_gap_behind_its_designed_lag(
     aws_env: AwsEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A checkpoint trails the stream by design (it waits for the settle window D, and comes every
+    ``checkpoint_every_seconds``): the sweep skips only once a shard's first unprocessed record is older
+    than a gap past that lag."""
     now = int(time.time() * 1000)
     seed(aws_env, idle=10, open_trips=5, silent=5, now=now)
     settings, clients = aws_env.settings, aws_env.clients
+    limit_s = settings.trip_gap_seconds + settings.trip_settle_ms // 1000 + settings.checkpoint_every_seconds
+    assert skip_limit_ms(settings) == limit_s * 1000 == (300 + 300 + 60) * 1000  # the shipped defaults
     create_lease_table(aws_env)
     for shard in clients.kinesis.list_shards(StreamName=settings.stream_name)["Shards"]:
         clients.dynamodb.put_item(
@@ -76,21 +81,20 @@ def test_the_sweep_does_nothing_while_a_shard_has_unprocessed_records_older_than
         PartitionKey="x",
         ExplicitHashKey=first["HashKeyRange"]["StartingHashKey"],
     )
-    # Seen a gap and a second later, that record is still waiting for its consumer.
-    later = now + (settings.trip_gap_seconds + 1) * 1000
+    # Seen the limit and 5 s later, that record is still waiting for its consumer.
+    later = now + skip_limit_ms(settings) + 5_000
     with recording_resources() as calls, caplog.at_level(logging.INFO):
         report = sweep_orphans(settings, clients, now_ms=later)
     assert report.skipped == first["ShardId"] and report.orphaned == [] and report.items_read == 0
     assert not {r for _, _, r in calls if settings.table_names["trip-state"] in r}, "zero trip-state reads"
-    assert [r.getMessage() for r in caplog.records if r.name == "worker.sweep"] == ["sweep_skipped"]
+    (line,) = [r for r in caplog.records if r.name == "worker.sweep"]
+    assert line.getMessage() == "sweep_skipped"
+    fields = line.fields  # type: ignore[attr-defined]
+    assert (fields["shard"], fields["limitSeconds"]) == (first["ShardId"], limit_s)
+    assert limit_s < fields["behindSeconds"] <= limit_s + 5
     assert clients.dynamodb.scan(TableName=settings.table_names["trip-state"])["Count"] == 5
-    # Caught up (the record was processed and checkpointed), the same sweep completes them.
-    iterator = clients.kinesis.get_shard_iterator(
-        StreamName=settings.stream_name, ShardId=first["ShardId"], ShardIteratorType="TRIM_HORIZON"
-    )
-    (record,) = clients.kinesis.get_records(ShardIterator=iterator["ShardIterator"])["Records"]
-    clients.dynamodb.put_item(
-        TableName=settings.application_name,
-        Item={"leaseKey": {"S": first["ShardId"]}, "checkpoint": {"S": record["SequenceNumber"]}},
-    )
-    assert len(sweep_orphans(settings, clients, now_ms=later).orphaned) == 5
+    # More than a gap behind, but within what a consumer that keeps up shows (its checkpoint waits for
+    # the settle window): the sweep runs and completes them. (A gap alone skipped every healthy shard.)
+    within = now + (settings.trip_gap_seconds * 1000 + settings.trip_settle_ms)
+    report = sweep_orphans(settings, clients, now_ms=within)
+    assert report.skipped is None and len(report.orphaned) == 5
