@@ -103,7 +103,9 @@ def test_one_batch_costs_one_state_write_per_vehicle_and_one_trail_write_per_buc
     assert calls == Counter(
         {
             ("kms", "Encrypt"): 4,  # the VIN vault: once per vehicle not in it yet
-            ("dynamodb", "PutItem"): 1,  # the trips-index item
+            # the trips-index item; the completed trip's `closing` write before its archive; the two
+            # vehicles still driving, at the checkpoint flush (their mark and count moved since creation)
+            ("dynamodb", "PutItem"): 1 + 1 + 2,
             # trip-state items are created checking the vehicle's mark: the two vehicles still driving,
             # and the completed trip's outbox
             ("dynamodb", "TransactWriteItems"): 2 + 1,
@@ -124,9 +126,10 @@ def test_one_batch_costs_one_state_write_per_vehicle_and_one_trail_write_per_buc
     # the vault x4, the mark, the 3 creations' condition checks (2 units each: a transaction)
     assert written[("dynamodb", tables["vin-mapping"])].items == 4 + 1 + 3
     assert written[("dynamodb", tables["vin-mapping"])].units == 4 + 1 + 3 * 2
-    # 3 creations (2 units each); the archived trip's item deleted (its mark holds what remains)
-    assert written[("dynamodb", tables["trip-state"])].items == 3 + 1
-    assert written[("dynamodb", tables["trip-state"])].units == 3 * 2 + 1
+    # 3 creations (2 units each); the closing write; 2 checkpoint writes; the archived trip's item
+    # deleted (its mark holds what remains)
+    assert written[("dynamodb", tables["trip-state"])].items == 3 + 1 + 2 + 1
+    assert written[("dynamodb", tables["trip-state"])].units == 3 * 2 + 1 + 2 + 1
     archive = written[("s3", aws_env.settings.archive_bucket)]
     assert (archive.requests, archive.items, archive.units) == (1, 1, 1)
     (key,) = [
