@@ -48,7 +48,7 @@ def demo(vehicles: int, minutes: float, shards: int) -> int:
         say(f"[4/5] replayed {stats.records} records in {stats.requests} PutRecords calls")
 
         processing_started = time.monotonic()
-        code = run(settings, drain=True, timeout=150)  # the demo's whole budget is 3 minutes
+        code = run(settings, drain=True, timeout=240)  # 67-140 s here, by load: the budget is 4 minutes
         processing = time.monotonic() - processing_started
         if code != 0:
             say(f"the KCL did not drain the stream (exit {code})")
