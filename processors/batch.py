@@ -23,6 +23,7 @@ from processors.trips import (
     TripStateMachine,
     VehicleTripPlan,
     VehicleTrips,
+    recent_trip,
 )
 from processors.vehicle_state import StateUpdate, coalesce
 from schemas.items import TripStateItem
@@ -144,6 +145,36 @@ def _shape(state: VehicleTrips) -> tuple[object, ...]:
     return (trip.trip_id, trip.status, trip.gap_start_ms, trip.segments)
 
 
+@dataclass(frozen=True, slots=True)
+class LateAfterArchive:
+    """A record whose event time falls in a completed trip's span but that arrived after the trip's
+    completion point R: its crumb is on the live trail, never in that trip's archive (which is kept as it
+    is, see docs/design.md). Counted and logged (``late_after_archive``), never silently dropped."""
+
+    pseudo_vin: str
+    trip_id: str
+    event_time_ms: int
+    arrival_ms: int
+
+
+def late_after_archive(state: VehicleTrips, reading: VehicleReading) -> LateAfterArchive | None:
+    """The completed trip among the vehicle's ``recent`` whose archive ``reading`` missed, if any: its
+    span holds the record's event time and the record arrived after R. Arrival as the trail keeps it
+    (whole seconds, never before the event time's second: ``processors.trail``), so this is exactly "its
+    crumb is not among the trip's rows" (``trail.trip_rows``)."""
+    t = reading.event_time_ms
+    arrival_s = max(reading.position.arrival_ms // 1000, t // 1000)
+    for recent in reversed(state.recent):
+        start, end, completion = recent[0], recent[1], recent[2]
+        if start <= t <= end:
+            if arrival_s <= completion // 1000:
+                return None
+            return LateAfterArchive(
+                state.pseudo_vin, recent_trip(state.pseudo_vin, recent), t, reading.position.arrival_ms
+            )
+    return None
+
+
 class TripPlanner:
     """The trip machines of the vehicles this processor owns (its shard lease), cached between batches,
     fed through a ``SettleBuffer`` in event-time order.
@@ -166,6 +197,9 @@ class TripPlanner:
         )
         self.late_for_machine = 0
         """Records that arrived at or below their vehicle's mark: never drive the machine (counted)."""
+        self.late_after_archive: list[LateAfterArchive] = []
+        """Records that arrived after the completion point of the recent trip their event time falls in
+        (at-least-once: a redelivery counts again); the caller takes and reports them."""
 
     def unknown(self, pseudo_vins: Iterable[str]) -> list[str]:
         return [pv for pv in pseudo_vins if pv not in self._vehicles]
@@ -191,6 +225,8 @@ class TripPlanner:
         t = reading.event_time_ms
         if state.high_water_ms is not None and t <= state.high_water_ms:
             self.late_for_machine += 1
+            if (missed := late_after_archive(state, reading)) is not None:
+                self.late_after_archive.append(missed)
             return False
         arrival = reading.position.arrival_ms
         entry = MachineInput(t, arrival, key, reading.position, reading, previous)
