@@ -166,13 +166,22 @@ def trip_id(pseudo_vin: str, start_ms: int, previous_second: int | None = None) 
 
 def remember_completed(state: VehicleTrips, trip: CompletedTrip) -> None:
     """Keep ``trip`` among the vehicle's ``recent`` completed trips (the last ``RECENT_TRIPS``)."""
-    recent = (trip.start_time_ms, trip.end_time_ms, trip.completion_ms, trip_id_second(trip.trip_id))
+    recent = (
+        trip.start_time_ms,
+        trip.end_time_ms,
+        trip.completion_ms,
+        trip_id_second(trip.trip_id, trip.start_time_ms),
+    )
     state.recent = [*state.recent, recent][-RECENT_TRIPS:]
 
 
-def trip_id_second(trip_id_text: str) -> int:
-    """The epoch second a trip id (``trip_{YYYYMMDD_HHMMSS}_{pseudoVin}``) names, bump included."""
-    moment = datetime.strptime(trip_id_text[5:20], "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+def trip_id_second(trip_id_text: str, start_ms: int) -> int:
+    """The epoch second a trip id (``trip_{YYYYMMDD_HHMMSS}_{pseudoVin}``) names, bump included; the start
+    second for an id of another shape (none is written; tests make some up)."""
+    try:
+        moment = datetime.strptime(trip_id_text[5:20], "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return start_ms // 1000
     return int(moment.timestamp())
 
 

@@ -9,6 +9,7 @@ exits the record processor before any checkpoint."""
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,12 +326,15 @@ def test_a_record_is_the_same_bytes_whoever_writes_it_whatever_trip_it_thinks_it
     pipeline = Pipeline(backend.settings, in_a_trip, KEY, NO_SLEEP)
     pipeline.process(as_kinesis[:k])
     pipeline.process(as_kinesis[k : k + 1])
+    pipeline.process([], caught_up=True)  # the stream clock passes their arrival + D: the machine consumes
+    pipeline.flush(int(time.time() * 1000), everything=True)
     pipeline.close()
     (open_trip,) = [item for item in in_a_trip.trips.items.values() if item.tripId]
     assert open_trip.status == "ACTIVE"
 
     alone = Pipeline(backend.settings, backend.stores, KEY, NO_SLEEP)
     alone.process(as_kinesis[k : k + 1])  # a first sighting: the vehicle has no trip here
+    alone.flush(int(time.time() * 1000), everything=True)  # the trail buffer holds it until then
     alone.close()
     ((pv, bucket),) = [key for key in in_a_trip.trail.items if backend.trail_item(*key)]
     held, stored = in_a_trip.trail.items[(pv, bucket)], backend.trail_item(pv, bucket)
