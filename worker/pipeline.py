@@ -146,11 +146,10 @@ class Pipeline:
                 self.trips.receive(reading, record.data, previous)
             previous = record.position
         self._last_position = previous
-        missed, self.trips.late_after_archive = self.trips.late_after_archive, []
-        _log_late_after_archive(missed)
         self.trail.add(plan.trail, now_ms)
         if not records and caught_up:
             self.trips.tick(now_ms - 1000)  # no unseen record can have arrived before that
+        missed = self._late_after_archive()
         flushed = self.flush(now_ms, everything=False)
         return BatchOutcome(
             records=len(records),
@@ -164,7 +163,7 @@ class Pipeline:
             last_position=plan.last_position,
             signals_dropped=plan.signals_dropped,
             late_for_machine=self.trips.late_for_machine - late,
-            late_after_archive=len(missed),
+            late_after_archive=missed,
         )
 
     def flush(self, now_ms: int, *, everything: bool) -> Flushed:
@@ -192,6 +191,13 @@ class Pipeline:
     def end_of_shard(self) -> None:
         """No later record of this shard can come: the machine consumes everything buffered."""
         self.trips.drain()
+        self._late_after_archive()
+
+    def _late_after_archive(self) -> int:
+        """Log the records found late after their trip's archive since the last call; how many."""
+        missed, self.trips.late_after_archive = self.trips.late_after_archive, []
+        _log_late_after_archive(missed)
+        return len(missed)
 
     def watermark(self) -> StreamPosition | None:
         """Where a checkpoint may go once ``flush(everything=True)`` succeeded: just before the oldest
