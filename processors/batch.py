@@ -23,6 +23,7 @@ from processors.trips import (
     TripStateMachine,
     VehicleTripPlan,
     VehicleTrips,
+    recent_trip,
 )
 from processors.vehicle_state import StateUpdate, coalesce
 from schemas.items import TripStateItem
@@ -144,6 +145,40 @@ def _shape(state: VehicleTrips) -> tuple[object, ...]:
     return (trip.trip_id, trip.status, trip.gap_start_ms, trip.segments)
 
 
+@dataclass(frozen=True, slots=True)
+class LateAfterArchive:
+    """A record whose event time falls in a completed trip's span but that arrived after the trip's
+    completion point R: its crumb is on the live trail, never in that trip's archive (which is kept as it
+    is, see docs/design.md). Counted and logged (``late_after_archive``), never silently dropped."""
+
+    pseudo_vin: str
+    trip_id: str
+    event_time_ms: int
+    arrival_ms: int
+
+
+def late_after_archive(state: VehicleTrips, reading: VehicleReading) -> LateAfterArchive | None:
+    """The completed trip among the vehicle's ``recent`` whose archive ``reading`` missed, if any: its
+    span holds the record's event time and the record arrived after R. Arrival as the trail keeps it
+    (whole seconds, never before the event time's second: ``processors.trail``), so this is exactly "its
+    crumb is not among the trip's rows" (``trail.trip_rows``)."""
+    t = reading.event_time_ms
+    arrival_s = max(reading.position.arrival_ms // 1000, t // 1000)
+    for recent in reversed(state.recent):
+        start, end, completion = recent[0], recent[1], recent[2]
+        if start <= t <= end:
+            if arrival_s <= completion // 1000:
+                return None
+            return LateAfterArchive(
+                state.pseudo_vin, recent_trip(state.pseudo_vin, recent), t, reading.position.arrival_ms
+            )
+    return None
+
+
+MAX_STRAGGLERS = 256
+"""Stragglers kept per vehicle (see ``TripPlanner._stragglers``): beyond it the oldest go unchecked."""
+
+
 class TripPlanner:
     """The trip machines of the vehicles this processor owns (its shard lease), cached between batches,
     fed through a ``SettleBuffer`` in event-time order.
@@ -166,6 +201,14 @@ class TripPlanner:
         )
         self.late_for_machine = 0
         """Records that arrived at or below their vehicle's mark: never drive the machine (counted)."""
+        self.late_after_archive: list[LateAfterArchive] = []
+        """Records that arrived after the completion point of the recent trip their event time falls in
+        (at-least-once: a redelivery counts again); the caller takes and reports them."""
+        self._max_t: dict[str, int] = {}
+        self._stragglers: dict[str, list[VehicleReading]] = {}
+        """Per vehicle, records received a gap or more behind its newest event time that matched no
+        recent trip: the trip they belong to may be completed by a record still settling (then they
+        arrived after its R). Checked when the machine completes a trip (``_check_stragglers``)."""
 
     def unknown(self, pseudo_vins: Iterable[str]) -> list[str]:
         return [pv for pv in pseudo_vins if pv not in self._vehicles]
@@ -189,7 +232,18 @@ class TripPlanner:
         (where a checkpoint may go while it is unsettled). False: late-for-machine, not buffered."""
         state = self._vehicles[reading.pseudo_vin].state
         t = reading.event_time_ms
-        if state.high_water_ms is not None and t <= state.high_water_ms:
+        newest = self._max_t.get(reading.pseudo_vin)
+        self._max_t[reading.pseudo_vin] = t if newest is None else max(newest, t)
+        # Only a record received a gap or more behind its vehicle's newest can have arrived after the
+        # completion point of its own trip (completed by a record at least a gap after its stop).
+        straggler = newest is not None and t + self._machine.thresholds.gap_ms <= newest
+        late = state.high_water_ms is not None and t <= state.high_water_ms
+        if late and (missed := late_after_archive(state, reading)) is not None:
+            self.late_after_archive.append(missed)
+        elif straggler:
+            held = self._stragglers.setdefault(reading.pseudo_vin, [])
+            held[:] = [*held[-(MAX_STRAGGLERS - 1) :], reading]
+        if late:
             self.late_for_machine += 1
             return False
         arrival = reading.position.arrival_ms
@@ -237,9 +291,28 @@ class TripPlanner:
         vehicle.dirty = vehicle.dirty or effects.changed
         vehicle.seals += effects.seals
         vehicle.outbox += effects.completed
+        if effects.completed and pseudo_vin in self._stragglers:
+            self._check_stragglers(pseudo_vin, effects.completed)
         vehicle.new_completions += len(effects.completed)
         if not (vehicle.dirty or vehicle.urgent):
             vehicle.journal.clear()  # nothing moved: nothing to re-apply over another writer's state
+
+    def _check_stragglers(self, pseudo_vin: str, completed: Sequence[CompletedTrip]) -> None:
+        """The vehicle's stragglers against the trips just completed: one in a trip's span that arrived
+        after its R is ``LateAfterArchive``; one at or before a completed trip's end is settled either way
+        (an earlier trip was completed before it arrived, so it was checked against ``recent``)."""
+        held = self._stragglers.pop(pseudo_vin)
+        for trip in completed:
+            for reading in held:
+                t = reading.event_time_ms
+                arrival_s = max(reading.position.arrival_ms // 1000, t // 1000)
+                if trip.start_time_ms <= t <= trip.end_time_ms and arrival_s > trip.completion_ms // 1000:
+                    self.late_after_archive.append(
+                        LateAfterArchive(pseudo_vin, trip.trip_id, t, reading.position.arrival_ms)
+                    )
+            held = [r for r in held if r.event_time_ms > trip.end_time_ms]
+        if held:
+            self._stragglers[pseudo_vin] = held
 
     def plan_for(self, pseudo_vin: str) -> VehicleTripPlan:
         """The vehicle's write: everything it must carry since its last durable write."""

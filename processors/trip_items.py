@@ -88,7 +88,8 @@ def state_from_item(item: TripStateItem) -> VehicleTrips:
         item.pseudoVin,
         _ms(item.lastEventTime),
         reports_battery_level=item.reportsBatteryLevel,
-        recent=[(r[0], r[1], r[2]) for r in item.recent],
+        # An entry written before the id second was kept: the start second (right unless it was bumped).
+        recent=[(r[0], r[1], r[2], r[3] if len(r) > 3 else r[0] // 1000) for r in item.recent],
         last_trip_second=item.lastTripSecond,
     )
     if item.status == TripStatus.IDLE or item.tripId is None or item.startTime is None:

@@ -125,9 +125,10 @@ class VehicleTrips:
     reports_battery_level: bool = False
     """The vehicle has sent ``batteryLevel`` in a trip: its trips' battery figures come from that signal
     only. Until then they come from ``soc`` (Tesla vehicles that send only the BMS state of charge)."""
-    recent: list[tuple[int, int, int]] = field(default_factory=list)
-    """The last ``RECENT_TRIPS`` completed trips' ``(start, end, completion)`` ms, oldest first (late-record
-    accounting; kept in the idle vehicle's mark in ``vin-mapping``)."""
+    recent: list[tuple[int, int, int, int]] = field(default_factory=list)
+    """The last ``RECENT_TRIPS`` completed trips' ``(start, end, completion)`` ms and the epoch second their
+    id names (``trip_second``), oldest first: late-record accounting (``LateAfterArchive`` names the trip),
+    kept in the idle vehicle's mark in ``vin-mapping``."""
     last_trip_second: int | None = None
     """Epoch second in the id of the vehicle's newest trip: a trip starting in that same second gets the
     next one (``trip_id``), so ids stay unique per vehicle."""
@@ -165,8 +166,28 @@ def trip_id(pseudo_vin: str, start_ms: int, previous_second: int | None = None) 
 
 def remember_completed(state: VehicleTrips, trip: CompletedTrip) -> None:
     """Keep ``trip`` among the vehicle's ``recent`` completed trips (the last ``RECENT_TRIPS``)."""
-    recent = (trip.start_time_ms, trip.end_time_ms, trip.completion_ms)
+    recent = (
+        trip.start_time_ms,
+        trip.end_time_ms,
+        trip.completion_ms,
+        trip_id_second(trip.trip_id, trip.start_time_ms),
+    )
     state.recent = [*state.recent, recent][-RECENT_TRIPS:]
+
+
+def trip_id_second(trip_id_text: str, start_ms: int) -> int:
+    """The epoch second a trip id (``trip_{YYYYMMDD_HHMMSS}_{pseudoVin}``) names, bump included; the start
+    second for an id of another shape (none is written; tests make some up)."""
+    try:
+        moment = datetime.strptime(trip_id_text[5:20], "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return start_ms // 1000
+    return int(moment.timestamp())
+
+
+def recent_trip(pseudo_vin: str, recent: tuple[int, int, int, int]) -> str:
+    """The id of a ``recent`` completed trip."""
+    return trip_id(pseudo_vin, recent[3] * 1000)
 
 
 def _arrival(reading: VehicleReading) -> int:

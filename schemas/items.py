@@ -21,8 +21,6 @@ class LocationItem(_Item):
     lng: float
 
 
-
-
 class CompletedTripItem(_Item):
     """A completed trip waiting in the outbox for its archive and index to be written."""
 
@@ -51,7 +49,8 @@ class TripMarkItem(_Item):
     rbl: bool = False
     """reports battery level."""
     recent: list[list[int]] = []
-    """The last <= 4 completed trips' ``[startMs, endMs, completionMs]``, oldest first."""
+    """The last <= 4 completed trips' ``[startMs, endMs, completionMs, idSecond]``, oldest first: ``idSecond``
+    is the epoch second the trip's id names (``processors.trips.trip_second``; older entries lack it)."""
     ts: int | None = None
     """Epoch second in the newest trip's id (``processors.trips.trip_second``)."""
 
@@ -82,7 +81,8 @@ class TripStateItem(_Item):
     sealedThrough: str | None = None
     tailBreadcrumbs: int = 0
     recent: list[list[int]] = []
-    """The last <= 4 completed trips' ``[startMs, endMs, completionMs]`` (moves to the mark when idle)."""
+    """The last <= 4 completed trips' ``[startMs, endMs, completionMs, idSecond]`` (moves to the mark when
+    idle)."""
     lastTripSecond: int | None = None
     """Epoch second in the newest trip's id: the next trip's id is bumped past it."""
     sweepShard: int | None = None

@@ -28,6 +28,7 @@ UNITS = {
     "InvalidCoordinates": "Count",
     "SignalsDropped": "Count",
     "LateForMachine": "Count",
+    "LateAfterArchive": "Count",
     "WriteRequests": "Count",
     "BatchDurationMs": "Milliseconds",
     "MillisBehindLatest": "Milliseconds",
@@ -52,6 +53,9 @@ class BatchMetrics:
     late_for_machine: int = 0
     """Records that arrived at or below their vehicle's high-water mark (displaced beyond the settle
     window, or redelivered after a restart): they never drive the trip machine."""
+    late_after_archive: int = 0
+    """Records whose event time falls in a recent completed trip's span that arrived after its completion
+    point: on the live trail, not in that trip's archive (``late_after_archive`` log line each)."""
 
     def values(self) -> dict[str, float]:
         values: dict[str, float] = {
@@ -61,6 +65,7 @@ class BatchMetrics:
             "InvalidCoordinates": self.invalid_coordinates,
             "SignalsDropped": self.signals_dropped,
             "LateForMachine": self.late_for_machine,
+            "LateAfterArchive": self.late_after_archive,
             "WriteRequests": self.write_requests,
             "BatchDurationMs": self.duration_ms,
         }

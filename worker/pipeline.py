@@ -20,12 +20,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from processors.batch import DeadLetter, TripPlanner, decode_batch
+from processors.batch import DeadLetter, LateAfterArchive, TripPlanner, decode_batch
 from processors.decode import DecodeLimits, Decoder
 from processors.errors import StaleTripState
 from processors.ports import Stores
 from processors.pseudonymize import Pseudonymizer
 from processors.signal_bounds import SignalBounds
+from processors.signals import format_time
 from processors.trail import TRAIL_BUCKET_SECONDS, combine
 from processors.trips import TripStateMachine, TripThresholds
 from schemas.records import KinesisRecord, StreamPosition
@@ -65,6 +66,7 @@ class BatchOutcome:
     last_position: StreamPosition | None
     signals_dropped: int = 0
     late_for_machine: int = 0
+    late_after_archive: int = 0
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:
@@ -147,6 +149,7 @@ class Pipeline:
         self.trail.add(plan.trail, now_ms)
         if not records and caught_up:
             self.trips.tick(now_ms - 1000)  # no unseen record can have arrived before that
+        missed = self._late_after_archive()
         flushed = self.flush(now_ms, everything=False)
         return BatchOutcome(
             records=len(records),
@@ -160,6 +163,7 @@ class Pipeline:
             last_position=plan.last_position,
             signals_dropped=plan.signals_dropped,
             late_for_machine=self.trips.late_for_machine - late,
+            late_after_archive=missed,
         )
 
     def flush(self, now_ms: int, *, everything: bool) -> Flushed:
@@ -187,6 +191,13 @@ class Pipeline:
     def end_of_shard(self) -> None:
         """No later record of this shard can come: the machine consumes everything buffered."""
         self.trips.drain()
+        self._late_after_archive()
+
+    def _late_after_archive(self) -> int:
+        """Log the records found late after their trip's archive since the last call; how many."""
+        missed, self.trips.late_after_archive = self.trips.late_after_archive, []
+        _log_late_after_archive(missed)
+        return len(missed)
 
     def watermark(self) -> StreamPosition | None:
         """Where a checkpoint may go once ``flush(everything=True)`` succeeded: just before the oldest
@@ -200,6 +211,20 @@ class Pipeline:
 
     def close(self) -> None:
         self.executor.close()
+
+
+def _log_late_after_archive(missed: Sequence[LateAfterArchive]) -> None:
+    """The archive is kept as it is (docs/design.md): the record is a crumb of the live trail only."""
+    for record in missed:
+        event(
+            log,
+            "late_after_archive",
+            logging.WARNING,
+            pseudoVin=record.pseudo_vin,
+            tripId=record.trip_id,
+            eventTime=format_time(record.event_time_ms),
+            arrival=format_time(record.arrival_ms),
+        )
 
 
 def _log_dead_letters(dead_letters: Sequence[DeadLetter]) -> None:

@@ -28,6 +28,7 @@ METRICS = {
     "InvalidCoordinates",
     "SignalsDropped",
     "LateForMachine",
+    "LateAfterArchive",
     "BatchDurationMs",
     "MillisBehindLatest",
     "WriteRequests",

@@ -344,6 +344,90 @@ def test_an_old_idle_item_is_read_as_the_mark_and_deleted_by_the_next_archival()
     TripCommitter(store, TripArchiver(trail, archive)).commit(plan)
     assert store.items == {}
     assert store.marks[pv].hwm == t0 + 90_000 and store.marks[pv].recent == [
-        [t0 + 20_000, t0 + 21_000, t0 + 90_000]
+        [t0 + 20_000, t0 + 21_000, t0 + 90_000, (t0 + 20_000) // 1000]
     ]
     assert store.load([pv])[pv].lastUpdate == MARK_VERSION
+
+
+# --- a record that arrives after its trip was archived ----------------------------------------------------
+
+
+def test_a_record_arriving_after_its_trip_was_archived_is_counted_and_logged_not_archived(
+    processor_on: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its event time is in the archived trip's span, its arrival after the trip's completion point R: the
+    archive is kept as it is, the record is counted (``LateAfterArchive``) and logged with the trip's id."""
+    t0 = 1_741_185_000_000  # 2025-03-05T14:30:00Z
+
+    def at(second: int, speed: float, arrival_ms: int | None = None, n: int = 0) -> ShardRecord:
+        t = t0 + second * 1000
+        data = native(VIN, format_time(t), vehicleSpeed=speed, lat=39.7 + second / 1e4, lng=-104.9)
+        arrival = arrival_ms if arrival_ms is not None else t + 500
+        return ShardRecord(data, VIN, str(10**20 + n), arrival)
+
+    drive = [at(s, 30.0 if s < 20 else 0.0, n=s) for s in range(0, 20 + 2 * TRIP_GAP_SECONDS)]
+    stores = memory_stores()
+    processor, checkpointer = processor_on(stores), Checkpointer()
+    deliver(processor, drive, checkpointer)
+    deliver(processor, [], checkpointer)  # everything settles: the trip completes and is archived
+    ((key, body),) = stores.archive.objects.items()
+    ((pv, trip_id), index) = next(iter(stores.archive.index.items()))
+    completion = t0 + (20 + TRIP_GAP_SECONDS) * 1000 + 500  # R: the arrival of the completing record
+    assert index.breadcrumbCount == 21
+
+    late = at(7, 30.0, arrival_ms=completion + 4000, n=1000)  # recorded mid-trip, arrives after R
+    in_time = at(8, 30.0, arrival_ms=completion, n=1001)  # a resend that made it by R: in the archive
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        deliver(processor, [late, in_time], checkpointer)
+        deliver(processor, [], checkpointer)
+    (line,) = [r for r in caplog.records if r.getMessage() == "late_after_archive"]
+    assert line.levelname == "WARNING"
+    assert line.fields == {  # type: ignore[attr-defined]
+        "pseudoVin": pv,
+        "tripId": trip_id,
+        "eventTime": format_time(t0 + 7000),
+        "arrival": format_time(completion + 4000),
+    }
+    assert pv == KEY.pseudo_vin(VIN) and trip_id == f"trip_20250305_143000_{pv}"
+    documents = [r.emf for r in caplog.records if hasattr(r, "emf")]
+    assert [d["LateAfterArchive"] for d in documents] == [1]
+    assert [d["LateForMachine"] for d in documents] == [2]
+    (batch,) = [r for r in caplog.records if r.getMessage() == "batch"]
+    assert batch.fields["lateAfterArchive"] == 1  # type: ignore[attr-defined]
+    assert stores.archive.objects == {key: body} and stores.archive.index[(pv, trip_id)] == index
+    assert stores.trips.marks[pv].recent[-1][3] * 1000 == t0  # the id's second, kept with the trip
+    # the crumb is on the live trail all the same
+    assert any(c.t_ms == t0 + 7000 for c in stores.trail.read(pv, t0, t0 + 20_000))
+
+
+def test_a_record_arriving_after_the_completing_record_is_counted_even_while_that_one_settles(
+    processor_on: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The record that completes the trip (R = its arrival) has arrived but still waits in the settle
+    buffer when a record of the trip arrives: the trip is not among the vehicle's ``recent`` yet, so the
+    record is held as a straggler and counted once the machine completes the trip."""
+    t0 = 1_741_185_000_000  # 2025-03-05T14:30:00Z
+
+    def at(second: int, speed: float, arrival_ms: int | None = None, n: int = 0) -> ShardRecord:
+        t = t0 + second * 1000
+        data = native(VIN, format_time(t), vehicleSpeed=speed, lat=39.7 + second / 1e4, lng=-104.9)
+        return ShardRecord(data, VIN, str(10**20 + n), arrival_ms if arrival_ms is not None else t + 500)
+
+    completing = 20 + TRIP_GAP_SECONDS
+    drive = [at(s, 30.0 if s < 20 else 0.0, n=s) for s in range(completing + 1)]
+    completion = drive[-1].arrival_ms
+    late = at(7, 30.0, arrival_ms=completion + 2000, n=1000)
+    stores = memory_stores()
+    processor, checkpointer = processor_on(stores), Checkpointer()
+    with caplog.at_level(logging.INFO):
+        deliver(processor, [*drive, late], checkpointer)
+        assert not stores.archive.index  # the completing record is still settling
+        deliver(processor, [], checkpointer)
+    ((pv, trip_id),) = stores.archive.index
+    (line,) = [r for r in caplog.records if r.getMessage() == "late_after_archive"]
+    assert (line.fields["pseudoVin"], line.fields["tripId"]) == (pv, trip_id)  # type: ignore[attr-defined]
+    assert line.fields["arrival"] == format_time(completion + 2000)  # type: ignore[attr-defined]
+    documents = [r.emf for r in caplog.records if hasattr(r, "emf")]
+    assert sum(d["LateAfterArchive"] for d in documents) == 1
+    assert stores.archive.index[(pv, trip_id)].breadcrumbCount == 21  # without the late record
