@@ -6,7 +6,9 @@ is driven through the MultiLangDaemon's JSON-line protocol by the test harness, 
 benchmark's *catch-up* scenario: a GetRecords of ``maxRecords=10000`` (the shipped default) on a backlogged
 shard of 1,000 vehicles at 1 Hz returns 10 s of the fleet, which is what a 10 s window hands the
 processor, so the replay stands in for draining a backlog through the daemon (the daemon itself adds no
-writes; its own cost is measured in the live scenario). The local AWS
+writes; its own cost is measured in the live scenario). The processor is today's (``Pipeline``: freshness,
+trail and settle buffers on its own wall clock, a checkpoint flush every 60 s); the replay ends with
+``shutdown_requested`` so that everything still buffered is written and counted. The local AWS
 counts every request and what the writes store; the processor's CPU time (after ``initialize``) and
 peak RSS come from the OS.
 """
@@ -16,14 +18,15 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench import measure
 from bench.stage import cpu_seconds, fresh_stage, peak_rss
-from bench.workload import Fleet, entries, windows
+from bench.workload import Fleet, Produced, entries, windows
 from devtools.local_aws import LocalAws
-from tests.support.harness import ProcessorHarness, shard_records
+from tests.support.harness import SEQUENCE_BASE, ProcessorHarness, ShardRecord
 
 PROCESSORS = {
     "ours": (sys.executable, "-m", "worker", "process"),
@@ -100,6 +103,13 @@ class ReplayResult:
         }
 
 
+def backlog(produced: Sequence[Produced]) -> list[ShardRecord]:
+    """The records as the shard holds them: sequence numbers in put order, each with its own arrival
+    (``approximateArrivalTimestamp``: when it was put, ``due_ms``), so the stream clock and the settle
+    buffer see the backlog's real times. The fleet's stream ends a few seconds ago."""
+    return [ShardRecord(p.data, p.vin, str(SEQUENCE_BASE + 1 + i), p.due_ms) for i, p in enumerate(produced)]
+
+
 def run(aws: LocalAws, peer: str, fleet: Fleet, batch_seconds: float, progress: Any = None) -> ReplayResult:
     stage = fresh_stage(aws)
     produced = fleet.produced()
@@ -109,17 +119,24 @@ def run(aws: LocalAws, peer: str, fleet: Fleet, batch_seconds: float, progress: 
         harness.initialize()
         aws.app.reset_counts()
         cpu_before, started = cpu_seconds(harness.proc.pid), time.monotonic()
-        batches = list(windows(shard_records(stream), fleet.vehicles, batch_seconds))
+        batches = list(windows(backlog(produced), fleet.vehicles, batch_seconds))
         for i, batch in enumerate(batches):
-            harness.process(batch)
+            # Behind the tip until the last batch, as a backlog is: the processor buffers (freshness,
+            # trail, settle) on its own wall clock, exactly as under the daemon.
+            harness.process(batch, millis_behind=(len(batches) - 1 - i) * int(batch_seconds * 1000))
             if progress and i % max(1, len(batches) // 5) == 0:
                 progress(f"  {peer}/{fleet.workload}: batch {i + 1}/{len(batches)}")
+        # Caught up: the daemon's next poll is empty with millisBehindLatest 0, which moves the stream
+        # clock to now - 1 s (the settle buffer consumes what is older than D).
+        harness.process([], millis_behind=0)
+        # The end of the backlog: what the processor still buffers is written before the checkpoint
+        # (``Pipeline.flush(everything=True)``), as at every checkpoint; counted with the rest.
+        harness.shutdown_requested()
         seconds = time.monotonic() - started
         cpu = cpu_seconds(harness.proc.pid) - cpu_before
         rss = peak_rss(harness.proc.pid)
         requests = Counter(aws.app.requests)
         written = measure.written_by_table(stage)
-        harness.lease_lost()
         sizes = measure.item_sizes(stage)
         tables = measure.stored(stage)
     finally:

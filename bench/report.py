@@ -227,12 +227,6 @@ def table(results: dict[str, Any]) -> str:
             continue
         figures = "  ".join(f"{c:>{w}}" for c, w in zip(cells, cell_widths, strict=True))
         lines.append(f"{label_:<{width}}  {figures}  {target}".rstrip())
-    sweep = results["window_model"]
-    lines.append(
-        "our requests/record by batch window (modelled from the plans; "
-        f"matches the replay at {config['batch_seconds']:g} s: {results['model_check']['matches']}): "
-        + ", ".join(f"{w:g} s: {v:.2f}" for w, v in sorted((float(w), v) for w, v in sweep.items()))
-    )
     return "\n".join(lines)
 
 

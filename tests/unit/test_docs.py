@@ -64,3 +64,15 @@ def test_the_committed_results_carry_every_issue_target_with_a_true_verdict() ->
         assert results["live"][name.rsplit("_", 1)[1]]["ours"]["settings"], (
             f"{name}: not at recorded settings"
         )
+
+
+def test_the_readme_states_the_cost_capacity_md_gives() -> None:
+    """The README's `make bench` item quotes the committed results as capacity.md prices them."""
+    results = orjson.loads((ROOT / "bench" / "results" / "latest.json").read_bytes())
+    ours, naive = capacity.peers(results)
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("- `make bench`")
+    item = " ".join(readme[start : readme.index("\n- ", start)].split())
+    assert f"{ours['native'].write_units:.2f} DynamoDB write units per record" in item
+    assert capacity.usd(capacity.bill(1_000_000, ours["native"]).total) in item
+    assert capacity.usd(capacity.bill(1_000_000, naive).total) in item
