@@ -100,7 +100,6 @@ class MemoryTripStore(_Failing):
             ], 1
 
 
-
 class MemoryTrail(_Failing):
     """Bucket items as ``from_item`` reads them back: ``{"pseudoVin", "bucket", "expiresAt", slot: value}``,
     merged by the same rule (``processors.trail.outstanding``) as the DynamoDB guards."""
