@@ -182,7 +182,7 @@ def test_any_order_within_the_window_resends_and_redeliveries_give_the_in_order_
     reference, finals = RecordingMachine(), {}
     for pseudo_vin in VEHICLES:
         state, effects = VehicleTrips(pseudo_vin), TripEffects()
-        # Equal records in arrival order: a trip's completion point is its completing record's (first) arrival.
+        # Equal records in arrival order: a completion point is its completing record's first arrival.
         ordered = sorted(
             {s for s in stream if s.pseudo_vin == pseudo_vin}, key=lambda s: (s.t_ms, s.key(), s.a_ms)
         )
