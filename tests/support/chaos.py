@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import random
 import signal
 import subprocess
@@ -74,7 +75,13 @@ class Result:
         """Restarts, elapsed time and whether the stored state equals one clean pass."""
         self.restarts = fleet_.restarts
         self.elapsed = time.monotonic() - started
-        self.digest_equal = state_digest(env.settings, env.clients) == expected
+        digest = state_digest(env.settings, env.clients)
+        self.digest_equal = digest == expected
+        if not self.digest_equal and (where := os.environ.get("FLEET_CHAOS_DIFF_DIR")):
+            for name, value in (("expected", expected), ("got", digest)):
+                Path(where, f"{self.scenario}-{name}.json").write_bytes(
+                    orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str)
+                )
         return self
 
     def row(self) -> str:
@@ -140,8 +147,8 @@ def reference(local_aws: LocalAws, entries: Sequence[StreamEntry]) -> dict[str, 
     harness.initialize()
     for batch in batches(shard_records(entries), 1000):
         harness.process(batch)
-    harness.process([])
-    harness.lease_lost()
+    harness.process([])  # caught up: the stream clock settles what the trip machines still hold
+    harness.shutdown_requested()  # flushes everything buffered, as a task's stop does
     assert harness.close() == 0
     return state_digest(env.settings, env.clients)
 

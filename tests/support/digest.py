@@ -13,8 +13,9 @@ Volatile attributes (documented in the README, "Failure semantics") are dropped:
   checked by the dead-letter tests);
 - what records' *arrival* times decide, which two runs through a real stream never share: a trail
   slot's inverted arrival delay (its digits after the ms digit) and a bucket's ``expiresAt``
-  (``live-breadcrumbs``), ``trips-index.expiresAt`` (from the completion point R) and the arrival
-  second of a segment's raw crumbs (``trip-segments/``). Everything else of them is kept: the slots,
+  (``live-breadcrumbs``), ``trips-index.expiresAt`` and the marks' recent trips' completion point R
+  (``vin-mapping.m.recent[i][2]``, the completing record's arrival) and the arrival second of a
+  segment's raw crumbs (``trip-segments/``). Everything else of them is kept: the slots,
   their event-time ms and values, which trips and rows exist.
 """
 
@@ -77,6 +78,8 @@ def state_digest(settings: Settings, clients: AwsClients) -> dict[str, Any]:
             rows = [readable_vehicle_state(row) for row in rows]
         if logical == "live-breadcrumbs":
             rows = [_without_arrival(row) for row in rows]
+        if logical == "vin-mapping":
+            rows = [_mark_without_arrival(row) for row in rows]
         digest[logical] = sorted(rows, key=lambda row: orjson.dumps(row, option=orjson.OPT_SORT_KEYS))
     for prefix in DIGESTED_PREFIXES:
         objects = _objects(clients, settings.archive_bucket, prefix)
@@ -94,6 +97,15 @@ def readable_vehicle_state(item: dict[str, Any]) -> dict[str, Any]:
     _, observations = stored_observations(item)
     decoded = {encode(name) for name in observations} | ({"ts"} if "timestamp" in named else set())
     return named | {k: v for k, v in item.items() if k not in decoded and k not in named}
+
+
+def _mark_without_arrival(item: dict[str, Any]) -> dict[str, Any]:
+    """A vin-mapping item whose mark's recent trips keep [start, end, id second], not their R."""
+    mark = item.get("m")
+    if not isinstance(mark, dict) or not mark.get("recent"):
+        return item
+    recent = [[*trip[:2], *trip[3:]] for trip in mark["recent"]]
+    return {**item, "m": {**mark, "recent": recent}}
 
 
 def _without_arrival(bucket: dict[str, Any]) -> dict[str, Any]:
