@@ -50,7 +50,7 @@ fuzz: venv
 
 bench: $(BENCH_STAMP)
 	$(PY) -m bench
-	$(PY) -m bench sweep  # the orphan sweep's requests and items read at 10k and 100k idle + 1k open
+	$(PY) -m bench sweep  # the orphan sweep's requests and items read at 10k idle + 1k open (python -m bench sweep --idle 100000)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
