@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -133,11 +134,11 @@ class Figures:
     scan_items: int
 
 
-def measure(aws: LocalAws, idle: int, open_trips: int, silent: int) -> Figures:
-    stage = fresh_stage(aws, shards=2)
-    now = int(time.time() * 1000)
-    tables = stage.settings.table_names
-    started = time.monotonic()
+def seed(
+    clients: AwsClients, tables: Mapping[str, str], idle: int, open_trips: int, silent: int, now: int
+) -> list[dict[str, Any]]:
+    """``idle`` vehicles with only a mark (and a vault entry) in vin-mapping, ``open_trips`` open trips in
+    trip-state of which the first ``silent`` went quiet a day before ``now``. Returns the trip-state items."""
     marks = [
         {
             "pseudoVin": {"S": pseudo_vin("idle", i)},
@@ -147,9 +148,18 @@ def measure(aws: LocalAws, idle: int, open_trips: int, silent: int) -> Figures:
         }
         for i in range(idle)
     ]
-    write_all(stage.clients, tables["vin-mapping"], marks)
+    write_all(clients, tables["vin-mapping"], marks)
     opened = [to_item(open_trip_item(pseudo_vin("open", i), i < silent, now)) for i in range(open_trips)]
-    write_all(stage.clients, tables["trip-state"], opened)
+    write_all(clients, tables["trip-state"], opened)
+    return opened
+
+
+def measure(aws: LocalAws, idle: int, open_trips: int, silent: int) -> Figures:
+    stage = fresh_stage(aws, shards=2)
+    now = int(time.time() * 1000)
+    tables = stage.settings.table_names
+    started = time.monotonic()
+    opened = seed(stage.clients, tables, idle, open_trips, silent, now)
     leases_caught_up(stage.settings, stage.clients)
     say(f"      seeded {idle:,} idle + {open_trips:,} open in {time.monotonic() - started:.0f} s")
     # What the replaced sweep read: a Scan of every trip-state item, an IDLE tombstone per idle vehicle

@@ -9,28 +9,16 @@ from collections import Counter
 
 import pytest
 
-from bench.sweep import idle_mark, leases_caught_up, open_trip_item, pseudo_vin, write_all
-from processors.signals import format_time
+from bench.sweep import leases_caught_up
+from bench.sweep import seed as seed_fleet
 from processors.trip_items import SWEEP_SHARDS
-from schemas.dynamo import to_item
 from tests.conftest import AwsEnv, create_lease_table
 from tests.support.iam import recording_resources
 from worker.sweep import skip_limit_ms, sweep_orphans
 
 
 def seed(env: AwsEnv, idle: int, open_trips: int, silent: int, now: int) -> None:
-    tables = env.settings.table_names
-    marks = [
-        {
-            "pseudoVin": {"S": pseudo_vin("idle", i)},
-            "createdAt": {"S": format_time(now)},
-            "m": {"M": to_item(idle_mark(i, now))},
-        }
-        for i in range(idle)
-    ]
-    write_all(env.clients, tables["vin-mapping"], marks)
-    trips = [to_item(open_trip_item(pseudo_vin("open", i), i < silent, now)) for i in range(open_trips)]
-    write_all(env.clients, tables["trip-state"], trips)
+    seed_fleet(env.clients, env.settings.table_names, idle, open_trips, silent, now)
 
 
 @pytest.mark.parametrize("idle", [0, 400])
