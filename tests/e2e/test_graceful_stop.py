@@ -25,6 +25,7 @@ from devtools.local_aws import LocalAws
 from devtools.settings import settings_from
 from tests.conftest import FIXTURES, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS
+from tests.support.cli import worker
 from tests.support.digest import state_digest
 from tests.support.harness import ProcessorHarness, batches, shard_records
 from worker.aws import AwsClients
@@ -54,17 +55,6 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
-
-
-def worker(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_sigterm_checkpoints_what_was_applied_and_a_restart_applies_the_rest_once(
@@ -98,9 +88,9 @@ def test_sigterm_checkpoints_what_was_applied_and_a_restart_applies_the_rest_onc
         wait_for(lambda: processed(log_lines(first_log)) >= first.records, 150, "fleet-small to be processed")
 
         # Running: healthy, and status shows both leases held.
-        health = worker(env.environ, "health")
+        health = worker("health", env=env.environ)
         assert health.returncode == 0 and "2 shard(s) processing" in health.stdout, health.stdout
-        status = worker(env.environ, "status")
+        status = worker("status", env=env.environ)
         assert status.returncode == 0 and "2 lease(s)" in status.stdout, status.stdout + status.stderr
 
         produced: list[ReplayStats] = []
@@ -148,7 +138,7 @@ def test_sigterm_checkpoints_what_was_applied_and_a_restart_applies_the_rest_onc
     assert pending_at_stop > 0, "no processor had anything to checkpoint at the stop"
     assert any(line["event"] == "daemon_stopped" for line in lines)
     assert not (beats / "daemon").exists() and not [p.name for p in beats.iterdir()]
-    assert worker(env.environ, "health").returncode == 1
+    assert worker("health", env=env.environ).returncode == 1
     # A checkpoint stays before the records the trip machines have not consumed yet (the settle window):
     # those, and only those, are delivered again after the restart.
     after_stop = records_after(env.clients.kinesis, env.settings.stream_name, checkpoints)

@@ -8,7 +8,6 @@ import io
 import logging
 import os
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from devtools.local_aws import LocalAws
 from processors.pseudonymize import Pseudonymizer
 from tests.conftest import FIXTURES, AwsEnv, create_lease_table, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS
+from tests.support.cli import worker
 from tests.support.harness import ProcessorHarness, batches, fixture, shard_records
 from tests.support.oracle import latest_by_vin
 from worker import cli
@@ -32,22 +32,6 @@ from worker.replay import read_fixture, replay
 
 VIN = "5YJ3E1EA7KF317000"
 TRIPS = FIXTURES / "trips.jsonl"
-
-ROOT = Path(__file__).parent.parent.parent
-
-
-def worker(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120, package: str = "worker"
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", package, *args],
-        env=env if env is not None else dict(os.environ),
-        cwd=ROOT,  # devtools runs from the checkout only
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def devtools(*args: str) -> subprocess.CompletedProcess[str]:

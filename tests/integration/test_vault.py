@@ -5,11 +5,8 @@ and checked before anything is consumed."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,6 +15,7 @@ import pytest
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, Pseudonymizer, is_vehicle, key_fingerprint
 from schemas.records import KinesisRecord, StreamPosition
 from tests.conftest import AwsEnv
+from tests.support.cli import worker
 from tests.support.harness import SEQUENCE_BASE, ProcessExited, ProcessorHarness
 from worker.bootstrap import bootstrap
 from worker.retry import UNPROCESSED, Retrier
@@ -26,7 +24,6 @@ from worker.wiring import pipeline_for
 
 KEY = "vault-tests-key"
 PSEUDO = Pseudonymizer(KEY.encode())
-ROOT = Path(__file__).parent.parent.parent
 FLEET = 1000
 SHARD = "shardId-000000000000"
 ARRIVAL_MS = 1_741_183_300_000
@@ -175,18 +172,6 @@ def test_unprocessed_keys_are_asked_again_with_backoff(env: AwsEnv) -> None:
 # --- the pseudonymization key's fingerprint ----------------------------------------------------------------
 
 
-def worker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def fingerprint_item(env: AwsEnv) -> dict[str, Any] | None:
     response = env.clients.dynamodb.get_item(
         TableName=env.settings.table_names["vin-mapping"], Key={"pseudoVin": {"S": PSEUDONYM_KEY_ITEM}}
@@ -203,7 +188,7 @@ def test_bootstrap_records_the_key_fingerprint_once_and_is_idempotent_with_the_s
 
     report = bootstrap(env.settings, env.clients)
     assert f"fingerprint {PSEUDONYM_KEY_ITEM}" in report.existing
-    result = worker(env.environ, "bootstrap")
+    result = worker("bootstrap", env=env.environ)
     assert result.returncode == 0, result.stderr
     assert f"exists   fingerprint {PSEUDONYM_KEY_ITEM}" in result.stdout.splitlines()
     assert fingerprint_item(env) == item  # createdAt too: nothing was rewritten
@@ -212,7 +197,7 @@ def test_bootstrap_records_the_key_fingerprint_once_and_is_idempotent_with_the_s
 def test_bootstrap_with_another_key_refuses_in_one_line(env: AwsEnv) -> None:
     before = fingerprint_item(env)
     other = {**env.environ, "FLEET_PSEUDONYM_KEY": "another-key"}
-    result = worker(other, "bootstrap")
+    result = worker("bootstrap", env=other)
     assert result.returncode == 6, result
     (line,) = result.stderr.splitlines()
     expected, loaded = PSEUDO.fingerprint()[:8], key_fingerprint(b"another-key")[:8]
@@ -226,7 +211,7 @@ def test_bootstrap_with_another_key_refuses_in_one_line(env: AwsEnv) -> None:
 
 def test_run_refuses_a_mismatched_key_before_the_daemon_reads_anything(env: AwsEnv) -> None:
     env.aws.app.reset_counts()
-    result = worker({**env.environ, "FLEET_PSEUDONYM_KEY": "another-key"}, "run")
+    result = worker("run", env={**env.environ, "FLEET_PSEUDONYM_KEY": "another-key"})
     assert result.returncode == 6, result
     (line,) = result.stderr.splitlines()
     expected, loaded = PSEUDO.fingerprint()[:8], key_fingerprint(b"another-key")[:8]
@@ -243,7 +228,7 @@ def test_run_without_a_recorded_fingerprint_says_to_bootstrap(env: AwsEnv) -> No
         TableName=env.settings.table_names["vin-mapping"], Key={"pseudoVin": {"S": PSEUDONYM_KEY_ITEM}}
     )
     env.aws.app.reset_counts()
-    result = worker(env.environ, "run")
+    result = worker("run", env=env.environ)
     assert result.returncode == 6, result
     assert result.stderr.splitlines() == [
         "python -m worker run: error: vin-mapping has no pseudonym key fingerprint; run python -m worker "
