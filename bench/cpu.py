@@ -23,13 +23,14 @@ from typing import Any
 
 from bench.naive import NaivePlanner
 from bench.workload import Fleet, entries, kinesis_records, windows
-from processors.batch import TripPlanner, decode_batch
+from processors.batch import decode_batch
 from processors.decode import Decoder
 from processors.pseudonymize import Pseudonymizer
 from processors.trail import TRAIL_BUCKET_SECONDS, BucketMerge, chunks, combine, remainder_of
 from processors.trail import update_request as trail_request
 from processors.trip_items import next_last_update
-from processors.trips import TripStateMachine, VehicleTripPlan
+from processors.trip_planner import TripPlanner
+from processors.trips import TripStateMachine, VehicleTripPlan, step_of
 from processors.vehicle_state import update_request
 from schemas.dynamo import Item, to_item
 from schemas.items import TripStateItem
@@ -68,9 +69,9 @@ def _payloads(
             for c in chunks(remainder_of(merge))
         ]
     for trip in trips:
-        if trip.write and trip.state.get("tripId") is not None:
+        if trip.open:
             version = next_last_update(trip.expected_last_update)
-            item = TripStateItem(**trip.state, lastUpdate=version)
+            item = TripStateItem(**trip.fields, lastUpdate=version)
             requests.append(to_item(item.model_dump(exclude_none=True)))
     return requests
 
@@ -79,7 +80,7 @@ def ours(batches: Sequence[Sequence[KinesisRecord]]) -> dict[str, float]:
     """CPU seconds per stage over all batches, through today's buffers at the shipped settings."""
     settings = Settings()
     decoder, pseudonymizer = Decoder(), Pseudonymizer(KEY)
-    planner = TripPlanner(TripStateMachine(), settings.trip_settle_ms)
+    planner = TripPlanner(TripStateMachine(), settings.trip_lateness_ms, settings.trip_progress_ms)
     states = VehicleStateBuffer(settings.state_max_delay_ms)
     trail: TrailBuffer[BucketMerge] = TrailBuffer(combine, TRAIL_BUCKET_SECONDS, settings.trail_max_delay_ms)
     poll, lead = settings.kcl_idle_time_between_reads_millis, settings.state_flush_lead_ms
@@ -89,9 +90,9 @@ def ours(batches: Sequence[Sequence[KinesisRecord]]) -> dict[str, float]:
 
     def flush(now_ms: int, everything: bool) -> None:
         started = clock()
-        due = planner.due(everything=everything)
+        due = planner.due(now_ms, everything=everything)
         for plan in due:
-            planner.committed(plan.pseudo_vin, plan.expected_last_update or "v")
+            planner.committed(plan.pseudo_vin, plan.expected_last_update or "v", now_ms)
         taken = states.take_all(now_ms) if everything else states.take_due(now_ms, lead)
         merges = trail.take_all() if everything else trail.take_due(now_ms, lead)
         buffered = clock()
@@ -111,7 +112,7 @@ def ours(batches: Sequence[Sequence[KinesisRecord]]) -> dict[str, float]:
         for record in batch:
             reading = readings.get(record.position)
             if reading is not None:
-                planner.receive(reading, record.data, previous)
+                planner.receive(reading.pseudo_vin, step_of(reading, record.data), record.position, previous)
             previous = record.position
         planned = clock()
         for record in batch:

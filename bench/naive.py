@@ -27,13 +27,12 @@ from pydantic import BaseModel, ConfigDict
 from processors.archive import archive_key, archive_trip
 from processors.signals import format_time
 from processors.trail import BucketMerge, crumb_of, pack
-from processors.trip_items import next_last_update, state_fields, state_from_item
-from processors.trips import CompletedTrip, TripEffects, TripStateMachine, VehicleTrips
+from processors.trip_items import item_fields, next_last_update, state_from_item
+from processors.trips import CompletedTrip, TripEffects, TripStateMachine, VehicleTrips, step_of
 from schemas.dynamo import Item, from_item, to_attribute, to_item
 from schemas.items import TripStateItem
 from schemas.records import Location, StreamPosition, VehicleReading
 from worker.aws import aws_error_code
-from worker.pipeline import trip_thresholds
 from worker.stores.dynamo_trail import DynamoTrail
 from worker.stores.vin_vault import KmsVinVault as VinVault
 from worker.stores.vin_vault import load_pseudonym_key
@@ -92,7 +91,12 @@ class NaivePlanner:
         return record, hmac.new(self._key, vin.encode(), hashlib.sha256).hexdigest()[:32]
 
     def plan(
-        self, record: NaiveRecord, pseudo_vin: str, stored_trip: Item | None, position: StreamPosition
+        self,
+        record: NaiveRecord,
+        pseudo_vin: str,
+        stored_trip: Item | None,
+        position: StreamPosition,
+        data: bytes = b"",
     ) -> NaiveWrites:
         at_ms = int(record.timestamp.timestamp() * 1000)
         at = format_time(at_ms)
@@ -105,15 +109,15 @@ class NaivePlanner:
         writes = NaiveWrites(pseudo_vin, record.vin.strip().upper(), snapshot)
 
         state = (
-            state_from_item(TripStateItem.model_validate(from_item(stored_trip)))
+            state_from_item(TripStateItem.model_validate(from_item(stored_trip)))[0]
             if stored_trip
             else VehicleTrips(pseudo_vin)
         )
         effects = TripEffects()
         reading = VehicleReading(pseudo_vin, at_ms, signals, position)
-        self._machine.apply(state, reading, effects)
+        self._machine.apply(state, step_of(reading, data), effects)
         if effects.changed:
-            item = TripStateItem(**state_fields(state), lastUpdate=next_last_update(None))
+            item = TripStateItem(**item_fields(pseudo_vin, state), lastUpdate=next_last_update(None))
             writes.trip_state = to_item(item.model_dump(exclude_none=True, exclude={"closing"}))
         crumb = crumb_of(reading)
         writes.trail = pack(pseudo_vin, [crumb]) if crumb is not None else []
@@ -125,7 +129,7 @@ class NaiveHandler:
     """One record at a time, every write on its own, as a Lambda handler looping over its event."""
 
     def __init__(self, settings: Settings, clients: AwsClients, key: bytes) -> None:
-        self._planner = NaivePlanner(key, TripStateMachine(trip_thresholds(settings)))
+        self._planner = NaivePlanner(key, TripStateMachine(settings.trip_thresholds()))
         self._ddb = clients.dynamodb
         self._s3 = clients.s3
         self._trail = DynamoTrail(clients.dynamodb, settings.table_names["live-breadcrumbs"])
@@ -147,7 +151,7 @@ class NaiveHandler:
                 ConsistentRead=True,
             ).get("Item"),
         )
-        writes = self._planner.plan(record, pseudo_vin, stored, position)
+        writes = self._planner.plan(record, pseudo_vin, stored, position, data)
         try:
             self._ddb.put_item(
                 TableName=self._tables["vehicle-state"],

@@ -35,7 +35,6 @@ from schemas.dynamo import to_item
 from worker.aws import AwsClients
 from worker.config import Settings
 from worker.sweep import sweep_orphans
-from worker.trip_commit import SWEEP_IDLE_MS
 
 RESULTS = Path(__file__).parent / "results"
 BATCH = 25
@@ -69,6 +68,9 @@ def idle_mark(i: int, now_ms: int) -> dict[str, Any]:
     return {"hwm": hwm, "rbl": True, "recent": [[hwm - 900_000, hwm - 300_000, hwm]], "ts": hwm // 1000 - 900}
 
 
+SWEEP_IDLE_MS = Settings().trip_idle_ms
+
+
 def open_trip_item(pv: str, silent: bool, now_ms: int) -> dict[str, Any]:
     last = now_ms - (3 * SWEEP_IDLE_MS if silent else 60_000)
     start = last - 600_000
@@ -80,8 +82,9 @@ def open_trip_item(pv: str, silent: bool, now_ms: int) -> dict[str, Any]:
         "lastEventTime": format_time(last),
         "lastRecordTime": format_time(last),
         "lastUpdate": format_time(last),
+        "heardAt": last,
         "sweepShard": sweep_shard(pv),
-        "idleAfter": idle_after(last, SWEEP_IDLE_MS),
+        "idleAfter": idle_after(last),
     }
 
 

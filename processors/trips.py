@@ -17,24 +17,69 @@ live map; if the vehicle moves on they fall in the continuing trip's span, if th
 part of the archive. A trip completed by the orphan sweep ends at its stop if it was ENDING, else at its
 last record, with R = the sweep's clock.
 
-**Exactly-once under replay.** Each vehicle keeps a high-water mark: the event time of the newest record
-that changed its trip state. The machine consumes a vehicle's records in event-time order
-(``processors.settle``), so a record at or below the mark was consumed already (a redelivery) or arrived
-displaced beyond the settle window (late-for-machine): it changes nothing. Consumption being monotone in
-event time, the mark alone is exact; no stream position is kept. So the state is a function of the
-stream, not of how it was batched or how often it was redelivered, as long as the persisted state is the
-whole machine state: it is (``VehicleTrips``). Late records still update ``vehicle-state``, which merges
-per signal.
+**Exactly-once under replay.** Each vehicle keeps a high-water mark: the ``(event time, key)`` of the
+newest record that changed its trip state, ``key`` being 8 bytes of the record's SHA-256 (``Step``). The
+machine consumes a vehicle's records in ``(t, key)`` order (``processors.settle``), so a record at or below
+the mark was consumed already (a redelivery) or arrived displaced beyond the allowed lateness
+(late-for-machine): it changes nothing. Two records of one instant (a gateway that splits a sample, a resend
+with another field set) have different keys: both are consumed, once each. Consumption being monotone, the
+mark alone is exact; no stream position is kept. So the state is a function of the stream, not of how it
+was batched or how often it was redelivered, as long as the persisted state is the whole machine state: it
+is (``VehicleTrips``). Late records still update ``vehicle-state``, which merges per signal.
+
+**The machine reads a ``Step``**, the few fields of a record it decides on (``step_of``): small enough to
+hold the unsettled records of a shard in memory and to hand them to the child shards in ``trip-state`` at
+a split (``processors.trip_planner``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from schemas.records import VehicleReading
+
+KEY_BYTES = 8
+NO_KEY = b"\xff" * KEY_BYTES
+"""The key of a mark stored before keys were kept: every record of that instant counts as consumed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One record as the trip machine sees it. Ordered by ``(t_ms, key)``: the same order on every stream."""
+
+    t_ms: int
+    key: bytes
+    """The first ``KEY_BYTES`` of the record's SHA-256: tells apart, and orders, records of one instant."""
+    arrival_ms: int
+    speed: float | None
+    located: bool
+    battery_level: bool
+    """The record carries a numeric ``batteryLevel``."""
+
+    @property
+    def order(self) -> tuple[int, bytes]:
+        return (self.t_ms, self.key)
+
+
+def record_key(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()[:KEY_BYTES]
+
+
+def step_of(reading: VehicleReading, data: bytes) -> Step:
+    """The machine's view of ``reading``; ``data`` is the record's bytes (its key)."""
+    return Step(
+        t_ms=reading.event_time_ms,
+        key=record_key(data),
+        arrival_ms=reading.position.arrival_ms,
+        speed=reading.speed,
+        located=reading.location is not None,
+        battery_level=_number(reading.signals.get("batteryLevel")) is not None,
+    )
 
 
 class TripStatus(StrEnum):
@@ -77,6 +122,8 @@ class Trip:
     segments: int = 0
     """Sealed segments (staged in S3); the trail after them is the live tail."""
     sealed_through_ms: int | None = None
+    sealed_at_ms: int | None = None
+    """R of the last seal: a record of a sealed span arriving after it missed its segment (counted)."""
     tail_breadcrumbs: int = 0
 
     @property
@@ -96,7 +143,8 @@ class CompletedTrip:
     end_reason: EndReason
     completion_ms: int
     """R: the archive holds the crumbs that arrived by R (and were unexpired at R). A gap completion: the
-    arrival of the record that completed it; an orphan completion: the sweep's clock."""
+    stream clock when the machine consumed the record that completed it (``completion_point``); an orphan
+    completion: the sweep's clock."""
     reports_battery_level: bool
     segments: int
     sealed_through_ms: int | None
@@ -105,7 +153,7 @@ class CompletedTrip:
 @dataclass(frozen=True, slots=True)
 class SegmentSeal:
     """Stage the trail ``[from_ms, to_ms]`` of a trip as segment ``index``: its raw crumbs that arrived by
-    ``completion_ms`` (the arrival of the record that sealed it)."""
+    ``completion_ms`` (the stream clock when the machine consumed the record that sealed it)."""
 
     pseudo_vin: str
     trip_id: str
@@ -121,6 +169,8 @@ class VehicleTrips:
 
     pseudo_vin: str
     high_water_ms: int | None = None
+    high_water_key: bytes = NO_KEY
+    """With ``high_water_ms``, the mark: the ``Step.order`` of the newest record that changed the state."""
     trip: Trip | None = None
     reports_battery_level: bool = False
     """The vehicle has sent ``batteryLevel`` in a trip: its trips' battery figures come from that signal
@@ -190,16 +240,24 @@ def recent_trip(pseudo_vin: str, recent: tuple[int, int, int, int]) -> str:
     return trip_id(pseudo_vin, recent[3] * 1000)
 
 
-def _arrival(reading: VehicleReading) -> int:
-    """The record's arrival as its crumb keeps it: never before its event time (a vehicle clock ahead of
-    the stream's), so a completion point is never before a crumb of the span it closes."""
-    return max(reading.position.arrival_ms, reading.event_time_ms)
+def completion_point(step: Step, clock_ms: int | None) -> int:
+    """R of a completion or seal made on consuming ``step``: the stream clock then (every record of the span
+    displaced within the allowed lateness has arrived by it), never before the step's own arrival or event
+    time (a crumb's arrival is never before its event time: a vehicle clock ahead of the stream's)."""
+    return max(step.arrival_ms, step.t_ms, clock_ms or 0)
 
 
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def consumed(state: VehicleTrips, step: Step) -> bool:
+    """``step`` is at or below the vehicle's mark: consumed already, or late."""
+    mark = state.high_water_ms
+    return mark is not None and step.order <= (mark, state.high_water_key)
 
 
 def complete(
@@ -234,30 +292,33 @@ class TripStateMachine:
     def __init__(self, thresholds: TripThresholds | None = None) -> None:
         self.thresholds = thresholds or TripThresholds()
 
-    def apply(self, state: VehicleTrips, reading: VehicleReading, effects: TripEffects) -> None:
-        """Apply one record in place, appending what it produced to ``effects``."""
-        t = reading.event_time_ms
-        if state.high_water_ms is not None and t <= state.high_water_ms:
+    def apply(
+        self, state: VehicleTrips, step: Step, effects: TripEffects, clock_ms: int | None = None
+    ) -> None:
+        """Apply one record in place, appending what it produced to ``effects``. ``clock_ms`` is the stream
+        clock at consumption: the completion point of what it completes or seals (``completion_point``)."""
+        if consumed(state, step):
             return
+        t = step.t_ms
         limits = self.thresholds
         trip = state.trip
-        speed = reading.speed
+        speed = step.speed
 
         if trip is not None and trip.status is TripStatus.ENDING:
             assert trip.gap_start_ms is not None
             if t >= trip.gap_start_ms + limits.gap_ms:
-                completion = _arrival(reading)
+                completion = completion_point(step, clock_ms)
                 effects.completed.append(complete(state.pseudo_vin, state, trip, EndReason.GAP, completion))
                 remember_completed(state, effects.completed[-1])
                 state.trip = trip = None
-                state.high_water_ms = t
+                state.high_water_ms, state.high_water_key = step.order
                 effects.changed = True
 
         if trip is None and (speed is None or speed <= limits.start_speed_mph):
             # An idle record changes nothing, so it does not move the mark either: the mark
             # is then the same whether or not the state was persisted since (replay-exact).
             return
-        if not state.reports_battery_level and _number(reading.signals.get("batteryLevel")) is not None:
+        if not state.reports_battery_level and step.battery_level:
             # Learned only from a record that moves the machine, so it is persisted with that move:
             # learned from an idle record, a restart would forget it and the same stream would give
             # other figures (and a vehicle that never drove would need a trip-state item).
@@ -271,9 +332,9 @@ class TripStateMachine:
                 last_time_ms=t,
             )
 
-        state.high_water_ms = t
+        state.high_water_ms, state.high_water_key = step.order
         effects.changed = True
-        self._include(state.pseudo_vin, trip, reading, effects)
+        self._include(state.pseudo_vin, trip, step, effects, clock_ms)
 
         if trip.status is TripStatus.ACTIVE and speed is not None and speed <= limits.end_speed_mph:
             trip.status = TripStatus.ENDING
@@ -282,10 +343,12 @@ class TripStateMachine:
             trip.status = TripStatus.ACTIVE
             trip.gap_start_ms = None
 
-    def _include(self, vehicle: str, trip: Trip, reading: VehicleReading, effects: TripEffects) -> None:
-        t = reading.event_time_ms
+    def _include(
+        self, vehicle: str, trip: Trip, step: Step, effects: TripEffects, clock_ms: int | None
+    ) -> None:
+        t = step.t_ms
         trip.last_time_ms = t
-        if reading.location is None:
+        if not step.located:
             return
         trip.breadcrumb_count += 1
         trip.tail_breadcrumbs += 1
@@ -295,7 +358,7 @@ class TripStateMachine:
             or t - since >= self.thresholds.segment_max_ms
         ):
             effects.seals.append(
-                SegmentSeal(vehicle, trip.trip_id, trip.segments, since, t, _arrival(reading))
+                SegmentSeal(vehicle, trip.trip_id, trip.segments, since, t, completion_point(step, clock_ms))
             )
             trip.segments += 1
             trip.sealed_through_ms = t
@@ -304,15 +367,18 @@ class TripStateMachine:
 
 @dataclass(slots=True)
 class VehicleTripPlan:
-    """One vehicle's trip writes for a batch, in the order they must happen."""
+    """One vehicle's trip writes, in the order they must happen."""
 
     pseudo_vin: str
     seals: list[SegmentSeal]
     outbox: list[CompletedTrip]
-    """Completed trips to archive: left over in the stored outbox, then those completed in this batch."""
+    """Completed trips to archive: left over in the stored outbox, then those completed since."""
     new_completions: int
-    state: dict[str, Any]
-    """The machine state to persist, as ``TripStateItem`` fields."""
+    fields: dict[str, Any]
+    """The ``trip-state`` item's fields: the live view and the exact machine (``trip_items.item_fields``),
+    all but the version, the outbox and the sweep index's keys."""
+    open: bool
+    """The item stays: a trip is open (live or exact) or records are held for the machine; else the vehicle
+    closes to its mark."""
     expected_last_update: str | None
     """Version of the stored item this plan builds on (None: there is none)."""
-    write: bool

@@ -46,6 +46,8 @@ class TripMarkItem(_Item):
 
     hwm: int
     """High-water mark, event time ms."""
+    hwk: str | None = None
+    """The mark's record key (hex, ``processors.trips.Step.key``); absent in marks written before keys."""
     rbl: bool = False
     """reports battery level."""
     recent: list[list[int]] = []
@@ -55,44 +57,89 @@ class TripMarkItem(_Item):
     """Epoch second in the newest trip's id (``processors.trips.trip_second``)."""
 
 
-class TripStateItem(_Item):
-    """One item per vehicle with an open trip or an unarchived completed one: its trip machine state.
+class MachineItem(_Item):
+    """``machine`` in a ``trip-state`` item: the exact trip machine (``processors.trips.VehicleTrips``) and
+    the records held for it across a shard split. Short names: the item is billed whole on every write."""
 
-    Deleted once its last trip is archived; the vehicle's bookkeeping then lives in its mark
-    (``TripMarkItem``, in ``vin-mapping``). Items with status IDLE and no outbox are left by older
-    versions: they are read as marks, and deleted by the vehicle's next completion.
+    h: int | None = None
+    """High-water mark: event time ms of the newest record that changed the machine."""
+    k: str | None = None
+    """The mark's record key (hex, ``processors.trips.Step.key``)."""
+    s: Literal["ACTIVE", "ENDING", "IDLE"] = "IDLE"
+    i: str | None = None
+    """Trip id."""
+    st: int | None = None
+    """Start, event time ms."""
+    lt: int | None = None
+    """Last record the trip consumed, event time ms."""
+    n: int = 0
+    """Located records the trip consumed."""
+    g: int | None = None
+    """The stop (ENDING since), event time ms."""
+    sg: int = 0
+    """Sealed segments."""
+    sl: int | None = None
+    """Sealed through, event time ms."""
+    sa: int | None = None
+    """R of the last seal (stream clock ms)."""
+    tb: int = 0
+    """Located records since the last seal."""
+    b: bool = False
+    """Reports ``batteryLevel``."""
+    r: list[list[int]] = []
+    """The last <= 4 completed trips' ``[startMs, endMs, completionMs, idSecond]``, oldest first."""
+    ts: int | None = None
+    """Epoch second in the newest trip's id: the next trip's id is bumped past it."""
+    held: list[list[Any]] = []
+    """Records handed over at a shard split, not consumed yet: ``[tMs, keyHex, arrivalMs, speed, located,
+    batteryLevel]`` (``processors.trip_items.held_rows``)."""
+
+
+class TripStateItem(_Item):
+    """One item per vehicle with an open trip (as the live view or the exact machine sees it), an unarchived
+    completed one, or records held for its machine.
+
+    The top-level trip fields are the **live view** (``processors.trip_planner``): the machine run over
+    everything received, shown within a poll of a transition. ``machine`` is the exact machine, which
+    consumes records once no earlier one can still arrive within the allowed lateness; a restart rebuilds
+    the live view from it and the records the KCL redelivers.
+
+    Deleted once nothing is open; the vehicle's bookkeeping then lives in its mark (``TripMarkItem``, in
+    ``vin-mapping``). Items without ``machine`` were written by older versions: their top-level fields are
+    their machine.
     """
 
     pseudoVin: str
     status: Literal["ACTIVE", "ENDING", "IDLE"]
-    lastEventTime: str | None = None
-    """High-water mark: the event time of the newest record that changed the trip machine."""
-    reportsBatteryLevel: bool = False
-    """The vehicle has sent ``batteryLevel``; until then its trips' battery figures come from ``soc``."""
-    lastUpdate: str
-    """Wall-clock time of the last write (volatile): orphan detection and optimistic concurrency."""
     tripId: str | None = None
     startTime: str | None = None
+    lastEventTime: str | None = None
+    """Event time of the newest record the live view consumed."""
     breadcrumbCount: int = 0
-    """Located records the machine consumed so far (live; the archive counts its own rows)."""
-    lastRecordTime: str | None = None
+    """Located records of the live trip so far (the archive counts its own rows)."""
     gapStartTime: str | None = None
-    segments: int = 0
-    sealedThrough: str | None = None
-    tailBreadcrumbs: int = 0
-    recent: list[list[int]] = []
-    """The last <= 4 completed trips' ``[startMs, endMs, completionMs, idSecond]`` (moves to the mark when
-    idle)."""
-    lastTripSecond: int | None = None
-    """Epoch second in the newest trip's id: the next trip's id is bumped past it."""
+    """The stop: the trip is ENDING since this record."""
+    heardAt: int | None = None
+    """Arrival (epoch ms, the stream's clock) of the newest record received: the sweep's silence."""
+    lastUpdate: str
+    """Wall-clock time of the last write (volatile): optimistic concurrency."""
+    machine: MachineItem | None = None
     sweepShard: int | None = None
     """Partition key of the sparse sweep index ``open-trips-by-idle``: ``int(pseudoVin[-2:], 16) % 16``."""
     idleAfter: int | None = None
-    """Sort key of ``open-trips-by-idle``: epoch seconds after which the vehicle counts as silent,
-    quantized up to 300 s so the index entry moves at most once per 5 minutes."""
+    """Sort key of ``open-trips-by-idle``: ``heardAt`` in epoch seconds, rounded up to 300 s so the index
+    entry moves at most once per 5 minutes."""
     outbox: list[CompletedTripItem] = Field(default=[], alias="closing")
     """Trips completed but not yet archived: whoever loads the item finishes them identically. Stored
-    as ``closing`` and left out of the item while empty (the stored format is unchanged)."""
+    as ``closing`` and left out of the item while empty."""
+    # Written by versions before ``machine`` (read only, never written now):
+    reportsBatteryLevel: bool | None = None
+    lastRecordTime: str | None = None
+    segments: int | None = None
+    sealedThrough: str | None = None
+    tailBreadcrumbs: int | None = None
+    recent: list[list[int]] | None = None
+    lastTripSecond: int | None = None
 
     model_config = ConfigDict(
         extra="ignore", frozen=True, validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
@@ -124,3 +171,4 @@ class TripIndexItem(_Item):
     s3Key: str
     endReason: Literal["gap", "orphan"]
     expiresAt: int
+    """The trip's end (event time) + 90 days, in epoch seconds: a function of the trip, not of arrival."""

@@ -20,17 +20,26 @@ from worker.retry import CHECKPOINT, DEFAULT, Retrier
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CheckpointPolicy:
-    """When to checkpoint: every ``every_seconds`` (and always at ``shutdown_requested``/``shard_ended``,
-    which the processor handles itself). Time only: each checkpoint first writes everything pending
-    (vehicle state, trail, and the trip-state of every vehicle whose mark moved), so a count trigger
-    would multiply trip-state writes by the record rate, and an idle trigger by the poll rate."""
+    """When to checkpoint: every ``every_seconds`` since the last one (and always at
+    ``shutdown_requested``/``shard_ended``, which the processor handles itself). It owns its timing: the
+    clock is passed in (arroyo's ``CommitPolicyState``: ``due`` / ``done``). Time only: each checkpoint
+    first writes everything pending (vehicle state, trail, and the trip-state of every vehicle whose exact
+    machine moved), so a count trigger would multiply trip-state writes by the record rate, and an idle
+    trigger by the poll rate."""
 
     every_seconds: float = 60.0
+    last_at: float | None = None
+    """When the last checkpoint (or the lease) started."""
 
-    def due(self, *, now: float, last_checkpoint_at: float) -> bool:
-        return now - last_checkpoint_at >= self.every_seconds
+    def due(self, now: float) -> bool:
+        if self.last_at is None:
+            self.last_at = now
+        return now - self.last_at >= self.every_seconds
+
+    def done(self, now: float) -> None:
+        self.last_at = now
 
 
 class Checkpointer(Protocol):

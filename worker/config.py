@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from processors.trips import TripThresholds
 from schemas.tables import ALL_TABLES, TableSpec
 
 
@@ -116,12 +117,25 @@ class Settings(BaseSettings):
     trip_start_speed_mph: float = Field(5.0, description="A trip starts above this speed.")
     trip_end_speed_mph: float = Field(1.0, description="A trip starts ending at or below this speed.")
     trip_gap_seconds: int = Field(300, description="Stop length that completes a trip.")
-    trip_settle_seconds: int | None = Field(
-        None,
+    trip_lateness_seconds: int = Field(
+        30,
         ge=0,
-        description="Settle window D: the trip machine consumes a vehicle's records in event-time order, "
-        "each once no earlier one can still arrive (D later in event time or in the stream); unset: "
-        "`FLEET_TRIP_GAP_SECONDS`.",
+        description="Allowed lateness L: the exact trip machine consumes a vehicle's records in event-time "
+        "order, each once no earlier one can still arrive (L later in the vehicle's event time or in the "
+        "stream's arrival clock); a record displaced further is counted (`LateForMachine`), never consumed. "
+        "Trip archives are exact for records displaced by up to L, and come L after the gap.",
+    )
+    trip_progress_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="A driving vehicle's live `trip-state` progress (`lastEventTime`, `breadcrumbCount`) is "
+        "written at most this often; transitions (start, stop, end) at once.",
+    )
+    trip_idle_seconds: int | None = Field(
+        None,
+        gt=0,
+        description="Silence (since the newest record's arrival) after which the orphan sweep completes a "
+        "trip; unset: twice `FLEET_TRIP_GAP_SECONDS`.",
     )
     trip_segment_breadcrumbs: int = Field(
         3600, description="Long trips are staged to S3 in segments of this many breadcrumbs."
@@ -180,9 +194,17 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def trip_settle_ms(self) -> int:
-        """D in ms: ``trip_settle_seconds``, by default the gap."""
-        seconds = self.trip_gap_seconds if self.trip_settle_seconds is None else self.trip_settle_seconds
+    def trip_lateness_ms(self) -> int:
+        return self.trip_lateness_seconds * 1000
+
+    @property
+    def trip_progress_ms(self) -> int:
+        return round(self.trip_progress_seconds * 1000)
+
+    @property
+    def trip_idle_ms(self) -> int:
+        """The sweep's silence: ``trip_idle_seconds``, by default twice the gap."""
+        seconds = 2 * self.trip_gap_seconds if self.trip_idle_seconds is None else self.trip_idle_seconds
         return seconds * 1000
 
     @property
@@ -190,6 +212,14 @@ class Settings(BaseSettings):
         """How long before its deadline a buffered write is taken: the next poll may be that far away,
         and the write must land by the deadline."""
         return self.kcl_idle_time_between_reads_millis + self.state_write_margin_ms
+
+    def trip_thresholds(self) -> TripThresholds:
+        return TripThresholds(
+            start_speed_mph=self.trip_start_speed_mph,
+            end_speed_mph=self.trip_end_speed_mph,
+            gap_ms=self.trip_gap_seconds * 1000,
+            segment_breadcrumbs=self.trip_segment_breadcrumbs,
+        )
 
     def table_name(self, spec: TableSpec) -> str:
         """The physical name of a data table: prefix + configured name."""

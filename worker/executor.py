@@ -19,18 +19,17 @@ from processors.errors import RejectReason, StaleTripState, UnwritableUpdate
 from processors.ports import Stores
 from processors.pseudonymize import SeenVehicles
 from processors.trail import BucketMerge
-from processors.trips import VehicleTripPlan
+from processors.trips import TripThresholds, VehicleTripPlan
 from processors.vehicle_state import coalesce
 from schemas.records import VehicleReading
 from worker.freshness import PendingState
 from worker.retry import DEFAULT, READ, TRIP_REPLANS, WRITE, Retrier
 from worker.trip_commit import (
-    SWEEP_IDLE_MS,
     Committed,
     Replanned,
     TripArchiver,
     TripCommitter,
-    commit_until_settled,
+    commit_with_replans,
 )
 
 log = logging.getLogger(__name__)
@@ -62,15 +61,13 @@ class PlanExecutor:
     """
 
     def __init__(
-        self, stores: Stores, pool_size: int, retrier: Retrier = DEFAULT, idle_ms: int = SWEEP_IDLE_MS
+        self, stores: Stores, pool_size: int, thresholds: TripThresholds, retrier: Retrier = DEFAULT
     ) -> None:
         self._stores = stores
         self._retrier = retrier
         self._pool = ThreadPoolExecutor(pool_size, thread_name_prefix="write")
         self._seen = SeenVehicles()
-        self._committer = TripCommitter(
-            stores.trips, TripArchiver(stores.trail, stores.archive), idle_ms=idle_ms
-        )
+        self._committer = TripCommitter(stores.trips, TripArchiver(stores.trail, stores.archive, thresholds))
 
     def write_now(self, plan: WritePlan) -> int:
         """What is written with the batch, before anything is buffered: the VIN vault for unseen vehicles
@@ -101,17 +98,16 @@ class PlanExecutor:
         if refused:
             made, dead_letters = self._dead_letter_refused(refused)
             requests += made
-        pending = [t for t in trips if t.write or t.outbox or t.seals]
-        settled = commit_until_settled(
-            pending,
+        commits = commit_with_replans(
+            trips,
             self._retrier.wrap(WRITE, self._committer.commit),
             replan,
             self._run_commits,
             on_committed,
         )
-        if settled.unsettled:
-            raise TRIP_REPLANS.exhausted(f"{len(settled.unsettled)} vehicles, {TRIP_REPLANS.rounds} plans")
-        return Executed(requests + settled.requests, dead_letters, settled.versions)
+        if commits.contended:
+            raise TRIP_REPLANS.exhausted(f"{len(commits.contended)} vehicles, {TRIP_REPLANS.rounds} plans")
+        return Executed(requests + commits.requests, dead_letters, commits.versions)
 
     def _not_in_vault(self, sightings: dict[str, str]) -> dict[str, str]:
         """Of the vehicles sighted, those whose VIN is not in the vault: only vehicles this worker has not

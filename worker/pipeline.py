@@ -1,26 +1,27 @@
-"""One shard's records, in one forward flow: decode -> buffer -> flush. The caller checkpoints.
+"""One shard's records, in one forward flow: decode -> buffer -> flush -> checkpoint.
 
 1. decode: ``decode_batch`` turns records into readings and dead letters (pure); the VIN vault and the
    dead letters are written at once;
 2. buffer: the trip machines of unknown vehicles are loaded (``retry.READ``); each reading goes into the
-   ``VehicleStateBuffer`` (freshness budget B) and, through the ``TripPlanner``'s settle buffer, to the
-   trip machine in event-time order (``processors.settle``);
+   ``VehicleStateBuffer`` (freshness budget B), the ``TrailBuffer``, and the ``TripPlanner``
+   (``processors.trip_planner``: the live view at once, the exact machine in event order behind the
+   allowed lateness);
 3. flush (after every batch, also empty ones): vehicle-state updates whose deadline is near, trail
    buckets that are complete or 15 s old (every accepted record's crumb, ``processors.trail``; all of a
-   vehicle's before its archive), and the trip-state of vehicles with a transition; ``flush(everything
-   =True)`` writes all that is pending (vehicle state, and the trip-state of every vehicle whose mark or
-   counts moved) and must precede every checkpoint, which goes at ``watermark()``: just before the
-   oldest record the trip machine has not consumed yet.
+   vehicle's before its archive), the trip-state of vehicles with a live transition, a completion or a
+   seal, and live progress every ``FLEET_TRIP_PROGRESS_SECONDS``;
+4. ``checkpoint``, the only way to checkpoint: everything pending is written, then the position just
+   before the oldest record the exact machine has not consumed yet is handed to the caller's checkpointer.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from processors.batch import DeadLetter, LateAfterArchive, TripPlanner, decode_batch
+from processors.batch import DeadLetter, decode_batch
 from processors.decode import DecodeLimits, Decoder
 from processors.errors import StaleTripState
 from processors.ports import Stores
@@ -28,7 +29,8 @@ from processors.pseudonymize import Pseudonymizer
 from processors.signal_bounds import SignalBounds
 from processors.signals import format_time
 from processors.trail import TRAIL_BUCKET_SECONDS, combine
-from processors.trips import TripStateMachine, TripThresholds
+from processors.trip_planner import LateAfterArchive, TripPlanner, TripRenamed
+from processors.trips import TripStateMachine, step_of
 from schemas.records import KinesisRecord, StreamPosition
 from worker.config import Settings
 from worker.executor import PlanExecutor
@@ -83,15 +85,6 @@ def signal_bounds(settings: Settings) -> SignalBounds:
     )
 
 
-def trip_thresholds(settings: Settings) -> TripThresholds:
-    return TripThresholds(
-        start_speed_mph=settings.trip_start_speed_mph,
-        end_speed_mph=settings.trip_end_speed_mph,
-        gap_ms=settings.trip_gap_seconds * 1000,
-        segment_breadcrumbs=settings.trip_segment_breadcrumbs,
-    )
-
-
 class Pipeline:
     """Applies one shard's records through the ports in ``stores``: decode, buffer, flush.
 
@@ -109,10 +102,11 @@ class Pipeline:
         self.pseudonymizer = pseudonymizer
         self._stores = stores
         self._retrier = retrier
-        self.executor = PlanExecutor(
-            stores, settings.write_concurrency, retrier, idle_ms=2 * settings.trip_gap_seconds * 1000
+        thresholds = settings.trip_thresholds()
+        self.executor = PlanExecutor(stores, settings.write_concurrency, thresholds, retrier)
+        self.trips = TripPlanner(
+            TripStateMachine(thresholds), settings.trip_lateness_ms, settings.trip_progress_ms
         )
-        self.trips = TripPlanner(TripStateMachine(trip_thresholds(settings)), settings.trip_settle_ms)
         self.states = VehicleStateBuffer(settings.state_max_delay_ms)
         self.trail = TrailBuffer(combine, TRAIL_BUCKET_SECONDS, settings.trail_max_delay_ms)
         self.lead_ms = settings.state_flush_lead_ms
@@ -143,13 +137,15 @@ class Pipeline:
             if reading is not None:
                 self.states.absorb(reading, record, now_ms)
                 self.trail.observe(reading.pseudo_vin, reading.event_time_ms)
-                self.trips.receive(reading, record.data, previous)
+                self.trips.receive(
+                    reading.pseudo_vin, step_of(reading, record.data), record.position, previous
+                )
             previous = record.position
         self._last_position = previous
         self.trail.add(plan.trail, now_ms)
         if not records and caught_up:
             self.trips.tick(now_ms - 1000)  # no unseen record can have arrived before that
-        missed = self._late_after_archive()
+        missed = self._report_late()
         flushed = self.flush(now_ms, everything=False)
         return BatchOutcome(
             records=len(records),
@@ -169,7 +165,7 @@ class Pipeline:
     def flush(self, now_ms: int, *, everything: bool) -> Flushed:
         """Write what is due at ``now_ms`` (``everything``: all that is pending, before a checkpoint)."""
         states = self.states.take_all(now_ms) if everything else self.states.take_due(now_ms, self.lead_ms)
-        trips = self.trips.due(everything=everything)
+        trips = self.trips.due(now_ms, everything=everything)
         if everything:
             trail = self.trail.take_all()
         else:
@@ -178,7 +174,9 @@ class Pipeline:
             trail = self.trail.take_vehicles(archiving) + self.trail.take_due(now_ms, self.lead_ms)
         if not (states or trail or trips):
             return Flushed()
-        executed = self.executor.flush(states, trail, trips, self._replan, self.trips.committed)
+        executed = self.executor.flush(
+            states, trail, trips, self._replan, lambda pv, version: self.trips.committed(pv, version, now_ms)
+        )
         _log_dead_letters(executed.dead_letters)
         return Flushed(
             writes=executed.requests,
@@ -188,22 +186,40 @@ class Pipeline:
             vehicle_states=len(states),
         )
 
-    def end_of_shard(self) -> None:
-        """No later record of this shard can come: the machine consumes everything buffered."""
-        self.trips.drain()
-        self._late_after_archive()
+    def checkpoint(self, now_ms: int, commit: Callable[[StreamPosition | None], None]) -> Flushed:
+        """The only way to checkpoint: write everything pending, then ``commit`` the watermark: just before
+        the oldest record the exact trip machine has not consumed, else the last record received (None:
+        nothing received yet; ``commit`` decides what that means). A failed write raises before
+        ``commit`` is called."""
+        flushed = self.flush(now_ms, everything=True)
+        commit(self.watermark())
+        return flushed
 
-    def _late_after_archive(self) -> int:
-        """Log the records found late after their trip's archive since the last call; how many."""
+    def end_of_shard(self, now_ms: int, commit: Callable[[StreamPosition | None], None]) -> Flushed:
+        """SHARD_END: no later record of this shard can come. The records the exact machine has not
+        consumed are handed to the child shards in their vehicles' items, everything is written, and
+        ``commit(None)`` checkpoints the end of the shard."""
+        self.trips.hand_over()
+        self._report_late()
+        flushed = self.flush(now_ms, everything=True)
+        commit(None)
+        return flushed
+
+    def _report_late(self) -> int:
+        """Log the records found late after their trip's archive, and the live trips renamed, since the
+        last call; how many records were late after an archive."""
         missed, self.trips.late_after_archive = self.trips.late_after_archive, []
+        renamed, self.trips.renamed = self.trips.renamed, []
         _log_late_after_archive(missed)
+        _log_renamed(renamed)
         return len(missed)
 
     def watermark(self) -> StreamPosition | None:
-        """Where a checkpoint may go once ``flush(everything=True)`` succeeded: just before the oldest
-        record the trip machine has not consumed, else the last record received (None: nothing yet)."""
+        """Where a checkpoint may go once everything pending is written (``checkpoint``)."""
         oldest = self.trips.oldest()
-        return oldest.previous if oldest is not None else self._last_position
+        if oldest is None:
+            return self._last_position
+        return oldest.previous
 
     def _replan(self, stale: StaleTripState) -> Replanned:
         """Another writer moved this vehicle first: consume its journal again on top of what it stored."""
@@ -224,6 +240,19 @@ def _log_late_after_archive(missed: Sequence[LateAfterArchive]) -> None:
             tripId=record.trip_id,
             eventTime=format_time(record.event_time_ms),
             arrival=format_time(record.arrival_ms),
+        )
+
+
+def _log_renamed(renamed: Sequence[TripRenamed]) -> None:
+    """A late record earlier than a live trip's start: the archive will carry the new id."""
+    for rename in renamed:
+        event(
+            log,
+            "live_trip_renamed",
+            logging.WARNING,
+            pseudoVin=rename.pseudo_vin,
+            tripId=rename.new_trip_id,
+            previousTripId=rename.old_trip_id,
         )
 
 

@@ -80,7 +80,6 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         self._shard_id = "unknown"
         self._checkpointed: StreamPosition | None = None
         self._pending = 0
-        self._last_checkpoint_at = clock()
         self._metrics = MetricsPublisher(settings.metrics_namespace, settings.application_name)
         self._heartbeat: Heartbeat | None = None
 
@@ -103,7 +102,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         # What exists now (boto3's service models, the pydantic and protobuf schemas) lives as long as the
         # process: keep the collector from rescanning it on every full collection. 12% of the CPU a record.
         gc.freeze()
-        self._last_checkpoint_at = self._clock()
+        self._policy.done(self._clock())
 
     def process_records(self, process_records_input: Any) -> None:
         started, cpu_started = self._clock(), time.process_time()
@@ -119,7 +118,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             duration_ms = round((self._clock() - started) * 1000, 1)
             cpu_ms = round((time.process_time() - cpu_started) * 1000, 1)
             self._report(outcome, lag, duration_ms, cpu_ms)
-        if self._policy.due(now=self._clock(), last_checkpoint_at=self._last_checkpoint_at):
+        if self._policy.due(self._clock()):
             self._flush_and_checkpoint(process_records_input.checkpointer)
         if self._heartbeat is not None:
             self._heartbeat.beat()
@@ -133,11 +132,12 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         event(log, "shard_ended", shard=self._shard_id)
         try:
             pipeline = self._require_pipeline()
-            pipeline.end_of_shard()
-            pipeline.flush(self._now_ms(), everything=True)
+            ended = partial(self._checkpoint, shard_ended_input.checkpointer)
+            pipeline.end_of_shard(self._now_ms(), ended)
+        except SystemExit:
+            raise
         except Exception as error:
             self._exit(EXIT_BATCH_FAILED, "flush_failed", error)
-        self._checkpoint(shard_ended_input.checkpointer, None)
         self._close()
 
     def shutdown_requested(self, shutdown_requested_input: Any) -> None:
@@ -194,15 +194,17 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         return int(self._wall_clock() * 1000)
 
     def _flush_and_checkpoint(self, checkpointer: Any) -> None:
-        """Write everything pending, then checkpoint at the watermark if it moved. A failed flush ends the
-        process: nothing after it is checkpointed."""
+        """``Pipeline.checkpoint``: write everything pending, then checkpoint at the watermark if it moved.
+        A failed flush ends the process: nothing after it is checkpointed."""
         try:
-            pipeline = self._require_pipeline()
-            pipeline.flush(self._now_ms(), everything=True)
-            position = pipeline.watermark()
+            self._require_pipeline().checkpoint(self._now_ms(), partial(self._checkpoint_moved, checkpointer))
+        except SystemExit:
+            raise
         except Exception as error:
             self._exit(EXIT_BATCH_FAILED, "flush_failed", error)
-        self._last_checkpoint_at = self._clock()
+        self._policy.done(self._clock())
+
+    def _checkpoint_moved(self, checkpointer: Any, position: StreamPosition | None) -> None:
         if position is not None and position != self._checkpointed:
             self._checkpoint(checkpointer, position)
 
@@ -222,7 +224,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         )
         self._pending = 0
         self._checkpointed = position
-        self._last_checkpoint_at = self._clock()
+        self._policy.done(self._clock())
 
     def _close(self) -> None:
         self._stop_heartbeat()

@@ -1,8 +1,9 @@
 """The orphan sweep: complete trips of vehicles that went silent (``python -m worker sweep-orphans``).
 
 A vehicle that stops sending mid-trip (parked and asleep, out of coverage) never delivers the record
-that would complete its trip. The sweep completes trips whose item was not written for ``2 x gap`` of wall
-clock with ``endReason: orphan``.
+that would complete its trip. The sweep completes, with ``endReason: orphan``, the trips of vehicles whose
+newest record arrived ``FLEET_TRIP_IDLE_SECONDS`` (default ``2 x gap``) ago or longer: the item's
+``heardAt`` (the stream's clock), not the time it was written.
 
 **Work grows with open trips, not with the fleet.** ``trip-state`` holds open trips only (an idle
 vehicle's bookkeeping is its mark in ``vin-mapping``, which the sweep never reads), and the sweep finds
@@ -15,15 +16,15 @@ wrote in between, the claim fails and the trip is left alone (``lostRace``); if 
 processor's next write fails instead and it re-plans on top of the claimed state. Archive, index, mark
 and the item's deletion then follow through the processor's own commit code (``worker.trip_commit``).
 
-**It does nothing while the consumer is behind.** "Silent" means "no write for 2 x gap", so while a
-shard's consumer lags (an outage, a backlog) its vehicles' trips look silent too, and swept they would be
-cut differently from one clean pass. So the sweep first reads where each shard's consumer is (the KCL
-lease table's checkpoints) and the first record after it (GetShardIterator AFTER_SEQUENCE_NUMBER +
-GetRecords Limit=1): if that record arrived longer ago than the limit (or MillisBehindLatest says so), it
-logs ``sweep_skipped`` and exits 0 without reading trip-state. The limit is the gap plus the lag a healthy
-consumer's checkpoint has by design (``skip_limit_ms``): checkpoints wait for the settle window D and come
-every ``checkpoint_every_seconds``, so the first unprocessed record of a consumer that keeps up is up to
-D + that interval old.
+**It does nothing while the consumer is behind.** "Silent" means "no record received for the idle
+time", so while a shard's consumer lags (an outage, a backlog) its vehicles' trips look silent too, and
+swept they would be cut differently from one clean pass. So the sweep first reads where each shard's
+consumer is (the KCL lease table's checkpoints) and the first record after it (GetShardIterator
+AFTER_SEQUENCE_NUMBER + GetRecords Limit=1): if that record arrived longer ago than the limit (or
+MillisBehindLatest says so), it logs ``sweep_skipped`` and exits 0 without reading trip-state. The limit
+is the gap plus the lag a healthy consumer's checkpoint has by design (``skip_limit_ms``): checkpoints wait for the allowed lateness L and
+come every ``checkpoint_every_seconds``, so the first unprocessed record of a consumer that keeps up is up
+to L + that interval old.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from functools import partial
 from typing import Any
 
 from processors.signals import parse_time
-from processors.trip_items import SWEEP_SHARDS
+from processors.trip_items import SWEEP_SHARDS, silent_until
+from processors.trips import TripStateMachine
 from schemas.items import TripStateItem
 from worker.aws import AwsClients
 from worker.config import Settings
@@ -45,10 +47,9 @@ from worker.leases import read_leases
 from worker.logs import event
 from worker.retry import DEFAULT, WRITE, Retrier
 from worker.trip_commit import (
-    SWEEP_IDLE_MS,
     TripArchiver,
     TripCommitter,
-    commit_until_settled,
+    commit_with_replans,
     completion_plan,
     reclaim,
 )
@@ -117,9 +118,9 @@ def stream_frontier(settings: Settings, clients: AwsClients, now_ms: int, limit_
 
 def skip_limit_ms(settings: Settings) -> int:
     """How far behind a shard's first unprocessed record may be before the sweep skips: a trip gap, plus
-    the designed lag of the checkpoint (the settle window D, then up to one checkpoint interval)."""
+    the designed lag of the checkpoint (the allowed lateness L, then up to one checkpoint interval)."""
     checkpoint_ms = round(settings.checkpoint_every_seconds * 1000)
-    return settings.trip_gap_seconds * 1000 + settings.trip_settle_ms + checkpoint_ms
+    return settings.trip_gap_seconds * 1000 + settings.trip_lateness_ms + checkpoint_ms
 
 
 def sweep_orphans(
@@ -141,7 +142,7 @@ def sweep_orphans(
             behindSeconds=behind // 1000,
             limitSeconds=limit_ms // 1000,
             reason="a shard's first unprocessed record is older than the trip gap plus the checkpoint's "
-            "designed lag (settle window + checkpoint interval): its trips would look silent",
+            "designed lag (allowed lateness + checkpoint interval): its trips would look silent",
         )
         return report
     return sweep(
@@ -163,18 +164,19 @@ def sweep(
     shards: int = 0,
     requests: int = 0,
 ) -> SweepReport:
-    """Complete the trips of vehicles silent for ``idle_ms`` (default ``2 x gap``) and finish pending
-    outboxes. Each claim goes through ``commit_until_settled``, the record processor's own commit loop:
-    when our claim landed but a later step failed and was retried, it meets our own claim and finishes
-    it; when the vehicle's processor wrote meanwhile, the trip is left to it (``lost_race``)."""
-    idle = idle_ms if idle_ms is not None else 2 * settings.trip_gap_seconds * 1000
-    index_idle = 2 * settings.trip_gap_seconds * 1000 or SWEEP_IDLE_MS
-    committer = TripCommitter(stores.trips, TripArchiver(stores.trail, stores.archive), idle_ms=index_idle)
+    """Complete the trips of vehicles silent for ``idle_ms`` (default ``FLEET_TRIP_IDLE_SECONDS``) and
+    finish pending outboxes. Each claim goes through ``commit_with_replans``, the record processor's own
+    commit loop: when our claim landed but a later step failed and was retried, it meets our own claim and
+    finishes it; when the vehicle's processor wrote meanwhile, the trip is left to it (``lost_race``)."""
+    idle = idle_ms if idle_ms is not None else settings.trip_idle_ms
+    thresholds = settings.trip_thresholds()
+    machine = TripStateMachine(thresholds)
+    committer = TripCommitter(stores.trips, TripArchiver(stores.trail, stores.archive, thresholds))
     commit = retrier.wrap(WRITE, committer.commit)
     now = now_ms if now_ms is not None else int(time.time() * 1000)
-    # idleAfter = lastUpdate + index_idle rounded up to 5 minutes: a trip silent for ``idle`` is named
-    # at the latest one quantum later (the next run); the exact test is made on the item read.
-    until_s = (now - idle + index_idle) // 1000
+    # idleAfter is heardAt rounded up to 5 minutes: the index names a superset of the silent vehicles,
+    # whatever ``idle``; the exact test is made on the item read (``silent``).
+    until_s = silent_until(now, idle)
     report = SweepReport(shards=shards, requests=requests)
     with ThreadPoolExecutor(PARALLEL, thread_name_prefix="sweep") as pool:
         found = list(pool.map(partial(stores.trips.silent, until_s=until_s), range(SWEEP_SHARDS)))
@@ -184,12 +186,8 @@ def sweep(
         items, made = stores.trips.open_items(candidates) if candidates else ({}, 0)
         report.requests += made
         report.items_read = len(items)
-        due = [
-            item
-            for item in items.values()
-            if item.outbox or (item.status != "IDLE" and parse_time(item.lastUpdate) + idle <= now)
-        ]
-        for outcome in pool.map(partial(_complete, commit, now), due):
+        due = [item for item in items.values() if item.outbox or silent(item, now, idle)]
+        for outcome in pool.map(partial(_complete, commit, machine, now), due):
             _count(report, *outcome)
     event(
         log,
@@ -205,14 +203,22 @@ def sweep(
     return report
 
 
+def silent(item: TripStateItem, now_ms: int, idle_ms: int) -> bool:
+    """No record of the vehicle arrived for ``idle_ms`` (an item of an older version: not written for it)."""
+    heard = item.heardAt if item.heardAt is not None else parse_time(item.lastUpdate)
+    return heard + idle_ms <= now_ms
+
+
 def _complete(
-    commit: Callable[..., tuple[str | None, int]], now_ms: int, item: TripStateItem
+    commit: Callable[..., tuple[str | None, int]], machine: TripStateMachine, now_ms: int, item: TripStateItem
 ) -> tuple[TripStateItem, str | None, int, bool]:
     """Claim and finish one vehicle: (item, orphan trip id, requests, lost the race)."""
-    plan, orphan = completion_plan(item, now_ms)
-    settled = commit_until_settled([plan], commit, partial(reclaim, orphan=orphan, now_ms=now_ms))
-    lost = bool(settled.unsettled)  # the vehicle spoke up meanwhile: its processor owns the trip
-    return item, orphan.trip_id if orphan else None, settled.requests, lost
+    plan, orphan = completion_plan(item, now_ms, machine)
+    commits = commit_with_replans(
+        [plan], commit, partial(reclaim, orphan=orphan, now_ms=now_ms, machine=machine)
+    )
+    lost = bool(commits.contended)  # the vehicle spoke up meanwhile: its processor owns the trip
+    return item, orphan.trip_id if orphan else None, commits.requests, lost
 
 
 def _count(report: SweepReport, item: TripStateItem, orphan: str | None, made: int, lost: bool) -> None:

@@ -1,5 +1,5 @@
 """Committing trip plans: the archive, the crash-safe commit order, and the one commit/re-plan loop shared
-by the record processor and the orphan sweep (``commit_until_settled``)."""
+by the record processor and the orphan sweep (``commit_with_replans``)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from processors.trail import TRAIL_TTL_SECONDS, Crumb, from_segment_rows, segmen
 from processors.trip_items import (
     completed_item,
     idle_after,
+    item_fields,
     mark_of,
     next_last_update,
     outbox_of,
-    state_fields,
     state_from_item,
     sweep_shard,
 )
@@ -27,6 +27,8 @@ from processors.trips import (
     CompletedTrip,
     EndReason,
     SegmentSeal,
+    TripEffects,
+    TripStateMachine,
     TripThresholds,
     VehicleTripPlan,
     complete,
@@ -38,14 +40,12 @@ from worker.retry import TRIP_REPLANS, Limit
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_SAFE_MS = TRAIL_TTL_SECONDS * 1000 - TripThresholds().segment_max_ms - TripThresholds().gap_ms
-"""How long after its completion point R a trip's archive is sure to find every crumb it needs: the tail
-after the sealed segments spans at most 12 h of event time (plus the gap), and a crumb stays 24 h after
-its arrival (proposal §4.2: 11 h 55 min)."""
 
-SWEEP_IDLE_MS = 600_000
-"""Silence after which the orphan sweep completes a trip: twice the default trip gap. Written into each
-item as its ``idleAfter`` (the sweep index's sort key)."""
+def archive_safe_ms(thresholds: TripThresholds) -> int:
+    """How long after its completion point R a trip's archive is sure to find every crumb it needs: the tail
+    after the sealed segments spans at most ``segment_max`` of event time (plus the gap), and a crumb stays
+    24 h after its arrival (11 h 55 min at the defaults)."""
+    return TRAIL_TTL_SECONDS * 1000 - thresholds.segment_max_ms - thresholds.gap_ms
 
 
 class TripArchiver:
@@ -54,10 +54,15 @@ class TripArchiver:
     rows are selected against the trip's completion point R, never the wall clock."""
 
     def __init__(
-        self, trail: TrailStore, archive: TripArchive, clock: Callable[[], float] = time.time
+        self,
+        trail: TrailStore,
+        archive: TripArchive,
+        thresholds: TripThresholds,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._trail = trail
         self._archive = archive
+        self._safe_ms = archive_safe_ms(thresholds)
         self._clock = clock
 
     def seal(self, seal: SegmentSeal) -> None:
@@ -70,7 +75,7 @@ class TripArchiver:
     def archive(self, trip: CompletedTrip) -> TripIndexItem:
         """Write the archive object, then its index item. Idempotent."""
         lag_ms = int(self._clock() * 1000) - trip.completion_ms
-        if lag_ms >= ARCHIVE_SAFE_MS:
+        if lag_ms >= self._safe_ms:
             # Rows are chosen against R, so a re-archive reads the same set while every needed crumb is
             # still stored; this long after R, TTL may have removed some. Archived as found, but loudly.
             event(
@@ -118,16 +123,11 @@ class TripCommitter:
     """
 
     def __init__(
-        self,
-        store: TripStore,
-        archiver: TripArchiver,
-        clock: Callable[[], float] = time.time,
-        idle_ms: int = SWEEP_IDLE_MS,
+        self, store: TripStore, archiver: TripArchiver, clock: Callable[[], float] = time.time
     ) -> None:
         self._store = store
         self._archiver = archiver
         self._clock = clock
-        self._idle_ms = idle_ms
 
     def commit(self, plan: VehicleTripPlan) -> tuple[str | None, int]:
         requests = 0
@@ -138,31 +138,29 @@ class TripCommitter:
         if plan.new_completions:
             version = self._write(plan, plan.outbox, version)
             requests += 1
-        if plan.outbox:
-            for trip in plan.outbox:
-                self._archiver.archive(trip)
-                requests += 2 + trip.segments
-            version, made = self._settle(plan, version)
-            requests += made
-        elif plan.write:
-            version, made = self._settle(plan, version)
-            requests += made
-        return version, requests
+        for trip in plan.outbox:
+            self._archiver.archive(trip)
+            requests += 2 + trip.segments
+        version, made = self._finish(plan, version)
+        return version, requests + made
 
-    def _settle(self, plan: VehicleTripPlan, expected: str | None) -> tuple[str | None, int]:
-        """The state without an outbox: the item if a trip is open, else the mark and no item."""
-        if plan.state.get("tripId") is not None:
+    def _finish(self, plan: VehicleTripPlan, expected: str | None) -> tuple[str | None, int]:
+        """The state without an outbox: the item if anything is open, else the mark and no item."""
+        if plan.open:
             return self._write(plan, [], expected), 1
-        return None, self._store.close(plan.pseudo_vin, mark_of(plan.state), expected)
+        return None, self._store.close(plan.pseudo_vin, mark_of(plan.fields), expected)
 
     def _write(self, plan: VehicleTripPlan, outbox: list[CompletedTrip], expected: str | None) -> str:
         version = next_last_update(expected or None, int(self._clock() * 1000))
+        heard = plan.fields.get("heardAt")
         item = TripStateItem(
-            **plan.state,
+            **plan.fields,
             lastUpdate=version,
             outbox=[completed_item(trip) for trip in outbox],
             sweepShard=sweep_shard(plan.pseudo_vin),
-            idleAfter=idle_after(parse_time(version), self._idle_ms),
+            # Silence is judged by the newest record's arrival; a writer that heard nothing (the sweep)
+            # dates it by its own write.
+            idleAfter=idle_after(heard if heard is not None else parse_time(version)),
         )
         self._store.write(item, expected)
         return item.lastUpdate
@@ -180,11 +178,11 @@ class Replanned:
 
 
 @dataclass(frozen=True, slots=True)
-class Settled:
+class Commits:
     versions: dict[str, str | None]
     """pseudoVin -> version of the trip-state item now stored, for every vehicle committed."""
     requests: int
-    unsettled: list[StaleTripState]
+    contended: list[StaleTripState]
     """Vehicles left to another writer (``replan`` answered None), or still contended after the limit."""
 
 
@@ -212,20 +210,20 @@ def _ignore(pseudo_vin: str, version: str | None) -> None:
     return None
 
 
-def commit_until_settled(
+def commit_with_replans(
     plans: Sequence[VehicleTripPlan],
     commit: Callable[[VehicleTripPlan], tuple[str | None, int]],
     replan: Callable[[StaleTripState], Replanned | None],
     run_all: RunAll = serially,
     on_committed: Callable[[str, str | None], None] = _ignore,
     limit: Limit = TRIP_REPLANS,
-) -> Settled:
+) -> Commits:
     """Commit every plan; re-plan the vehicles another writer moved first on top of what it stored, and
     commit those again: at most ``limit.rounds`` rounds of commits.
 
     ``run_all`` runs one round (in parallel for the processor) and returns each plan's outcome, or raises
     the first error other than ``StaleTripState`` once every commit of the round has ended.
-    ``replan`` answers None for a vehicle that is not ours to redo; it ends up in ``unsettled``.
+    ``replan`` answers None for a vehicle that is not ours to redo; it ends up in ``contended``.
     """
 
     def attempt(plan: VehicleTripPlan) -> Committed:
@@ -234,7 +232,7 @@ def commit_until_settled(
         except StaleTripState as stale:
             return stale
 
-    pending, versions, requests, unsettled = list(plans), dict[str, str | None](), 0, list[StaleTripState]()
+    pending, versions, requests, contended = list(plans), dict[str, str | None](), 0, list[StaleTripState]()
     for round_ in limit:
         stale: list[StaleTripState] = []
         for plan, outcome in zip(pending, run_all(attempt, pending), strict=True):
@@ -247,7 +245,7 @@ def commit_until_settled(
         if not stale:
             break
         if round_ == limit.rounds:
-            unsettled += stale
+            contended += stale
             break
         # Another writer (a zombie processor, the orphan sweep, the live processor) moved these vehicles
         # first: build on what is stored now. Whatever it already applied falls under the high-water mark.
@@ -256,22 +254,28 @@ def commit_until_settled(
             event(log, "trip_state_conflict", logging.WARNING, pseudoVin=conflict.pseudo_vin)
             replanned = replan(conflict)
             if replanned is None:
-                unsettled.append(conflict)
+                contended.append(conflict)
                 continue
             pending.append(replanned.plan)
         if not pending:
             break
-    return Settled(versions, requests, unsettled)
+    return Commits(versions, requests, contended)
 
 
 # --- the orphan sweep's plans --------------------------------------------------------------------------
 
 
-def completion_plan(item: TripStateItem, now_ms: int) -> tuple[VehicleTripPlan, CompletedTrip | None]:
+def completion_plan(
+    item: TripStateItem, now_ms: int, machine: TripStateMachine
+) -> tuple[VehicleTripPlan, CompletedTrip | None]:
     """Finish the item's outbox and, if a trip is still open, complete it as an orphan at R = ``now_ms``
-    (the sweep's clock)."""
-    state = state_from_item(item)
-    outbox = outbox_of(item)
+    (the sweep's clock), after the records held for its machine (a shard split whose child never took
+    the vehicle over: it fell silent)."""
+    state, held = state_from_item(item)
+    effects = TripEffects()
+    for step in sorted(held, key=lambda s: s.order):
+        machine.apply(state, step, effects, now_ms)
+    outbox = outbox_of(item) + effects.completed
     orphan = None
     if state.trip is not None:
         orphan = complete(item.pseudoVin, state, state.trip, EndReason.ORPHAN, now_ms)
@@ -280,22 +284,24 @@ def completion_plan(item: TripStateItem, now_ms: int) -> tuple[VehicleTripPlan, 
         state.trip = None
     plan = VehicleTripPlan(
         pseudo_vin=item.pseudoVin,
-        seals=[],
+        seals=effects.seals,
         outbox=outbox,
-        new_completions=1 if orphan else 0,
-        state=state_fields(state),
+        new_completions=len(effects.completed) + (1 if orphan else 0),
+        fields=item_fields(item.pseudoVin, state, heard_ms=item.heardAt),
+        open=False,
         expected_last_update=item.lastUpdate,
-        write=True,
     )
     return plan, orphan
 
 
-def reclaim(stale: StaleTripState, orphan: CompletedTrip | None, now_ms: int) -> Replanned | None:
+def reclaim(
+    stale: StaleTripState, orphan: CompletedTrip | None, now_ms: int, machine: TripStateMachine
+) -> Replanned | None:
     """The sweep lost a race. When the stored outbox holds our own orphan (our claim landed, a later step
     failed and was retried), finish that outbox; otherwise the vehicle's processor wrote meanwhile and
     owns the trip (None)."""
     current = stale.current
     if current is None or orphan is None or orphan.trip_id not in {c.tripId for c in current.outbox}:
         return None
-    plan, _ = completion_plan(current, now_ms)
+    plan, _ = completion_plan(current, now_ms, machine)
     return Replanned(plan)

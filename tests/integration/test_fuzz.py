@@ -24,11 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tesla_protocol.telemetry.vehicle_data_pb2 import Datum, Field, LocationValue, Payload, Value
 
-from processors.batch import TripPlanner, decode_batch
+from processors.batch import decode_batch
 from processors.decode import Decoder
 from processors.errors import RejectReason
 from processors.pseudonymize import Pseudonymizer
-from processors.trips import TripStateMachine, TripThresholds
+from processors.trip_planner import TripPlanner
+from processors.trips import TripStateMachine, TripThresholds, step_of
 from schemas.records import KinesisRecord, StreamPosition
 from tests.conftest import AwsEnv
 from worker.pipeline import Pipeline
@@ -300,9 +301,11 @@ def test_decode_and_plan_are_total(source: str) -> None:
         assert len(plan.readings) + len(plan.dead_letters) == len(batch)
         assert all(isinstance(q.reason, RejectReason) for q in plan.dead_letters)
         planner = TripPlanner(TripStateMachine(TripThresholds()))
+        data = {record.position: record.data for record in batch}
         for pseudo_vin, readings in plan.by_vehicle().items():
             planner.adopt(pseudo_vin, None)
-            planner.plan(pseudo_vin, readings)
+            planner.consume(pseudo_vin, [step_of(r, data[r.position]) for r in readings])
+            planner.plan_for(pseudo_vin)
 
     decode_and_plan()
 
@@ -319,8 +322,8 @@ def test_every_request_built_passes_the_strict_local_aws(
     pipeline: Pipeline, batch: list[KinesisRecord]
 ) -> None:
     outcome = pipeline.process(batch)
-    pipeline.end_of_shard()  # the trip machine consumes the batch: its trip-state writes are built too
-    flushed = pipeline.flush(int(time.time() * 1000), everything=True)  # the buffered writes, all of them
+    # The end of the shard: the unsettled records go into their vehicles' items, everything is written.
+    flushed = pipeline.end_of_shard(int(time.time() * 1000), lambda _position: None)
     assert outcome.applied + outcome.dead_letters == len(batch)
     plan = decode_batch(batch, pipeline.decoder, pipeline.pseudonymizer)
     refused = outcome.dead_letters + flushed.dead_letters - len(plan.dead_letters)

@@ -9,9 +9,11 @@ from collections import Counter
 
 import pytest
 
-from bench.sweep import leases_caught_up
+from bench.sweep import leases_caught_up, open_trip_item, pseudo_vin
 from bench.sweep import seed as seed_fleet
-from processors.trip_items import SWEEP_SHARDS
+from processors.signals import format_time
+from processors.trip_items import SWEEP_SHARDS, idle_after
+from schemas.dynamo import to_item
 from tests.conftest import AwsEnv, create_lease_table
 from tests.support.iam import recording_resources
 from worker.sweep import skip_limit_ms, sweep_orphans
@@ -48,14 +50,16 @@ def test_the_sweep_reads_the_silent_open_trips_only_whatever_the_fleet(aws_env: 
 def test_the_sweep_does_nothing_while_a_shard_is_a_gap_behind_its_designed_lag(
     aws_env: AwsEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A checkpoint trails the stream by design (it waits for the settle window D, and comes every
+    """A checkpoint trails the stream by design (it waits for the allowed lateness L, and comes every
     ``checkpoint_every_seconds``): the sweep skips only once a shard's first unprocessed record is older
     than a gap past that lag."""
     now = int(time.time() * 1000)
     seed(aws_env, idle=10, open_trips=5, silent=5, now=now)
     settings, clients = aws_env.settings, aws_env.clients
-    limit_s = settings.trip_gap_seconds + settings.trip_settle_ms // 1000 + settings.checkpoint_every_seconds
-    assert skip_limit_ms(settings) == limit_s * 1000 == (300 + 300 + 60) * 1000  # the shipped defaults
+    limit_s = (
+        settings.trip_gap_seconds + settings.trip_lateness_ms // 1000 + settings.checkpoint_every_seconds
+    )
+    assert skip_limit_ms(settings) == limit_s * 1000 == (300 + 30 + 60) * 1000  # the shipped defaults
     create_lease_table(aws_env)
     for shard in clients.kinesis.list_shards(StreamName=settings.stream_name)["Shards"]:
         clients.dynamodb.put_item(
@@ -82,7 +86,39 @@ def test_the_sweep_does_nothing_while_a_shard_is_a_gap_behind_its_designed_lag(
     assert limit_s < fields["behindSeconds"] <= limit_s + 5
     assert clients.dynamodb.scan(TableName=settings.table_names["trip-state"])["Count"] == 5
     # More than a gap behind, but within what a consumer that keeps up shows (its checkpoint waits for
-    # the settle window): the sweep runs and completes them. (A gap alone skipped every healthy shard.)
-    within = now + (settings.trip_gap_seconds * 1000 + settings.trip_settle_ms)
+    # the allowed lateness): the sweep runs and completes them. (A gap alone skipped every healthy shard.)
+    within = now + (settings.trip_gap_seconds * 1000 + settings.trip_lateness_ms)
     report = sweep_orphans(settings, clients, now_ms=within)
     assert report.skipped is None and len(report.orphaned) == 5
+
+
+def test_silence_is_judged_by_the_newest_records_arrival_to_the_second(aws_env: AwsEnv) -> None:
+    """Issue 21, defect 5: a trip is silent ``idle`` after its newest record's arrival (``heardAt``), not
+    after its item's last write, and ``--idle-seconds N`` names a trip heard within the index's 5-minute
+    quantum. (Judged by ``lastUpdate``, a trip written at a checkpoint 60 s before its last record was cut a
+    minute early; and ``idleAfter`` = lastUpdate + 2 x gap hid any trip younger than the quantum.)"""
+    now = int(time.time() * 1000)
+    settings, clients = aws_env.settings, aws_env.clients
+    idle_ms = settings.trip_idle_ms
+    heard = now - idle_ms + 10_000  # heard 10 s short of the idle time; last written a minute before that
+    (item,) = seed_fleet(clients, settings.table_names, 0, 1, 0, now)
+    table = settings.table_names["trip-state"]
+    clients.dynamodb.update_item(
+        TableName=table,
+        Key={"pseudoVin": item["pseudoVin"]},
+        UpdateExpression="SET heardAt = :h, lastUpdate = :u, idleAfter = :i",
+        ExpressionAttributeValues={
+            ":h": {"N": str(heard)},
+            ":u": {"S": format_time(heard - 60_000)},
+            ":i": {"N": str(idle_after(heard))},
+        },
+    )
+    leases_caught_up(settings, clients)
+    assert sweep_orphans(settings, clients, now_ms=now).orphaned == []
+    assert len(sweep_orphans(settings, clients, now_ms=now + 10_000).orphaned) == 1
+
+    young = to_item(open_trip_item(pseudo_vin("young", 0), False, now))  # heard a minute ago
+    clients.dynamodb.put_item(TableName=table, Item=young)
+    assert sweep_orphans(settings, clients, now_ms=now, idle_ms=90_000).orphaned == []
+    report = sweep_orphans(settings, clients, now_ms=now, idle_ms=30_000)
+    assert len(report.orphaned) == 1 and young["pseudoVin"]["S"] in report.orphaned[0]

@@ -26,6 +26,7 @@ from processors.trips import (
     TripThresholds,
     VehicleTrips,
     complete,
+    step_of,
 )
 from schemas.dynamo import from_item
 from schemas.items import TripIndexItem
@@ -45,7 +46,7 @@ from tests.support.harness import (
 from tests.support.oracle import leaked, vins_in
 from worker.bootstrap import bootstrap
 from worker.sweep import sweep_orphans
-from worker.trip_commit import ARCHIVE_SAFE_MS, TripArchiver
+from worker.trip_commit import TripArchiver, archive_safe_ms
 from worker.wiring import trip_stores
 
 SEGMENT = 100
@@ -93,7 +94,9 @@ def clean_pass(records: Sequence[ShardRecord]) -> tuple[list[CompletedTrip], dic
     for record, raw, i in sorted(decoded, key=lambda d: (d[0].event_time_ms, d[1].data)):
         reading = KEY.reading(record, StreamPosition("shardId-0", str(i + 1), 0, raw.arrival_ms))
         machine.apply(
-            states.setdefault(reading.pseudo_vin, VehicleTrips(reading.pseudo_vin)), reading, effects
+            states.setdefault(reading.pseudo_vin, VehicleTrips(reading.pseudo_vin)),
+            step_of(reading, raw.data),
+            effects,
         )
         if (crumb := crumb_of(reading)) is not None:
             crumbs.setdefault(reading.pseudo_vin, []).append(crumb)
@@ -255,8 +258,8 @@ def test_a_trip_archived_after_its_trail_may_have_expired_is_archived_as_found_b
     lost = tail[len(tail) // 2]  # as if DynamoDB's TTL had taken it before the trip was archived
     delete_bucket(trip_env, lost)
     stores = trip_stores(trip_env.settings, trip_env.clients)
-    late = (first.completion_ms + ARCHIVE_SAFE_MS) / 1000
-    item = TripArchiver(stores.trail, stores.archive, clock=lambda: late).archive(first)
+    late = (first.completion_ms + archive_safe_ms(TripThresholds())) / 1000
+    item = TripArchiver(stores.trail, stores.archive, TripThresholds(), clock=lambda: late).archive(first)
     _, rows = archive(trip_env, item.s3Key)
     gone = {c.t_ms for c in decode_item(lost) if c.t_ms > sealed}  # what the sealed segment did not keep
     left = [c for c in crumbs[PV["1"]] if c.t_ms not in gone]
@@ -267,9 +270,11 @@ def test_a_trip_archived_after_its_trail_may_have_expired_is_archived_as_found_b
     assert alarm.fields == {  # type: ignore[attr-defined]
         "pseudoVin": PV["1"],
         "tripId": first.trip_id,
-        "lagSeconds": ARCHIVE_SAFE_MS // 1000,
+        "lagSeconds": archive_safe_ms(TripThresholds()) // 1000,
     }
-    on_time = TripArchiver(stores.trail, stores.archive, clock=lambda: first.completion_ms / 1000)
+    on_time = TripArchiver(
+        stores.trail, stores.archive, TripThresholds(), clock=lambda: first.completion_ms / 1000
+    )
     caplog.clear()
     assert on_time.archive(first) == item  # the same rows: nothing else changed
     assert not [r for r in caplog.records if r.levelname == "ERROR"]

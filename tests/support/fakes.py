@@ -17,10 +17,10 @@ from processors.dead_letter import DataKey, dead_letter_key
 from processors.errors import StaleTripState, UnwritableUpdate
 from processors.ports import Stores
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, is_vehicle
-from processors.signals import format_time, parse_time
+from processors.signals import format_time
 from processors.trail import BucketMerge, Crumb, bucket_of, decode_item, encode
 from processors.trail import outstanding as trail_outstanding
-from processors.trip_items import item_from_mark
+from processors.trip_items import earliest_start, item_from_mark
 from processors.vehicle_state import StateUpdate, outstanding, stored_value
 from schemas.dynamo import from_attribute, to_attribute
 from schemas.items import TripIndexItem, TripMarkItem, TripStateItem
@@ -64,10 +64,8 @@ class MemoryTripStore(_Failing):
             pv = item.pseudoVin
             current = self.items.get(pv)
             if expected_last_update is None:
-                starts = [parse_time(t.startTime) for t in item.outbox]
-                starts += [parse_time(item.startTime)] if item.startTime else []
                 mark = self.marks.get(pv)
-                if current is not None or (mark is not None and mark.hwm >= min(starts, default=0)):
+                if current is not None or (mark is not None and mark.hwm >= earliest_start(item)):
                     raise StaleTripState(pv, self._load([pv]).get(pv))
             elif current is None or current.lastUpdate != expected_last_update:
                 raise StaleTripState(pv, self._load([pv]).get(pv))

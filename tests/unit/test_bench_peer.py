@@ -13,7 +13,14 @@ from bench.naive import NaivePlanner
 from bench.workload import Fleet, Produced, late_records
 from processors.decode import DecodeLimits, Decoder
 from processors.pseudonymize import Pseudonymizer
-from processors.trips import CompletedTrip, TripEffects, TripStateMachine, TripThresholds, VehicleTrips
+from processors.trips import (
+    CompletedTrip,
+    TripEffects,
+    TripStateMachine,
+    TripThresholds,
+    VehicleTrips,
+    step_of,
+)
 from schemas.dynamo import Item
 from schemas.records import StreamPosition, TelemetryRecord
 from tests.fixtures.build import TRIP_GAP_SECONDS
@@ -32,7 +39,7 @@ def test_the_naive_peer_completes_the_same_trips_as_ours() -> None:
     naive_trips: list[CompletedTrip] = []
     for record, position in zip(records, positions, strict=True):
         decoded, pseudo_vin = naive.decode(record.data)
-        writes = naive.plan(decoded, pseudo_vin, stored.get(pseudo_vin), position)
+        writes = naive.plan(decoded, pseudo_vin, stored.get(pseudo_vin), position, record.data)
         if writes.trip_state is not None:
             stored[pseudo_vin] = writes.trip_state
         naive_trips += writes.completed
@@ -43,7 +50,9 @@ def test_the_naive_peer_completes_the_same_trips_as_ours() -> None:
     for record, position in zip(records, positions, strict=True):
         reading = pseudonymizer.reading(decoder.decode(record.data, record.arrival_ms), position)
         machine.apply(
-            states.setdefault(reading.pseudo_vin, VehicleTrips(reading.pseudo_vin)), reading, effects
+            states.setdefault(reading.pseudo_vin, VehicleTrips(reading.pseudo_vin)),
+            step_of(reading, record.data),
+            effects,
         )
 
     assert len(effects.completed) >= 4

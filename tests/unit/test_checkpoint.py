@@ -7,7 +7,6 @@ from schemas.records import StreamPosition
 from worker.checkpoint import CheckpointPolicy, LeaseLost, checkpoint
 from worker.retry import Retrier
 
-POLICY = CheckpointPolicy(every_seconds=60)
 POSITION = StreamPosition("shardId-000000000000", "4900000000000000000001", 0, 0)
 
 
@@ -15,7 +14,11 @@ POSITION = StreamPosition("shardId-000000000000", "4900000000000000000001", 0, 0
 def test_the_policy_is_time_only(now: float, due: bool) -> None:
     # No record count, no idle trigger: each checkpoint first writes the trip-state of every vehicle whose
     # mark moved, so only the clock may decide how often that is paid.
-    assert POLICY.due(now=now, last_checkpoint_at=0.0) is due
+    policy = CheckpointPolicy(every_seconds=60)
+    assert not policy.due(0.0)  # the first call starts its clock
+    assert policy.due(now) is due
+    policy.done(now)
+    assert not policy.due(now + 59.9) and policy.due(now + 60.0)
 
 
 class ScriptedCheckpointer:

@@ -68,18 +68,25 @@ def test_the_pseudonym_key_is_never_rendered(monkeypatch: pytest.MonkeyPatch) ->
     assert "super-secret-key" not in str(settings.model_dump())
 
 
-def test_the_settle_window_defaults_to_the_gap_and_the_flush_lead_to_a_poll(
+def test_lateness_progress_idle_and_the_flush_lead_default_as_documented(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key in ("FLEET_TRIP_SETTLE_SECONDS", "FLEET_KCL_IDLE_TIME_BETWEEN_READS_MILLIS"):
+    for key in (
+        "FLEET_TRIP_LATENESS_SECONDS",
+        "FLEET_TRIP_PROGRESS_SECONDS",
+        "FLEET_TRIP_IDLE_SECONDS",
+        "FLEET_KCL_IDLE_TIME_BETWEEN_READS_MILLIS",
+    ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("FLEET_TRIP_GAP_SECONDS", "420")
     settings = Settings()
-    assert settings.trip_settle_ms == 420_000
+    assert settings.trip_lateness_ms == 30_000 and settings.trip_progress_ms == 10_000
+    assert settings.trip_idle_ms == 840_000  # twice the gap
     assert settings.state_max_delay_ms == 1800 and settings.trail_max_delay_ms == 15_000
     assert settings.state_flush_lead_ms == 250 + settings.state_write_margin_ms
-    monkeypatch.setenv("FLEET_TRIP_SETTLE_SECONDS", "60")
-    assert Settings().trip_settle_ms == 60_000
+    monkeypatch.setenv("FLEET_TRIP_LATENESS_SECONDS", "60")
+    monkeypatch.setenv("FLEET_TRIP_IDLE_SECONDS", "900")
+    assert Settings().trip_lateness_ms == 60_000 and Settings().trip_idle_ms == 900_000
 
 
 def test_every_table_has_a_setting() -> None:

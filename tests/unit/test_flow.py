@@ -16,12 +16,12 @@ import orjson
 import pytest
 
 from devtools.settings import settings_from
-from processors.batch import TripPlanner
 from processors.errors import StaleTripState, TransientError
 from processors.pseudonymize import Pseudonymizer
 from processors.signals import format_time
 from processors.trip_items import MARK_VERSION
-from processors.trips import TripStateMachine, TripThresholds, VehicleTripPlan
+from processors.trip_planner import TripPlanner
+from processors.trips import TripStateMachine, TripThresholds, VehicleTripPlan, step_of
 from processors.vehicle_state import named_item
 from schemas.items import TripStateItem
 from schemas.records import KinesisRecord, StreamPosition, VehicleReading
@@ -35,7 +35,7 @@ from worker.record_processor import EXIT_BATCH_FAILED, FleetRecordProcessor
 from worker.replay import StreamEntry
 from worker.retry import TRIP_REPLANS, Retrier
 from worker.sweep import sweep
-from worker.trip_commit import Replanned, TripArchiver, TripCommitter, commit_until_settled
+from worker.trip_commit import Replanned, TripArchiver, TripCommitter, commit_with_replans
 from worker.wiring import TripStores
 
 SHARD = "shardId-000000000000"
@@ -64,11 +64,11 @@ def kinesis(records: Sequence[ShardRecord]) -> list[KinesisRecord]:
 
 
 def run(pipeline: Pipeline, records: Sequence[ShardRecord], size: int = 150) -> list[BatchOutcome]:
-    """The batches, then what the end of the shard does: the settle buffer drained into the machine and
-    everything pending written (counted in the last outcome)."""
+    """The batches, a caught-up empty poll (the stream clock passes every record: all settle), then what
+    the end of the shard does: everything pending written (counted in the last outcome)."""
     outcomes = [pipeline.process(kinesis(batch)) for batch in batches(records, size)]
-    pipeline.end_of_shard()
-    flushed = pipeline.flush(int(time.time() * 1000), everything=True)
+    outcomes.append(pipeline.process([], int(time.time() * 1000), caught_up=True))
+    flushed = pipeline.end_of_shard(int(time.time() * 1000), lambda _position: None)
     last = outcomes[-1]
     outcomes[-1] = replace(
         last,
@@ -94,7 +94,7 @@ def test_a_clean_pass_archives_every_completed_trip_once_and_reports_it(settings
     assert archived >= 4 and archived == len(stores.archive.index)
     assert all(i.s3Key in stores.archive.objects for i in stores.archive.index.values())
     assert not any(item.outbox for item in stores.trips.items.values())
-    assert outcomes[-1].last_position == kinesis(records[-1:])[0].position
+    assert outcomes[-2].last_position == kinesis(records[-1:])[0].position  # the last poll was empty
     assert sum(o.applied for o in outcomes) == len(records)
     assert len(stores.vault.vins) == len(stores.vehicle_state.items) == 5
 
@@ -112,8 +112,8 @@ def test_a_record_the_store_refuses_is_dead_lettered_and_the_rest_applied(
         ]
     )
     with caplog.at_level(logging.WARNING):
-        (outcome,) = run(Pipeline(settings, stores, KEY, NO_SLEEP), records)
-    assert (outcome.records, outcome.applied, outcome.dead_letters) == (3, 3, 1)
+        outcomes = run(Pipeline(settings, stores, KEY, NO_SLEEP), records)
+    assert (outcomes[0].records, outcomes[0].applied, sum(o.dead_letters for o in outcomes)) == (3, 3, 1)
     (letter,) = stores.dead_letters.letters.values()
     assert (letter.reason, letter.record.position.sequence_number) == (
         "unwritable",
@@ -149,26 +149,26 @@ def test_a_vehicle_another_writer_moved_is_replanned_on_top_of_its_state(
 
 
 def plan(pseudo_vin: str, version: str | None = None) -> VehicleTripPlan:
-    return VehicleTripPlan(pseudo_vin, [], [], 0, {}, version, write=True)
+    return VehicleTripPlan(pseudo_vin, [], [], 0, {}, True, version)
 
 
 def stale(pseudo_vin: str) -> StaleTripState:
     return StaleTripState(pseudo_vin, TripStateItem(pseudoVin=pseudo_vin, status="IDLE", lastUpdate="v2"))
 
 
-def test_contention_ends_unsettled_after_the_limits_rounds() -> None:
+def test_contention_ends_contended_after_the_limits_rounds() -> None:
     commits: list[str] = []
 
     def commit(p: VehicleTripPlan) -> tuple[str | None, int]:
         commits.append(p.pseudo_vin)
         raise stale(p.pseudo_vin)
 
-    settled = commit_until_settled([plan("a")], commit, lambda s: Replanned(plan(s.pseudo_vin, "v2")))
+    outcome = commit_with_replans([plan("a")], commit, lambda s: Replanned(plan(s.pseudo_vin, "v2")))
     assert commits == ["a"] * TRIP_REPLANS.rounds
-    assert [s.pseudo_vin for s in settled.unsettled] == ["a"]
+    assert [s.pseudo_vin for s in outcome.contended] == ["a"]
 
 
-def test_a_vehicle_not_ours_to_redo_is_left_unsettled_and_the_others_commit() -> None:
+def test_a_vehicle_not_ours_to_redo_is_left_contended_and_the_others_commit() -> None:
     committed: list[tuple[str, str | None]] = []
 
     def commit(p: VehicleTripPlan) -> tuple[str | None, int]:
@@ -176,11 +176,11 @@ def test_a_vehicle_not_ours_to_redo_is_left_unsettled_and_the_others_commit() ->
             raise stale("a")
         return "v1", 1
 
-    settled = commit_until_settled(
+    commits = commit_with_replans(
         [plan("a"), plan("b")], commit, lambda s: None, on_committed=lambda pv, v: committed.append((pv, v))
     )
-    assert (settled.versions, settled.requests, committed) == ({"b": "v1"}, 1, [("b", "v1")])
-    assert [s.pseudo_vin for s in settled.unsettled] == ["a"]
+    assert (commits.versions, commits.requests, committed) == ({"b": "v1"}, 1, [("b", "v1")])
+    assert [s.pseudo_vin for s in commits.contended] == ["a"]
 
 
 def test_a_failure_is_raised_only_after_every_commit_of_the_round_ended() -> None:
@@ -193,7 +193,7 @@ def test_a_failure_is_raised_only_after_every_commit_of_the_round_ended() -> Non
         return "v1", 1
 
     with pytest.raises(TransientError):
-        commit_until_settled([plan("a"), plan("b")], commit, lambda s: None)
+        commit_with_replans([plan("a"), plan("b")], commit, lambda s: None)
     assert commits == ["a", "b"]
 
 
@@ -339,9 +339,10 @@ def test_an_old_idle_item_is_read_as_the_mark_and_deleted_by_the_next_archival()
         )
         for s, v in ((5, 30.0), (20, 30.0), (21, 0.0), (90, 0.0))
     ]
-    plan = planner.plan(pv, readings)
+    planner.consume(pv, [step_of(r, r.position.sequence_number.encode()) for r in readings])
+    plan = planner.plan_for(pv)
     assert [t.start_time_ms for t in plan.outbox] == [t0 + 20_000]  # not from the record under the mark
-    TripCommitter(store, TripArchiver(trail, archive)).commit(plan)
+    TripCommitter(store, TripArchiver(trail, archive, TripThresholds(gap_ms=60_000))).commit(plan)
     assert store.items == {}
     assert store.marks[pv].hwm == t0 + 90_000 and store.marks[pv].recent == [
         [t0 + 20_000, t0 + 21_000, t0 + 90_000, (t0 + 20_000) // 1000]
@@ -372,7 +373,9 @@ def test_a_record_arriving_after_its_trip_was_archived_is_counted_and_logged_not
     deliver(processor, [], checkpointer)  # everything settles: the trip completes and is archived
     ((key, body),) = stores.archive.objects.items()
     ((pv, trip_id), index) = next(iter(stores.archive.index.items()))
-    completion = t0 + (20 + TRIP_GAP_SECONDS) * 1000 + 500  # R: the arrival of the completing record
+    # R: the stream clock when the exact machine consumed the completing record (20 + gap): once the
+    # vehicle had sent a record the allowed lateness (30 s) later, at second 20 + gap + 31.
+    completion = t0 + (20 + TRIP_GAP_SECONDS + 31) * 1000 + 500
     assert index.breadcrumbCount == 21
 
     late = at(7, 30.0, arrival_ms=completion + 4000, n=1000)  # recorded mid-trip, arrives after R
@@ -401,12 +404,14 @@ def test_a_record_arriving_after_its_trip_was_archived_is_counted_and_logged_not
     assert any(c.t_ms == t0 + 7000 for c in stores.trail.read(pv, t0, t0 + 20_000))
 
 
-def test_a_record_arriving_after_the_completing_record_is_counted_even_while_that_one_settles(
+def test_a_record_received_while_the_completing_record_settles_is_in_the_archive(
     processor_on: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The record that completes the trip (R = its arrival) has arrived but still waits in the settle
-    buffer when a record of the trip arrives: the trip is not among the vehicle's ``recent`` yet, so the
-    record is held as a straggler and counted once the machine completes the trip."""
+    """The record that completes the trip has arrived but waits for the allowed lateness when a record of
+    the trip arrives, far behind: it is late for the machine, but it was received before the machine
+    consumed the completing record, so it arrived by R (the stream clock then) and its crumb is one of the
+    archive's rows: not counted, not lost. A record of a sealed segment received after the seal is counted
+    with the open trip's id."""
     t0 = 1_741_185_000_000  # 2025-03-05T14:30:00Z
 
     def at(second: int, speed: float, arrival_ms: int | None = None, n: int = 0) -> ShardRecord:
@@ -416,8 +421,7 @@ def test_a_record_arriving_after_the_completing_record_is_counted_even_while_tha
 
     completing = 20 + TRIP_GAP_SECONDS
     drive = [at(s, 30.0 if s < 20 else 0.0, n=s) for s in range(completing + 1)]
-    completion = drive[-1].arrival_ms
-    late = at(7, 30.0, arrival_ms=completion + 2000, n=1000)
+    late = at(7, 30.0, arrival_ms=drive[-1].arrival_ms + 2000, n=1000)
     stores = memory_stores()
     processor, checkpointer = processor_on(stores), Checkpointer()
     with caplog.at_level(logging.INFO):
@@ -425,9 +429,8 @@ def test_a_record_arriving_after_the_completing_record_is_counted_even_while_tha
         assert not stores.archive.index  # the completing record is still settling
         deliver(processor, [], checkpointer)
     ((pv, trip_id),) = stores.archive.index
-    (line,) = [r for r in caplog.records if r.getMessage() == "late_after_archive"]
-    assert (line.fields["pseudoVin"], line.fields["tripId"]) == (pv, trip_id)  # type: ignore[attr-defined]
-    assert line.fields["arrival"] == format_time(completion + 2000)  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.getMessage() == "late_after_archive"]
     documents = [r.emf for r in caplog.records if hasattr(r, "emf")]
-    assert sum(d["LateAfterArchive"] for d in documents) == 1
-    assert stores.archive.index[(pv, trip_id)].breadcrumbCount == 21  # without the late record
+    assert sum(d["LateAfterArchive"] for d in documents) == 0
+    assert sum(d["LateForMachine"] for d in documents) == 1
+    assert stores.archive.index[(pv, trip_id)].breadcrumbCount == 21  # the late record's crumb: a resend

@@ -14,6 +14,7 @@ from processors.pseudonymize import (
     is_vehicle,
     key_fingerprint,
 )
+from processors.trips import TripThresholds
 from tests.support.fakes import memory_stores
 from worker.executor import PlanExecutor
 from worker.trip_commit import Replanned
@@ -86,13 +87,13 @@ def sightings(count: int, first: int = 0) -> dict[str, str]:
 def test_a_restarted_executor_encrypts_only_vehicles_new_to_the_vault() -> None:
     stores = memory_stores()
     fleet = sightings(1000)
-    first = PlanExecutor(stores, pool_size=4)
+    first = PlanExecutor(stores, 4, TripThresholds())
     first.write_now(WritePlan(sightings=dict(fleet)))
     first.close()
     assert stores.vault.encrypts == 1000 and stores.vault.vins == {pv: vin for pv, vin in fleet.items()}
 
     stores.vault.encrypts = stores.vault.reads = 0
-    restarted = PlanExecutor(stores, pool_size=4)  # a new process: it has seen nothing yet
+    restarted = PlanExecutor(stores, 4, TripThresholds())  # a new process: it has seen nothing yet
     grown = {**fleet, **sightings(1010, first=1000)}
     for _ in range(2):  # the second batch: every vehicle now seen by this executor, no read at all
         restarted.write_now(WritePlan(sightings=dict(grown)))

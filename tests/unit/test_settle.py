@@ -1,5 +1,5 @@
-"""Settled, event-ordered consumption (issue 17): the trip machine's transitions are a function of the
-record set, whatever the stream order within the settle window, resends, or crash-and-redeliver."""
+"""Settled, event-ordered consumption (issues 17, 21): the exact trip machine's transitions are a function
+of the record set, whatever the stream order within the allowed lateness, resends, or crash-and-redeliver."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.batch import TripPlanner
-from processors.settle import MachineInput, SettleBuffer
-from processors.trip_items import state_fields
-from processors.trips import TripEffects, TripStateMachine, TripThresholds, VehicleTrips
+from processors.settle import Pending, SettleBuffer
+from processors.trip_items import item_fields
+from processors.trip_planner import TripPlanner
+from processors.trips import Step, TripEffects, TripStateMachine, TripThresholds, VehicleTrips, record_key
 from schemas.items import TripStateItem
-from schemas.records import Location, StreamPosition, VehicleReading
+from schemas.records import StreamPosition
 
 SHARD = "shardId-000000000000"
 T0 = 1_741_185_121_000
 GAP_MS = 300_000
-D_MS = GAP_MS  # FLEET_TRIP_SETTLE_SECONDS defaults to the gap
+L_MS = 30_000  # FLEET_TRIP_LATENESS_SECONDS's default
 VEHICLES = ("a" * 32, "b" * 32)
 
 
@@ -29,53 +29,91 @@ def position(index: int, arrival_ms: int) -> StreamPosition:
     return StreamPosition(SHARD, str(index + 1), 0, arrival_ms)
 
 
-def item(n: int, t: int, a: int, vehicle: str = "v") -> MachineInput[str]:
-    return MachineInput(t, a, b"%d" % n, position(n, a), f"{vehicle}{n}")
+def step(n: int, t: int, a: int, speed: float | None = None, located: bool = False) -> Step:
+    return Step(t, b"%07d" % n, a, speed, located, False)
+
+
+def item(n: int, t: int, a: int) -> Pending:
+    return Pending(step(n, t, a), position(n, a))
+
+
+def names(settled: dict[str, list[Step]]) -> dict[str, list[bytes]]:
+    return {pv: [s.key for s in steps] for pv, steps in settled.items()}
 
 
 # --- the buffer's rule, by example -------------------------------------------------------------------
 
 
-def test_an_input_settles_by_event_time_when_its_vehicle_sent_something_d_later() -> None:
-    buffer: SettleBuffer[str] = SettleBuffer(settle_ms=10)
+def test_a_step_settles_by_event_time_when_its_vehicle_sent_something_l_later() -> None:
+    buffer = SettleBuffer(lateness_ms=10)
     buffer.add("v", item(0, t=100, a=100))
     buffer.add("v", item(1, t=105, a=101))
     assert buffer.advance() == {}
     buffer.add("v", item(2, t=111, a=102))  # 100 + 10 < 111: 100 settles; 105 + 10 is not < 111
-    assert {pv: [i.value for i in inputs] for pv, inputs in buffer.advance().items()} == {"v": ["v0"]}
-    assert buffer.oldest() is not None and buffer.oldest().value == "v1"  # type: ignore[union-attr]
+    assert names(buffer.advance()) == {"v": [b"0000000"]}
+    oldest = buffer.oldest()
+    assert oldest is not None and oldest.step.key == b"0000001"
 
 
-def test_an_input_settles_by_arrival_and_takes_every_earlier_input_of_its_vehicle() -> None:
-    buffer: SettleBuffer[str] = SettleBuffer(settle_ms=10)
+def test_a_step_settles_by_arrival_and_takes_every_earlier_step_of_its_vehicle() -> None:
+    buffer = SettleBuffer(lateness_ms=10)
     buffer.add("v", item(0, t=50, a=100))
     buffer.add("v", item(1, t=40, a=105))  # earlier in event time, arrived later
-    buffer.add("w", item(2, t=60, a=106, vehicle="w"))
+    buffer.add("w", item(2, t=60, a=106))
     assert buffer.advance() == {}
     settled = buffer.advance(clock_ms=111)  # 100 + 10 < 111: t=50 settles, and t=40 with it
-    assert {pv: [i.value for i in inputs] for pv, inputs in settled.items()} == {"v": ["v1", "v0"]}
+    assert names(settled) == {"v": [b"0000001", b"0000000"]}
     assert len(buffer) == 1 and buffer.oldest() is not None
-    assert buffer.drain("w")[0].value == "w2" and buffer.oldest() is None
+    assert [p.step.key for p in buffer.take("w")] == [b"0000002"] and buffer.oldest() is None
 
 
-def test_equal_times_are_consumed_together_in_byte_order() -> None:
-    buffer: SettleBuffer[str] = SettleBuffer(settle_ms=10)
-    buffer.add("v", MachineInput(100, 100, b"z", position(0, 100), "z"))
-    buffer.add("v", MachineInput(100, 101, b"a", position(1, 101), "a"))
-    buffer.add("v", MachineInput(100, 102, b"m", position(2, 102), "m"))
-    assert [i.value for i in buffer.drain_all()["v"]] == ["a", "m", "z"]
+def test_one_instant_is_consumed_together_in_key_order() -> None:
+    buffer = SettleBuffer(lateness_ms=10)
+    for n, key in enumerate((b"z", b"a", b"m")):
+        buffer.add("v", Pending(Step(100, key, 100 + n, None, False, False), position(n, 100 + n)))
+    assert [p.step.key for p in buffer.pending("v")] == [b"a", b"m", b"z"]
+    assert [s.key for s in buffer.advance(clock_ms=200)["v"]] == [b"a", b"m", b"z"]
+
+
+def test_a_held_step_holds_no_checkpoint_back() -> None:
+    """A step handed over by a parent shard is durable in trip-state: the checkpoint need not wait for it."""
+    buffer = SettleBuffer(lateness_ms=10)
+    buffer.add("v", Pending(step(0, t=100, a=100)))
+    assert buffer.oldest() is None and len(buffer) == 1
+    buffer.add("v", item(1, t=101, a=150))
+    oldest = buffer.oldest()
+    assert oldest is not None and oldest.step.key == b"0000001"
 
 
 def test_a_record_at_or_below_the_mark_is_late_for_the_machine() -> None:
-    planner = TripPlanner(TripStateMachine(TripThresholds(gap_ms=GAP_MS)), settle_ms=D_MS)
+    planner = TripPlanner(TripStateMachine(TripThresholds(gap_ms=GAP_MS)), lateness_ms=L_MS)
     planner.adopt("v", None)
-    moving = VehicleReading("v", T0, {"vehicleSpeed": 30.0}, position(0, T0))
-    assert planner.receive(moving, b"m", None)
-    planner.tick(T0 + D_MS + 1)  # settled: the trip starts, the mark is T0
-    assert planner.pending("v").trip is not None
-    again = VehicleReading("v", T0, {"vehicleSpeed": 30.0}, position(1, T0 + D_MS + 2))
-    assert not planner.receive(again, b"m", position(0, T0))
+    moving = Step(T0, record_key(b"m"), T0, 30.0, False, False)
+    assert planner.receive("v", moving, position(0, T0), None)
+    assert planner.live("v").trip is not None and planner.exact("v").trip is None  # live at once
+    planner.tick(T0 + L_MS + 1)  # settled: the exact trip starts, the mark is (T0, key)
+    assert planner.exact("v").trip is not None
+    again = Step(T0, record_key(b"m"), T0 + L_MS + 2, 30.0, False, False)
+    assert not planner.receive("v", again, position(1, T0 + L_MS + 2), position(0, T0))
     assert planner.late_for_machine == 1 and planner.unsettled == 0
+    other = Step(T0, record_key(b"another record of that instant"), T0 + L_MS + 3, 30.0, True, False)
+    assert planner.receive("v", other, position(2, T0 + L_MS + 3), position(1, T0 + L_MS + 2))
+
+
+def test_a_record_more_than_l_behind_its_vehicle_is_late_even_after_a_restart() -> None:
+    """Defect 4: a parked vehicle's moving record 30 h late starts no trip, with or without the idle
+    records before it consumed (the mark does not move for idle records)."""
+    planner = TripPlanner(TripStateMachine(TripThresholds(gap_ms=GAP_MS)), lateness_ms=L_MS)
+    planner.adopt("v", None)
+    for n in range(5):
+        planner.receive(
+            "v", step(n, T0 + n * 1000, T0 + n * 1000, 0.0, True), position(n, T0 + n * 1000), None
+        )
+    late = step(9, T0 - 30 * 3600_000, T0 + 5000, 40.0, True)
+    assert not planner.receive("v", late, position(9, T0 + 5000), None)
+    planner.tick(T0 + 10 * L_MS)
+    assert planner.live("v").trip is None and planner.exact("v").trip is None
+    assert planner.late_for_machine == 1
 
 
 # --- the property ---------------------------------------------------------------------------------------
@@ -89,9 +127,14 @@ class RecordingMachine(TripStateMachine):
         self.transitions: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         self.completed: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
 
-    def apply(self, state: VehicleTrips, reading: VehicleReading, effects: TripEffects) -> None:
+    def apply(
+        self, state: VehicleTrips, step: Step, effects: TripEffects, clock_ms: int | None = None
+    ) -> None:
+        if clock_ms is None:  # the live view's run, or the reference's: not the exact machine's
+            super().apply(state, step, effects, clock_ms)
+            return
         before, done = shape(state), len(effects.completed)
-        super().apply(state, reading, effects)
+        super().apply(state, step, effects, clock_ms)
         if shape(state) != before:
             self.transitions[state.pseudo_vin].append(shape(state))
         for trip in effects.completed[done:]:
@@ -113,16 +156,11 @@ class Sent:
     speed: float | None
     located: bool
 
-    def signals(self) -> dict[str, Any]:
-        signals: dict[str, Any] = {}
-        if self.speed is not None:
-            signals["vehicleSpeed"] = self.speed
-        if self.located:
-            signals["location"] = Location(39.7, -104.9)
-        return signals
-
     def key(self) -> bytes:
-        return orjson.dumps([self.speed, self.located])
+        return record_key(orjson.dumps([self.speed, self.located]))
+
+    def step(self) -> Step:
+        return Step(self.t_ms, self.key(), self.a_ms, self.speed, self.located, False)
 
 
 speeds = st.sampled_from([0.0, 1.0, 3.0, 5.5, 20.0, 60.0]) | st.none()
@@ -130,7 +168,7 @@ speeds = st.sampled_from([0.0, 1.0, 3.0, 5.5, 20.0, 60.0]) | st.none()
 
 @st.composite
 def streams(draw: st.DrawFn) -> tuple[list[Sent], int]:
-    """Every vehicle's records, each arriving within D of its event time; stream order = arrival order;
+    """Every vehicle's records, each arriving within L of its event time; stream order = arrival order;
     plus resends (a record sent again, any time later). Returns (stream, number of resends)."""
     sent: list[Sent] = []
     for pseudo_vin in VEHICLES:
@@ -142,12 +180,12 @@ def streams(draw: st.DrawFn) -> tuple[list[Sent], int]:
             )
         ):
             t += dt * 1000
-            jitter = draw(st.integers(0, D_MS - 1))
+            jitter = draw(st.integers(0, L_MS - 1))
             sent.append(Sent(pseudo_vin, t, t + jitter, speed, located))
     originals = len(sent)
     for index in draw(st.lists(st.integers(0, max(originals - 1, 0)), max_size=5)) if sent else []:
         record = sent[index]
-        delay = draw(st.integers(0, 3 * D_MS))
+        delay = draw(st.integers(0, 3 * L_MS))
         sent.append(Sent(record.pseudo_vin, record.t_ms, record.a_ms + delay, record.speed, record.located))
     order = draw(st.permutations(range(len(sent))))
     rank = {i: r for r, i in enumerate(order)}  # ties in arrival: any order
@@ -157,20 +195,20 @@ def streams(draw: st.DrawFn) -> tuple[list[Sent], int]:
 
 @dataclass
 class Consumer:
-    """The record processor's trip path, without I/O: a durable trip-state per vehicle written on
-    transitions and at checkpoints, a checkpoint at the settle watermark, crashes that redeliver."""
+    """The record processor's trip path, without I/O: a durable trip-state per vehicle written when due
+    and at checkpoints, a checkpoint at the settle watermark, crashes that redeliver."""
 
     machine: RecordingMachine
     durable: dict[str, TripStateItem] = field(default_factory=dict)
     late: int = 0
 
     def new_planner(self) -> TripPlanner:
-        return TripPlanner(self.machine, settle_ms=D_MS)
+        return TripPlanner(self.machine, lateness_ms=L_MS)
 
-    def write(self, planner: TripPlanner, *, everything: bool) -> None:
-        for plan in planner.due(everything=everything):
-            self.durable[plan.pseudo_vin] = TripStateItem(**plan.state, lastUpdate="x")
-            planner.committed(plan.pseudo_vin, "x")
+    def write(self, planner: TripPlanner, now_ms: int, *, everything: bool) -> None:
+        for plan in planner.due(now_ms, everything=everything):
+            self.durable[plan.pseudo_vin] = TripStateItem(**plan.fields, lastUpdate="x")
+            planner.committed(plan.pseudo_vin, "x", now_ms)
 
 
 @settings(max_examples=400, deadline=None)
@@ -187,9 +225,8 @@ def test_any_order_within_the_window_resends_and_redeliveries_give_the_in_order_
             {s for s in stream if s.pseudo_vin == pseudo_vin}, key=lambda s: (s.t_ms, s.key(), s.a_ms)
         )
         for s in ordered:
-            reading = VehicleReading(pseudo_vin, s.t_ms, s.signals(), position(0, s.a_ms))
-            reference.apply(state, reading, effects)
-        finals[pseudo_vin] = stored(TripStateItem(**state_fields(state), lastUpdate="x"))
+            reference.apply(state, s.step(), effects, s.a_ms)
+        finals[pseudo_vin] = stored(TripStateItem(**item_fields(pseudo_vin, state), lastUpdate="x"))
 
     consumer = Consumer(RecordingMachine())
     planner = consumer.new_planner()
@@ -198,31 +235,41 @@ def test_any_order_within_the_window_resends_and_redeliveries_give_the_in_order_
         s = stream[index]
         if planner.unknown([s.pseudo_vin]):
             planner.adopt(s.pseudo_vin, consumer.durable.get(s.pseudo_vin))
-        reading = VehicleReading(s.pseudo_vin, s.t_ms, s.signals(), position(index, s.a_ms))
         previous = position(index - 1, stream[index - 1].a_ms) if index else None
-        planner.receive(reading, s.key(), previous)
-        consumer.write(planner, everything=False)  # transitions are written at once
+        planner.receive(s.pseudo_vin, s.step(), position(index, s.a_ms), previous)
+        consumer.write(planner, s.a_ms, everything=False)  # what is due is written at once
         index += 1
         action = data.draw(st.sampled_from(["next", "next", "checkpoint", "crash"]))
         if action == "checkpoint":
-            consumer.write(planner, everything=True)
+            consumer.write(planner, s.a_ms, everything=True)
             oldest = planner.oldest()
-            restart_at = int(oldest.position.sequence_number) - 1 if oldest else index
+            restart_at = int(oldest.position.sequence_number) - 1 if oldest and oldest.position else index
         elif action == "crash" and crashes < 3:
             crashes += 1
             consumer.late += planner.late_for_machine
             planner, index = consumer.new_planner(), restart_at
-    planner.drain()  # SHARD_END
-    consumer.write(planner, everything=True)
+    end = max((s.a_ms for s in stream), default=T0) + L_MS + 1
+    planner.tick(end)  # the stream's clock moves past every record: everything settles
+    consumer.write(planner, end, everything=True)
     consumer.late += planner.late_for_machine
 
-    assert dict(consumer.machine.completed) == dict(reference.completed)
-    assert dict(consumer.machine.transitions) == dict(reference.transitions)
-    empty = TripStateItem(**state_fields(VehicleTrips("")), lastUpdate="x")
+    # A crash replays what the exact machine consumed since its last durable write (transitions other
+    # than completions are written at the checkpoint): each happens again, in the same order.
+    assert once(consumer.machine.completed) == once(reference.completed)
+    assert once(consumer.machine.transitions) == once(reference.transitions)
+    empty = TripStateItem(**item_fields("", VehicleTrips("")), lastUpdate="x")
     assert {pv: stored(consumer.durable.get(pv, empty)) for pv in VEHICLES} == finals
     if not resends and not crashes:
         assert consumer.late == 0
 
 
+def once(seen: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
+    return {pv: list(dict.fromkeys(items)) for pv, items in seen.items()}
+
+
 def stored(item: TripStateItem) -> dict[str, Any]:
-    return item.model_dump(exclude={"lastUpdate", "pseudoVin", "outbox"})
+    """The machine as stored, but for completion points (the stream clock at consumption: arrival times
+    decide them)."""
+    machine: dict[str, Any] = item.model_dump(include={"machine"})["machine"]
+    machine["r"] = [r[:2] + r[3:] for r in machine["r"]]
+    return machine

@@ -12,16 +12,18 @@ from hypothesis import strategies as st
 
 from processors.archive import archive_trip, read_gzip_json
 from processors.trail import Crumb, crumb_of
-from processors.trip_items import state_fields, state_from_item
+from processors.trip_items import item_fields, state_from_item
 from processors.trips import (
     CompletedTrip,
     EndReason,
+    Step,
     TripEffects,
     TripStateMachine,
     TripStatus,
     TripThresholds,
     VehicleTrips,
     complete,
+    step_of,
     trip_id,
 )
 from schemas.items import TripIndexItem, TripStateItem
@@ -54,7 +56,7 @@ class Run:
 
     def feed(self, *readings: VehicleReading, machine: TripStateMachine = MACHINE) -> Run:
         for reading in readings:
-            machine.apply(self.state, reading, self.effects)
+            machine.apply(self.state, step(reading), self.effects)
         return self
 
     def status(self) -> TripStatus:
@@ -64,6 +66,15 @@ class Run:
     def count(self) -> int:
         assert self.state.trip is not None
         return self.state.trip.breadcrumb_count
+
+
+def step(reading: VehicleReading) -> Step:
+    """Each reading is its own record: its bytes are its sequence number."""
+    return step_of(reading, reading.position.sequence_number.encode())
+
+
+def state_fields(state: VehicleTrips) -> dict[str, Any]:
+    return item_fields(PV, state)
 
 
 def crumbs_of(readings: list[VehicleReading]) -> list[Crumb]:
@@ -108,7 +119,9 @@ def test_trip_ids_carry_the_whole_pseudo_vin_and_never_repeat_within_a_vehicle()
     ]
     assert [r[0] for r in run.state.recent] == [T0, T0 + 300]
     # The bump survives persistence: the last id's second is part of the state.
-    stored = state_from_item(TripStateItem(**state_fields(run.state), lastUpdate="2026-01-01T00:00:00.000Z"))
+    stored = state_from_item(TripStateItem(**state_fields(run.state), lastUpdate="2026-01-01T00:00:00.000Z"))[
+        0
+    ]
     assert stored == run.state and stored.last_trip_second == T0 // 1000 + 2
 
 
@@ -178,9 +191,10 @@ def test_the_completing_record_may_start_the_next_trip() -> None:
 
 
 def test_duplicates_and_late_records_change_nothing() -> None:
-    run = Run().feed(at(0, 30), at(2, 31))
+    first, second = at(0, 30), at(2, 31)
+    run = Run().feed(first, second)
     before = (state_fields(run.state), list(run.effects.completed), list(run.effects.seals))
-    run.feed(at(2, 31), at(1, 99), at(0, 30))
+    run.feed(second, at(1, 99), first)  # redeliveries (the same bytes) and a record below the mark
     assert (state_fields(run.state), run.effects.completed, run.effects.seals) == before
 
 
@@ -254,7 +268,7 @@ def test_what_a_vehicle_reports_is_learned_from_its_trips_and_persisted_with_the
     moving = Run().feed(at(0, 30, batteryLevel=80), at(1, 0), at(400, 0))
     assert moving.state.trip is None and moving.state.reports_battery_level
     item = TripStateItem(**state_fields(moving.state), lastUpdate="x")
-    assert state_from_item(item).reports_battery_level
+    assert state_from_item(item)[0].reports_battery_level
 
 
 def test_long_trips_seal_segments_of_fixed_size() -> None:
@@ -302,14 +316,14 @@ def test_persisted_state_round_trips_exactly() -> None:
     run = Run().feed(at(0, 30, batteryLevel=80.5, heading=1, odometer=5.25), at(7.5, 0), at(9, 3))
     assert run.state.reports_battery_level
     item = TripStateItem(**state_fields(run.state), lastUpdate="2026-01-01T00:00:00.000Z")
-    assert state_from_item(TripStateItem.model_validate(item.model_dump())) == run.state
+    assert state_from_item(TripStateItem.model_validate(item.model_dump()))[0] == run.state
 
 
 def test_a_redelivered_record_at_or_below_the_mark_changes_nothing() -> None:
     moving, idle = at(70, 30), at(100, 0)  # consumed in event order (processors.settle)
     clean = Run().feed(moving, idle)
     assert clean.status() is TripStatus.ENDING
-    persisted = state_from_item(TripStateItem(**state_fields(clean.state), lastUpdate="x"))
+    persisted = state_from_item(TripStateItem(**state_fields(clean.state), lastUpdate="x"))[0]
     redelivered = Run(state=persisted).feed(moving, idle)  # a crash before the checkpoint
     assert state_fields(redelivered.state) == state_fields(clean.state)
     assert not redelivered.effects.changed and redelivered.effects.completed == []
@@ -361,9 +375,9 @@ def test_redelivery_batching_and_crashes_yield_the_effects_of_one_clean_pass(
     while position < len(readings):
         size = data.draw(st.integers(1, 8))
         batch = readings[position : position + size]
-        state = state_from_item(stored) if stored else VehicleTrips(PV)
+        state = state_from_item(stored)[0] if stored else VehicleTrips(PV)
         for reading in batch:
-            machine.apply(state, reading, out)
+            machine.apply(state, step(reading), out)
         crash_before_persist = crashes < 3 and data.draw(st.booleans())
         if crash_before_persist:
             crashes += 1
@@ -377,7 +391,7 @@ def test_redelivery_batching_and_crashes_yield_the_effects_of_one_clean_pass(
             crashes += 1
             position = checkpoint  # state persisted beyond the checkpoint: redelivery is a no-op
 
-    final = state_from_item(stored) if stored else VehicleTrips(PV)
+    final = state_from_item(stored)[0] if stored else VehicleTrips(PV)
     assert state_fields(final) == state_fields(clean.state)
     assert effects_of(out.completed) == effects_of(clean.effects.completed)
     assert set(out.seals) == set(clean.effects.seals)

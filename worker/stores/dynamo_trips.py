@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 from botocore.exceptions import ClientError
 
 from processors.errors import StaleTripState
-from processors.signals import parse_time
-from processors.trip_items import item_from_mark
+from processors.trip_items import earliest_start, item_from_mark
 from schemas.dynamo import from_item, to_item
 from schemas.items import TripMarkItem, TripStateItem
 from worker.aws import aws_error_code
@@ -110,9 +109,6 @@ class DynamoTripStore:
             raise StaleTripState(item.pseudoVin, current) from None
 
     def _create(self, item: TripStateItem) -> None:
-        starts = [parse_time(t.startTime) for t in item.outbox]
-        if item.startTime is not None:
-            starts.append(parse_time(item.startTime))
         key = {"pseudoVin": {"S": item.pseudoVin}}
         try:
             self._dynamodb.transact_write_items(
@@ -122,7 +118,7 @@ class DynamoTripStore:
                             "TableName": self.vin_table,
                             "Key": key,
                             "ConditionExpression": "attribute_not_exists(m) OR m.hwm < :start",
-                            "ExpressionAttributeValues": {":start": {"N": str(min(starts, default=0))}},
+                            "ExpressionAttributeValues": {":start": {"N": str(earliest_start(item))}},
                         }
                     },
                     {
