@@ -330,35 +330,6 @@ def chunks(remainder: Remainder, size: int = CHUNK_SLOTS) -> list[Remainder]:
     ]
 
 
-def update_request(table: str, pseudo_vin: str, bucket: int, remainder: Remainder) -> dict[str, Any]:
-    """The UpdateItem of one chunk: ``SET #k = :c`` per slot, each guarded ``attribute_not_exists(#k) OR
-    #k <= :c`` (the greatest string wins), ``expiresAt`` a guarded max-register; the stored item comes back
-    when a guard fails (``ALL_OLD``), for ``outstanding``."""
-    names: dict[str, str] = {}
-    values: dict[str, Any] = {}
-    sets: list[str] = []
-    guards: list[str] = []
-    for i, (slot, value) in enumerate(remainder.slots.items()):
-        names[f"#k{i}"], values[f":c{i}"] = slot, {"S": value}
-        sets.append(f"#k{i} = :c{i}")
-        guards.append(f"(attribute_not_exists(#k{i}) OR #k{i} <= :c{i})")
-    if remainder.expires_at is not None:
-        values[":e"] = {"N": str(remainder.expires_at)}
-        sets.append("expiresAt = :e")
-        guards.append("(attribute_not_exists(expiresAt) OR expiresAt <= :e)")
-    request: dict[str, Any] = {
-        "TableName": table,
-        "Key": {"pseudoVin": {"S": pseudo_vin}, "bucket": {"N": str(bucket)}},
-        "UpdateExpression": "SET " + ", ".join(sets),
-        "ConditionExpression": " AND ".join(guards),
-        "ExpressionAttributeValues": values,
-        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-    }
-    if names:
-        request["ExpressionAttributeNames"] = names
-    return request
-
-
 def remainder_outstanding(
     remainder: Remainder, pseudo_vin: str, bucket: int, stored_item: Mapping[str, Any] | None
 ) -> Remainder | None:

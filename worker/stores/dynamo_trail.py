@@ -1,7 +1,8 @@
 """``DynamoTrail``: the ``TrailStore`` port on the ``live-breadcrumbs`` table (packed 15 s buckets).
 
-The requests are built by ``processors.trail`` (pure, guards included); this module sends one UpdateItem per
-bucket chunk and, when a guard fails, re-sends only what still beats the stored item
+``processors.trail`` decides what to write (pure: the merges, their chunks, the remainder after a failed
+guard); this module alone turns it into DynamoDB expressions (``update_request``). It sends one UpdateItem
+per bucket chunk and, when a guard fails, re-sends only what still beats the stored item
 (``retry.TRAIL_ROUNDS``). A read-modify-write was rejected: an extra read per write, a version race per
 bucket, and two owners of one vehicle would ping-pong.
 """
@@ -26,7 +27,6 @@ from processors.trail import (
     remainder_of,
     remainder_outstanding,
     trail_points,
-    update_request,
 )
 from schemas.dynamo import AttributeValue, from_item
 from worker.aws import aws_error_code
@@ -108,6 +108,35 @@ class DynamoTrail:
         the price; the map tolerates a second), expired crumbs filtered against ``now_ms``."""
         crumbs = self.read(pseudo_vin, from_ms, to_ms, consistent=consistent)
         return trail_points(crumbs, from_ms, to_ms, now_ms, fill_forward=fill_forward)
+
+
+def update_request(table: str, pseudo_vin: str, bucket: int, remainder: Remainder) -> dict[str, Any]:
+    """The UpdateItem of one chunk: ``SET #k = :c`` per slot, each guarded ``attribute_not_exists(#k) OR
+    #k <= :c`` (the greatest string wins), ``expiresAt`` a guarded max-register; the stored item comes back
+    when a guard fails (``ALL_OLD``), for ``outstanding``."""
+    names: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    sets: list[str] = []
+    guards: list[str] = []
+    for i, (slot, value) in enumerate(remainder.slots.items()):
+        names[f"#k{i}"], values[f":c{i}"] = slot, {"S": value}
+        sets.append(f"#k{i} = :c{i}")
+        guards.append(f"(attribute_not_exists(#k{i}) OR #k{i} <= :c{i})")
+    if remainder.expires_at is not None:
+        values[":e"] = {"N": str(remainder.expires_at)}
+        sets.append("expiresAt = :e")
+        guards.append("(attribute_not_exists(expiresAt) OR expiresAt <= :e)")
+    request: dict[str, Any] = {
+        "TableName": table,
+        "Key": {"pseudoVin": {"S": pseudo_vin}, "bucket": {"N": str(bucket)}},
+        "UpdateExpression": "SET " + ", ".join(sets),
+        "ConditionExpression": " AND ".join(guards),
+        "ExpressionAttributeValues": values,
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
+    if names:
+        request["ExpressionAttributeNames"] = names
+    return request
 
 
 def _order(crumb: Crumb) -> tuple[int, str]:
