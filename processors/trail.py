@@ -13,10 +13,15 @@ attribute per 10 ms slot: name ``str((t - bucket*1000) // 10)``, value
 ``f"{t % 10}{999999999 - delay_s:09d}{lat},{lng},{speed},{heading},{odometer},{batteryLevel},{soc}"``
 (numbers in their shortest round-trip form, absent fields empty, trailing commas trimmed).
 
-**Merge rule = max**: a slot keeps the greatest string ever written to it; ``expiresAt`` is a max-register
-(max arrival s + 24 h). Commutative, associative, idempotent: the item is a function of the record set,
-whatever the order, writer or batching. A Tesla resend of one sample wins with its *earlier* arrival
-(larger inverted delay); two samples in one 10 ms slot resolve by the ms digit, then content.
+**Merge rule = join** (a semilattice: commutative, associative, idempotent): a slot holds the join of every
+crumb written to it, so the item is a function of the record *set*, whatever the order, writer, batching or
+redelivery. ``join(a, b)``: the crumb of the greater event time if they differ (two instants in one 10 ms
+slot: the later ms wins whole; the ms digit leads the value, so that is a string comparison); for one
+instant, field by field: a field one lacks takes the other's value, two different values the max (the
+location is one field, the (lat, lng) pair: one record's latitude is never paired with another's
+longitude), and the earliest arrival (the larger inverted delay). A gateway that splits one instant over two
+records (location in one, speed in the other), or a resend with another field subset, loses nothing.
+``expiresAt`` is a max-register (max arrival s + 24 h).
 """
 
 from __future__ import annotations
@@ -143,6 +148,60 @@ def decode(bucket: int, slot: str, value: str) -> Crumb:
     return Crumb(t, (t // 1000 + delay) * 1000, lat, lng, speed, heading, odometer, battery, soc)
 
 
+_ANY_SLOT = (0, "0")
+"""Where ``join_value`` decodes a value: a slot value's fields and its arrival relative to its own second do
+not depend on the bucket or slot it is in."""
+
+
+def _join_number(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def _pair_order(pair: tuple[float | None, float | None]) -> tuple[tuple[bool, float], ...]:
+    return tuple((v is not None, 0.0 if v is None else v) for v in pair)
+
+
+def join(a: Crumb, b: Crumb) -> Crumb:
+    """The least crumb holding both (see the module docstring): the later instant's if ``t`` differs, else
+    the union of their fields (the max where both have one; location as one pair) at the earlier arrival."""
+    if a.t_ms != b.t_ms:
+        return a if a.t_ms > b.t_ms else b
+    if a == b:
+        return a
+    location_a, location_b = (a.lat, a.lng), (b.lat, b.lng)
+    if location_a == (None, None):
+        lat, lng = location_b
+    elif location_b == (None, None):
+        lat, lng = location_a
+    else:
+        lat, lng = max(location_a, location_b, key=_pair_order)
+    return Crumb(
+        a.t_ms,
+        min(a.arrival_ms, b.arrival_ms),
+        lat,
+        lng,
+        _join_number(a.vehicle_speed, b.vehicle_speed),
+        _join_number(a.heading, b.heading),
+        _join_number(a.odometer, b.odometer),
+        _join_number(a.battery_level, b.battery_level),
+        _join_number(a.soc, b.soc),
+    )
+
+
+def join_value(a: str, b: str) -> str:
+    """``join`` of two values of one slot, encoded: ``encode(join(a, b))``. Equal values, and two instants
+    (their leading ms digits differ), need no decoding."""
+    if a == b:
+        return a
+    if a[0] != b[0]:
+        return max(a, b)
+    return encode(join(decode(*_ANY_SLOT, a), decode(*_ANY_SLOT, b)))
+
+
 def decode_item(item: Mapping[str, Any]) -> list[Crumb]:
     """Every crumb of a stored bucket item (plain values, as ``schemas.dynamo.from_item`` gives)."""
     bucket = int(item["bucket"])
@@ -155,7 +214,7 @@ def decode_item(item: Mapping[str, Any]) -> list[Crumb]:
 
 @dataclass(frozen=True, slots=True)
 class BucketMerge:
-    """Slots to max-merge into one bucket item, and the ``expiresAt`` it must reach at least."""
+    """Slots to join into one bucket item, and the ``expiresAt`` it must reach at least."""
 
     pseudo_vin: str
     bucket: int
@@ -164,27 +223,31 @@ class BucketMerge:
 
 
 def pack(pseudo_vin: str, crumbs: Iterable[Crumb]) -> list[BucketMerge]:
-    """One merge per bucket, slots max-merged: the same for any order or duplication of ``crumbs``."""
-    slots: dict[int, dict[str, str]] = {}
+    """One merge per bucket, each slot the join of its crumbs: the same for any order or duplication of
+    ``crumbs``."""
+    joined: dict[int, dict[str, Crumb]] = {}
     expires: dict[int, int] = {}
     for crumb in crumbs:
         bucket = bucket_of(crumb.t_ms)
-        bucket_slots = slots.setdefault(bucket, {})
-        name, value = slot_of(crumb.t_ms), encode(crumb)
-        if value > bucket_slots.get(name, ""):
-            bucket_slots[name] = value
+        bucket_slots = joined.setdefault(bucket, {})
+        name = slot_of(crumb.t_ms)
+        held = bucket_slots.get(name)
+        bucket_slots[name] = crumb if held is None else join(held, crumb)
         expires[bucket] = max(expires.get(bucket, 0), crumb.arrival_s + TRAIL_TTL_SECONDS)
-    return [BucketMerge(pseudo_vin, b, slots[b], expires[b]) for b in sorted(slots)]
+    return [
+        BucketMerge(pseudo_vin, b, {name: encode(c) for name, c in joined[b].items()}, expires[b])
+        for b in sorted(joined)
+    ]
 
 
 def combine(a: BucketMerge, b: BucketMerge) -> BucketMerge:
-    """Both merges as one (same vehicle and bucket): slot max, ``expires_at`` max."""
+    """Both merges as one (same vehicle and bucket): slots joined, ``expires_at`` max."""
     if (a.pseudo_vin, a.bucket) != (b.pseudo_vin, b.bucket):
         raise ValueError("combine needs merges of the same bucket")
     slots = dict(a.slots)
     for name, value in b.slots.items():
-        if value > slots.get(name, ""):
-            slots[name] = value
+        held = slots.get(name)
+        slots[name] = value if held is None else join_value(held, value)
     return replace(a, slots=slots, expires_at=max(a.expires_at, b.expires_at))
 
 
@@ -210,21 +273,21 @@ def outstanding(merge: BucketMerge, stored_item: Mapping[str, Any] | None) -> Re
 
 
 def _canonical(crumbs: Iterable[Crumb]) -> list[tuple[Crumb, str]]:
-    """The crumbs as the store would hold them (slot max), sorted by (t, encoded value)."""
-    best: dict[tuple[int, str], tuple[Crumb, str]] = {}
+    """The crumbs as the store would hold them (one per slot, the join of its crumbs), sorted by
+    (t, encoded value)."""
+    joined: dict[tuple[int, str], Crumb] = {}
     for crumb in crumbs:
-        key, value = (bucket_of(crumb.t_ms), slot_of(crumb.t_ms)), encode(crumb)
-        held = best.get(key)
-        if held is None or value > held[1]:
-            best[key] = (crumb, value)
-    return sorted(best.values(), key=lambda pair: (pair[0].t_ms, pair[1]))
+        key = (bucket_of(crumb.t_ms), slot_of(crumb.t_ms))
+        held = joined.get(key)
+        joined[key] = crumb if held is None else join(held, crumb)
+    return sorted(((c, encode(c)) for c in joined.values()), key=lambda pair: (pair[0].t_ms, pair[1]))
 
 
 def trip_rows(crumbs: Iterable[Crumb], start_ms: int, end_ms: int, completion_ms: int) -> list[Crumb]:
     """A trip's rows: crumbs with ``start <= t <= end`` that arrived by its completion point R
-    (``arrival_s <= R//1000``) and were unexpired at R (``arrival_s + 86400 > R//1000``), one per slot
-    (the max), sorted by (t, encoded value). Defined against R, never the wall clock: a re-archive reads
-    the same rows."""
+    (``arrival_s <= R//1000``) and were unexpired at R (``arrival_s + 86400 > R//1000``), one per slot (the
+    join of its crumbs, as the store holds it), sorted by (t, encoded value). Defined against R, never the
+    wall clock: a re-archive reads the same rows."""
     r = completion_ms // 1000
     return [
         crumb
