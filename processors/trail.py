@@ -1,8 +1,8 @@
 """The trail: every accepted record with a trail field, packed into 15 s buckets of ``live-breadcrumbs``.
 
-Pure: the crumb codec, packing into per-bucket merges, the retry remainder of a failed conditional merge,
-the selection of a trip's rows and the live map's points. The store is a port
-(``processors.ports.TrailStore``; ``worker/stores/dynamo_trail.py``).
+Pure: the crumb codec, the join, packing into per-bucket merges, the remainder of a failed conditional merge
+(what to compare-and-swap), the selection of a trip's rows and the live map's points. The store is a port
+(``processors.ports.TrailStore``; ``worker/stores/dynamo_trail.py`` builds its DynamoDB requests).
 
 **A crumb carries no trip label** (proposal §2.1, D3): its bytes are a function of the record alone, so two
 writers of the same record (a zombie, a redelivery, the live processor) write the same string, and trip
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -253,23 +253,37 @@ def combine(a: BucketMerge, b: BucketMerge) -> BucketMerge:
 
 @dataclass(frozen=True, slots=True)
 class Remainder:
-    """What of a merge still has to be written: slots that beat the stored ones, and ``expiresAt`` when it
-    raises the stored one (None: leave it)."""
+    """What of a merge still has to be written: per slot the value to store (``slots``) and, where the slot
+    already holds a value, that value (``expected``): the write swaps it only if the slot still holds it, so
+    a writer that raced ahead is never overwritten, only joined on the next round. A slot not in ``expected``
+    is written only if absent or already equal (a new slot, a rewrite). ``expires_at``: raise the stored
+    ``expiresAt`` to it (None: leave it)."""
 
     slots: Mapping[str, str]
     expires_at: int | None
+    expected: Mapping[str, str] = field(default_factory=dict)
 
 
 def outstanding(merge: BucketMerge, stored_item: Mapping[str, Any] | None) -> Remainder | None:
-    """After a failed conditional merge: only what still beats ``stored_item`` (plain values, the
-    ``ALL_OLD`` item), or None when the stored item already reflects the whole merge."""
+    """After a failed conditional merge, from ``stored_item`` (plain values, the ``ALL_OLD`` item): each
+    slot the stored value does not already cover (``join(stored, ours) != stored``) to be swapped for that
+    join, each absent slot to be written as ours; None when the stored item covers the whole merge."""
     stored = stored_item or {}
-    slots = {name: value for name, value in merge.slots.items() if value > str(stored.get(name, ""))}
+    slots: dict[str, str] = {}
+    expected: dict[str, str] = {}
+    for name, value in merge.slots.items():
+        held = stored.get(name)
+        if held is None:
+            slots[name] = value
+            continue
+        joined = join_value(str(held), value)
+        if joined != held:
+            slots[name], expected[name] = joined, str(held)
     current = stored.get("expiresAt")
     expires = merge.expires_at if current is None or int(current) < merge.expires_at else None
     if not slots and expires is None:
         return None
-    return Remainder(slots, expires)
+    return Remainder(slots, expires, expected)
 
 
 def _canonical(crumbs: Iterable[Crumb]) -> list[tuple[Crumb, str]]:
@@ -373,11 +387,13 @@ def from_segment_rows(rows: Iterable[list[Any]]) -> list[Crumb]:
 
 
 CHUNK_SLOTS = 60
-"""Slots per UpdateItem: 4 operators and <= 50 condition characters a slot keep a chunk (with the
-``expiresAt`` clauses) within DynamoDB's 300 operators and 4 KB per expression."""
+"""Slots per UpdateItem: the first round's guard, ``(attribute_not_exists(#k) OR #k = :c) AND``, is 4
+operators and <= 50 characters a slot (a compare-and-swap, ``#k = :s AND``, 2 and <= 20), which keeps a chunk
+(with the ``expiresAt`` clauses) within DynamoDB's 300 operators and 4 KB per expression."""
 
 
 def remainder_of(merge: BucketMerge) -> Remainder:
+    """A merge's first round: every slot written if absent or already equal."""
     return Remainder(merge.slots, merge.expires_at)
 
 
@@ -387,18 +403,23 @@ def chunks(remainder: Remainder, size: int = CHUNK_SLOTS) -> list[Remainder]:
     names = sorted(remainder.slots, key=int)
     if not names:
         return [remainder]
-    return [
-        Remainder({n: remainder.slots[n] for n in names[i : i + size]}, remainder.expires_at)
-        for i in range(0, len(names), size)
-    ]
+    parts = []
+    for i in range(0, len(names), size):
+        part = names[i : i + size]
+        slots = {n: remainder.slots[n] for n in part}
+        expected = {n: remainder.expected[n] for n in part if n in remainder.expected}
+        parts.append(Remainder(slots, remainder.expires_at, expected))
+    return parts
 
 
 def remainder_outstanding(
     remainder: Remainder, pseudo_vin: str, bucket: int, stored_item: Mapping[str, Any] | None
 ) -> Remainder | None:
-    """``outstanding`` of a chunk (its ``expiresAt`` may already be dropped)."""
+    """``outstanding`` of a chunk whose guard failed (its ``expiresAt`` may already be dropped). Its values
+    are joins of real records (ours and what was stored), so joining them into the newer stored item again
+    is still the join of the record set: the expected values of the failed round are simply replaced."""
     merge = BucketMerge(pseudo_vin, bucket, remainder.slots, remainder.expires_at or 0)
     left = outstanding(merge, stored_item)
     if left is None or remainder.expires_at is not None:
         return left
-    return None if not left.slots else Remainder(left.slots, None)
+    return None if not left.slots else Remainder(left.slots, None, left.expected)

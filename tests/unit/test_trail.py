@@ -37,11 +37,14 @@ from processors.trail import (
     join_value,
     outstanding,
     pack,
+    remainder_of,
+    remainder_outstanding,
     slot_of,
     trail_points,
     trip_rows,
 )
 from schemas.records import Location, StreamPosition, VehicleReading
+from worker.retry import TRAIL_ROUNDS
 
 PV = "0123456789abcdef0123456789abcdef"
 T0 = 1_741_183_200_000  # 2025-03-05T14:00:00Z, a bucket boundary
@@ -275,21 +278,100 @@ def test_a_crumb_carries_no_trip_label_two_writers_of_one_record_write_the_same_
 # --- the conditional write's remainder -----------------------------------------------------------------
 
 
-def test_outstanding_keeps_only_what_still_beats_the_stored_item() -> None:
-    merge = BucketMerge(PV, T0 // 1000, {"1": "5", "2": "5", "3": "5"}, 200)
-    stored = {"pseudoVin": PV, "bucket": T0 // 1000, "1": "9", "2": "5", "expiresAt": 300}
-    assert outstanding(merge, stored) == Remainder({"3": "5"}, None)
-    assert outstanding(merge, {**stored, "3": "6"}) is None
-    assert outstanding(merge, {**stored, "expiresAt": 100}) == Remainder({"3": "5"}, 200)
-    assert outstanding(merge, None) == Remainder(merge.slots, 200)
+def test_outstanding_swaps_each_slot_the_stored_item_does_not_cover_for_the_join() -> None:
+    located = record(T0 + 10, T0 + 2_000, location=Location(39.7, -104.9))
+    moving = record(T0 + 10, T0 + 1_000, vehicleSpeed=61.5)
+    both = join(located, moving)
+    new, same = record(T0 + 20, T0 + 1_000, soc=70), record(T0 + 30, T0 + 1_000, soc=71)
+    (merge,) = pack(PV, [moving, new, same])
+    stored = {
+        "pseudoVin": PV,
+        "bucket": merge.bucket,
+        "expiresAt": 10**10,
+        "1": encode(located),
+        "3": encode(same),
+    }
+    # "1" holds another record of the instant: swap it for the join, only if it still holds what we saw;
+    # "2" is absent: write ours if still absent (or equal); "3" already holds ours: done; expiresAt higher.
+    assert outstanding(merge, stored) == Remainder(
+        {"1": encode(both), "2": encode(new)}, None, {"1": encode(located)}
+    )
+    assert outstanding(merge, {**stored, "1": encode(both), "2": encode(new)}) is None  # covered: done
+    assert outstanding(merge, {**stored, "expiresAt": 100}) == Remainder(
+        {"1": encode(both), "2": encode(new)}, merge.expires_at, {"1": encode(located)}
+    )
+    assert outstanding(merge, None) == Remainder(merge.slots, merge.expires_at)
 
 
 def test_chunks_split_slots_and_each_raises_expires_at() -> None:
     merge = BucketMerge(PV, 0, {str(i): "x" for i in range(130)}, 7)
-    parts = chunks(Remainder(merge.slots, 7), 60)
+    parts = chunks(Remainder(merge.slots, 7, {"5": "w", "125": "v"}), 60)
     assert [len(p.slots) for p in parts] == [60, 60, 10]
     assert {p.expires_at for p in parts} == {7}
     assert {k for p in parts for k in p.slots} == set(merge.slots)
+    assert [dict(p.expected) for p in parts] == [{"5": "w"}, {}, {"125": "v"}]
+
+
+def guards_pass(pending: Remainder, item: dict[str, Any]) -> bool:
+    """DynamoDB's verdict on the condition ``DynamoTrail`` builds for ``pending`` (a model: the contract
+    suite checks the real one): a swap needs the value it saw, a plain write an absent or equal slot."""
+    for name, value in pending.slots.items():
+        held = item.get(name)
+        if name in pending.expected:
+            if held != pending.expected[name]:
+                return False
+        elif held not in (None, value):
+            return False
+    current = item.get("expiresAt")
+    return pending.expires_at is None or current is None or current <= pending.expires_at
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.lists(instants((*SPLIT_T, T0 + 1_250)), min_size=1, max_size=4), min_size=1, max_size=3),
+    st.lists(st.integers(0, 2), max_size=30),
+)
+def test_conditional_rounds_under_any_interleaving_converge_to_the_join_of_every_write(
+    writers: list[list[Crumb]], schedule: list[int]
+) -> None:
+    """Writers of one bucket take their conditional rounds (``outstanding`` after each failed guard) in any
+    interleaving: the item ends as if every crumb had been packed together, and a writer needs at most one
+    round per writer plus one (its own first guard may fail on what was stored before it; each later failure
+    is another writer's success, and each writer succeeds once), so ``TRAIL_ROUNDS`` covers three."""
+    item: dict[str, Any] = {"pseudoVin": PV, "bucket": bucket_of(T0)}
+    pending: list[Remainder | None] = []
+    for crumbs_ in writers:
+        (merge,) = pack(PV, crumbs_)
+        pending.append(remainder_of(merge))
+    rounds = [0] * len(writers)
+
+    def step(w: int) -> None:
+        left = pending[w]
+        if left is None:
+            return
+        rounds[w] += 1
+        if guards_pass(left, item):
+            item.update(left.slots)
+            if left.expires_at is not None:
+                item["expiresAt"] = left.expires_at
+            pending[w] = None
+        else:  # ALL_OLD: the item as the failed guard saw it
+            pending[w] = remainder_outstanding(left, PV, item["bucket"], dict(item))
+
+    for w in schedule:
+        step(w % len(writers))
+    for _ in range(len(writers) + 1):  # then round-robin: enough rounds for every writer to finish
+        for w in range(len(writers)):
+            step(w)
+    assert pending == [None] * len(writers)
+    (everything,) = pack(PV, [c for crumbs_ in writers for c in crumbs_])
+    assert {
+        k: v for k, v in item.items() if k not in ("pseudoVin", "bucket", "expiresAt")
+    } == everything.slots
+    assert item["expiresAt"] == everything.expires_at
+    assert max(rounds) <= len(writers) + 1
+    if len(writers) <= 3:
+        assert max(rounds) <= TRAIL_ROUNDS.rounds
 
 
 # --- size -----------------------------------------------------------------------------------------------
