@@ -166,8 +166,9 @@ def _pair_order(pair: tuple[float | None, float | None]) -> tuple[tuple[bool, fl
 
 
 def join(a: Crumb, b: Crumb) -> Crumb:
-    """The least crumb holding both (see the module docstring): the later instant's if ``t`` differs, else
-    the union of their fields (the max where both have one; location as one pair) at the earlier arrival."""
+    """The slot's merge of two crumbs (see the module docstring): the later instant whole if ``t`` differs,
+    else the union of their fields (the max where both have one; location as one pair) at the earlier
+    arrival."""
     if a.t_ms != b.t_ms:
         return a if a.t_ms > b.t_ms else b
     if a == b:
