@@ -27,7 +27,6 @@ from processors.batch import decode_batch
 from processors.decode import Decoder
 from processors.pseudonymize import Pseudonymizer
 from processors.trail import TRAIL_BUCKET_SECONDS, BucketMerge, chunks, combine, remainder_of
-from processors.trail import update_request as trail_request
 from processors.trip_items import next_last_update
 from processors.trip_planner import TripPlanner
 from processors.trips import TripStateMachine, VehicleTripPlan, step_of
@@ -37,6 +36,7 @@ from schemas.items import TripStateItem
 from schemas.records import KinesisRecord, StreamPosition
 from worker.config import Settings
 from worker.freshness import PendingState, TrailBuffer, VehicleStateBuffer
+from worker.stores.dynamo_trail import update_request as trail_request
 
 KEY = b"bench-key"
 

@@ -56,12 +56,14 @@ class TripStore(Protocol):
 
 
 class TrailStore(Protocol):
-    """``live-breadcrumbs``: per vehicle, 15 s buckets of crumbs (``processors.trail``), max-merged."""
+    """``live-breadcrumbs``: per vehicle, 15 s buckets of crumbs (``processors.trail``), each slot the join
+    of its crumbs."""
 
     def merge(self, merges: Sequence[BucketMerge]) -> int:
-        """Return only once every bucket holds, per slot, at least the merge's value (greatest string wins)
-        and an ``expiresAt`` at least the merge's. Idempotent, commutative: re-merging, in any order or by
-        any writer, changes nothing. Returns requests made."""
+        """Return only once every bucket holds, per slot, a value covering the merge's (``join(stored,
+        ours) == stored``: the join of both, under concurrent writers too) and an ``expiresAt`` at least the
+        merge's. Idempotent, commutative: re-merging, in any order or by any writer, changes nothing.
+        Returns requests made."""
         ...
 
     def read(self, pseudo_vin: str, from_ms: int, to_ms: int) -> list[Crumb]:

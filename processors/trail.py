@@ -1,8 +1,8 @@
 """The trail: every accepted record with a trail field, packed into 15 s buckets of ``live-breadcrumbs``.
 
-Pure: the crumb codec, packing into per-bucket merges, the retry remainder of a failed conditional merge,
-the selection of a trip's rows and the live map's points. The store is a port
-(``processors.ports.TrailStore``; ``worker/stores/dynamo_trail.py``).
+Pure: the crumb codec, the join, packing into per-bucket merges, the remainder of a failed conditional merge
+(what to compare-and-swap), the selection of a trip's rows and the live map's points. The store is a port
+(``processors.ports.TrailStore``; ``worker/stores/dynamo_trail.py`` builds its DynamoDB requests).
 
 **A crumb carries no trip label** (proposal §2.1, D3): its bytes are a function of the record alone, so two
 writers of the same record (a zombie, a redelivery, the live processor) write the same string, and trip
@@ -13,17 +13,22 @@ attribute per 10 ms slot: name ``str((t - bucket*1000) // 10)``, value
 ``f"{t % 10}{999999999 - delay_s:09d}{lat},{lng},{speed},{heading},{odometer},{batteryLevel},{soc}"``
 (numbers in their shortest round-trip form, absent fields empty, trailing commas trimmed).
 
-**Merge rule = max**: a slot keeps the greatest string ever written to it; ``expiresAt`` is a max-register
-(max arrival s + 24 h). Commutative, associative, idempotent: the item is a function of the record set,
-whatever the order, writer or batching. A Tesla resend of one sample wins with its *earlier* arrival
-(larger inverted delay); two samples in one 10 ms slot resolve by the ms digit, then content.
+**Merge rule = join** (a semilattice: commutative, associative, idempotent): a slot holds the join of every
+crumb written to it, so the item is a function of the record *set*, whatever the order, writer, batching or
+redelivery. ``join(a, b)``: the crumb of the greater event time if they differ (two instants in one 10 ms
+slot: the later ms wins whole; the ms digit leads the value, so that is a string comparison); for one
+instant, field by field: a field one lacks takes the other's value, two different values the max (the
+location is one field, the (lat, lng) pair: one record's latitude is never paired with another's
+longitude), and the earliest arrival (the larger inverted delay). A gateway that splits one instant over two
+records (location in one, speed in the other), or a resend with another field subset, loses nothing.
+``expiresAt`` is a max-register (max arrival s + 24 h).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -143,6 +148,61 @@ def decode(bucket: int, slot: str, value: str) -> Crumb:
     return Crumb(t, (t // 1000 + delay) * 1000, lat, lng, speed, heading, odometer, battery, soc)
 
 
+_ANY_SLOT = (0, "0")
+"""Where ``join_value`` decodes a value: a slot value's fields and its arrival relative to its own second do
+not depend on the bucket or slot it is in."""
+
+
+def _join_number(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def _pair_order(pair: tuple[float | None, float | None]) -> tuple[tuple[bool, float], ...]:
+    return tuple((v is not None, 0.0 if v is None else v) for v in pair)
+
+
+def join(a: Crumb, b: Crumb) -> Crumb:
+    """The slot's merge of two crumbs (see the module docstring): the later instant whole if ``t`` differs,
+    else the union of their fields (the max where both have one; location as one pair) at the earlier
+    arrival."""
+    if a.t_ms != b.t_ms:
+        return a if a.t_ms > b.t_ms else b
+    if a == b:
+        return a
+    location_a, location_b = (a.lat, a.lng), (b.lat, b.lng)
+    if location_a == (None, None):
+        lat, lng = location_b
+    elif location_b == (None, None):
+        lat, lng = location_a
+    else:
+        lat, lng = max(location_a, location_b, key=_pair_order)
+    return Crumb(
+        a.t_ms,
+        min(a.arrival_ms, b.arrival_ms),
+        lat,
+        lng,
+        _join_number(a.vehicle_speed, b.vehicle_speed),
+        _join_number(a.heading, b.heading),
+        _join_number(a.odometer, b.odometer),
+        _join_number(a.battery_level, b.battery_level),
+        _join_number(a.soc, b.soc),
+    )
+
+
+def join_value(a: str, b: str) -> str:
+    """``join`` of two values of one slot, encoded: ``encode(join(a, b))``. Equal values, and two instants
+    (their leading ms digits differ), need no decoding."""
+    if a == b:
+        return a
+    if a[0] != b[0]:
+        return max(a, b)
+    return encode(join(decode(*_ANY_SLOT, a), decode(*_ANY_SLOT, b)))
+
+
 def decode_item(item: Mapping[str, Any]) -> list[Crumb]:
     """Every crumb of a stored bucket item (plain values, as ``schemas.dynamo.from_item`` gives)."""
     bucket = int(item["bucket"])
@@ -155,7 +215,7 @@ def decode_item(item: Mapping[str, Any]) -> list[Crumb]:
 
 @dataclass(frozen=True, slots=True)
 class BucketMerge:
-    """Slots to max-merge into one bucket item, and the ``expiresAt`` it must reach at least."""
+    """Slots to join into one bucket item, and the ``expiresAt`` it must reach at least."""
 
     pseudo_vin: str
     bucket: int
@@ -164,67 +224,85 @@ class BucketMerge:
 
 
 def pack(pseudo_vin: str, crumbs: Iterable[Crumb]) -> list[BucketMerge]:
-    """One merge per bucket, slots max-merged: the same for any order or duplication of ``crumbs``."""
-    slots: dict[int, dict[str, str]] = {}
+    """One merge per bucket, each slot the join of its crumbs: the same for any order or duplication of
+    ``crumbs``."""
+    joined: dict[int, dict[str, Crumb]] = {}
     expires: dict[int, int] = {}
     for crumb in crumbs:
         bucket = bucket_of(crumb.t_ms)
-        bucket_slots = slots.setdefault(bucket, {})
-        name, value = slot_of(crumb.t_ms), encode(crumb)
-        if value > bucket_slots.get(name, ""):
-            bucket_slots[name] = value
+        bucket_slots = joined.setdefault(bucket, {})
+        name = slot_of(crumb.t_ms)
+        held = bucket_slots.get(name)
+        bucket_slots[name] = crumb if held is None else join(held, crumb)
         expires[bucket] = max(expires.get(bucket, 0), crumb.arrival_s + TRAIL_TTL_SECONDS)
-    return [BucketMerge(pseudo_vin, b, slots[b], expires[b]) for b in sorted(slots)]
+    return [
+        BucketMerge(pseudo_vin, b, {name: encode(c) for name, c in joined[b].items()}, expires[b])
+        for b in sorted(joined)
+    ]
 
 
 def combine(a: BucketMerge, b: BucketMerge) -> BucketMerge:
-    """Both merges as one (same vehicle and bucket): slot max, ``expires_at`` max."""
+    """Both merges as one (same vehicle and bucket): slots joined, ``expires_at`` max."""
     if (a.pseudo_vin, a.bucket) != (b.pseudo_vin, b.bucket):
         raise ValueError("combine needs merges of the same bucket")
     slots = dict(a.slots)
     for name, value in b.slots.items():
-        if value > slots.get(name, ""):
-            slots[name] = value
+        held = slots.get(name)
+        slots[name] = value if held is None else join_value(held, value)
     return replace(a, slots=slots, expires_at=max(a.expires_at, b.expires_at))
 
 
 @dataclass(frozen=True, slots=True)
 class Remainder:
-    """What of a merge still has to be written: slots that beat the stored ones, and ``expiresAt`` when it
-    raises the stored one (None: leave it)."""
+    """What of a merge still has to be written: per slot the value to store (``slots``) and, where the slot
+    already holds a value, that value (``expected``): the write swaps it only if the slot still holds it, so
+    a writer that raced ahead is never overwritten, only joined on the next round. A slot not in ``expected``
+    is written only if absent or already equal (a new slot, a rewrite). ``expires_at``: raise the stored
+    ``expiresAt`` to it (None: leave it)."""
 
     slots: Mapping[str, str]
     expires_at: int | None
+    expected: Mapping[str, str] = field(default_factory=dict)
 
 
 def outstanding(merge: BucketMerge, stored_item: Mapping[str, Any] | None) -> Remainder | None:
-    """After a failed conditional merge: only what still beats ``stored_item`` (plain values, the
-    ``ALL_OLD`` item), or None when the stored item already reflects the whole merge."""
+    """After a failed conditional merge, from ``stored_item`` (plain values, the ``ALL_OLD`` item): each
+    slot the stored value does not already cover (``join(stored, ours) != stored``) to be swapped for that
+    join, each absent slot to be written as ours; None when the stored item covers the whole merge."""
     stored = stored_item or {}
-    slots = {name: value for name, value in merge.slots.items() if value > str(stored.get(name, ""))}
+    slots: dict[str, str] = {}
+    expected: dict[str, str] = {}
+    for name, value in merge.slots.items():
+        held = stored.get(name)
+        if held is None:
+            slots[name] = value
+            continue
+        joined = join_value(str(held), value)
+        if joined != held:
+            slots[name], expected[name] = joined, str(held)
     current = stored.get("expiresAt")
     expires = merge.expires_at if current is None or int(current) < merge.expires_at else None
     if not slots and expires is None:
         return None
-    return Remainder(slots, expires)
+    return Remainder(slots, expires, expected)
 
 
 def _canonical(crumbs: Iterable[Crumb]) -> list[tuple[Crumb, str]]:
-    """The crumbs as the store would hold them (slot max), sorted by (t, encoded value)."""
-    best: dict[tuple[int, str], tuple[Crumb, str]] = {}
+    """The crumbs as the store would hold them (one per slot, the join of its crumbs), sorted by
+    (t, encoded value)."""
+    joined: dict[tuple[int, str], Crumb] = {}
     for crumb in crumbs:
-        key, value = (bucket_of(crumb.t_ms), slot_of(crumb.t_ms)), encode(crumb)
-        held = best.get(key)
-        if held is None or value > held[1]:
-            best[key] = (crumb, value)
-    return sorted(best.values(), key=lambda pair: (pair[0].t_ms, pair[1]))
+        key = (bucket_of(crumb.t_ms), slot_of(crumb.t_ms))
+        held = joined.get(key)
+        joined[key] = crumb if held is None else join(held, crumb)
+    return sorted(((c, encode(c)) for c in joined.values()), key=lambda pair: (pair[0].t_ms, pair[1]))
 
 
 def trip_rows(crumbs: Iterable[Crumb], start_ms: int, end_ms: int, completion_ms: int) -> list[Crumb]:
     """A trip's rows: crumbs with ``start <= t <= end`` that arrived by its completion point R
-    (``arrival_s <= R//1000``) and were unexpired at R (``arrival_s + 86400 > R//1000``), one per slot
-    (the max), sorted by (t, encoded value). Defined against R, never the wall clock: a re-archive reads
-    the same rows."""
+    (``arrival_s <= R//1000``) and were unexpired at R (``arrival_s + 86400 > R//1000``), one per slot (the
+    join of its crumbs, as the store holds it), sorted by (t, encoded value). Defined against R, never the
+    wall clock: a re-archive reads the same rows."""
     r = completion_ms // 1000
     return [
         crumb
@@ -310,11 +388,13 @@ def from_segment_rows(rows: Iterable[list[Any]]) -> list[Crumb]:
 
 
 CHUNK_SLOTS = 60
-"""Slots per UpdateItem: 4 operators and <= 50 condition characters a slot keep a chunk (with the
-``expiresAt`` clauses) within DynamoDB's 300 operators and 4 KB per expression."""
+"""Slots per UpdateItem: the first round's guard, ``(attribute_not_exists(#k) OR #k = :c) AND``, is 4
+operators and <= 50 characters a slot (a compare-and-swap, ``#k = :s AND``, 2 and <= 20), which keeps a chunk
+(with the ``expiresAt`` clauses) within DynamoDB's 300 operators and 4 KB per expression."""
 
 
 def remainder_of(merge: BucketMerge) -> Remainder:
+    """A merge's first round: every slot written if absent or already equal."""
     return Remainder(merge.slots, merge.expires_at)
 
 
@@ -324,47 +404,23 @@ def chunks(remainder: Remainder, size: int = CHUNK_SLOTS) -> list[Remainder]:
     names = sorted(remainder.slots, key=int)
     if not names:
         return [remainder]
-    return [
-        Remainder({n: remainder.slots[n] for n in names[i : i + size]}, remainder.expires_at)
-        for i in range(0, len(names), size)
-    ]
-
-
-def update_request(table: str, pseudo_vin: str, bucket: int, remainder: Remainder) -> dict[str, Any]:
-    """The UpdateItem of one chunk: ``SET #k = :c`` per slot, each guarded ``attribute_not_exists(#k) OR
-    #k <= :c`` (the greatest string wins), ``expiresAt`` a guarded max-register; the stored item comes back
-    when a guard fails (``ALL_OLD``), for ``outstanding``."""
-    names: dict[str, str] = {}
-    values: dict[str, Any] = {}
-    sets: list[str] = []
-    guards: list[str] = []
-    for i, (slot, value) in enumerate(remainder.slots.items()):
-        names[f"#k{i}"], values[f":c{i}"] = slot, {"S": value}
-        sets.append(f"#k{i} = :c{i}")
-        guards.append(f"(attribute_not_exists(#k{i}) OR #k{i} <= :c{i})")
-    if remainder.expires_at is not None:
-        values[":e"] = {"N": str(remainder.expires_at)}
-        sets.append("expiresAt = :e")
-        guards.append("(attribute_not_exists(expiresAt) OR expiresAt <= :e)")
-    request: dict[str, Any] = {
-        "TableName": table,
-        "Key": {"pseudoVin": {"S": pseudo_vin}, "bucket": {"N": str(bucket)}},
-        "UpdateExpression": "SET " + ", ".join(sets),
-        "ConditionExpression": " AND ".join(guards),
-        "ExpressionAttributeValues": values,
-        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-    }
-    if names:
-        request["ExpressionAttributeNames"] = names
-    return request
+    parts = []
+    for i in range(0, len(names), size):
+        part = names[i : i + size]
+        slots = {n: remainder.slots[n] for n in part}
+        expected = {n: remainder.expected[n] for n in part if n in remainder.expected}
+        parts.append(Remainder(slots, remainder.expires_at, expected))
+    return parts
 
 
 def remainder_outstanding(
     remainder: Remainder, pseudo_vin: str, bucket: int, stored_item: Mapping[str, Any] | None
 ) -> Remainder | None:
-    """``outstanding`` of a chunk (its ``expiresAt`` may already be dropped)."""
+    """``outstanding`` of a chunk whose guard failed (its ``expiresAt`` may already be dropped). Its values
+    are joins of real records (ours and what was stored), so joining them into the newer stored item again
+    is still the join of the record set: the expected values of the failed round are simply replaced."""
     merge = BucketMerge(pseudo_vin, bucket, remainder.slots, remainder.expires_at or 0)
     left = outstanding(merge, stored_item)
     if left is None or remainder.expires_at is not None:
         return left
-    return None if not left.slots else Remainder(left.slots, None)
+    return None if not left.slots else Remainder(left.slots, None, left.expected)

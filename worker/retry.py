@@ -225,7 +225,9 @@ CHECKPOINT = Policy("checkpoint", 8, Backoff(0.2, 5.0), is_transient_checkpoint,
 VEHICLE_STATE_ROUNDS = Limit("vehicle_state_contention", 8)
 """Conditional UpdateItem rounds of one vehicle-state chunk (layer 1, inside ``WRITE``)."""
 TRAIL_ROUNDS = Limit("trail_contention", 4)
-"""Conditional UpdateItem rounds of one trail bucket chunk (layer 1, inside ``WRITE``): each round keeps only
-the slots that still beat the stored item, so it ends when no other writer raced ahead meanwhile."""
+"""Conditional UpdateItem rounds of one trail bucket chunk (layer 1, inside ``WRITE``): each round swaps in
+the join of the stored slots and ours where the stored ones do not cover ours yet, so it ends when no other
+writer raced ahead meanwhile; a writer needs at most one round per concurrent writer plus one, so 4 rounds
+cover three writers of one bucket at once."""
 TRIP_REPLANS = Limit("trip_state_contention", 5)
 """Commit rounds of a batch's trip plans (or a sweep's claim) re-planned over another writer's state."""

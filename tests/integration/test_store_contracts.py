@@ -1,20 +1,24 @@
 """One contract, two implementations: the in-memory fakes (``tests/support/fakes.py``) and the boto3 adapters
 (``worker/stores/``) on the local AWS pass the same tests, so what the fakes prove elsewhere holds on AWS.
 
-Checked: an idempotent rewrite changes nothing; a trail merge is a max (idempotent, order-free, a late crumb
+Checked: an idempotent rewrite changes nothing; a trail merge is a join (idempotent, order-free, one instant
+sent as several records ends as one crumb with all their fields, concurrent writers converge, a late crumb
 joins its bucket, ``expiresAt`` never decreases); a stale trip-state write raises with the current item and
 overwrites nothing; a store refusing content as invalid raises ``UnwritableUpdate``; a failed write
 exits the record processor before any checkpoint."""
 
 from __future__ import annotations
 
+import functools
 import gc
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -25,7 +29,7 @@ from processors.errors import RejectReason, StaleTripState, TransientError, Unwr
 from processors.ports import Stores
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, Pseudonymizer
 from processors.signals import parse_time
-from processors.trail import BucketMerge, Crumb, bucket_of, crumb_of, encode, pack, slot_of
+from processors.trail import BucketMerge, Crumb, bucket_of, crumb_of, encode, join, pack, slot_of
 from processors.trip_items import MARK_VERSION, item_from_mark, sweep_shard
 from processors.vehicle_state import Observation, StateUpdate
 from schemas.dynamo import from_item, to_item
@@ -38,7 +42,11 @@ from worker.config import Settings
 from worker.pipeline import Pipeline
 from worker.record_processor import EXIT_BATCH_FAILED, FleetRecordProcessor
 from worker.retry import Retrier
+from worker.stores.dynamo_trail import DynamoTrail
 from worker.wiring import aws_stores
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 KEY = Pseudonymizer(b"contract-key")
 PV = KEY.pseudo_vin("1HGCM82633A004352")
@@ -260,12 +268,12 @@ def test_re_merging_the_trail_is_idempotent_and_reads_are_in_time_order(backend:
     assert trail.read(PV, T0 + 5, T0 + 4) == [] and trail.read("f" * 32, T0, T0 + 60_000) == []
 
 
-def test_on_conflict_the_greatest_value_wins_in_either_order(backend: Backend) -> None:
+def test_a_resend_of_one_sample_keeps_its_earliest_arrival_in_either_order(backend: Backend) -> None:
     earlier, later = crumb(T0 + 10, T0 + 1_000), crumb(T0 + 10, T0 + 9_000)  # a resend of one sample
     other = crumb(T0 + 500, T0 + 9_000)
     trail = backend.stores.trail
     trail.merge(pack(PV, [earlier]))
-    trail.merge(pack(PV, [later, other]))  # one slot loses, one is new: only the winner is written
+    trail.merge(pack(PV, [later, other]))  # the stored slot covers the resend already; the other is new
     (winner,) = [v for k, v in slots(backend.trail_item(PV, BUCKET)).items() if k == slot_of(T0 + 10)]
     assert winner == encode(earlier) > encode(later)
     assert trail.read(PV, T0, T0 + 1_000) == [earlier, other]
@@ -309,6 +317,112 @@ def test_merges_of_one_bucket_by_two_writers_in_any_order_leave_the_same_item(ba
     trail.merge([BucketMerge(other, m.bucket, m.slots, m.expires_at) for m in pack(PV, a)])
     assert {**backend.trail_item(other, BUCKET), "pseudoVin": PV} == first
     assert bucket_of(T0 + 17 * 700) == BUCKET
+
+
+def record(t: int, arrival: int, **signals: Any) -> Crumb:
+    made = crumb_of(VehicleReading(PV, t, signals, StreamPosition(SHARD, "1", 0, arrival)))
+    assert made is not None
+    return made
+
+
+SPLIT = T0 + 1_234
+"""An instant a gateway sends as several records."""
+
+
+def split_instant() -> list[Crumb]:
+    """One instant as three records: location; speed and heading; a resend with another speed and soc."""
+    return [
+        record(SPLIT, T0 + 3_000, location=Location(39.7, -104.9)),
+        record(SPLIT, T0 + 2_000, vehicleSpeed=61.5, heading=182),
+        record(SPLIT, T0 + 9_000, vehicleSpeed=60.0, soc=70.0),
+    ]
+
+
+def test_two_records_of_one_instant_with_disjoint_fields_end_as_one_crumb_with_both(backend: Backend) -> None:
+    located, moving, _ = split_instant()
+    trail = backend.stores.trail
+    trail.merge(pack(PV, [located]))
+    trail.merge(pack(PV, [moving]))
+    (both,) = trail.read(PV, T0, T0 + 15_000)
+    assert (both.t_ms, both.lat, both.lng, both.vehicle_speed, both.heading) == (
+        SPLIT,
+        39.7,
+        -104.9,
+        61.5,
+        182,
+    )
+    assert both.arrival_ms == T0 + 2_000  # the earlier of the two
+    item = backend.trail_item(PV, BUCKET)
+    assert slots(item) == {slot_of(SPLIT): encode(join(located, moving))}
+    assert item["expiresAt"] == (T0 + 3_000) // 1000 + 86_400  # the later of the two
+    trail.merge(pack(PV, [located]))  # a redelivery of either half changes nothing
+    trail.merge(pack(PV, [moving]))
+    assert backend.trail_item(PV, BUCKET) == item
+
+
+def test_the_order_of_two_records_of_one_instant_does_not_matter(backend: Backend) -> None:
+    located, moving, _ = split_instant()
+    trail, other = backend.stores.trail, "e" * 32
+    for pseudo_vin, order in ((PV, [located, moving]), (other, [moving, located])):
+        for crumb_ in order:
+            trail.merge(pack(pseudo_vin, [crumb_]))
+    first = backend.trail_item(PV, BUCKET)
+    assert {**backend.trail_item(other, BUCKET), "pseudoVin": PV} == first
+    assert slots(first) == {slot_of(SPLIT): encode(join(located, moving))}
+
+
+def test_concurrent_writers_of_one_instant_converge_to_the_join(backend: Backend) -> None:
+    """Three writers at once, each with one record of the instant (two with different speeds): whatever the
+    interleaving of their conditional writes, the slot ends as the join of all three, speed the max."""
+    records = split_instant()
+    joined = functools.reduce(join, records)
+    assert (joined.lat, joined.vehicle_speed, joined.heading, joined.soc) == (39.7, 61.5, 182, 70.0)
+    trail = backend.stores.trail
+    for n in range(4):  # a few races, each on its own vehicle
+        pseudo_vin = f"{n:x}" * 32
+        start = threading.Barrier(len(records))
+
+        def write(crumb_: Crumb, pseudo_vin: str = pseudo_vin, start: threading.Barrier = start) -> int:
+            start.wait()
+            return trail.merge(pack(pseudo_vin, [crumb_]))
+
+        with ThreadPoolExecutor(len(records)) as pool:
+            list(pool.map(write, records))
+        item = backend.trail_item(pseudo_vin, BUCKET)
+        assert slots(item) == {slot_of(SPLIT): encode(joined)}
+        assert item["expiresAt"] == (T0 + 9_000) // 1000 + 86_400
+
+
+def test_a_write_landing_between_a_failed_guard_and_the_swap_is_joined_too(aws_env: AwsEnv) -> None:
+    """The adapter's rounds, interleaved by hand: our first write fails its guard (the slot holds another
+    record of the instant), and before our compare-and-swap lands a rival swaps in a third record; our swap
+    then fails too, and the next round swaps in the join of all three. Three requests, none lost."""
+    located, moving, resend = split_instant()
+    client, table = aws_env.clients.dynamodb, aws_env.settings.table_names["live-breadcrumbs"]
+    rival = DynamoTrail(client, table)
+    sent: list[dict[str, Any]] = []
+
+    class Interposed:
+        """Our client: the rival's merge lands just before our second request (the swap)."""
+
+        def update_item(self, **request: Any) -> Any:
+            sent.append(request)
+            if len(sent) == 2:
+                rival.merge(pack(PV, [resend]))
+            return client.update_item(**request)
+
+    ours = DynamoTrail(cast("DynamoDBClient", Interposed()), table)
+    rival.merge(pack(PV, [located]))
+    assert ours.merge(pack(PV, [moving])) == 3
+    first, *swaps = (request["ConditionExpression"] for request in sent)
+    assert first.startswith("(attribute_not_exists(#k0) OR #k0 = :c0)")
+    assert all(swap.startswith("#k0 = :s0") for swap in swaps)
+    assert [r["ExpressionAttributeValues"][":s0"]["S"] for r in sent[1:]] == [
+        encode(located),  # what the failed guard returned
+        encode(join(located, resend)),  # what the failed swap returned: the rival's join
+    ]
+    stored = aws_backend(aws_env).trail_item(PV, BUCKET)
+    assert slots(stored) == {slot_of(SPLIT): encode(join(join(located, moving), resend))}
 
 
 def test_a_record_is_the_same_bytes_whoever_writes_it_whatever_trip_it_thinks_it_is_in(

@@ -100,7 +100,9 @@ class MemoryTripStore(_Failing):
 
 class MemoryTrail(_Failing):
     """Bucket items as ``from_item`` reads them back: ``{"pseudoVin", "bucket", "expiresAt", slot: value}``,
-    merged by the same rule (``processors.trail.outstanding``) as the DynamoDB guards."""
+    each slot the join of what was written to it (``processors.trail.outstanding``, the remainder the
+    DynamoDB adapter swaps in), applied atomically: where the adapter takes rounds under contention, the
+    fake ends in one at the same item."""
 
     def __init__(self) -> None:
         super().__init__()

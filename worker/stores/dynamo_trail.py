@@ -1,9 +1,22 @@
 """``DynamoTrail``: the ``TrailStore`` port on the ``live-breadcrumbs`` table (packed 15 s buckets).
 
-The requests are built by ``processors.trail`` (pure, guards included); this module sends one UpdateItem per
-bucket chunk and, when a guard fails, re-sends only what still beats the stored item
-(``retry.TRAIL_ROUNDS``). A read-modify-write was rejected: an extra read per write, a version race per
-bucket, and two owners of one vehicle would ping-pong.
+``processors.trail`` decides what to write (pure: the merges, their chunks, the remainder after a failed
+guard); this module alone turns it into DynamoDB expressions (``update_request``).
+
+A slot must end as the join of every crumb written to it (``processors.trail.join``), which no single
+DynamoDB comparison computes, so each bucket chunk is a conditional UpdateItem in rounds
+(``retry.TRAIL_ROUNDS``):
+
+1. every slot ``SET`` to ours if absent or already equal, ``expiresAt`` raised if lower; the common case
+   (new slots, a redelivery's identical rewrite) ends here: one request per chunk;
+2. if a guard fails, the stored item comes back (``ALL_OLD``, no extra read): each slot it does not already
+   cover is swapped for join(stored, ours), guarded on the stored value (compare-and-swap); slots it covers
+   are done;
+3. if a swap fails, another writer changed the slot meanwhile: round 2 again on what it stored.
+
+Every value ever stored is the join of records really written, and a round returns only once the stored
+value covers ours, so concurrent writers and retries converge to the join of the whole record set; a failed
+round writes nothing (an UpdateItem is atomic), so no value is lost in between.
 """
 
 from __future__ import annotations
@@ -26,7 +39,6 @@ from processors.trail import (
     remainder_of,
     remainder_outstanding,
     trail_points,
-    update_request,
 )
 from schemas.dynamo import AttributeValue, from_item
 from worker.aws import aws_error_code
@@ -37,7 +49,8 @@ if TYPE_CHECKING:
 
 
 class DynamoTrail:
-    """Max-merges ``BucketMerge``s and reads crumbs back. Idempotent: re-merging changes nothing."""
+    """Joins ``BucketMerge``s into the stored buckets and reads crumbs back. Idempotent: re-merging changes
+    nothing."""
 
     def __init__(self, dynamodb: DynamoDBClient, table: str, chunk_slots: int = CHUNK_SLOTS) -> None:
         self._dynamodb = dynamodb
@@ -108,6 +121,40 @@ class DynamoTrail:
         the price; the map tolerates a second), expired crumbs filtered against ``now_ms``."""
         crumbs = self.read(pseudo_vin, from_ms, to_ms, consistent=consistent)
         return trail_points(crumbs, from_ms, to_ms, now_ms, fill_forward=fill_forward)
+
+
+def update_request(table: str, pseudo_vin: str, bucket: int, remainder: Remainder) -> dict[str, Any]:
+    """The UpdateItem of one chunk's round: ``SET #k = :c`` per slot, guarded ``#k = :s`` where the slot held
+    ``:s`` (a swap, ``remainder.expected``), else ``attribute_not_exists(#k) OR #k = :c``; ``expiresAt`` a
+    guarded max-register; the stored item comes back when a guard fails (``ALL_OLD``), for the next round."""
+    names: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    sets: list[str] = []
+    guards: list[str] = []
+    for i, (slot, value) in enumerate(remainder.slots.items()):
+        names[f"#k{i}"], values[f":c{i}"] = slot, {"S": value}
+        sets.append(f"#k{i} = :c{i}")
+        held = remainder.expected.get(slot)
+        if held is None:
+            guards.append(f"(attribute_not_exists(#k{i}) OR #k{i} = :c{i})")
+        else:
+            values[f":s{i}"] = {"S": held}
+            guards.append(f"#k{i} = :s{i}")
+    if remainder.expires_at is not None:
+        values[":e"] = {"N": str(remainder.expires_at)}
+        sets.append("expiresAt = :e")
+        guards.append("(attribute_not_exists(expiresAt) OR expiresAt <= :e)")
+    request: dict[str, Any] = {
+        "TableName": table,
+        "Key": {"pseudoVin": {"S": pseudo_vin}, "bucket": {"N": str(bucket)}},
+        "UpdateExpression": "SET " + ", ".join(sets),
+        "ConditionExpression": " AND ".join(guards),
+        "ExpressionAttributeValues": values,
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
+    if names:
+        request["ExpressionAttributeNames"] = names
+    return request
 
 
 def _order(crumb: Crumb) -> tuple[int, str]:
