@@ -410,6 +410,6 @@ def _settings(stage: Stage) -> dict[str, Any]:
         "checkpoint_every_seconds",
         "checkpoint_every_records",
         "trip_gap_seconds",
-        "trip_settle_seconds",
+        "trip_lateness_seconds",
     )
     return {name: getattr(stage.settings, name) for name in names if hasattr(stage.settings, name)}

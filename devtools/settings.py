@@ -13,9 +13,9 @@ DEMO_ENV = {
     "FLEET_KCL_SHARD_SYNC_INTERVAL_MILLIS": "1000",
     "FLEET_KCL_IDLE_TIME_BETWEEN_READS_MILLIS": "250",
     "FLEET_KCL_SHUTDOWN_GRACE_MILLIS": "10000",
-    # The simulator sends each vehicle's records in order: a short settle window and frequent checkpoints
-    # let the demo drain seconds after its last record instead of a production 300 s + 60 s later.
-    "FLEET_TRIP_SETTLE_SECONDS": "10",
+    # The simulator sends each vehicle's records in order: a short allowed lateness and frequent
+    # checkpoints let the demo drain seconds after its last record instead of a production 30 s + 60 s.
+    "FLEET_TRIP_LATENESS_SECONDS": "10",
     "FLEET_CHECKPOINT_EVERY_SECONDS": "5",
     # With metrics off locally, the KCL warns about dropping (empty) metrics at every shutdown.
     "FLEET_KCL_LOG_LEVEL": "ERROR",

@@ -114,6 +114,8 @@ def archive_trip(trip: CompletedTrip, crumbs: Sequence[Crumb]) -> tuple[bytes, T
         endBattery=batteries[-1] if batteries else None,
         s3Key=archive_key(trip.pseudo_vin, trip.trip_id),
         endReason=trip.end_reason.value,
-        expiresAt=max(trip.end_time_ms, trip.completion_ms) // 1000 + INDEX_TTL_SECONDS,
+        # From the trip's end, not from R: the index item is a function of the trip's records, whatever
+        # order they arrived in (a late archive expires as early as an on-time one would).
+        expiresAt=trip.end_time_ms // 1000 + INDEX_TTL_SECONDS,
     )
     return gzip_json(records), item

@@ -22,9 +22,9 @@ swept they would be cut differently from one clean pass. So the sweep first read
 consumer is (the KCL lease table's checkpoints) and the first record after it (GetShardIterator
 AFTER_SEQUENCE_NUMBER + GetRecords Limit=1): if that record arrived longer ago than the limit (or
 MillisBehindLatest says so), it logs ``sweep_skipped`` and exits 0 without reading trip-state. The limit
-is the gap plus the lag a healthy consumer's checkpoint has by design (``skip_limit_ms``): checkpoints wait for the allowed lateness L and
-come every ``checkpoint_every_seconds``, so the first unprocessed record of a consumer that keeps up is up
-to L + that interval old.
+is the gap plus the lag a healthy consumer's checkpoint has by design (``skip_limit_ms``): checkpoints
+wait for the allowed lateness L and come every ``checkpoint_every_seconds``, so the first unprocessed
+record of a consumer that keeps up is up to L + that interval old.
 """
 
 from __future__ import annotations

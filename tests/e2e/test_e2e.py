@@ -52,9 +52,9 @@ STREAMS = ("fleet-small.jsonl", "trips.jsonl", "boundary-mix.jsonl", "late-trail
 E2E_ENV = {
     "FLEET_TRIP_GAP_SECONDS": str(TRIP_GAP_SECONDS),
     "FLEET_PSEUDONYM_KEY": "e2e-key",
-    # No fixture record is displaced by more than 15 s (late-trail's): a 20 s settle window orders them
-    # all, and the drain waits 20 s of stream clock after the last record instead of the gap's 60.
-    "FLEET_TRIP_SETTLE_SECONDS": "20",
+    # No fixture record is displaced by more than 15 s (late-trail's): an allowed lateness of 20 s orders
+    # them all, and the drain waits 20 s of stream clock after the last record instead of the default 30.
+    "FLEET_TRIP_LATENESS_SECONDS": "20",
 }
 
 NOT_EXERCISED_HERE = {

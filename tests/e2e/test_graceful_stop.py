@@ -66,7 +66,7 @@ def test_sigterm_checkpoints_what_was_applied_and_a_restart_applies_the_rest_onc
         {
             "FLEET_PSEUDONYM_KEY": "stop-key",
             "FLEET_TRIP_GAP_SECONDS": str(TRIP_GAP_SECONDS),
-            "FLEET_TRIP_SETTLE_SECONDS": "10",  # trips.jsonl moves no record by more than a second
+            "FLEET_TRIP_LATENESS_SECONDS": "10",  # trips.jsonl moves no record by more than a second
             "FLEET_HEARTBEAT_PATH": str(beats),
             # Only a stop checkpoints: the stop has something to checkpoint.
             "FLEET_CHECKPOINT_EVERY_SECONDS": "3600",

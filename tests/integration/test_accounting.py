@@ -103,11 +103,12 @@ def test_one_batch_costs_one_state_write_per_vehicle_and_one_trail_write_per_buc
     assert calls == Counter(
         {
             ("kms", "Encrypt"): 4,  # the VIN vault: once per vehicle not in it yet
-            # the trips-index item; the completed trip's `closing` write before its archive; the two
-            # vehicles still driving, at the checkpoint flush (their mark and count moved since creation)
-            ("dynamodb", "PutItem"): 1 + 1 + 2,
-            # trip-state items are created checking the vehicle's mark: the two vehicles still driving,
-            # and the completed trip's outbox
+            # the trips-index item; the two vehicles still driving, at the checkpoint flush after the empty
+            # poll (their exact machine consumed the batch since their live trip created the item)
+            ("dynamodb", "PutItem"): 1 + 2,
+            # trip-state items are created checking the vehicle's mark: the two vehicles still driving (as
+            # the live view starts them, in the batch's flush), and the completed trip's outbox (its live
+            # trip started and ended within the batch: no item before the exact machine completed it)
             ("dynamodb", "TransactWriteItems"): 2 + 1,
             # trip-state and marks of the 4 vehicles first seen; the vault's lookup of them
             ("dynamodb", "BatchGetItem"): 2,
@@ -126,10 +127,10 @@ def test_one_batch_costs_one_state_write_per_vehicle_and_one_trail_write_per_buc
     # the vault x4, the mark, the 3 creations' condition checks (2 units each: a transaction)
     assert written[("dynamodb", tables["vin-mapping"])].items == 4 + 1 + 3
     assert written[("dynamodb", tables["vin-mapping"])].units == 4 + 1 + 3 * 2
-    # 3 creations (2 units each); the closing write; 2 checkpoint writes; the archived trip's item
-    # deleted (its mark holds what remains)
-    assert written[("dynamodb", tables["trip-state"])].items == 3 + 1 + 2 + 1
-    assert written[("dynamodb", tables["trip-state"])].units == 3 * 2 + 1 + 2 + 1
+    # 3 creations (2 units each); 2 checkpoint writes; the archived trip's item deleted (its mark holds
+    # what remains)
+    assert written[("dynamodb", tables["trip-state"])].items == 3 + 2 + 1
+    assert written[("dynamodb", tables["trip-state"])].units == 3 * 2 + 2 + 1
     archive = written[("s3", aws_env.settings.archive_bucket)]
     assert (archive.requests, archive.items, archive.units) == (1, 1, 1)
     (key,) = [

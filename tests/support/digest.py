@@ -1,9 +1,8 @@
 """A canonical digest of everything the worker writes, so two runs can be compared exactly.
 
 Volatile attributes (documented in the README, "Failure semantics") are dropped:
-- ``trip-state.lastUpdate``: wall-clock time of the last write, and ``idleAfter`` (the sweep index's sort
-  key) derived from it; trip-state holds open trips only, the idle vehicles' marks are ``vin-mapping.m``
-  (kept: deterministic);
+- ``trip-state.lastUpdate``: wall-clock time of the last write; trip-state holds open trips only, the idle
+  vehicles' marks are ``vin-mapping.m`` (kept: deterministic);
 - ``vin-mapping.encryptedVin`` and ``createdAt``: KMS ciphertext is randomized, the time is the
   first sighting; the digest keeps the decrypted VIN's hash instead;
 - ``vin-mapping``'s ``_meta#`` items (the pseudonymization key's fingerprint): bootstrap's, not the
@@ -13,9 +12,11 @@ Volatile attributes (documented in the README, "Failure semantics") are dropped:
   checked by the dead-letter tests);
 - what records' *arrival* times decide, which two runs through a real stream never share: a trail
   slot's inverted arrival delay (its digits after the ms digit) and a bucket's ``expiresAt``
-  (``live-breadcrumbs``), ``trips-index.expiresAt`` and the marks' recent trips' completion point R
-  (``vin-mapping.m.recent[i][2]``, the completing record's arrival) and the arrival second of a
-  segment's raw crumbs (``trip-segments/``). Everything else of them is kept: the slots,
+  (``live-breadcrumbs``), the recent trips' completion point R (``vin-mapping.m.recent[i][2]``,
+  ``trip-state.machine.r[i][2]``: the greatest arrival received when the machine completed it), a
+  seal's R (``machine.sa``), ``trip-state.heardAt`` and ``idleAfter`` (the newest record's arrival), the
+  arrival of records held across a split (``machine.held[i][2]``) and the arrival second of a segment's
+  raw crumbs (``trip-segments/``). Everything else of them is kept: the slots,
   their event-time ms and values, which trips and rows exist.
 """
 
@@ -37,9 +38,8 @@ from worker.aws import AwsClients
 from worker.config import Settings
 
 VOLATILE: dict[str, frozenset[str]] = {
-    "trip-state": frozenset({"lastUpdate", "idleAfter"}),
+    "trip-state": frozenset({"lastUpdate", "idleAfter", "heardAt"}),
     "vin-mapping": frozenset({"encryptedVin", "createdAt"}),
-    "trips-index": frozenset({"expiresAt"}),
     "live-breadcrumbs": frozenset({"expiresAt"}),
 }
 DIGESTED_PREFIXES = ("trips/", "trip-segments/")
@@ -80,6 +80,8 @@ def state_digest(settings: Settings, clients: AwsClients) -> dict[str, Any]:
             rows = [_without_arrival(row) for row in rows]
         if logical == "vin-mapping":
             rows = [_mark_without_arrival(row) for row in rows]
+        if logical == "trip-state":
+            rows = [_machine_without_arrival(row) for row in rows]
         digest[logical] = sorted(rows, key=lambda row: orjson.dumps(row, option=orjson.OPT_SORT_KEYS))
     for prefix in DIGESTED_PREFIXES:
         objects = _objects(clients, settings.archive_bucket, prefix)
@@ -106,6 +108,18 @@ def _mark_without_arrival(item: dict[str, Any]) -> dict[str, Any]:
         return item
     recent = [[*trip[:2], *trip[3:]] for trip in mark["recent"]]
     return {**item, "m": {**mark, "recent": recent}}
+
+
+def _machine_without_arrival(item: dict[str, Any]) -> dict[str, Any]:
+    """A trip-state item whose machine keeps no arrival: recent trips as [start, end, id second], no seal
+    R, held records without their arrival."""
+    machine = item.get("machine")
+    if not isinstance(machine, dict):
+        return item
+    machine = {k: v for k, v in machine.items() if k != "sa"}
+    machine["r"] = [[*trip[:2], *trip[3:]] for trip in machine.get("r", [])]
+    machine["held"] = [[*row[:2], *row[3:]] for row in machine.get("held", [])]
+    return {**item, "machine": machine}
 
 
 def _without_arrival(bucket: dict[str, Any]) -> dict[str, Any]:
