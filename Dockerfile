@@ -2,10 +2,14 @@
 # `python -m worker process` child per shard lease it holds.
 #
 # Two stages on the same Python base, so the virtualenv built in the first runs unchanged in the second:
-#   build    builds upstream amazon-kclpy (its setup.py downloads the KCL 3.x jars from Maven Central into
-#            the package) and installs this project into /opt/venv. No compiler or JDK is needed: every
-#            dependency ships wheels, and the jars are downloaded, not built.
+#   build    installs every Python dependency from hashed locks (image/*.lock, pip --require-hashes), the
+#            KCL 3.1.3 jars checked against image/kcl-jars.txt (the very jars every local run uses), upstream
+#            amazon-kclpy 3.1.3 (the release whose KCL is 3.1.3, as kclpy-ext's) and this project, into
+#            /opt/venv. No compiler or JDK: every dependency ships wheels, the jars are downloaded, not built.
 #   runtime  the same slim base + Debian's headless JRE 17 + /opt/venv. No pip, no build tools, no sources.
+#
+# The base is python:3.11-slim-bookworm. Pin it by digest (FROM python:3.11-slim-bookworm@sha256:...) where
+# a registry is reachable: tests/deploy/test_image.py expects that form and says so until it is there.
 #
 # Build context: see .dockerignore (an allowlist). Build: docker build -t fleet-ingest .
 
@@ -16,31 +20,51 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 
-# amazon-kclpy is published as an sdist only. Its setup.py fetches the jars in a bdist_wheel hook that
-# silently does nothing when `wheel` cannot be imported (which depends on how pip sets up an isolated
-# build). So: build it without isolation, in a venv that has setuptools and wheel; the hook then always
-# runs and fails the build if any jar could not be downloaded. Pinned for reproducible jars; bump it
-# deliberately (KCL_MVN_REPO_SEARCH_URL may point at a Maven mirror, e.g. an internal proxy).
-ARG KCLPY_VERSION=3.2.0
+# Build tools first (setuptools, wheel, and the pytest-runner amazon-kclpy's setup.py asks for: installed,
+# setuptools fetches nothing), then the worker's dependencies: every file checked against its hash.
+WORKDIR /build
+COPY image/ image/
+RUN pip install --require-hashes --no-deps -r image/build.lock \
+ && pip install --require-hashes --no-deps -r image/requirements.lock
+
+# amazon-kclpy is published as an sdist whose setup.py downloads the jars its pom.xml names, unchecked. So:
+# fetch the jars of image/kcl-jars.txt ourselves (KCL_MVN_REPO_SEARCH_URL: Maven Central, or a mirror),
+# each refused unless its SHA-256 is the committed one; give the sdist (hash-locked) a pom.xml naming
+# exactly those; build it without isolation against file:// (it copies them, downloads nothing); then
+# check the installed jars again: those 79, no other. Bump KCLPY_VERSION, image/kclpy.lock,
+# image/kcl-jars.txt and kclpy-ext together (tests/deploy/test_image.py fails when they diverge).
+ARG KCLPY_VERSION=3.1.3
 ARG KCL_MVN_REPO_SEARCH_URL=https://repo1.maven.org/maven2/
-RUN pip install "setuptools>=70,<81" "wheel>=0.43,<1" \
- && pip install --no-build-isolation "amazon-kclpy==${KCLPY_VERSION}"
+RUN python image/kcl_jars.py fetch "${KCL_MVN_REPO_SEARCH_URL}" /build/m2 \
+ && pip download --require-hashes --no-deps --no-build-isolation --no-binary :all: -d /build/sdist \
+    -r image/kclpy.lock \
+ && tar -xzf "/build/sdist/amazon_kclpy-${KCLPY_VERSION}.tar.gz" -C /build \
+ && python image/kcl_jars.py pom > "/build/amazon_kclpy-${KCLPY_VERSION}/pom.xml" \
+ && KCL_MVN_REPO_SEARCH_URL=file:///build/m2/ \
+    pip install --no-deps --no-build-isolation "/build/amazon_kclpy-${KCLPY_VERSION}" \
+ && python image/kcl_jars.py verify "$(python -c 'import amazon_kclpy, os; print(os.path.dirname(amazon_kclpy.__file__))')/jars"
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY schemas/ schemas/
 COPY processors/ processors/
 COPY worker/ worker/
-# The `kcl` extra (upstream amazon-kclpy) is already satisfied by the build above, so pip keeps it.
-# Then prove that the installed worker (-P: not the sources in /src) finds KCL 3.x jars, and drop what
-# only building needed. (DL3013: this installs the project itself; pyproject.toml bounds its dependencies.)
+# The project itself (a directory has no hash), --no-deps: everything it needs came from the locks, which
+# `pip check` proves. Then that the installed worker (-P: not the sources in /src) finds KCL 3.x jars, and
+# drop what only building needed, pip included. (DL3013: the project itself; the locks pin the rest.)
 # hadolint ignore=DL3013
-RUN pip install ".[kcl]" \
+RUN pip install --no-deps --no-build-isolation . \
+ && pip check \
  && python -P -c "from worker.kcl_daemon import kcl_jar_dir, kcl_version; v = kcl_version(kcl_jar_dir()); assert v >= (3, 0, 0), v; print('KCL', v)" \
- && pip uninstall --yes setuptools wheel pip
+ && pip uninstall --yes setuptools wheel pytest-runner packaging pip
 
 
 FROM python:3.11-slim-bookworm AS runtime
+
+# No pip at runtime: the base image's own (and the wheels ensurepip would install it from) go too; the
+# venv's went in the build stage. Nothing installs Python packages into a running task.
+RUN python -m pip uninstall --yes pip setuptools wheel \
+ && rm -rf /usr/local/lib/python3.11/ensurepip
 
 # The MultiLangDaemon needs a Java 17 runtime, not a JDK; Debian's package gets bookworm-security
 # updates. Package versions are not pinned: bookworm's archive drops superseded versions, so a pin

@@ -5,6 +5,7 @@
 ``InvalidRecord`` is the dead-letter path: the record is dead-lettered and the shard moves on.
 ``UnwritableUpdate`` is the same path found late: a store refused a decoded record's content as invalid.
 ``StaleTripState`` is the optimistic-concurrency path: another writer moved first, re-plan on top of it.
+``WriteOnceConflict``: a write-once object (archive, segment, dead letter) is stored with other content.
 ``TransientError`` is the slow-down path: the call is retried (``worker.retry``) and, once retries are
 exhausted, the batch fails without a checkpoint so the KCL redelivers it.
 
@@ -104,6 +105,24 @@ class UnwritableUpdate(FleetIngestError):
         super().__init__(f"{pseudo_vin}: {detail}")
         self.pseudo_vin = pseudo_vin
         self.detail = detail
+
+
+class ConflictReason(StrEnum):
+    DIFFERENT_BYTES = "different_bytes"
+    """An archive or segment key already holds other bytes: a deterministic write was not deterministic."""
+    DIFFERENT_RECORD = "different_record"
+    """A dead letter's key (its stream position) already holds the dead letter of another record."""
+
+
+class WriteOnceConflict(FleetIngestError):
+    """A write-once object exists with other content than the one being written. Data written once is never
+    replaced: the stored object stays, and the writer must not carry on as if its own were stored.
+    ``key`` names a stream position or a pseudoVin and trip, never a VIN."""
+
+    def __init__(self, key: str, reason: ConflictReason) -> None:
+        super().__init__(f"{reason}: {key}")
+        self.key = key
+        self.reason = reason
 
 
 def schema_detail(error: ValidationError) -> str:

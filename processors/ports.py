@@ -82,7 +82,8 @@ class VehicleStateWriter(Protocol):
 
 
 class DeadLetterWriter(Protocol):
-    """One object per dead letter, at a key derived from its stream position: a redelivery overwrites."""
+    """One object per dead letter, at a key derived from its stream position, written once: a redelivered
+    record's dead letter writes nothing; another record's at the same key raises ``WriteOnceConflict``."""
 
     def data_key(self) -> DataKey:
         """A fresh data key for envelope encryption (one per batch)."""
@@ -126,10 +127,13 @@ class VinVault(Protocol):
 
 
 class TripArchive(Protocol):
-    """Archive and segment objects (S3) and ``trips-index`` items: plain overwrites of deterministic
-    content, so writing twice, or by two writers, leaves the same result."""
+    """Archive and segment objects (S3), written once, and ``trips-index`` items (plain overwrites) of
+    deterministic content, so writing twice, or by two writers, leaves the same result."""
 
-    def put_object(self, key: str, body: bytes) -> None: ...
+    def put_object(self, key: str, body: bytes) -> None:
+        """Store ``body`` unless the key holds an object: the same bytes is a no-op, other bytes raise
+        ``WriteOnceConflict`` (the stored object is kept)."""
+        ...
 
     def get_object(self, key: str) -> bytes:
         """The object's bytes; raises if there is none (a sealed segment is never missing)."""

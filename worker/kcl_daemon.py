@@ -8,15 +8,21 @@ the daemon is ``worker.launcher``'s.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from processors.errors import OperatorError
 from worker.config import Settings
+from worker.logs import event
+
+log = logging.getLogger(__name__)
 
 MULTILANG_DAEMON = "software.amazon.kinesis.multilang.MultiLangDaemon"
 _MULTILANG_JAR = re.compile(r"amazon-kinesis-client-multilang-(\d+)\.(\d+)\.(\d+)\.jar")
@@ -156,3 +162,30 @@ def daemon_command(files: DaemonFiles) -> list[str]:
         "--properties-file",
         str(files.properties),
     ]
+
+
+DAEMON_GONE = 70
+"""A record processor's exit status once its daemon died under it (EX_SOFTWARE: nobody is left to read it)."""
+
+
+def exit_with_daemon(interval_seconds: float = 0.5) -> threading.Thread:
+    """Exit the record processor when the daemon that started it dies (``worker run`` or the JVM killed).
+
+    A processor is the JVM's child, in the JVM's session. A processor between batches sees its stdin close
+    and ends, but one inside a batch (retrying writes) would carry on without anyone to answer, and one whose
+    stdin someone else holds open would never end. So a thread watches the parent: once it is not the one
+    we started under (we were re-parented), exit at once. Nothing is lost: what was not checkpointed is
+    redelivered to whoever takes the lease.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_seconds)
+            if os.getppid() != parent:
+                event(log, "daemon_gone", logging.ERROR, parent=parent)
+                os._exit(DAEMON_GONE)
+
+    thread = threading.Thread(target=watch, name="daemon-watch", daemon=True)
+    thread.start()
+    return thread

@@ -5,11 +5,20 @@ shard it holds. We forward SIGTERM/SIGINT to it for a graceful KCL shutdown (eac
 what it applied) and exit 0 once it is done: a stop we were asked for is a success. In ``--drain`` mode we
 stop it once every record that was in the stream at start has been processed and checkpointed
 (``worker.shards``). A daemon hung in shutdown is killed with its record processors.
+
+However we die, the daemon dies with us: it runs in a session of its own (so a terminal's Ctrl-C reaches
+only us), which a SIGKILL of ``worker run`` (OOM killer, ``kill -9``, an orchestrator's timeout) would
+otherwise leave running, consuming leases nobody supervises. So the JVM is started with Linux's
+parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` between fork and exec; it survives the exec).
+Its record processors cannot be given one (the JVM forks them from pool threads, and the signal follows
+the thread that forked, not the process): each watches its parent itself
+(``worker.kcl_daemon.exit_with_daemon``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
@@ -20,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -48,6 +58,28 @@ def share_stderr() -> Path | None:
     if stat.S_ISREG(os.fstat(2).st_mode):
         fcntl.fcntl(2, fcntl.F_SETFL, fcntl.fcntl(2, fcntl.F_GETFL) | os.O_APPEND)
     return own_stderr
+
+
+PR_SET_PDEATHSIG = 1
+"""``<linux/prctl.h>``: the signal a process gets when the thread that forked it dies."""
+
+
+def die_with_this_process() -> Callable[[], None] | None:
+    """A ``preexec_fn`` giving the child SIGKILL when we die (Linux; None elsewhere, where the daemon is
+    left to its own shutdown). Everything it needs is looked up before the fork: between fork and exec
+    the child only makes the two system calls."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            os._exit(126)  # the daemon would outlive us: better not to start it
+        if os.getppid() != parent:
+            os._exit(126)  # we died between the fork and the prctl: no signal will come
+
+    return preexec
 
 
 def daemon_environment(settings: Settings) -> dict[str, str]:
@@ -82,11 +114,13 @@ def run(settings: Settings, drain: bool = False, timeout: float | None = None) -
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             # A session of its own: a terminal's Ctrl-C reaches only us, and we stop the daemon gracefully.
+            # Popen from this (the main) thread: the parent-death signal follows the forking thread.
             daemon = subprocess.Popen(
                 daemon_command(files),
                 env=daemon_environment(settings),
                 stdout=sys.stderr,
                 start_new_session=True,
+                preexec_fn=die_with_this_process(),  # noqa: PLW1509 - only prctl and getppid run in it
             )
             event(log, "daemon_started", pid=daemon.pid, drain=drain, shards=len(targets))
             if stopping.is_set():

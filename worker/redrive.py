@@ -12,6 +12,15 @@ unless ``--force``: a redrive that stops half way is run again and puts back onl
 between a put and its tag puts that one record back twice, which the pipeline absorbs like any other
 duplicate. Reasons outside ``REDRIVABLE`` (the record's own bytes are at fault) are skipped unless
 ``--force``. A data key is decrypted once per distinct encrypted key (one per original batch).
+
+Only a dead letter that verifies goes back (``verify``, unless ``--force``): the stream
+must still hold, at the dead letter's shard and sequence number, the record it was made of
+(GetShardIterator AT_SEQUENCE_NUMBER, GetRecords Limit=1; ``processors.redrive.verifies`` compares the
+SHA-256 of the bytes and the partition key, a KPL aggregate's sub-record included). Anyone who can write
+under ``dead-letter/`` could otherwise inject records of their choosing into the stream through an
+operator's redrive. Those that do not verify (forged, altered, or trimmed from the stream by its
+retention) are counted by reason (``skippedUnverified``) and left. This costs two Kinesis reads per
+sequence number, within the shard's 5 reads a second (botocore retries a throttled one).
 """
 
 from __future__ import annotations
@@ -26,17 +35,20 @@ from datetime import date
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError
+
 from processors.dead_letter import PREFIX, shard_order, stream_order, unseal
 from processors.errors import REDRIVABLE, TransientError
-from processors.redrive import PutPlanner, Redrivable
+from processors.redrive import PutPlanner, Redrivable, verifies
 from processors.signals import format_time
-from worker.aws import AwsClients
+from worker.aws import AwsClients, aws_error_code
 from worker.config import Settings
 from worker.logs import event
 from worker.stores.s3_dead_letters import S3DeadLetters
 from worker.wiring import dead_letter_archive
 
 if TYPE_CHECKING:
+    from mypy_boto3_kinesis import KinesisClient
     from mypy_boto3_kinesis.type_defs import PutRecordsRequestEntryTypeDef
 
 log = logging.getLogger(__name__)
@@ -57,6 +69,9 @@ class RedriveReport:
     """Tagged ``redrivenAt`` by an earlier redrive (not looked at again without ``force``)."""
     skipped_permanent: Counter[str] = field(default_factory=Counter)
     """Reason -> dead letters left because their reason is not ``REDRIVABLE`` (without ``force``)."""
+    skipped_unverified: Counter[str] = field(default_factory=Counter)
+    """Reason -> dead letters left because the stream holds no such record at their position (with
+    ``verify``): forged, altered, or trimmed by the stream's retention."""
     filtered: int = 0
     """Not of the ``reason`` asked for, or an object under ``dead-letter/`` that is no dead letter."""
     requests: int = 0
@@ -74,11 +89,15 @@ def redrive(
     since: date | None = None,
     force: bool = False,
     dry_run: bool = False,
+    verify: bool | None = None,
 ) -> RedriveReport:
-    """Redrive the dead letters in the archive bucket (``python -m worker redrive``); see the module."""
+    """Redrive the dead letters in the archive bucket (``python -m worker redrive``); see the module.
+    ``verify`` defaults to ``not force``: ``--force`` also puts back what the stream no longer holds."""
+    verify = not force if verify is None else verify
     dead_letters = dead_letter_archive(settings, clients)
     report = RedriveReport()
     decrypt = _data_keys(dead_letters, report)
+    in_stream = _StreamRecords(clients.kinesis, settings.stream_name) if verify else None
     planner = PutPlanner()
     with ThreadPoolExecutor(S3_CONCURRENCY, thread_name_prefix="redrive") as pool:
         put = _Putter(settings, clients, dead_letters, report, planner, pool)
@@ -87,6 +106,9 @@ def redrive(
             for key, doc in _read_ahead(pool, dead_letters, keys, force):
                 record = _redrivable(key, doc, decrypt, report, reason, force)
                 if record is None:
+                    continue
+                if in_stream is not None and doc is not None and not in_stream.holds(doc, record):
+                    report.skipped_unverified[record.reason] += 1
                     continue
                 if dry_run:
                     report.redriven[record.reason] += 1
@@ -105,6 +127,8 @@ def redrive(
         byReason=dict(report.redriven),
         alreadyRedriven=report.already_redriven,
         skippedPermanent=sum(report.skipped_permanent.values()),
+        skippedUnverified=sum(report.skipped_unverified.values()),
+        verified=verify,
         filtered=report.filtered,
         requests=report.requests,
         resent=report.resent,
@@ -192,6 +216,46 @@ def _redrivable(
         return None
     data, partition_key = unseal(doc["original"], key, decrypt)
     return Redrivable(key, why, data, partition_key)
+
+
+class _StreamRecords:
+    """The record the stream holds at a dead letter's position, read once per sequence number (a KPL
+    aggregate's sub-records share one)."""
+
+    GONE = frozenset({"ResourceNotFoundException", "InvalidArgumentException"})
+    """A shard deleted with its stream's retention, or a sequence number that is not one of the shard's."""
+
+    def __init__(self, kinesis: KinesisClient, stream: str) -> None:
+        self._kinesis = kinesis
+        self._stream = stream
+        self._last: tuple[tuple[str, str], tuple[str, bytes] | None] | None = None
+
+    def holds(self, doc: dict[str, Any], record: Redrivable) -> bool:
+        position = (str(doc["shardId"]), str(doc["sequenceNumber"]))
+        if self._last is None or self._last[0] != position:
+            self._last = (position, self._read(*position))
+        found = self._last[1]
+        return found is not None and verifies(
+            record.data, record.partition_key, int(doc.get("subSequenceNumber") or 0), found[1], found[0]
+        )
+
+    def _read(self, shard_id: str, sequence_number: str) -> tuple[str, bytes] | None:
+        try:
+            iterator = self._kinesis.get_shard_iterator(
+                StreamName=self._stream,
+                ShardId=shard_id,
+                ShardIteratorType="AT_SEQUENCE_NUMBER",
+                StartingSequenceNumber=sequence_number,
+            )["ShardIterator"]
+            records = self._kinesis.get_records(ShardIterator=iterator, Limit=1)["Records"]
+        except ClientError as error:
+            if aws_error_code(error) in self.GONE:
+                return None
+            raise
+        # Past the trim horizon the iterator may start at the oldest record left: only ours counts.
+        if not records or records[0]["SequenceNumber"] != sequence_number:
+            return None
+        return records[0]["PartitionKey"], bytes(records[0]["Data"])
 
 
 class _Putter:

@@ -197,8 +197,6 @@ class LocalAwsApp:
             if stored is not None and keys and request.operation == "UpdateItem"
             else None
         )
-        if stored is None:
-            self._tally_objects(request, environ)
         captured: dict[str, Any] = {}
 
         def capture(status: str, headers: list[tuple[str, str]], *_: object) -> None:
@@ -211,6 +209,8 @@ class LocalAwsApp:
         self.busy[operation] = self.busy.get(operation, 0.0) + time.perf_counter() - started
         status: str = captured.get("status", "200 OK")
         headers: list[tuple[str, str]] = list(captured.get("headers", []))
+        if stored is None:
+            self._tally_objects(request, environ, stored=status.startswith("200"))
         if stored is None or not keys:
             return status, headers, payload
         if request.operation == "UpdateItem" and status.startswith("200"):
@@ -267,14 +267,16 @@ class LocalAwsApp:
         for table in {table for table, _ in keys}:
             self.written[("dynamodb", table)].requests += 1
 
-    def _tally_objects(self, request: AwsRequest, environ: dict[str, Any]) -> None:
-        """Account an S3 object stored (one PUT request each)."""
+    def _tally_objects(self, request: AwsRequest, environ: dict[str, Any], stored: bool) -> None:
+        """Account an S3 PUT: a request billed, an object stored only if it was (a conditional put refused
+        with 412 stores nothing)."""
         for bucket, size in written_items(request, environ):
             tally = self.written.setdefault((request.service, bucket), Written())
             tally.requests += 1
-            tally.items += 1
-            tally.bytes += size
             tally.units += 1
+            if stored:
+                tally.items += 1
+                tally.bytes += size
 
     def reset_counts(self) -> None:
         with self._lock:

@@ -322,6 +322,24 @@ def test_an_s3_key_over_1024_bytes_is_refused_with_key_too_long(aws_env: AwsEnv)
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["é" * 512]
 
 
+def test_a_put_with_if_none_match_on_an_existing_key_is_refused_with_412_and_stores_nothing(
+    aws_env: AwsEnv,
+) -> None:
+    """Write-once objects (archives, segments, dead letters) rely on S3 refusing ``If-None-Match: *``."""
+    s3, bucket = aws_env.clients.s3, aws_env.settings.archive_bucket
+    aws_env.aws.app.reset_counts()
+    s3.put_object(Bucket=bucket, Key="trips/a.json.gz", Body=b"first", IfNoneMatch="*")
+    assert refused(s3.put_object, Bucket=bucket, Key="trips/a.json.gz", Body=b"second", IfNoneMatch="*") == (
+        "PreconditionFailed",
+        412,
+    )
+    assert s3.get_object(Bucket=bucket, Key="trips/a.json.gz")["Body"].read() == b"first"
+    written = aws_env.aws.app.written[("s3", bucket)]
+    assert (written.requests, written.items, written.bytes) == (2, 1, 5)  # the refusal is billed, not stored
+    s3.put_object(Bucket=bucket, Key="trips/a.json.gz", Body=b"plain")  # unconditional: S3 overwrites
+    assert s3.get_object(Bucket=bucket, Key="trips/a.json.gz")["Body"].read() == b"plain"
+
+
 def test_every_operation_served_is_recorded_refused_ones_included(aws_env: AwsEnv) -> None:
     ddb, state = aws_env.clients.dynamodb, aws_env.settings.table_names["vehicle-state"]
     ddb.get_item(TableName=state, Key={"pseudoVin": {"S": "v"}})

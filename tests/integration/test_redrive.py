@@ -1,9 +1,13 @@
 """Redrive at scale, against the local AWS: stream order per partition key, bounded memory, one KMS
 Decrypt per original batch, permanent reasons left alone, and a rerun after a crash puts back only what
-the crashed run had not tagged."""
+the crashed run had not tagged; and only dead letters the stream still holds at their position go back.
+
+The scale tests quarantine made-up records (sequence numbers chosen to make text order wrong), which the
+stream never held: they run with ``verify=False`` (what ``--force`` does); verification has its own test."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -27,6 +31,7 @@ from tests.conftest import AwsEnv
 from worker.aws import AwsClients
 from worker.redrive import REDRIVEN_TAG, redrive
 from worker.stores.s3_dead_letters import S3DeadLetters
+from worker.wiring import dead_letter_archive
 
 DAY = date(2025, 3, 5)
 SHARDS = ("shardId-000000000000", "shardId-000000000001", "shardId-000000000002")
@@ -190,7 +195,7 @@ def test_dead_letters_go_back_in_stream_order_per_key_one_decrypt_per_batch(env:
     assert data_keys == 3 * SCALE and 0.05 * len(batch) < len(permanent) < 0.15 * len(batch)
     env.aws.app.reset_counts()
 
-    report = redrive(env.settings, env.clients)
+    report = redrive(env.settings, env.clients, verify=False)
 
     print(
         f"{len(batch)} dead letters in {data_keys} batches: {sum(report.redriven.values())} redriven in "
@@ -212,27 +217,29 @@ def test_a_second_redrive_reads_no_tagged_object_and_force_puts_permanent_reason
     write_letters(env, batch)
     permanent = [x for x in batch if x.reason not in REDRIVABLE]
     redrivable = [x for x in batch if x.reason in REDRIVABLE]
-    first = redrive(env.settings, env.clients)
+    first = redrive(env.settings, env.clients, verify=False)
     assert sum(first.redriven.values()) == len(redrivable)
     assert first.skipped_permanent == Counter(str(x.reason) for x in permanent)
     env.aws.app.reset_counts()
 
-    again = redrive(env.settings, env.clients)
+    again = redrive(env.settings, env.clients, verify=False)
     assert sum(again.redriven.values()) == again.requests == 0
     assert again.already_redriven == len(redrivable)
     assert sum(again.skipped_permanent.values()) == len(permanent)
     assert env.aws.app.requests[("s3", "GetObject")] == len(permanent)  # a tagged object is not read
 
-    later = redrive(env.settings, env.clients, since=DAY + timedelta(days=1), force=True)
+    later = redrive(env.settings, env.clients, verify=False, since=DAY + timedelta(days=1), force=True)
     assert (later.redriven, later.skipped_permanent, env.aws.app.requests[("s3", "GetObject")]) == (
         {},
         {},
         len(permanent),
     )  # --since: earlier days are not even listed
-    dry = redrive(env.settings, env.clients, since=DAY, force=True, dry_run=True)
+    dry = redrive(env.settings, env.clients, verify=False, since=DAY, force=True, dry_run=True)
     assert sum(dry.redriven.values()) == len(batch) and dry.requests == 0
 
-    forced = redrive(env.settings, env.clients, reason=str(RejectReason.INVALID_VIN), force=True)
+    forced = redrive(
+        env.settings, env.clients, verify=False, reason=str(RejectReason.INVALID_VIN), force=True
+    )
     invalid = [x for x in batch if x.reason == RejectReason.INVALID_VIN]
     assert dict(forced.redriven) == {"invalid_vin": len(invalid)}
     assert forced.filtered == len(batch) - len(invalid)
@@ -265,12 +272,12 @@ def test_a_rerun_after_a_crash_puts_back_only_what_was_not_tagged(env: AwsEnv) -
     clients.__dict__["kinesis"] = CrashingKinesis(clients.kinesis, puts=SCALE)
 
     with pytest.raises(Crash):
-        redrive(env.settings, clients)
+        redrive(env.settings, clients, verify=False)
 
     first = list(stream(env))
     done = tagged(env, batch)
     assert 0 < len(first) == len(done) < len(batch)  # every accepted record was tagged, and only those
-    report = redrive(env.settings, env.clients)
+    report = redrive(env.settings, env.clients, verify=False)
     assert report.already_redriven == len(done)
     assert sum(report.redriven.values()) == len(batch) - len(done)
     everything = list(stream(env))
@@ -286,7 +293,7 @@ def test_a_request_puts_one_record_per_partition_key(env: AwsEnv) -> None:
         for i, key in enumerate(keys)
     ]
     write_letters(env, batch)
-    report = redrive(env.settings, env.clients)
+    report = redrive(env.settings, env.clients, verify=False)
     assert report.requests == 30
     assert per_key(list(stream(env))) == expected_per_key(batch)
 
@@ -313,7 +320,7 @@ def sampled(*args):
 
 redrive._shard_days = sampled
 tracemalloc.start()
-report = redrive.redrive(settings, clients)
+report = redrive.redrive(settings, clients, verify=False)
 peaks.append(tracemalloc.get_traced_memory()[1])
 print(json.dumps({"redriven": sum(report.redriven.values()), "peaks": peaks}))
 """
@@ -335,3 +342,71 @@ def test_peak_memory_does_not_grow_with_the_number_of_dead_letters(env: AwsEnv) 
     saturated = peaks[12]  # after 12 shard-days, 1,200 objects
     print(f"peak after 1200 objects {saturated} B, after {len(batch)} objects {peaks[-1]} B")
     assert peaks[-1] <= saturated * 1.05 + 32 * 1024  # 75% more objects, the same peak
+
+
+def kpl_aggregate(records: list[tuple[str, bytes]]) -> bytes:
+    """A KPL aggregated record of ``records`` (partition key, data): the magic, the protobuf, its MD5."""
+
+    def varint(n: int) -> bytes:
+        out = b""
+        while True:
+            low, n = n & 0x7F, n >> 7
+            out += bytes([low | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    def field(number: int, value: bytes) -> bytes:
+        return varint(number << 3 | 2) + varint(len(value)) + value
+
+    keys = sorted({key for key, _ in records})
+    message = b"".join(field(1, key.encode()) for key in keys)
+    for key, data in records:
+        message += field(3, varint(1 << 3) + varint(keys.index(key)) + field(3, data))
+    return bytes.fromhex("f3899ac2") + message + hashlib.md5(message).digest()
+
+
+def test_only_dead_letters_the_stream_holds_at_their_position_are_redriven(env: AwsEnv) -> None:
+    """A forged dead letter (bytes the stream does not hold there, or a position it never had) stays and is
+    counted; a genuine one, a KPL aggregate's sub-record included, goes back."""
+    kinesis, stream_name = env.clients.kinesis, env.settings.stream_name
+    aggregated = [("VEH-K-1", b'{"sub": 0}'), ("VEH-K-2", b'{"sub": 1}')]
+    sent = [
+        ("VEH-G", b'{"genuine": 1}'),
+        ("VEH-F", b'{"in the stream": 1}'),
+        ("VEH-K", kpl_aggregate(aggregated)),
+    ]
+    results = kinesis.put_records(
+        StreamName=stream_name, Records=[{"PartitionKey": key, "Data": data} for key, data in sent]
+    )["Records"]
+    arrival = int(datetime(2025, 3, 5, tzinfo=UTC).timestamp() * 1000)
+    genuine, other, kpl = (StreamPosition(r["ShardId"], r["SequenceNumber"], 0, arrival) for r in results)
+    made_up = StreamPosition(genuine.shard_id, str(int(genuine.sequence_number) + 7), 0, arrival)
+    quarantined = [
+        (genuine, "VEH-G", b'{"genuine": 1}'),  # redriven
+        (other, "VEH-F", b'{"forged": 1}'),  # forged: other bytes than the stream's at that position
+        (made_up, "VEH-G", b'{"genuine": 1}'),  # forged: a position the shard never had
+        (StreamPosition(kpl.shard_id, kpl.sequence_number, 1, arrival), *aggregated[1]),  # redriven
+        (StreamPosition(kpl.shard_id, kpl.sequence_number, 0, arrival), "VEH-K-1", b'{"sub": 9}'),  # forged
+    ]
+    store = dead_letter_archive(env.settings, env.clients, lambda _: "h")
+    data_key = store.data_key()
+    for position, key, data in quarantined:
+        store.write(DeadLetter(KinesisRecord(data, key, position), RejectReason.UNWRITABLE, "test"), data_key)
+
+    report = redrive(env.settings, env.clients)
+
+    assert report.redriven == {"unwritable": 2}
+    assert report.skipped_unverified == {"unwritable": 3}
+    redriven = Counter(stream(env)) - Counter(sent)
+    assert redriven == Counter([("VEH-G", b'{"genuine": 1}'), aggregated[1]])
+    assert tagged_keys(env) == {dead_letter_key(quarantined[0][0]), dead_letter_key(quarantined[3][0])}
+
+
+def tagged_keys(env: AwsEnv) -> set[str]:
+    s3, bucket = env.clients.s3, env.settings.archive_bucket
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=PREFIX).get("Contents", [])]
+    return {
+        key
+        for key in keys
+        if REDRIVEN_TAG in {t["Key"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
+    }

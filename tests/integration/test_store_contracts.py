@@ -25,7 +25,15 @@ import pytest
 from devtools.local_aws import FaultPlan
 from devtools.settings import settings_from
 from processors.batch import DeadLetter
-from processors.errors import RejectReason, StaleTripState, TransientError, UnwritableUpdate
+from processors.dead_letter import dead_letter_key
+from processors.errors import (
+    ConflictReason,
+    RejectReason,
+    StaleTripState,
+    TransientError,
+    UnwritableUpdate,
+    WriteOnceConflict,
+)
 from processors.ports import Stores
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, Pseudonymizer
 from processors.signals import parse_time
@@ -62,6 +70,8 @@ class Backend:
     vehicle_state: Callable[[str], dict[str, Any]]
     """The stored vehicle-state item (plain values), {} when absent."""
     dead_letter_count: Callable[[], int]
+    dead_letter: Callable[[str], object]
+    """What is stored at a dead letter's key (the fake: the ``DeadLetter``; S3: the object's bytes)."""
     fail_vehicle_state: Callable[[], None]
     """From now on, every vehicle-state write fails (past every retry)."""
     set_vault_attribute: Callable[[str, str, Any], None]
@@ -87,6 +97,7 @@ def memory_backend(settings: Settings) -> Backend:
         settings,
         lambda pv: dict(stores.vehicle_state.items.get(pv, {})),
         lambda: len(stores.dead_letters.letters),
+        lambda key: stores.dead_letters.letters[key],
         fail,
         set_vault_attribute,
         lambda pv: dict(stores.vault.items.get(pv, {})),
@@ -140,6 +151,7 @@ def aws_backend(env: AwsEnv) -> Backend:
         env.settings,
         vehicle_state,
         dead_letter_count,
+        lambda key: env.clients.s3.get_object(Bucket=env.settings.archive_bucket, Key=key)["Body"].read(),
         fail,
         set_vault_attribute,
         vault_item,
@@ -489,15 +501,32 @@ def test_content_the_store_cannot_hold_raises_unwritable_update(backend: Backend
 # --- dead letters, vault, archive -----------------------------------------------------------------------
 
 
-def test_a_redelivered_dead_letter_overwrites_its_own_object(backend: Backend) -> None:
-    record = KinesisRecord(
-        b"{not json", "1HGCM82633A004352", StreamPosition(SHARD, "49001", 0, 1_741_183_200_000)
-    )
+def test_a_redelivered_dead_letter_writes_nothing_and_another_record_at_its_key_raises(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sealed under a fresh data key each time, the same dead letter has other bytes on every write: the
+    stored object must stay as it was (a reason changed by a deploy in between included)."""
+    position = StreamPosition(SHARD, "49001", 0, 1_741_183_200_000)
+    record = KinesisRecord(b"{not json", "1HGCM82633A004352", position)
     letter = DeadLetter(record, RejectReason.MALFORMED_JSON, "line 1")
     writer = backend.stores.dead_letters
+    key = dead_letter_key(position)
     writer.write(letter, writer.data_key())
+    first = backend.dead_letter(key)
     writer.write(letter, writer.data_key())
+    writer.write(DeadLetter(record, RejectReason.INTERNAL_ERROR, "KeyError"), writer.data_key())
     assert backend.dead_letter_count() == 1
+    assert backend.dead_letter(key) == first
+
+    other = KinesisRecord(b"{other", "1HGCM82633A004352", position)
+    forged = DeadLetter(other, RejectReason.MALFORMED_JSON, "")
+    with caplog.at_level("ERROR"), pytest.raises(WriteOnceConflict) as conflict:
+        writer.write(forged, writer.data_key())
+    assert (conflict.value.key, conflict.value.reason) == (key, ConflictReason.DIFFERENT_RECORD)
+    assert backend.dead_letter(key) == first
+    if backend.name == "aws":  # the adapter logs what an alarm counts (the fake only raises)
+        assert [r.getMessage() for r in caplog.records] == ["archive_conflict"]
+        assert "1HGCM82633A004352" not in caplog.text
 
 
 def test_remembering_a_vin_twice_keeps_one_mapping(backend: Backend) -> None:
@@ -545,11 +574,19 @@ def test_the_first_pseudonym_key_fingerprint_recorded_wins(backend: Backend) -> 
     assert vault.resolve(PSEUDONYM_KEY_ITEM) is None
 
 
-def test_archive_objects_and_index_items_are_plain_overwrites(backend: Backend) -> None:
+@pytest.mark.parametrize("key", ["trips/x/t.json.gz", "trip-segments/x/t/00000.json.gz"])
+def test_archive_objects_are_written_once_and_index_items_are_plain_overwrites(
+    backend: Backend, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
     archive = backend.stores.archive
-    archive.put_object("trips/x/t.json.gz", b"one")
-    archive.put_object("trips/x/t.json.gz", b"two")
-    assert archive.get_object("trips/x/t.json.gz") == b"two"
+    archive.put_object(key, b"one")
+    archive.put_object(key, b"one")  # a retry, a redelivery, a second writer: the same bytes, a no-op
+    with caplog.at_level("ERROR"), pytest.raises(WriteOnceConflict) as conflict:
+        archive.put_object(key, b"two")
+    assert (conflict.value.key, conflict.value.reason) == (key, ConflictReason.DIFFERENT_BYTES)
+    assert archive.get_object(key) == b"one"
+    if backend.name == "aws":
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("ERROR", "archive_conflict")]
     item = TripIndexItem.model_validate(
         {
             "pseudoVin": PV, "tripId": "t", "tripDate": "2025-03-05", "startTime": "2025-03-05T13:00:00.000Z",

@@ -48,7 +48,7 @@ from worker.shards import drained
 CHAOS_ENV = {
     "FLEET_PSEUDONYM_KEY": "chaos-key",
     "FLEET_TRIP_GAP_SECONDS": "60",
-    "FLEET_TRIP_LATENESS_SECONDS": "10",  # the simulator sends each vehicle in order: drain 10 s after the end
+    "FLEET_TRIP_LATENESS_SECONDS": "10",  # the simulator sends each vehicle in order: drains 10 s after
     "FLEET_TRIP_SEGMENT_BREADCRUMBS": "200",
     "FLEET_CHECKPOINT_EVERY_SECONDS": "5",
     "FLEET_KCL_FAILOVER_TIME_MILLIS": "3000",

@@ -14,7 +14,7 @@ from typing import Any
 
 from processors.batch import DeadLetter
 from processors.dead_letter import DataKey, dead_letter_key
-from processors.errors import StaleTripState, UnwritableUpdate
+from processors.errors import ConflictReason, StaleTripState, UnwritableUpdate, WriteOnceConflict
 from processors.ports import Stores
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, is_vehicle
 from processors.signals import format_time
@@ -184,8 +184,12 @@ class MemoryDeadLetters(_Failing):
 
     def write(self, dead_letter: DeadLetter, data_key: DataKey) -> int:
         self._maybe_fail()
+        key = dead_letter_key(dead_letter.record.position)
         with self.lock:
-            self.letters[dead_letter_key(dead_letter.record.position)] = dead_letter
+            # Write-once, as S3DeadLetters: the same record again is a no-op, another one a conflict.
+            stored, new = self.letters.setdefault(key, dead_letter).record, dead_letter.record
+            if (stored.data, stored.partition_key) != (new.data, new.partition_key):
+                raise WriteOnceConflict(key, ConflictReason.DIFFERENT_RECORD)
         return 1
 
 
@@ -247,7 +251,9 @@ class MemoryTripArchive(_Failing):
     def put_object(self, key: str, body: bytes) -> None:
         self._maybe_fail()
         with self.lock:
-            self.objects[key] = body
+            # Write-once, as S3TripArchive: the same bytes again is a no-op, other bytes a conflict.
+            if self.objects.setdefault(key, body) != body:
+                raise WriteOnceConflict(key, ConflictReason.DIFFERENT_BYTES)
 
     def get_object(self, key: str) -> bytes:
         with self.lock:

@@ -3,6 +3,7 @@ partition key's order (one record per key per request, a failed one first again)
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 from hypothesis import given
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from processors.dead_letter import dead_letter_key, shard_order, stream_order
 from processors.errors import REDRIVABLE, RejectReason
-from processors.redrive import PutPlanner, Redrivable
+from processors.redrive import KPL_MAGIC, PutPlanner, Redrivable, kpl_records, verifies
 from schemas.records import StreamPosition
 
 ARRIVAL = 1_741_185_121_000  # 2025-03-05
@@ -120,3 +121,21 @@ def test_with_failures_every_key_is_put_in_order_exactly_once(
     assert sorted(accepted, key=lambda r: int(r.object_key[1:])) == pending
     for pk in set(keys):
         assert [r for r in accepted if r.partition_key == pk] == [r for r in pending if r.partition_key == pk]
+
+
+def test_a_dead_letter_verifies_only_against_the_same_bytes_and_partition_key() -> None:
+    assert verifies(b"abc", "K", 0, b"abc", "K")
+    assert not verifies(b"abd", "K", 0, b"abc", "K")
+    assert not verifies(b"abc", "L", 0, b"abc", "K")
+    assert not verifies(b"abc", "K", 1, b"abc", "K")  # a sub-record of a record that is no aggregate
+
+
+def test_what_is_not_a_well_formed_kpl_aggregate_is_a_plain_record() -> None:
+    message = b"\x0a\x01K\x1a\x06\x08\x00\x1a\x02hi"  # key table ["K"], one record: index 0, data "hi"
+    framed = KPL_MAGIC + message + hashlib.md5(message).digest()
+    assert kpl_records(framed) == [("K", b"hi")]
+    assert kpl_records(b"plain") is None
+    assert kpl_records(KPL_MAGIC + message + b"\x00" * 16) is None  # the MD5 does not check
+    truncated = message[:-1]
+    assert kpl_records(KPL_MAGIC + truncated + hashlib.md5(truncated).digest()) is None
+    assert verifies(b"hi", "K", 0, framed, "outer") and not verifies(b"hi", "K", 1, framed, "outer")

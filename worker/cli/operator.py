@@ -84,6 +84,7 @@ def cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
         f"{verb} {total} dead letters to {settings.stream_name} in {report.requests} PutRecords; "
         f"skipped {report.already_redriven} already redriven, "
         f"{sum(report.skipped_permanent.values())} permanent (skippedPermanent; --force puts them back), "
+        f"{sum(report.skipped_unverified.values())} not in the stream at their position (skippedUnverified), "
         f"{report.filtered} filtered; {report.data_keys} data keys decrypted"
     )
     for reason, count in sorted(report.redriven.items()):
@@ -164,8 +165,9 @@ def register(add: AddCommand) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="also those already redriven, and those of a permanent reason (not internal_error, "
-        "unwritable or timestamp_out_of_range: e.g. once the decoder knows a new shape)",
+        help="also those already redriven, those of a permanent reason (not internal_error, "
+        "unwritable or timestamp_out_of_range: e.g. once the decoder knows a new shape), and those the "
+        "stream no longer holds at their position (unverified: trimmed, or not what was read there)",
     )
     p.add_argument("--dry-run", action="store_true", help="count, decrypt, put nothing")
 

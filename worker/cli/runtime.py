@@ -20,8 +20,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.kcl_daemon import exit_with_daemon
     from worker.record_processor import run_processor
 
+    exit_with_daemon()  # a processor never outlives the daemon that started it
     run_processor(settings)
     return 0
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from processors.errors import ConflictReason
 from schemas.dynamo import to_item
 from schemas.items import TripIndexItem
+from worker.stores.s3_write_once import put_once, sha256_hex
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -13,7 +15,8 @@ if TYPE_CHECKING:
 
 
 class S3TripArchive:
-    """Gzipped JSON objects (archives, sealed segments) and index items: plain overwrites."""
+    """Gzipped JSON objects (archives, sealed segments), written once (``put_once``: the same bytes again
+    is a no-op, other bytes raise ``WriteOnceConflict``), and index items (plain overwrites)."""
 
     def __init__(self, s3: S3Client, bucket: str, dynamodb: DynamoDBClient, index_table: str) -> None:
         self._s3 = s3
@@ -22,8 +25,16 @@ class S3TripArchive:
         self._index_table = index_table
 
     def put_object(self, key: str, body: bytes) -> None:
-        self._s3.put_object(
-            Bucket=self._bucket, Key=key, Body=body, ContentType="application/json", ContentEncoding="gzip"
+        put_once(
+            self._s3,
+            self._bucket,
+            key,
+            body,
+            sha256_hex(body),
+            ConflictReason.DIFFERENT_BYTES,
+            same_legacy=lambda stored: stored == body,
+            ContentType="application/json",
+            ContentEncoding="gzip",
         )
 
     def get_object(self, key: str) -> bytes:
