@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from processors.archive import archive_key, archive_trip, gzip_json, read_gzip_json, segment_key
-from processors.errors import StaleTripState
+from processors.errors import StaleTripState, WriteOnceConflict
 from processors.ports import TrailStore, TripArchive, TripStore
 from processors.signals import parse_time
 from processors.trail import TRAIL_TTL_SECONDS, Crumb, from_segment_rows, segment_rows, trip_rows
@@ -68,9 +68,16 @@ class TripArchiver:
     def seal(self, seal: SegmentSeal) -> None:
         crumbs = self._trail.read(seal.pseudo_vin, seal.from_ms, seal.to_ms)
         rows = trip_rows(crumbs, seal.from_ms, seal.to_ms, seal.completion_ms)
-        self._archive.put_object(
-            segment_key(seal.pseudo_vin, seal.trip_id, seal.index), gzip_json(segment_rows(rows))
-        )
+        self._put_once(segment_key(seal.pseudo_vin, seal.trip_id, seal.index), gzip_json(segment_rows(rows)))
+
+    def _put_once(self, key: str, body: bytes) -> None:
+        """Write-once: a rewrite with other bytes (a re-archive after crumbs expired, or after a late half
+        of an instant joined a slot) keeps the stored object. ``put_once`` logged ``archive_conflict`` at
+        ERROR (alarmed); failing the batch instead would stop the shard on every redelivery."""
+        try:
+            self._archive.put_object(key, body)
+        except WriteOnceConflict:
+            return
 
     def archive(self, trip: CompletedTrip) -> TripIndexItem:
         """Write the archive object, then its index item. Idempotent."""
@@ -87,7 +94,7 @@ class TripArchiver:
                 lagSeconds=lag_ms // 1000,
             )
         body, item = archive_trip(trip, self.crumbs(trip))
-        self._archive.put_object(archive_key(trip.pseudo_vin, trip.trip_id), body)
+        self._put_once(archive_key(trip.pseudo_vin, trip.trip_id), body)
         self._archive.put_index(item)
         return item
 
