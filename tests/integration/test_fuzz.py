@@ -13,6 +13,7 @@ examples of each; ``make fuzz`` runs ``FLEET_FUZZ_SCALE`` times as many.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -265,14 +266,19 @@ def mutated_protobuf(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+SEQUENCE = itertools.count(49_000_000_000)
+"""One shard's sequence numbers across every example: a position holds one record (a dead letter is
+written once at its position's key)."""
+
+
 def as_batch(datas: Sequence[bytes], keys: Sequence[str]) -> list[KinesisRecord]:
     return [
         KinesisRecord(
             data=data,
             partition_key=key,
-            position=StreamPosition("shardId-000000000000", str(49_000_000_000 + i), 0, NOW_MS),
+            position=StreamPosition("shardId-000000000000", str(next(SEQUENCE)), 0, NOW_MS),
         )
-        for i, (data, key) in enumerate(zip(datas, keys, strict=True))
+        for data, key in zip(datas, keys, strict=True)
     ]
 
 

@@ -127,9 +127,9 @@ def test_the_batch_line_carries_what_an_operator_needs(aws_env: AwsEnv) -> None:
     harness.shutdown_requested()
     assert harness.close() == 0
     logs = harness.logs()
-    # The second line is the empty poll's flush (the trip machine's writes): records 0.
-    batch, flush = [line for line in logs if line["event"] == "batch"]
-    assert flush["records"] == 0 and flush["writes"] > 0
+    # A second line, if any, is the empty poll's flush (what the exact machine completed): records 0.
+    batch, *flushes = [line for line in logs if line["event"] == "batch"]
+    assert all(f["records"] == 0 and f["writes"] > 0 for f in flushes)
     assert batch["level"] == "INFO" and batch["shard"] == "shardId-000000000000"
     assert batch["records"] == 200 and batch["applied"] + batch["deadLetters"] == 200
     assert batch["vehicles"] > 0 and batch["writes"] > 0

@@ -140,8 +140,7 @@ def test_trip_scenario_through_the_record_processor(trip_env: AwsEnv) -> None:
         assert item["distanceMiles"] == expected.distanceMiles
         assert (item["maxSpeedMph"], item.get("endBattery")) == (expected.maxSpeedMph, expected.endBattery)
         assert item["tripDate"] == item["startTime"][:10]
-        completion = AN_HOUR_LATER if trip.end_reason is EndReason.ORPHAN else trip.completion_ms
-        assert item["expiresAt"] == max(trip.end_time_ms, completion) // 1000 + 90 * 86400
+        assert item["expiresAt"] == trip.end_time_ms // 1000 + 90 * 86400  # from the end, not from R
         obj, crumbs = archive(trip_env, item["s3Key"])
         assert item["s3Key"] == f"trips/{trip.pseudo_vin}/{trip.trip_id}.json.gz"
         assert (obj["ContentType"], obj["ContentEncoding"]) == ("application/json", "gzip")
@@ -222,7 +221,7 @@ def test_a_trip_outliving_the_breadcrumb_ttl_is_still_archived_whole(trip_env: A
     # DynamoDB's TTL removes buckets a day after their newest arrival: remove every bucket of this trip
     # sealed so far (wholly before the sealed point), as if they had expired.
     state = next(i for i in table(trip_env, "trip-state") if i["pseudoVin"] == PV["2"])
-    sealed = _epoch(state["sealedThrough"]) * 1000
+    sealed = state["machine"]["sl"]  # the exact machine's sealed-through point
     expired = [b for b in bucket_items(trip_env, PV["2"]) if (b["bucket"] + 15) * 1000 <= sealed]
     assert sum(len(decode_item(b)) for b in expired) >= 3 * SEGMENT
     for bucket in expired:
@@ -278,12 +277,6 @@ def test_a_trip_archived_after_its_trail_may_have_expired_is_archived_as_found_b
     caplog.clear()
     assert on_time.archive(first) == item  # the same rows: nothing else changed
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
-
-
-def _epoch(iso: str) -> int:
-    from processors.signals import parse_time
-
-    return parse_time(iso) // 1000
 
 
 def replay_with_crashes(env: AwsEnv, records: Sequence[ShardRecord], seed: int) -> int:

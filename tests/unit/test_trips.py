@@ -180,7 +180,9 @@ def test_the_archived_trip_ends_at_the_stop_and_excludes_the_wait() -> None:
     assert item.endLocation is not None
     assert (item.endLocation.lat, item.endLocation.lng) == (39.7 + 120 / 10_000, -104.9)
     assert item.distanceMiles > 0
-    assert item.expiresAt == (T0 + 420_000) // 1000 + 90 * 86400  # from max(end, completion)
+    # From the trip's end (the stop), not from R: a function of the trip, whatever its records' arrival.
+    assert trip.completion_ms > trip.end_time_ms == T0 + 120_000
+    assert item.expiresAt == (T0 + 120_000) // 1000 + 90 * 86400
 
 
 def test_the_completing_record_may_start_the_next_trip() -> None:
