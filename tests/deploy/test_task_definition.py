@@ -63,7 +63,7 @@ def test_every_variable_is_a_real_setting_and_none_points_away_from_aws(environm
 def test_the_tasks_name_the_stacks_resources(
     task_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tables = {p["TableName"] for p in STACK.of_type("AWS::DynamoDB::Table").values()}
+    tables = {p["TableName"] for p in STACK.tables().values()}
     stream = STACK.properties("Stream")["Name"]
     bucket = STACK.properties("ArchiveBucket")["BucketName"]
     sweep = settings_of(SWEEP_ENVIRONMENT, monkeypatch)

@@ -34,6 +34,8 @@ TEST_PARAMETERS: Mapping[str, str] = {
     "Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet-ingest:1",
     "VpcId": "vpc-0123456789abcdef0",
     "SubnetIds": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
+    "OperatorPrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/oncall",
+    "AdminPrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/privacy-officer",
 }
 """The names the local AWS uses by default (Settings' defaults, moto's account): the rendered policies
 name the resources a worker configured with those defaults touches."""
@@ -63,6 +65,8 @@ class Rendered:
     """Logical id -> the resource (Type, Properties, ...) with every intrinsic resolved; resources whose
     condition is false are left out."""
     outputs: dict[str, Any]
+    arns: dict[str, str]
+    """Logical id -> the resource's ARN as rendered (``Fn::GetAtt [id, Arn]``)."""
 
     def of_type(self, type_: str) -> dict[str, dict[str, Any]]:
         return {name: r["Properties"] for name, r in self.resources.items() if r["Type"] == type_}
@@ -72,10 +76,26 @@ class Rendered:
         return properties
 
     def policy(self, role: str) -> dict[str, Any]:
-        """The one inline policy document of a role."""
-        (policy,) = self.properties(role)["Policies"]
-        document: dict[str, Any] = policy["PolicyDocument"]
-        return document
+        """A role's identity policy: the statements of its inline policies and of the
+        ``AWS::IAM::RolePolicy`` resources attached to it, as one document."""
+        documents = [p["PolicyDocument"] for p in self.properties(role).get("Policies", [])]
+        documents += [
+            p["PolicyDocument"]
+            for p in self.of_type("AWS::IAM::RolePolicy").values()
+            if p["RoleName"] == role
+        ]
+        if not documents:
+            raise ValueError(f"{role} has no policy")
+        statements = [s for d in documents for s in d["Statement"]]
+        return {"Version": documents[0]["Version"], "Statement": statements}
+
+    def tables(self, kcl: bool = False) -> dict[str, dict[str, Any]]:
+        """The data tables (schemas/tables.py), or with ``kcl`` the KCL's own three (logical ids Kcl...)."""
+        return {
+            name: table
+            for name, table in self.of_type("AWS::DynamoDB::Table").items()
+            if name.startswith("Kcl") == kcl
+        }
 
 
 class _Renderer:
@@ -191,7 +211,8 @@ def render(values: Mapping[str, str] = TEST_PARAMETERS, path: Path = TEMPLATE) -
         for name, output in renderer.template.get("Outputs", {}).items()
         if renderer.conditions.get(output.get("Condition", ""), True)
     }
-    return Rendered(renderer.parameters, renderer.conditions, resources, outputs)
+    arns = {name: renderer.attribute(name, "Arn") for name in resources}
+    return Rendered(renderer.parameters, renderer.conditions, resources, outputs, arns)
 
 
 # The ECS task definitions, as the deploy tests read them.
