@@ -83,6 +83,39 @@ def test_the_worker_creates_no_table_and_finds_the_kcl_s() -> None:
         assert P.can("WorkerTaskRole", "dynamodb:DescribeTable", table_arn)
 
 
+# --- the bucket: the stack's key, TLS 1.2 or later ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("refused", "context"),
+    [
+        ("SSE-S3", {"s3:x-amz-server-side-encryption": "AES256"}),
+        (
+            "SSE-KMS under another key",
+            {"s3:x-amz-server-side-encryption-aws-kms-key-id": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/other"},
+        ),
+        ("plain HTTP", {"aws:SecureTransport": "false"}),
+        ("TLS 1.1", {"s3:TlsVersion": "1.1"}),
+        ("TLS 1.0", {"s3:TlsVersion": "1.0"}),
+    ],
+)
+def test_uploads_use_the_stack_s_key_over_tls_1_2_or_later(refused: str, context: dict[str, str]) -> None:
+    key = s3_object("trips/2025/01/01/x.json.gz")
+    assert not P.can("WorkerTaskRole", "s3:PutObject", key, {**WRITE_ONCE, **context}), refused
+    the_stack_s_key = {
+        "s3:x-amz-server-side-encryption": "aws:kms",
+        "s3:x-amz-server-side-encryption-aws-kms-key-id": DATA_KEY,
+    }
+    assert P.can(
+        "WorkerTaskRole", "s3:PutObject", key, {**WRITE_ONCE, **the_stack_s_key, "s3:TlsVersion": "1.2"}
+    )
+    assert P.can("WorkerTaskRole", "s3:PutObject", key, WRITE_ONCE), (
+        "no header: the bucket's default, the stack's key"
+    )
+    if "TLS" in refused or "HTTP" in refused:
+        assert not P.can("OperatorRole", "s3:GetObject", s3_object("dead-letter/x"), context), "reads too"
+
+
 # --- the VIN key: decrypt is the admin's, in the key policy ------------------------------------------------
 
 
