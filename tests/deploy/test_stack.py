@@ -199,7 +199,9 @@ def test_archives_can_be_kept_forever_by_parameter() -> None:
 def test_worker_tasks_scale_within_the_shard_count() -> None:
     target = STACK.properties("WorkerScalableTarget")
     assert target["MaxCapacity"] == STACK.parameters["ShardCount"]
-    assert target["MinCapacity"] == STACK.properties("WorkerService")["DesiredCount"]
+    assert "DesiredCount" not in STACK.properties("WorkerService"), "autoscaling owns the count"
+    assert int(target["MinCapacity"]) == int(STACK.parameters["WorkerMinTasks"]) >= 2, "no single task"
+    assert load_template()["Parameters"]["WorkerMinTasks"]["MinValue"] >= 2
     policy = STACK.properties("WorkerCpuScaling")["TargetTrackingScalingPolicyConfiguration"]
     assert policy["ScaleInCooldown"] > policy["ScaleOutCooldown"]
 

@@ -54,6 +54,8 @@ _ARN_FORMATS = {
     "AWS::S3::Bucket": ("BucketName", "arn:aws:s3:::{name}"),
     "AWS::Logs::LogGroup": ("LogGroupName", "arn:aws:logs:{region}:{account}:log-group:{name}:*"),
     "AWS::ECS::Cluster": ("ClusterName", "arn:aws:ecs:{region}:{account}:cluster/{name}"),
+    "AWS::CloudWatch::Alarm": ("AlarmName", "arn:aws:cloudwatch:{region}:{account}:alarm:{name}"),
+    "AWS::SQS::Queue": ("QueueName", "arn:aws:sqs:{region}:{account}:{name}"),
 }
 
 
@@ -176,6 +178,9 @@ class _Renderer:
             if key == "Fn::Join":
                 separator, items = arg
                 return separator.join(str(i) for i in self.resolve(items))
+            if key == "Fn::FindInMap":
+                mapping, top, second = (str(self.resolve(a)) for a in arg)
+                return self.template["Mappings"][mapping][top][second]
             if key == "Fn::If":
                 condition, when_true, when_false = arg
                 return self.resolve(when_true if self.conditions[condition] else when_false)
