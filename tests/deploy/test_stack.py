@@ -38,8 +38,17 @@ from schemas.dynamo import from_item
 from schemas.tables import ALL_TABLES
 from tests.conftest import TEST_ENV, AwsEnv, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS
-from tests.support.cfn import TEMPLATE, TEST_PARAMETERS, load_template, render
+from tests.support.cfn import (
+    ENVIRONMENT,
+    STACK_NAME,
+    SWEEP_ENVIRONMENT,
+    TEMPLATE,
+    TEST_PARAMETERS,
+    load_template,
+    render,
+)
 from tests.support.harness import ProcessorHarness, batches, fixture, shard_records
+from tests.support.iam import allowed
 from worker.aws import AwsClients
 from worker.bootstrap import LIFECYCLE_RULES, bootstrap
 from worker.config import Settings
@@ -206,9 +215,20 @@ def test_worker_tasks_scale_within_the_shard_count() -> None:
     assert policy["ScaleInCooldown"] > policy["ScaleOutCooldown"]
 
 
-def test_the_sweep_runs_on_a_schedule_with_its_own_role() -> None:
+def test_the_sweep_runs_on_a_schedule_with_its_own_role_retries_and_a_dead_letter_queue() -> None:
     schedule = STACK.properties("SweepSchedule")
     assert re.fullmatch(r"rate\(\d+ minutes\)", schedule["ScheduleExpression"])
+    retry = schedule["Target"]["RetryPolicy"]
+    assert retry["MaximumRetryAttempts"] >= 1
+    assert retry["MaximumEventAgeInSeconds"] < 60 * int(STACK.parameters["SweepIntervalMinutes"]), (
+        "retries end before the next run"
+    )
+    queue = STACK.arns["SweepDeadLetterQueue"]
+    assert schedule["Target"]["DeadLetterConfig"] == {"Arn": queue}
+    scheduler = STACK.properties("SchedulerRole")["Policies"][0]["PolicyDocument"]
+    assert allowed(scheduler, "sqs:SendMessage", queue)
+    (alarm,) = alarm_metrics(ALARMS["sweep-dead-letters"])
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": queue.rsplit(":", 1)[1]}]
     ecs = schedule["Target"]["EcsParameters"]
     assert ecs["TaskDefinitionArn"].endswith(
         ":SweepTaskDefinition"
@@ -232,8 +252,22 @@ def logged_events() -> set[str]:
     return events
 
 
+def alarm_metrics(alarm: dict[str, Any]) -> list[dict[str, Any]]:
+    """(Namespace, MetricName, Dimensions) of each metric an alarm reads, plain or through metric math."""
+    if "MetricName" in alarm:
+        return [{k: alarm.get(k) for k in ("Namespace", "MetricName", "Dimensions")}]
+    return [query["MetricStat"]["Metric"] for query in alarm["Metrics"] if "MetricStat" in query]
+
+
+ALARMS = {
+    a["AlarmName"].removeprefix("fleet-ingest-"): a for a in STACK.of_type("AWS::CloudWatch::Alarm").values()
+}
+
+
 def test_alarms_watch_metrics_and_log_events_the_code_emits() -> None:
-    namespace = Settings.model_fields["metrics_namespace"].default
+    namespace = ENVIRONMENT["FLEET_METRICS_NAMESPACE"]
+    assert namespace == f"fleet-ingest/{STACK_NAME}", "one namespace per stack"
+    assert SWEEP_ENVIRONMENT["FLEET_METRICS_NAMESPACE"] == namespace
     filters = {
         f["MetricTransformations"][0]["MetricName"]: f
         for f in STACK.of_type("AWS::Logs::MetricFilter").values()
@@ -244,21 +278,84 @@ def test_alarms_watch_metrics_and_log_events_the_code_emits() -> None:
         assert named and named <= events, named - events
         assert metric["MetricTransformations"][0]["MetricNamespace"] == namespace
     assert "archive_at_risk" in filters["ArchiveIncomplete"]["FilterPattern"]
-    assert {"batch_failed", "checkpoint_failed", "initialize_failed"} <= set(
-        re.findall(r'"(\w+)"', filters["ProcessorExits"]["FilterPattern"])
-    )
-    alarms = {a["MetricName"]: a for a in STACK.of_type("AWS::CloudWatch::Alarm").values()}
-    assert set(alarms) == {
-        "MillisBehindLatest",
-        "GetRecords.IteratorAgeMilliseconds",
-        "RecordsDeadLettered",
-        *filters,
-    }
-    for name, alarm in alarms.items():
-        if alarm["Namespace"] == namespace and name not in filters:
-            assert name in UNITS, f"{name}: not an EMF metric of worker/metrics.py"
-            assert alarm["Dimensions"] == [{"Name": "Application", "Value": "fleet-ingest"}]
-    assert alarms["GetRecords.IteratorAgeMilliseconds"]["TreatMissingData"] == "breaching", "nobody reading"
+    exits = set(re.findall(r'"(\w+)"', filters["ProcessorExits"]["FilterPattern"]))
+    # Every way a record processor exits on an error (self._exit in worker/record_processor.py).
+    assert {"batch_failed", "flush_failed", "checkpoint_failed", "initialize_failed"} <= exits
+    read = [m for alarm in ALARMS.values() for m in alarm_metrics(alarm)]
+    ours = {m["MetricName"] for m in read if m["Namespace"] == namespace}
+    assert ours == {"MillisBehindLatest", "RecordsDeadLettered", *filters}
+    for metric in read:
+        if metric["Namespace"] == namespace and metric["MetricName"] not in filters:
+            assert metric["MetricName"] in UNITS, (
+                f"{metric['MetricName']}: not an EMF metric of worker/metrics.py"
+            )
+            assert metric["Dimensions"] == [{"Name": "Application", "Value": "fleet-ingest"}]
+    assert ALARMS["iterator-age"]["TreatMissingData"] == "breaching", "nobody reading"
+
+
+def test_every_alarm_notifies_the_topic_which_is_required() -> None:
+    topic = TEST_PARAMETERS["AlarmTopicArn"]
+    for name, alarm in ALARMS.items():
+        assert alarm["AlarmActions"] == [topic] and alarm["OKActions"] == [topic], name
+    spec = load_template()["Parameters"]["AlarmTopicArn"]
+    assert "Default" not in spec and re.fullmatch(spec["AllowedPattern"], "none")
+    assert not re.fullmatch(spec["AllowedPattern"], ""), "an empty topic is no longer a silent default"
+    silent = render({**TEST_PARAMETERS, "AlarmTopicArn": "none"})
+    alarms = silent.of_type("AWS::CloudWatch::Alarm").values()
+    assert len(alarms) == len(ALARMS) and not any("AlarmActions" in a or "OKActions" in a for a in alarms)
+
+
+def test_two_stacks_do_not_share_log_derived_metrics() -> None:
+    def namespaces(stack: Any) -> set[str]:
+        return {
+            f["MetricTransformations"][0]["MetricNamespace"]
+            for f in stack.of_type("AWS::Logs::MetricFilter").values()
+        }
+
+    assert namespaces(STACK) == {f"fleet-ingest/{STACK_NAME}"}
+    staging = render(stack_name="fleet-ingest-staging")
+    assert namespaces(staging) == {"fleet-ingest/fleet-ingest-staging"}
+    (environment,) = [
+        c["Environment"] for c in staging.properties("WorkerTaskDefinition")["ContainerDefinitions"]
+    ]
+    assert {"Name": "FLEET_METRICS_NAMESPACE", "Value": "fleet-ingest/fleet-ingest-staging"} in environment
+
+
+def test_running_tasks_kinesis_and_dynamodb_throttling_alarm() -> None:
+    service = STACK.properties("WorkerService")["ServiceName"]
+    tasks = {m["MetricName"]: m for m in alarm_metrics(ALARMS["tasks-below-desired"])}
+    assert set(tasks) == {"DesiredTaskCount", "RunningTaskCount"}
+    assert all({"Name": "ServiceName", "Value": service} in m["Dimensions"] for m in tasks.values())
+    (kinesis,) = alarm_metrics(ALARMS["kinesis-read-throttled"])
+    assert kinesis["MetricName"] == "ReadProvisionedThroughputExceeded"
+    assert kinesis["Dimensions"] == [{"Name": "StreamName", "Value": STACK.properties("Stream")["Name"]}]
+    data_tables = {t["TableName"] for t in STACK.tables().values()}
+    for kind in ("Write", "Read"):
+        alarm = ALARMS[f"dynamodb-{kind.lower()}-throttled"]
+        metrics = alarm_metrics(alarm)
+        assert {m["MetricName"] for m in metrics} == {f"{kind}ThrottleEvents"}
+        assert {m["Dimensions"][0]["Value"] for m in metrics} == data_tables
+        (expression,) = [q["Expression"] for q in alarm["Metrics"] if "Expression" in q]
+        ids = {q["Id"] for q in alarm["Metrics"] if "MetricStat" in q}
+        assert set(re.findall(r"\w+", expression)) == ids, "the alarm adds up every table"
+
+
+@pytest.mark.parametrize("interval", load_template()["Parameters"]["SweepIntervalMinutes"]["AllowedValues"])
+def test_the_sweep_alarm_looks_at_two_intervals_at_least(interval: int) -> None:
+    stack = render({**TEST_PARAMETERS, "SweepIntervalMinutes": str(interval)})
+    (alarm,) = [
+        a
+        for a in stack.of_type("AWS::CloudWatch::Alarm").values()
+        if a["AlarmName"].endswith("-sweep-not-running")
+    ]
+    assert int(alarm["Period"]) >= 2 * int(interval) * 60 and int(alarm["Period"]) % 60 == 0
+    assert stack.properties("SweepSchedule")["ScheduleExpression"] == f"rate({interval} minutes)"
+
+
+def test_every_alarm_has_its_runbook_row() -> None:
+    runbook = (ROOT / "docs" / "operating.md").read_text()
+    rows = set(re.findall(r"^\| `<app>-([\w-]+)` \|", runbook, re.M))
+    assert rows == set(ALARMS)
 
 
 def test_the_dashboard_shows_every_alarm() -> None:
@@ -274,7 +371,7 @@ def test_every_parameter_is_documented() -> None:
 
 
 def test_the_data_plane_alone_needs_no_compute_parameter() -> None:
-    people = {k: TEST_PARAMETERS[k] for k in ("OperatorPrincipalArn", "AdminPrincipalArn")}
+    people = {k: TEST_PARAMETERS[k] for k in ("OperatorPrincipalArn", "AdminPrincipalArn", "AlarmTopicArn")}
     data_plane = render({"ArchiveBucketName": "b", "DeployCompute": "false", **people})
     assert not data_plane.of_type("AWS::ECS::Service") and not data_plane.of_type("AWS::CloudWatch::Alarm")
     assert set(data_plane.of_type("AWS::IAM::Role")) == {
@@ -319,6 +416,7 @@ STACK_PARAMETERS = {
     "PseudonymSecretName": "stack-test/pseudonym-key",
     "OperatorPrincipalArn": TEST_PARAMETERS["OperatorPrincipalArn"],
     "AdminPrincipalArn": TEST_PARAMETERS["AdminPrincipalArn"],
+    "AlarmTopicArn": "none",
 }
 
 

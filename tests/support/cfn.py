@@ -8,6 +8,7 @@ So tests can read the exact policies, task definitions and tables a deployment w
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ TEST_PARAMETERS: Mapping[str, str] = {
     "SubnetIds": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
     "OperatorPrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/oncall",
     "AdminPrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/privacy-officer",
+    "AlarmTopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:oncall",
 }
 """The names the local AWS uses by default (Settings' defaults, moto's account): the rendered policies
 name the resources a worker configured with those defaults touches."""
@@ -101,7 +103,7 @@ class Rendered:
 
 
 class _Renderer:
-    def __init__(self, template: Mapping[str, Any], values: Mapping[str, str]) -> None:
+    def __init__(self, template: Mapping[str, Any], values: Mapping[str, str], stack_name: str) -> None:
         self.template = template
         self.parameters: dict[str, Any] = {}
         for name, spec in template.get("Parameters", {}).items():
@@ -113,7 +115,7 @@ class _Renderer:
             "AWS::AccountId": ACCOUNT,
             "AWS::Region": REGION,
             "AWS::Partition": "aws",
-            "AWS::StackName": "fleet-ingest",
+            "AWS::StackName": stack_name,
             "AWS::URLSuffix": "amazonaws.com",
         }
         self.conditions: dict[str, bool] = {}
@@ -134,7 +136,7 @@ class _Renderer:
         if type_ in _ARN_FORMATS:
             name_property, arn_format = _ARN_FORMATS[type_]
             name = str(self.resolve(properties[name_property]))
-            if attribute in ("Ref", "Name"):
+            if attribute in ("Ref", "Name", "QueueName"):
                 return name
             return arn_format.format(region=REGION, account=ACCOUNT, name=name)
         if type_ == "AWS::KMS::Key":
@@ -204,8 +206,19 @@ class _Renderer:
 _NO_VALUE = object()
 
 
-def render(values: Mapping[str, str] = TEST_PARAMETERS, path: Path = TEMPLATE) -> Rendered:
-    renderer = _Renderer(load_template(path), values)
+STACK_NAME = "fleet-ingest"
+
+
+@functools.cache
+def _parsed(path: Path, mtime_ns: int) -> dict[str, Any]:
+    """The template parsed once per version of the file (rendering never changes it)."""
+    return load_template(path)
+
+
+def render(
+    values: Mapping[str, str] = TEST_PARAMETERS, path: Path = TEMPLATE, stack_name: str = STACK_NAME
+) -> Rendered:
+    renderer = _Renderer(_parsed(path, path.stat().st_mtime_ns), values, stack_name)
     resources = {
         name: renderer.resolve(resource)
         for name, resource in renderer.resources.items()
