@@ -52,6 +52,7 @@ from tests.support.iam import allowed
 from worker.aws import AwsClients
 from worker.bootstrap import LIFECYCLE_RULES, bootstrap
 from worker.config import Settings
+from worker.leases import read_leases
 from worker.metrics import UNITS
 from worker.sweep import sweep_orphans
 
@@ -93,8 +94,13 @@ def test_the_tables_are_the_specs_of_schemas_tables() -> None:
 
 def test_every_table_has_point_in_time_recovery_deletion_protection_and_the_data_key() -> None:
     data_key = STACK.properties("DataAlias")["TargetKeyId"]
-    for name, table in STACK.of_type("AWS::DynamoDB::Table").items():
-        assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}, name
+    tables = STACK.of_type("AWS::DynamoDB::Table")
+    assert len(tables) == len(ALL_TABLES) + 3, "the KCL's three tables too"
+    for name, table in tables.items():
+        pitr = table["PointInTimeRecoverySpecification"]
+        assert pitr["PointInTimeRecoveryEnabled"] is True, name
+        # The trail lives 24 h: restorable a day, not the default 35.
+        assert pitr.get("RecoveryPeriodInDays", 35) == (1 if name == "LiveBreadcrumbsTable" else 35), name
         assert table["DeletionProtectionEnabled"] is True, name
         assert table["SSESpecification"] == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": data_key}
         assert STACK.resources[name]["DeletionPolicy"] == "Retain"
@@ -508,6 +514,38 @@ def test_the_deployed_tables_stream_and_key_are_what_the_worker_expects(deployed
     key = clients.kms.describe_key(KeyId=settings.vin_key_alias)["KeyMetadata"]
     assert clients.kms.get_key_rotation_status(KeyId=key["KeyId"])["KeyRotationEnabled"] is True
     assert key["Arn"] == deployed.outputs["VinKeyArn"]
+
+
+KCL_3_TABLES = {
+    "": (
+        [("leaseKey", "HASH")],
+        [("LeaseOwnerToLeaseKeyIndex", [("leaseOwner", "HASH"), ("leaseKey", "RANGE")])],
+    ),
+    "-CoordinatorState": ([("key", "HASH")], []),
+    "-WorkerMetricStats": ([("wid", "HASH")], []),
+}
+"""Keys and indexes of the tables KCL 3 creates when it finds none (tests/e2e/test_e2e.py sees the local
+daemon create them: the same keys; the index is KEYS_ONLY in DynamoDBLeaseRefresher). Found, they are
+used as they are: the KCL checks only that they exist and are active."""
+
+
+def test_the_deployed_kcl_tables_are_the_ones_kcl_3_would_create(deployed: Deployed) -> None:
+    dynamodb, app = deployed.env.clients.dynamodb, deployed.env.settings.application_name
+    for suffix, (keys, indexes) in KCL_3_TABLES.items():
+        table = dynamodb.describe_table(TableName=app + suffix)["Table"]
+        assert table["TableStatus"] == "ACTIVE"
+        assert [(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]] == keys, suffix
+        found = [
+            (i["IndexName"], [(k["AttributeName"], k["KeyType"]) for k in i["KeySchema"]])
+            for i in table.get("GlobalSecondaryIndexes", [])
+        ]
+        assert found == indexes, suffix
+        assert all(
+            i["Projection"] == {"ProjectionType": "KEYS_ONLY"}
+            for i in table.get("GlobalSecondaryIndexes", [])
+        )
+    # The worker's own reader of the lease table (status, the sweep's frontier) reads the declared one.
+    assert read_leases(dynamodb, app) == {}
 
 
 def test_a_worker_and_the_sweep_run_against_the_stack(deployed: Deployed) -> None:
