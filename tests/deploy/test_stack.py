@@ -72,6 +72,45 @@ def test_cfn_lint_finds_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+CHECKOV = Path(os.environ.get("FLEET_CHECKOV", str(ROOT / ".venv-checkov" / "bin" / "checkov")))
+"""checkov's own virtualenv (the Makefile's CHECKOV_STAMP): it pins older boto3 than the project's."""
+
+
+def declared_checkov_skips() -> dict[tuple[str, str], str]:
+    """(check id, ``Type.LogicalId``) -> the reason, for every ``Metadata.checkov.skip`` of the template."""
+    skips = {}
+    for name, resource in load_template()["Resources"].items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            skips[(skip["id"], f"{resource['Type']}.{name}")] = " ".join(skip.get("comment", "").split())
+    return skips
+
+
+def test_checkov_finds_nothing_and_each_skip_is_named_with_its_reason() -> None:
+    if not CHECKOV.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"no checkov at {CHECKOV}: make test installs it")
+        pytest.skip(f"no checkov at {CHECKOV}: make test (or make deploy) installs it")
+    result = subprocess.run(
+        [str(CHECKOV), "-f", str(TEMPLATE), "--framework", "cloudformation", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=240,
+    )
+    report = json.loads(result.stdout)
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert not failed and result.returncode == 0, failed or result.stderr[-2000:]
+    assert report["summary"]["parsing_errors"] == 0 and report["summary"]["passed"] > 50
+    skipped = {
+        (c["check_id"], c["resource"]): c["check_result"]["suppress_comment"]
+        for c in report["results"]["skipped_checks"]
+    }
+    declared = declared_checkov_skips()
+    assert set(skipped) == set(declared), "every skip is in the template's Metadata, and used"
+    for check, reason in declared.items():
+        assert len(reason.split()) >= 8, f"{check}: say why it is skipped"
+
+
 # --- tables -------------------------------------------------------------------------------------------
 
 
