@@ -402,7 +402,7 @@ def decide(
     return identity_allows or names_caller
 
 
-ROLES = ("WorkerTaskRole", "SweepTaskRole", "OperatorRole", "AdminRole")
+ROLES = ("WorkerTaskRole", "SweepTaskRole", "OperatorRole", "AdminRole", "TaskExecutionRole", "SchedulerRole")
 
 SECURE: Mapping[str, str] = {"aws:SecureTransport": "true", "s3:TlsVersion": "1.3"}
 """What every request of the code carries: HTTPS, TLS 1.3 (botocore's default against AWS)."""
