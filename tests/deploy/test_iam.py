@@ -31,6 +31,7 @@ from tests.support.iam import (
     allow_statements,
     allowed,
     assert_policy_covers,
+    disallowed_resources,
     grants,
     iam_action,
     iam_actions,
@@ -462,3 +463,24 @@ def test_data_tables_and_archive_prefixes_get_exactly_the_recorded_actions(
         lease_table = arn("dynamodb", f"table/{settings.application_name}", settings)
         assert {r for a, r in needed if r not in data and a.startswith("dynamodb:")} == {lease_table}
         assert allowed(policy, "dynamodb:Scan", lease_table)
+
+
+def test_the_local_kcl_s_table_creation_is_not_held_against_the_role_and_nothing_else_is_let_off() -> None:
+    """What tests/e2e/test_e2e.py checks on the real daemon's recording: a local KCL creates its tables
+    (the local AWS starts empty), which on AWS it finds declared by the stack."""
+    app = "fleet-ingest"
+    kcl_local = {
+        ("dynamodb", "CreateTable", f"table/{app}"),
+        ("dynamodb", "UpdateTable", f"table/{app}"),
+        ("dynamodb", "CreateTable", f"table/{app}-CoordinatorState"),
+        ("dynamodb", "DescribeTable", f"table/{app}-WorkerMetricStats"),
+        ("dynamodb", "Query", f"table/{app}/index/LeaseOwnerToLeaseKeyIndex"),
+    }
+    assert disallowed_resources(WORKER_POLICY, kcl_local, "us-east-1") == []
+    assert_policy_covers(WORKER_POLICY, {(s, o) for s, o, _ in kcl_local} | WORKER_REQUESTS | KCL_REQUESTS)
+    elsewhere = {
+        ("dynamodb", "DescribeTable", "table/someone-elses"),
+        ("dynamodb", "Query", f"table/{app}/index/x"),
+    }
+    assert len(disallowed_resources(WORKER_POLICY, elsewhere, "us-east-1")) == 2
+    assert set(DECLARED_BY_THE_STACK) == {"dynamodb:CreateTable", "dynamodb:UpdateTable"}
