@@ -5,6 +5,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+# checkov pins older boto3, botocore and packaging than the project's: it gets a virtualenv of its own,
+# which tests/deploy/test_stack.py runs it from (FLEET_CHECKOV).
+CHECKOV_VENV  := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+CHECKOV_VERSION := 3.3.30
+export FLEET_CHECKOV := $(CURDIR)/$(CHECKOV_VENV)/bin/checkov
 
 .PHONY: venv test lint typecheck unit integration e2e deploy demo chaos fuzz bench clean
 
@@ -18,6 +24,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(CHECKOV_STAMP): Makefile
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	@$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'checkov==$(CHECKOV_VERSION)'
+	@touch $(CHECKOV_STAMP)
+
 # The benchmark also needs the `bench` extra (matplotlib), installed on top of the usual ones.
 $(BENCH_STAMP): $(STAMP)
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,kcl-local,bench]'
@@ -30,12 +41,15 @@ lint: venv
 typecheck: venv
 	$(PY) -m mypy
 
-test: lint typecheck
+# The deploy tier lints the template with cfn-lint (the dev extra) and checkov (its own virtualenv).
+test: lint typecheck $(CHECKOV_STAMP)
 	$(PY) -m pytest -q --durations=15
 
 # One tier at a time (tests/<tier>/): unit runs in seconds, e2e starts the real daemon.
 unit integration e2e deploy: venv
 	$(PY) -m pytest -q tests/$@
+
+deploy: $(CHECKOV_STAMP)
 
 demo: venv
 	$(PY) -m devtools demo
@@ -53,4 +67,4 @@ bench: $(BENCH_STAMP)
 	$(PY) -m bench sweep  # the orphan sweep's requests and items read at 10k idle + 1k open (python -m bench sweep --idle 100000)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -42,9 +42,7 @@ FARGATE_VCPU_HOUR_USD = 0.04048
 FARGATE_GB_HOUR_USD = 0.004445
 """Linux/x86."""
 S3_STANDARD_GB_MONTH_USD = 0.023
-S3_GLACIER_IR_GB_MONTH_USD = 0.004
 S3_PUT_USD_PER_THOUSAND = 0.005
-S3_TRANSITION_GLACIER_IR_USD_PER_THOUSAND = 0.02
 KMS_KEY_MONTH_USD = 1.0
 KMS_USD_PER_10K_REQUESTS = 0.03
 CLOUDWATCH_LOGS_INGEST_USD_PER_GB = 0.50
@@ -77,7 +75,9 @@ KMS_KEYS = 2
 TRAIL_RETENTION_DAYS = 2
 """``live-breadcrumbs`` items expire after 24 h; DynamoDB's TTL deletes within about two days."""
 INDEX_RETENTION_DAYS = 90
-ARCHIVE_STANDARD_DAYS, ARCHIVE_EXPIRATION_DAYS = 90, 455
+ARCHIVE_EXPIRATION_DAYS = 455
+"""Archives stay in S3 Standard until they expire: the template has no storage-class transition, since
+S3 lifecycle does not transition objects under 128 KB and an archive is about 5 KB."""
 LOG_RETENTION_DAYS = 30
 METRIC_NAMES = 8
 """``worker/metrics.py`` UNITS: per shard and per application."""
@@ -208,8 +208,7 @@ def bill(vehicles: int, cost: PerRecord) -> Bill:
     index_bytes = cost.stored.get("trips-index", 0.0) * vehicles * 86_400 * INDEX_RETENTION_DAYS * 2
     vehicle_bytes = sum(cost.stored.get(t, 0.0) for t in PER_VEHICLE_TABLES) * vehicles
     s3_month = cost.s3_bytes * records
-    standard_gb = s3_month * ARCHIVE_STANDARD_DAYS / 30 / gb
-    glacier_gb = s3_month * (ARCHIVE_EXPIRATION_DAYS - ARCHIVE_STANDARD_DAYS) / 30 / gb
+    standard_gb = s3_month * ARCHIVE_EXPIRATION_DAYS / 30 / gb
     log_gb = cost.log_bytes * shards * SECONDS_PER_MONTH / gb
     lines = {
         "DynamoDB writes": cost.write_units * records * WRU_USD_PER_MILLION / 1e6,
@@ -222,12 +221,8 @@ def bill(vehicles: int, cost: PerRecord) -> Bill:
         / 1e6,
         "ECS Fargate vCPU": tasks * TASK_VCPU * HOURS_PER_MONTH * FARGATE_VCPU_HOUR_USD,
         "ECS Fargate memory": tasks * TASK_MEMORY_GB * HOURS_PER_MONTH * FARGATE_GB_HOUR_USD,
-        "S3 PUTs (+ lifecycle transitions)": cost.s3_puts
-        * records
-        * (S3_PUT_USD_PER_THOUSAND + S3_TRANSITION_GLACIER_IR_USD_PER_THOUSAND)
-        / 1000,
-        "S3 storage, Standard (90 d)": standard_gb * S3_STANDARD_GB_MONTH_USD,
-        "S3 storage, Glacier IR (to day 455)": glacier_gb * S3_GLACIER_IR_GB_MONTH_USD,
+        "S3 PUTs": cost.s3_puts * records * S3_PUT_USD_PER_THOUSAND / 1000,
+        f"S3 storage, Standard ({ARCHIVE_EXPIRATION_DAYS} d)": standard_gb * S3_STANDARD_GB_MONTH_USD,
         "KMS": KMS_KEYS * KMS_KEY_MONTH_USD + cost.kms * records * KMS_USD_PER_10K_REQUESTS / 1e4,
         "CloudWatch Logs": log_gb * CLOUDWATCH_LOGS_INGEST_USD_PER_GB
         + log_gb * LOG_RETENTION_DAYS / 30 * CLOUDWATCH_LOGS_STORAGE_USD_PER_GB_MONTH,
@@ -511,10 +506,8 @@ def render(results: dict[str, Any]) -> str:
         f"| Kinesis shard hour (provisioned) | ${KINESIS_SHARD_HOUR_USD} |",
         f"| Kinesis PUT payload unit (25 KB) | ${KINESIS_PUT_UNIT_USD_PER_MILLION} per million |",
         f"| Fargate vCPU hour / GB hour (Linux/x86) | ${FARGATE_VCPU_HOUR_USD} / ${FARGATE_GB_HOUR_USD} |",
-        f"| S3 Standard / Glacier Instant Retrieval | ${S3_STANDARD_GB_MONTH_USD} /"
-        f" ${S3_GLACIER_IR_GB_MONTH_USD} per GB-month |",
-        f"| S3 PUT / transition to Glacier IR | ${S3_PUT_USD_PER_THOUSAND} / "
-        f"${S3_TRANSITION_GLACIER_IR_USD_PER_THOUSAND} per 1,000 |",
+        f"| S3 Standard | ${S3_STANDARD_GB_MONTH_USD} per GB-month |",
+        f"| S3 PUT | ${S3_PUT_USD_PER_THOUSAND} per 1,000 |",
         f"| KMS key / requests | ${KMS_KEY_MONTH_USD:g} per month / ${KMS_USD_PER_10K_REQUESTS} per 10,000 |",
         f"| CloudWatch Logs ingestion / storage | ${CLOUDWATCH_LOGS_INGEST_USD_PER_GB} per GB /"
         f" ${CLOUDWATCH_LOGS_STORAGE_USD_PER_GB_MONTH} per GB-month |",
@@ -544,8 +537,11 @@ def render(results: dict[str, Any]) -> str:
         f" `trips-index` {INDEX_RETENTION_DAYS} days, twice (table and `tripDate-index`); the per-vehicle"
         " tables once per vehicle. The simulator drives far more than a real fleet (its duty cycle is the"
         " bench's), so the index and S3 lines are upper bounds.",
-        f"- S3: archive bytes per record from the replay; {ARCHIVE_STANDARD_DAYS} days Standard, then Glacier"
-        f" Instant Retrieval until day {ARCHIVE_EXPIRATION_DAYS} (the template's lifecycle; steady state).",
+        f"- S3: archive bytes per record from the replay, in Standard until they expire on day"
+        f" {ARCHIVE_EXPIRATION_DAYS} (the template's lifecycle; steady state). No transition to Glacier"
+        " Instant Retrieval: S3 lifecycle does not transition objects under 128 KB, and an archive is"
+        " about 5 KB; forced (an ObjectSizeGreaterThan filter), its $0.02 per 1,000 objects would cost"
+        " over 15 times the storage it saves.",
         f"- KMS: {KMS_KEYS} keys plus the measured requests per record.",
         "- CloudWatch: log bytes per second of a shard measured on the task's stderr (log lines and EMF"
         " metric documents: one of each per batch, so per poll, not per record; the naive peer logs"

@@ -23,6 +23,7 @@ from tests.support.harness import ProcessorHarness, batches, fixture, shard_reco
 from tests.support.iam import (
     ADMIN_ONLY,
     ADMIN_POLICY,
+    DECLARED_BY_THE_STACK,
     NOT_EXERCISED_LOCALLY,
     OPERATOR_POLICY,
     SWEEP_POLICY,
@@ -30,6 +31,7 @@ from tests.support.iam import (
     allow_statements,
     allowed,
     assert_policy_covers,
+    disallowed_resources,
     grants,
     iam_action,
     iam_actions,
@@ -55,8 +57,10 @@ KCL_REQUESTS = {
     ("kinesis", "GetShardIterator"),
     ("kinesis", "GetRecords"),
     ("dynamodb", "DescribeTable"),
-    ("dynamodb", "CreateTable"),  # the lease table, -CoordinatorState, -WorkerMetricStats
-    ("dynamodb", "UpdateTable"),  # adds the LeaseOwnerToLeaseKeyIndex to the lease table
+    # Locally only (DECLARED_BY_THE_STACK): the lease table, -CoordinatorState, -WorkerMetricStats, and
+    # the LeaseOwnerToLeaseKeyIndex added to the lease table.
+    ("dynamodb", "CreateTable"),
+    ("dynamodb", "UpdateTable"),
     ("dynamodb", "Query"),  # that index: the leases assigned to this worker
     ("dynamodb", "Scan"),
     ("dynamodb", "GetItem"),
@@ -202,7 +206,7 @@ def test_the_task_roles_have_no_operator_action_and_the_worker_no_scan() -> None
         assert not policy_actions(policy) & set(ADMIN_ONLY)
     assert set(ADMIN_ONLY) <= policy_actions(OPERATOR_POLICY) | policy_actions(ADMIN_POLICY)
     assert NOT_EXERCISED_LOCALLY and all(NOT_EXERCISED_LOCALLY.values()), "a reason for each"
-    data_tables = {p["TableName"] for p in STACK.of_type("AWS::DynamoDB::Table").values()}
+    data_tables = {p["TableName"] for p in STACK.tables().values()}
     scanned = {r.rsplit("/", 1)[-1] for r in grants(WORKER_POLICY).get("dynamodb:Scan", set())}
     assert not scanned & data_tables, "only the sweep scans trip-state"
     sweep = policy_actions(SWEEP_POLICY)
@@ -297,11 +301,13 @@ def test_the_policies_name_the_resources_the_task_definitions_configure(task_set
     for action in ("kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:ListShards"):
         assert allowed(WORKER_POLICY, action, stream)
     for kcl_table in (app, f"{app}-CoordinatorState", f"{app}-WorkerMetricStats"):
-        for action in ("dynamodb:CreateTable", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"):
+        for action in ("dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"):
             assert allowed(WORKER_POLICY, action, arn("dynamodb", f"table/{kcl_table}", s)), (
                 action,
                 kcl_table,
             )
+        for action in DECLARED_BY_THE_STACK:  # the stack declares them: the KCL creates nothing
+            assert not allowed(WORKER_POLICY, action, arn("dynamodb", f"table/{kcl_table}", s))
     assert allowed(
         WORKER_POLICY, "dynamodb:Query", arn("dynamodb", f"table/{app}/index/LeaseOwnerToLeaseKeyIndex", s)
     )
@@ -457,3 +463,24 @@ def test_data_tables_and_archive_prefixes_get_exactly_the_recorded_actions(
         lease_table = arn("dynamodb", f"table/{settings.application_name}", settings)
         assert {r for a, r in needed if r not in data and a.startswith("dynamodb:")} == {lease_table}
         assert allowed(policy, "dynamodb:Scan", lease_table)
+
+
+def test_the_local_kcl_s_table_creation_is_not_held_against_the_role_and_nothing_else_is_let_off() -> None:
+    """What tests/e2e/test_e2e.py checks on the real daemon's recording: a local KCL creates its tables
+    (the local AWS starts empty), which on AWS it finds declared by the stack."""
+    app = "fleet-ingest"
+    kcl_local = {
+        ("dynamodb", "CreateTable", f"table/{app}"),
+        ("dynamodb", "UpdateTable", f"table/{app}"),
+        ("dynamodb", "CreateTable", f"table/{app}-CoordinatorState"),
+        ("dynamodb", "DescribeTable", f"table/{app}-WorkerMetricStats"),
+        ("dynamodb", "Query", f"table/{app}/index/LeaseOwnerToLeaseKeyIndex"),
+    }
+    assert disallowed_resources(WORKER_POLICY, kcl_local, "us-east-1") == []
+    assert_policy_covers(WORKER_POLICY, {(s, o) for s, o, _ in kcl_local} | WORKER_REQUESTS | KCL_REQUESTS)
+    elsewhere = {
+        ("dynamodb", "DescribeTable", "table/someone-elses"),
+        ("dynamodb", "Query", f"table/{app}/index/x"),
+    }
+    assert len(disallowed_resources(WORKER_POLICY, elsewhere, "us-east-1")) == 2
+    assert set(DECLARED_BY_THE_STACK) == {"dynamodb:CreateTable", "dynamodb:UpdateTable"}

@@ -15,6 +15,9 @@ from tests.support.cfn import (
     SWEEP_TASK,
     TASK,
     TEST_PARAMETERS,
+    Rendered,
+    load_template,
+    render,
     settings_of,
     settings_variables,
 )
@@ -24,6 +27,15 @@ from worker.config import Settings
 # ---------------------------------------------------------------------------------------------------
 # ECS task definitions (deploy/fleet-ingest.yaml)
 # ---------------------------------------------------------------------------------------------------
+
+READ_BY_THE_JVM = {
+    "JAVA_TOOL_OPTIONS": "the KCL daemon's memory flags; the launcher passes its environment on"
+}
+
+JVM_MB, PROCESSOR_MB = 232, 95
+"""Peak RSS of the KCL daemon and of one record processor (docs/capacity.md, measured by make bench)."""
+FARGATE_MEMORY_MB = {1024: range(2048, 8192 + 1, 1024), 2048: range(4096, 16384 + 1, 1024)}
+"""The memory sizes Fargate accepts for 1 and 2 vCPU."""
 
 
 def test_it_is_one_fargate_task_running_the_image_as_a_non_root_user() -> None:
@@ -50,7 +62,7 @@ def test_the_stop_timeout_leaves_time_for_a_graceful_kcl_shutdown(task_settings:
 
 @pytest.mark.parametrize("environment", [ENVIRONMENT, SWEEP_ENVIRONMENT], ids=["worker", "sweep"])
 def test_every_variable_is_a_real_setting_and_none_points_away_from_aws(environment: dict[str, str]) -> None:
-    unknown = set(environment) - settings_variables()
+    unknown = set(environment) - settings_variables() - set(READ_BY_THE_JVM)
     assert all(name.startswith("AWS_") for name in unknown), unknown
     forbidden = {"AWS_ENDPOINT_URL", "FLEET_ENDPOINT_URL", "FLEET_PSEUDONYM_KEY"}
     forbidden |= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
@@ -63,7 +75,7 @@ def test_every_variable_is_a_real_setting_and_none_points_away_from_aws(environm
 def test_the_tasks_name_the_stacks_resources(
     task_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tables = {p["TableName"] for p in STACK.of_type("AWS::DynamoDB::Table").values()}
+    tables = {p["TableName"] for p in STACK.tables().values()}
     stream = STACK.properties("Stream")["Name"]
     bucket = STACK.properties("ArchiveBucket")["BucketName"]
     sweep = settings_of(SWEEP_ENVIRONMENT, monkeypatch)
@@ -106,3 +118,45 @@ def test_the_sweep_task_runs_the_same_image_as_the_worker_with_the_sweep_entrypo
     assert SWEEP_TASK["ExecutionRoleArn"] == TASK["ExecutionRoleArn"]
     assert SWEEP_CONTAINER["User"] == CONTAINER["User"] and SWEEP_CONTAINER["ReadonlyRootFilesystem"]
     assert {"FLEET_TABLE_PREFIX", "FLEET_ARCHIVE_BUCKET", "FLEET_TRIP_GAP_SECONDS"} <= set(SWEEP_ENVIRONMENT)
+
+
+def memory_mb(stack: Rendered) -> int:
+    (task,) = [stack.properties("WorkerTaskDefinition")]
+    return int(task["Memory"])
+
+
+@pytest.mark.parametrize("cpu", ["1024", "2048"])
+def test_task_memory_holds_the_jvm_and_a_processor_per_shard_it_may_hold(cpu: str) -> None:
+    allowed = load_template()["Parameters"]["WorkerShardsPerTask"]["AllowedValues"]
+    for shards in allowed:
+        stack = render({**TEST_PARAMETERS, "WorkerCpu": cpu, "WorkerShardsPerTask": str(shards)})
+        memory = memory_mb(stack)
+        assert memory in FARGATE_MEMORY_MB[int(cpu)], (cpu, shards, memory)
+        assert JVM_MB + PROCESSOR_MB * int(shards) <= 0.8 * memory, (shards, memory)
+        assert memory == FARGATE_MEMORY_MB[int(cpu)][0] or JVM_MB + PROCESSOR_MB * int(shards) > 0.8 * (
+            memory - 1024
+        ), f"{shards} shards fit in 1 GB less than {memory}"
+    # The defaults: 2 shards, 2 tasks, so one task may hold both when the other dies.
+    shards = int(STACK.parameters["WorkerShardsPerTask"])
+    assert shards >= -(-int(STACK.parameters["ShardCount"]) // (int(STACK.parameters["WorkerMinTasks"]) - 1))
+
+
+def test_the_jvm_has_a_bounded_heap_and_exits_on_out_of_memory() -> None:
+    flags = ENVIRONMENT["JAVA_TOOL_OPTIONS"].split()
+    (percent,) = [f.split("=")[1] for f in flags if f.startswith("-XX:MaxRAMPercentage=")]
+    heap = float(percent) / 100 * memory_mb(STACK)
+    shards = int(STACK.parameters["WorkerShardsPerTask"])
+    assert heap + PROCESSOR_MB * shards <= memory_mb(STACK), "the processors keep their share"
+    assert heap >= JVM_MB, "room for what the daemon was measured using"
+    assert "-XX:+ExitOnOutOfMemoryError" in flags
+    assert "JAVA_TOOL_OPTIONS" not in SWEEP_ENVIRONMENT, "the sweep runs no JVM"
+
+
+def test_a_deployment_rolls_back_on_failing_tasks_or_alarms() -> None:
+    deployment = STACK.properties("WorkerService")["DeploymentConfiguration"]
+    assert deployment["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
+    alarms = deployment["Alarms"]
+    assert alarms["Enable"] is True and alarms["Rollback"] is True
+    names = {a["AlarmName"] for a in STACK.of_type("AWS::CloudWatch::Alarm").values()}
+    assert alarms["AlarmNames"] and set(alarms["AlarmNames"]) <= names
+    assert deployment["MinimumHealthyPercent"] == 100, "old tasks keep their leases until new ones run"

@@ -8,6 +8,7 @@ So tests can read the exact policies, task definitions and tables a deployment w
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ TEST_PARAMETERS: Mapping[str, str] = {
     "Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet-ingest:1",
     "VpcId": "vpc-0123456789abcdef0",
     "SubnetIds": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
+    "OperatorPrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/oncall",
+    "AdminPrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/privacy-officer",
+    "AlarmTopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:oncall",
 }
 """The names the local AWS uses by default (Settings' defaults, moto's account): the rendered policies
 name the resources a worker configured with those defaults touches."""
@@ -52,6 +56,8 @@ _ARN_FORMATS = {
     "AWS::S3::Bucket": ("BucketName", "arn:aws:s3:::{name}"),
     "AWS::Logs::LogGroup": ("LogGroupName", "arn:aws:logs:{region}:{account}:log-group:{name}:*"),
     "AWS::ECS::Cluster": ("ClusterName", "arn:aws:ecs:{region}:{account}:cluster/{name}"),
+    "AWS::CloudWatch::Alarm": ("AlarmName", "arn:aws:cloudwatch:{region}:{account}:alarm:{name}"),
+    "AWS::SQS::Queue": ("QueueName", "arn:aws:sqs:{region}:{account}:{name}"),
 }
 
 
@@ -63,6 +69,8 @@ class Rendered:
     """Logical id -> the resource (Type, Properties, ...) with every intrinsic resolved; resources whose
     condition is false are left out."""
     outputs: dict[str, Any]
+    arns: dict[str, str]
+    """Logical id -> the resource's ARN as rendered (``Fn::GetAtt [id, Arn]``)."""
 
     def of_type(self, type_: str) -> dict[str, dict[str, Any]]:
         return {name: r["Properties"] for name, r in self.resources.items() if r["Type"] == type_}
@@ -72,14 +80,30 @@ class Rendered:
         return properties
 
     def policy(self, role: str) -> dict[str, Any]:
-        """The one inline policy document of a role."""
-        (policy,) = self.properties(role)["Policies"]
-        document: dict[str, Any] = policy["PolicyDocument"]
-        return document
+        """A role's identity policy: the statements of its inline policies and of the
+        ``AWS::IAM::RolePolicy`` resources attached to it, as one document."""
+        documents = [p["PolicyDocument"] for p in self.properties(role).get("Policies", [])]
+        documents += [
+            p["PolicyDocument"]
+            for p in self.of_type("AWS::IAM::RolePolicy").values()
+            if p["RoleName"] == role
+        ]
+        if not documents:
+            raise ValueError(f"{role} has no policy")
+        statements = [s for d in documents for s in d["Statement"]]
+        return {"Version": documents[0]["Version"], "Statement": statements}
+
+    def tables(self, kcl: bool = False) -> dict[str, dict[str, Any]]:
+        """The data tables (schemas/tables.py), or with ``kcl`` the KCL's own three (logical ids Kcl...)."""
+        return {
+            name: table
+            for name, table in self.of_type("AWS::DynamoDB::Table").items()
+            if name.startswith("Kcl") == kcl
+        }
 
 
 class _Renderer:
-    def __init__(self, template: Mapping[str, Any], values: Mapping[str, str]) -> None:
+    def __init__(self, template: Mapping[str, Any], values: Mapping[str, str], stack_name: str) -> None:
         self.template = template
         self.parameters: dict[str, Any] = {}
         for name, spec in template.get("Parameters", {}).items():
@@ -91,7 +115,7 @@ class _Renderer:
             "AWS::AccountId": ACCOUNT,
             "AWS::Region": REGION,
             "AWS::Partition": "aws",
-            "AWS::StackName": "fleet-ingest",
+            "AWS::StackName": stack_name,
             "AWS::URLSuffix": "amazonaws.com",
         }
         self.conditions: dict[str, bool] = {}
@@ -112,7 +136,7 @@ class _Renderer:
         if type_ in _ARN_FORMATS:
             name_property, arn_format = _ARN_FORMATS[type_]
             name = str(self.resolve(properties[name_property]))
-            if attribute in ("Ref", "Name"):
+            if attribute in ("Ref", "Name", "QueueName"):
                 return name
             return arn_format.format(region=REGION, account=ACCOUNT, name=name)
         if type_ == "AWS::KMS::Key":
@@ -156,6 +180,9 @@ class _Renderer:
             if key == "Fn::Join":
                 separator, items = arg
                 return separator.join(str(i) for i in self.resolve(items))
+            if key == "Fn::FindInMap":
+                mapping, top, second = (str(self.resolve(a)) for a in arg)
+                return self.template["Mappings"][mapping][top][second]
             if key == "Fn::If":
                 condition, when_true, when_false = arg
                 return self.resolve(when_true if self.conditions[condition] else when_false)
@@ -179,8 +206,19 @@ class _Renderer:
 _NO_VALUE = object()
 
 
-def render(values: Mapping[str, str] = TEST_PARAMETERS, path: Path = TEMPLATE) -> Rendered:
-    renderer = _Renderer(load_template(path), values)
+STACK_NAME = "fleet-ingest"
+
+
+@functools.cache
+def _parsed(path: Path, mtime_ns: int) -> dict[str, Any]:
+    """The template parsed once per version of the file (rendering never changes it)."""
+    return load_template(path)
+
+
+def render(
+    values: Mapping[str, str] = TEST_PARAMETERS, path: Path = TEMPLATE, stack_name: str = STACK_NAME
+) -> Rendered:
+    renderer = _Renderer(_parsed(path, path.stat().st_mtime_ns), values, stack_name)
     resources = {
         name: renderer.resolve(resource)
         for name, resource in renderer.resources.items()
@@ -191,7 +229,8 @@ def render(values: Mapping[str, str] = TEST_PARAMETERS, path: Path = TEMPLATE) -
         for name, output in renderer.template.get("Outputs", {}).items()
         if renderer.conditions.get(output.get("Condition", ""), True)
     }
-    return Rendered(renderer.parameters, renderer.conditions, resources, outputs)
+    arns = {name: renderer.attribute(name, "Arn") for name in resources}
+    return Rendered(renderer.parameters, renderer.conditions, resources, outputs, arns)
 
 
 # The ECS task definitions, as the deploy tests read them.
