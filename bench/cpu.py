@@ -30,13 +30,13 @@ from processors.trail import TRAIL_BUCKET_SECONDS, BucketMerge, chunks, combine,
 from processors.trip_items import next_last_update
 from processors.trip_planner import TripPlanner
 from processors.trips import TripStateMachine, VehicleTripPlan, step_of
-from processors.vehicle_state import update_request
 from schemas.dynamo import Item, to_item
 from schemas.items import TripStateItem
 from schemas.records import KinesisRecord, StreamPosition
 from worker.config import Settings
 from worker.freshness import PendingState, TrailBuffer, VehicleStateBuffer
 from worker.stores.dynamo_trail import update_request as trail_request
+from worker.stores.dynamo_vehicle_state import update_request
 
 KEY = b"bench-key"
 

@@ -15,7 +15,8 @@ One top-level attribute per signal, named by ``schemas.signal_codes`` (one lette
 signals, ``t{field number}`` for a Tesla field, ``~{name}`` for anything else), holding ``[value, atMs]``.
 Readers decode with ``stored_observations`` or ``named_item`` (names, ISO times, ``{"lat", "lng"}``).
 
-Pure: ``coalesce``, ``chunks``, ``outstanding`` and ``update_request``. The store is the
+Pure: ``coalesce``, ``chunks`` and ``outstanding`` (the DynamoDB request is built in
+``worker/stores/dynamo_vehicle_state.py``). The store is the
 ``processors.ports.VehicleStateWriter`` port; its adapter (``worker.stores.dynamo_vehicle_state``) writes
 one conditional ``UpdateItem`` per vehicle per batch; the condition (each signal strictly newer) makes the
 common case a single blind write, and a failed condition returns the stored item so the exact remainder
@@ -42,9 +43,8 @@ from typing import Any
 import orjson
 
 from processors.signals import format_time
-from schemas.dynamo import AttributeValue, from_attribute, to_attribute
 from schemas.records import Location, SignalValue, VehicleReading
-from schemas.signal_codes import RESERVED_ATTRIBUTES, decode, encode, is_code
+from schemas.signal_codes import RESERVED_ATTRIBUTES, decode, is_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +151,13 @@ def _observation(name: str, stored: Any) -> Observation | None:
         return None
     value, at_ms = stored
     if name == LOCATION:
-        if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
+        if not (isinstance(value, list) and len(value) == 2 and all(is_number(v) for v in value)):
             return None
         return Observation(at_ms, Location(float(value[0]), float(value[1])))
     return Observation(at_ms, value)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -204,62 +204,3 @@ def outstanding(update: StateUpdate, item: Mapping[str, Any]) -> StateUpdate | N
         return None
     timestamp = update.timestamp_ms if newer or stored_ts is None else stored_ts
     return StateUpdate(update.pseudo_vin, timestamp, winners, sets_timestamp=newer)
-
-
-def update_request(
-    table: str, update: StateUpdate, stored: Mapping[str, AttributeValue] | None
-) -> dict[str, Any]:
-    """``UpdateItem`` arguments. Without ``stored``: guard that every value is strictly newer
-    (``attribute_not_exists(#s) OR #s[1] < :t``). With ``stored`` (the item a failed condition returned):
-    guard that nothing touched has changed. The item's ``ts`` is written (and guarded) only when
-    ``update.sets_timestamp``.
-    """
-    names: dict[str, str] = {}
-    values: dict[str, AttributeValue] = {}
-    assignments: list[str] = []
-    conditions: list[str] = []
-    if update.sets_timestamp:
-        names["#ts"] = "ts"
-        new_ts = {"N": str(update.timestamp_ms)}
-        stored_ts = stored.get("ts") if stored is not None else None
-        if stored is None:
-            assignments.append("#ts = :ts")
-            conditions.append("(attribute_not_exists(#ts) OR #ts < :ts)")
-            values[":ts"] = new_ts
-        else:
-            if stored_ts is None or update.timestamp_ms > _number(stored_ts):
-                assignments.append("#ts = :ts")
-                values[":ts"] = new_ts
-            conditions.append("#ts = :oldts" if stored_ts is not None else "attribute_not_exists(#ts)")
-            if stored_ts is not None:
-                values[":oldts"] = stored_ts
-    coded = sorted((encode(name), name) for name in update.signals)
-    for i, (code, name) in enumerate(coded):
-        obs = update.signals[name]
-        names[f"#s{i}"] = code
-        at = {"N": str(obs.at_ms)}
-        values[f":v{i}"] = {"L": [to_attribute(stored_value(name, obs.value)), at]}
-        assignments.append(f"#s{i} = :v{i}")
-        if stored is None:
-            values[f":t{i}"] = at
-            conditions.append(f"(attribute_not_exists(#s{i}) OR #s{i}[1] < :t{i})")
-        elif code in stored:
-            values[f":o{i}"] = stored[code]
-            conditions.append(f"#s{i} = :o{i}")
-        else:
-            conditions.append(f"attribute_not_exists(#s{i})")
-    return {
-        "TableName": table,
-        "Key": {"pseudoVin": {"S": update.pseudo_vin}},
-        "UpdateExpression": "SET " + ", ".join(assignments),
-        "ConditionExpression": " AND ".join(conditions),
-        "ExpressionAttributeNames": names,
-        "ExpressionAttributeValues": values,
-        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-    }
-
-
-def _number(attribute: AttributeValue) -> int | float:
-    """A stored ``ts``; one of another type (never written by us) reads as older than anything."""
-    number = from_attribute(attribute)
-    return number if _is_number(number) else -1

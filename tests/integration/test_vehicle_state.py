@@ -24,13 +24,12 @@ from processors.vehicle_state import (
     named_item,
     outstanding,
     stored_observations,
-    update_request,
 )
 from schemas.dynamo import from_item, to_attribute
 from schemas.records import Location, SignalValue, StreamPosition, VehicleReading
 from schemas.signal_codes import TESLA_FIELD_NUMBERS, encode
 from tests.conftest import AwsEnv
-from worker.stores.dynamo_vehicle_state import DynamoVehicleState
+from worker.stores.dynamo_vehicle_state import DynamoVehicleState, update_request
 
 PV = "0123456789abcdef0123456789abcdef"
 POS = StreamPosition("shardId-000000000000", "1", 0, 0)
