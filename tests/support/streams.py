@@ -19,7 +19,8 @@ arrive"):
   and arrivals).
 
 What the trip-path redesign changes lives in one place each: the allowed-lateness setting
-(``LATENESS_SETTING``), how a pipeline is built (``new_pipeline``) and the checkpoint (``checkpoint``).
+(``LATENESS_SETTING``), how a pipeline is built (``new_pipeline``), the checkpoint (``checkpoint``) and the
+end of a shard (``end_shard``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ def checkpoint(pipeline: Pipeline, now_ms: int) -> StreamPosition | None:
     checkpoint may go to (None: it stays where it was). The one place a test checkpoints."""
     pipeline.flush(now_ms, everything=True)
     return pipeline.watermark()
+
+
+def end_shard(pipeline: Pipeline, now_ms: int) -> None:
+    """SHARD_END: the parent's processor tells its pipeline no later record can come, writes everything
+    and checkpoints the end of the shard; the children's processors start after it."""
+    pipeline.end_of_shard()
+    checkpoint(pipeline, now_ms)
 
 
 # --- records -----------------------------------------------------------------------------------------
@@ -341,8 +349,7 @@ def run(
     processor.now = stream[0].arrival_ms + consumer.fetch_ms - consumer.pauses_ms[0]
     if split is not None:
         parent = processor.shard(shard, 0, split)
-        parent.end_of_shard()
-        checkpoint(parent, processor.now)  # SHARD_END: the children's processors start after it
+        end_shard(parent, processor.now)
         parent.close()
     pipeline = processor.shard(shard, split or 0, len(shard))
     processor.now = max(processor.now, stream[-1].arrival_ms) + consumer.settle_after_ms
@@ -371,6 +378,11 @@ class Archive:
     def segment_rows(self, key: str) -> list[list[Any]]:
         rows: list[list[Any]] = orjson.loads(gzip.decompress(self.segments[key]))
         return rows
+
+    def segment_crumbs(self, key: str) -> list[list[Any]]:
+        """A segment's rows without their arrival second (rows are ``[tMs, arrivalS, lat, ...]``), a
+        volatile attribute: another delivery of the same records stamps other arrivals."""
+        return [[row[0], *row[2:]] for row in self.segment_rows(key)]
 
     def index_by_start(self) -> dict[str, TripIndexItem]:
         return {item.startTime: item for item in self.index.values()}
