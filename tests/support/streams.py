@@ -43,8 +43,8 @@ from worker.config import Settings
 from worker.pipeline import BatchOutcome, Pipeline
 from worker.retry import Retrier
 
-LATENESS_SETTING = "FLEET_TRIP_SETTLE_SECONDS"
-"""Allowed lateness L. Today the settle window D; the redesign renames it ``FLEET_TRIP_LATENESS_SECONDS``."""
+LATENESS_SETTING = "FLEET_TRIP_LATENESS_SECONDS"
+"""Allowed lateness L."""
 
 PARENT_SHARD = "shardId-000000000000"
 CHILD_SHARD = "shardId-000000000001"
@@ -82,15 +82,15 @@ def new_pipeline(settings: Settings, stores: MemoryStores) -> Pipeline:
 def checkpoint(pipeline: Pipeline, now_ms: int) -> StreamPosition | None:
     """What the record processor does to checkpoint: write everything pending, then the position the
     checkpoint may go to (None: it stays where it was). The one place a test checkpoints."""
-    pipeline.flush(now_ms, everything=True)
-    return pipeline.watermark()
+    marks: list[StreamPosition | None] = []
+    pipeline.checkpoint(now_ms, marks.append)
+    return marks[0]
 
 
 def end_shard(pipeline: Pipeline, now_ms: int) -> None:
     """SHARD_END: the parent's processor tells its pipeline no later record can come, writes everything
     and checkpoints the end of the shard; the children's processors start after it."""
-    pipeline.end_of_shard()
-    checkpoint(pipeline, now_ms)
+    pipeline.end_of_shard(now_ms, lambda _position: None)
 
 
 # --- records -----------------------------------------------------------------------------------------
