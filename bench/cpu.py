@@ -26,13 +26,13 @@ from bench.workload import Fleet, entries, kinesis_records, windows
 from processors.batch import decode_batch
 from processors.decode import Decoder
 from processors.pseudonymize import Pseudonymizer
-from processors.trail import TRAIL_BUCKET_SECONDS, BucketMerge, chunks, combine, remainder_of
+from processors.trail import TRAIL_BUCKET_SECONDS, BucketMerge, chunks, remainder_of
 from processors.trip_items import next_last_update
 from processors.trip_planner import TripPlanner
-from processors.trips import TripStateMachine, VehicleTripPlan, step_of
+from processors.trips import TripStateMachine, VehicleTripPlan
 from schemas.dynamo import Item, to_item
 from schemas.items import TripStateItem
-from schemas.records import KinesisRecord, StreamPosition
+from schemas.records import KinesisRecord
 from worker.config import Settings
 from worker.freshness import PendingState, TrailBuffer, VehicleStateBuffer
 from worker.stores.dynamo_trail import update_request as trail_request
@@ -81,20 +81,19 @@ def ours(batches: Sequence[Sequence[KinesisRecord]]) -> dict[str, float]:
     settings = Settings()
     decoder, pseudonymizer = Decoder(), Pseudonymizer(KEY)
     planner = TripPlanner(TripStateMachine(), settings.trip_lateness_ms, settings.trip_progress_ms)
-    states = VehicleStateBuffer(settings.state_max_delay_ms)
-    trail: TrailBuffer[BucketMerge] = TrailBuffer(combine, TRAIL_BUCKET_SECONDS, settings.trail_max_delay_ms)
     poll, lead = settings.kcl_idle_time_between_reads_millis, settings.state_flush_lead_ms
+    states = VehicleStateBuffer(settings.state_max_delay_ms, lead)
+    trail = TrailBuffer(TRAIL_BUCKET_SECONDS, settings.trail_max_delay_ms, lead)
     clock = time.process_time
     spent = {"decode": 0.0, "trips": 0.0, "buffers": 0.0, "serialize": 0.0}
-    previous: StreamPosition | None = None
 
     def flush(now_ms: int, everything: bool) -> None:
         started = clock()
         due = planner.due(now_ms, everything=everything)
         for plan in due:
             planner.committed(plan.pseudo_vin, plan.expected_last_update or "v", now_ms)
-        taken = states.take_all(now_ms) if everything else states.take_due(now_ms, lead)
-        merges = trail.take_all() if everything else trail.take_due(now_ms, lead)
+        taken = states.due(now_ms, everything=everything)
+        merges = trail.due(now_ms, everything=everything)
         buffered = clock()
         _payloads(taken, merges, due)
         spent["buffers"] += buffered - started
@@ -112,15 +111,15 @@ def ours(batches: Sequence[Sequence[KinesisRecord]]) -> dict[str, float]:
         for record in batch:
             reading = readings.get(record.position)
             if reading is not None:
-                planner.receive(reading.pseudo_vin, step_of(reading, record.data), record.position, previous)
-            previous = record.position
+                planner.add(reading, record, now_ms)
+            else:
+                planner.passed(record.position)
         planned = clock()
         for record in batch:
             reading = readings.get(record.position)
             if reading is not None:
-                states.absorb(reading, record, now_ms)
-                trail.observe(reading.pseudo_vin, reading.event_time_ms)
-        trail.add(plan.trail, now_ms)
+                states.add(reading, record, now_ms)
+                trail.add(reading, record, now_ms)
         spent["decode"] += decoded - started
         spent["trips"] += planned - decoded
         spent["buffers"] += clock() - planned

@@ -13,7 +13,6 @@ from processors.decode import Decoder
 from processors.errors import InvalidRecord, RejectReason
 from processors.pseudonymize import Pseudonymizer
 from processors.signal_bounds import SignalBounds, bound_signals
-from processors.trail import BucketMerge, crumb_of, pack
 from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 
 
@@ -36,8 +35,6 @@ class WritePlan:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     sightings: dict[str, str] = field(default_factory=dict, repr=False)
     """pseudoVin -> VIN of every vehicle in the batch (for the vault). Never logged."""
-    trail: list[BucketMerge] = field(default_factory=list)
-    """Every reading's crumb, packed per vehicle and bucket (``trail_merges``)."""
     invalid_coordinates: int = 0
     signals_dropped: int = 0
     """Signals left out of records that were kept (too many, too large, unstorable: ``SignalBounds``)."""
@@ -66,7 +63,7 @@ def decode_batch(
     An exception nobody foresaw, out of decoding or this record's planning, dead-letters the record as
     ``internal_error`` (the exception's type only: its message may quote input) instead of failing the
     batch, which the KCL would redeliver forever. Only the record's own work runs inside the boundary;
-    what follows (``trail_merges``) works on readings that already passed it.
+    what follows (the write buffers) works on readings that already passed it.
     """
     bounds = bounds or SignalBounds()
     plan = WritePlan(last_position=records[-1].position if records else None)
@@ -89,14 +86,4 @@ def decode_batch(
         plan.sightings[reading.pseudo_vin] = decoded.vin
         plan.invalid_coordinates += decoded.dropped_location
         plan.readings.append(reading)
-    plan.trail = trail_merges(plan.by_vehicle())
     return plan
-
-
-def trail_merges(groups: dict[str, list[VehicleReading]]) -> list[BucketMerge]:
-    """The trail writes of accepted readings: every reading with a trail field is a crumb, whatever the
-    trip machine makes of it (late, idle, a redelivery), packed into one max-merge per bucket."""
-    merges: list[BucketMerge] = []
-    for pseudo_vin, readings in groups.items():
-        merges += pack(pseudo_vin, filter(None, map(crumb_of, readings)))
-    return merges

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 
 if TYPE_CHECKING:
     from processors.batch import DeadLetter
@@ -152,3 +154,36 @@ class Stores:
     dead_letters: DeadLetterWriter
     vault: VinVault
     archive: TripArchive
+
+
+W = TypeVar("W")
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A buffer holds records back from the checkpoint: it may go no further than ``before`` (None: the
+    lease's starting point, nothing of it may be checkpointed yet)."""
+
+    before: StreamPosition | None
+
+
+class WriteBuffer(Protocol[W]):
+    """The one shape of what the record processor holds in memory before writing it (``vehicle-state``,
+    the trail, ``trip-state``): the pipeline adds every accepted record to each, asks each what is due at
+    every flush and flushes it through the executor, and checkpoints no further than any holds back.
+
+    ``due(everything=True)`` hands over all that must be written before a checkpoint; what a buffer still
+    keeps after it must be safe to lose with the process (``holds_back`` keeps the checkpoint before its
+    records, so the KCL redelivers them)."""
+
+    def add(self, reading: VehicleReading, record: KinesisRecord, now_ms: int) -> None:
+        """Take an accepted record (in stream order), received at ``now_ms``."""
+        ...
+
+    def due(self, now_ms: int, *, everything: bool) -> list[W]:
+        """Remove and return the writes to make now (``everything``: before a checkpoint)."""
+        ...
+
+    def holds_back(self) -> Hold | None:
+        """How far a checkpoint may go while this buffer keeps records unwritten (None: no limit)."""
+        ...

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from processors.errors import StaleTripState
+from processors.ports import Hold
 from processors.settle import Pending, SettleBuffer
 from processors.signals import parse_time
 from processors.trip_items import item_fields, outbox_of, state_from_item
@@ -46,9 +47,10 @@ from processors.trips import (
     VehicleTrips,
     consumed,
     recent_trip,
+    step_of,
 )
 from schemas.items import TripStateItem
-from schemas.records import StreamPosition
+from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 
 DEFAULT_LATENESS_MS = 30_000
 DEFAULT_PROGRESS_MS = 10_000
@@ -172,6 +174,8 @@ class TripPlanner:
         (at-least-once: a redelivery counts again); the caller takes and reports them."""
         self.renamed: list[TripRenamed] = []
         """Live trips renamed by a late earlier record; the caller takes and reports them."""
+        self._previous: StreamPosition | None = None
+        """The position of the last record that went by (``add``, ``passed``)."""
 
     def unknown(self, pseudo_vins: Iterable[str]) -> list[str]:
         return [pv for pv in pseudo_vins if pv not in self._vehicles]
@@ -184,6 +188,20 @@ class TripPlanner:
             self._accept(pseudo_vin, vehicle, Pending(step))
 
     # --- intake -----------------------------------------------------------------------------------------
+
+    def add(self, reading: VehicleReading, record: KinesisRecord, now_ms: int) -> None:
+        """``WriteBuffer.add``: the record (its vehicle adopted), in stream order."""
+        self.receive(reading.pseudo_vin, step_of(reading, record.data), record.position, self._previous)
+        self._previous = record.position
+
+    def passed(self, position: StreamPosition) -> None:
+        """A record the machine does not see (a dead letter) went by: a checkpoint may go past it."""
+        self._previous = position
+
+    def holds_back(self) -> Hold | None:
+        """A checkpoint stays before the oldest record the exact machine has not consumed."""
+        oldest = self._settle.oldest()
+        return Hold(oldest.previous) if oldest is not None else None
 
     def receive(
         self, pseudo_vin: str, step: Step, position: StreamPosition, previous: StreamPosition | None
@@ -240,10 +258,6 @@ class TripPlanner:
                 vehicle.urgent = vehicle.dirty = True
             else:
                 self.consume(pseudo_vin, steps, self._settle.received_ms)
-
-    def oldest(self) -> Pending | None:
-        """The oldest record still unsettled: a checkpoint must stay before it."""
-        return self._settle.oldest()
 
     @property
     def unsettled(self) -> int:

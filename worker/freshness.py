@@ -4,8 +4,9 @@ written, and until when.
 No thread: the buffers live in the record processor and are flushed from ``process_records``, which the
 daemon calls after every poll, empty or not (``callProcessRecordsEvenForEmptyRecordList``). A write is
 taken when ``now >= deadline - lead``: ``lead`` covers the wait for the next poll plus the write itself,
-so the write lands by the deadline. Before any checkpoint everything pending is written (``take_all``):
-a checkpoint never passes a record whose effect is still only in memory.
+so the write lands by the deadline. Before any checkpoint everything pending is written
+(``due(everything=True)``): a checkpoint never passes a record whose effect is still only in memory, so
+neither buffer holds one back. Both are ``processors.ports.WriteBuffer``s, like the trip planner.
 
 - ``VehicleStateBuffer``: per vehicle, the coalesced last-writer-wins update of every record received
   (``processors.vehicle_state`` semantics), written once its deadline comes: the first record's arrival
@@ -17,10 +18,11 @@ a checkpoint never passes a record whose effect is still only in memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
 
+from processors.ports import Hold
+from processors.trail import BucketMerge, bucket_of, combine, crumb_of, pack
 from processors.vehicle_state import StateUpdate
 from schemas.records import KinesisRecord, VehicleReading
 
@@ -40,40 +42,43 @@ class VehicleStateBuffer:
     """Coalesced ``vehicle-state`` updates per vehicle, each with its deadline (see the module docstring).
     Not thread-safe: the record processor's thread only."""
 
-    def __init__(self, max_delay_ms: int) -> None:
+    def __init__(self, max_delay_ms: int, lead_ms: int = 0) -> None:
         self.max_delay_ms = max_delay_ms
+        self.lead_ms = lead_ms
+        """How long before its deadline a write is taken (the next poll may be that far away)."""
         self._pending: dict[str, PendingState] = {}
         self._written_at: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def absorb(self, reading: VehicleReading, record: KinesisRecord, receipt_ms: int) -> None:
+    def add(self, reading: VehicleReading, record: KinesisRecord, now_ms: int) -> None:
         pending = self._pending.get(reading.pseudo_vin)
         if pending is None:
             budget = self.max_delay_ms
             first = reading.position.arrival_ms + budget
-            deadline = first if first > receipt_ms else receipt_ms + budget
+            deadline = first if first > now_ms else now_ms + budget
             pending = self._pending[reading.pseudo_vin] = PendingState(
                 StateUpdate(reading.pseudo_vin, reading.event_time_ms), deadline
             )
         pending.update.absorb(reading)
         pending.readings.append((reading, record))
 
-    def take_due(self, now_ms: int, lead_ms: int) -> list[PendingState]:
-        """Remove and return the updates to write now: deadline within ``lead_ms``, and the vehicle's
-        previous write at least B ago."""
+    def due(self, now_ms: int, *, everything: bool) -> list[PendingState]:
+        """The updates to write now: everything pending, or those whose deadline is within the lead and
+        whose vehicle's previous write was at least B ago."""
+        if everything:
+            return self._take(list(self._pending), now_ms)
         due = [
             pv
             for pv, pending in self._pending.items()
-            if now_ms >= pending.deadline_ms - lead_ms
+            if now_ms >= pending.deadline_ms - self.lead_ms
             and now_ms >= self._written_at.get(pv, now_ms - self.max_delay_ms) + self.max_delay_ms
         ]
         return self._take(due, now_ms)
 
-    def take_all(self, now_ms: int) -> list[PendingState]:
-        """Everything pending (before a checkpoint)."""
-        return self._take(list(self._pending), now_ms)
+    def holds_back(self) -> Hold | None:
+        return None
 
     def _take(self, pseudo_vins: Iterable[str], now_ms: int) -> list[PendingState]:
         taken = []
@@ -82,79 +87,64 @@ class VehicleStateBuffer:
             self._written_at[pseudo_vin] = now_ms
         return taken
 
-    def clear(self) -> None:
-        """The lease is lost: whatever is pending is the next owner's to write."""
-        self._pending.clear()
-
-
-class BucketMergeLike(Protocol):
-    """What the trail buffer needs of a pending merge (``processors.trail.BucketMerge`` is one)."""
-
-    @property
-    def pseudo_vin(self) -> str: ...
-
-    @property
-    def bucket(self) -> int:
-        """Epoch seconds at the bucket's start."""
-        ...
-
-
-M = TypeVar("M", bound=BucketMergeLike)
-
 
 @dataclass(slots=True)
-class _PendingMerge(Generic[M]):
-    merge: M
+class _PendingMerge:
+    merge: BucketMerge
     first_ms: int
 
 
-class TrailBuffer(Generic[M]):
-    """Pending trail bucket merges, one per (pseudoVin, bucket), combined with ``combine``
-    (``processors.trail.combine``: slot max, expiry max). Not thread-safe."""
+class TrailBuffer:
+    """Pending trail bucket merges, one per (pseudoVin, bucket): each accepted record's crumb joined in
+    (``processors.trail.combine``: slots joined, expiry max). Not thread-safe."""
 
-    def __init__(self, combine: Callable[[M, M], M], bucket_seconds: int, max_delay_ms: int) -> None:
-        self._combine = combine
+    def __init__(self, bucket_seconds: int, max_delay_ms: int, lead_ms: int = 0) -> None:
         self._bucket_ms = bucket_seconds * 1000
         self.max_delay_ms = max_delay_ms
-        self._pending: dict[tuple[str, int], _PendingMerge[M]] = {}
+        self.lead_ms = lead_ms
+        self._pending: dict[tuple[str, int], _PendingMerge] = {}
         self._newest_t: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, merges: Iterable[M], receipt_ms: int) -> None:
-        for merge in merges:
-            key = (merge.pseudo_vin, merge.bucket)
-            pending = self._pending.get(key)
-            if pending is None:
-                self._pending[key] = _PendingMerge(merge, receipt_ms)
-            else:
-                pending.merge = self._combine(pending.merge, merge)
+    def add(self, reading: VehicleReading, record: KinesisRecord, now_ms: int) -> None:
+        """The record's crumb (every accepted record with a trail field is one, whatever the trip machine
+        makes of it); its event time completes the vehicle's buckets that end by then."""
+        pseudo_vin, t = reading.pseudo_vin, reading.event_time_ms
+        self._newest_t[pseudo_vin] = max(self._newest_t.get(pseudo_vin, t), t)
+        crumb = crumb_of(reading)
+        if crumb is None:
+            return
+        (merge,) = pack(pseudo_vin, [crumb])
+        key = (pseudo_vin, bucket_of(crumb.t_ms))
+        pending = self._pending.get(key)
+        if pending is None:
+            self._pending[key] = _PendingMerge(merge, now_ms)
+        else:
+            pending.merge = combine(pending.merge, merge)
 
-    def observe(self, pseudo_vin: str, t_ms: int) -> None:
-        """The vehicle sent a record at ``t_ms``: its buckets ending by then are complete."""
-        self._newest_t[pseudo_vin] = max(self._newest_t.get(pseudo_vin, t_ms), t_ms)
-
-    def take_due(self, now_ms: int, lead_ms: int = 0) -> list[M]:
+    def due(self, now_ms: int, *, everything: bool) -> list[BucketMerge]:
+        """Every pending merge, or those complete (the vehicle's newest record is past the bucket's end)
+        or ``max_delay`` old."""
+        if everything:
+            taken = [pending.merge for pending in self._pending.values()]
+            self._pending.clear()
+            return taken
         due = [
             key
             for key, pending in self._pending.items()
             if self._newest_t.get(key[0], 0) >= key[1] * 1000 + self._bucket_ms
-            or now_ms >= pending.first_ms + self.max_delay_ms - lead_ms
+            or now_ms >= pending.first_ms + self.max_delay_ms - self.lead_ms
         ]
         return [self._pending.pop(key).merge for key in due]
 
-    def take_vehicles(self, pseudo_vins: set[str]) -> list[M]:
-        """Every pending merge of these vehicles, due or not."""
+    def of_vehicles(self, pseudo_vins: set[str]) -> list[BucketMerge]:
+        """Every pending merge of these vehicles, due or not (an archive reads their trail back)."""
         if not pseudo_vins:
             return []
         keys = [key for key in self._pending if key[0] in pseudo_vins]
         return [self._pending.pop(key).merge for key in keys]
 
-    def take_all(self) -> list[M]:
-        taken = [pending.merge for pending in self._pending.values()]
-        self._pending.clear()
-        return taken
-
-    def clear(self) -> None:
-        self._pending.clear()
+    def holds_back(self) -> Hold | None:
+        return None

@@ -20,17 +20,19 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from processors.batch import DeadLetter, decode_batch
 from processors.decode import DecodeLimits, Decoder
 from processors.errors import StaleTripState
-from processors.ports import Stores
+from processors.ports import Stores, WriteBuffer
 from processors.pseudonymize import Pseudonymizer
+from processors.settle import position_key
 from processors.signal_bounds import SignalBounds
 from processors.signals import format_time
-from processors.trail import TRAIL_BUCKET_SECONDS, combine
+from processors.trail import TRAIL_BUCKET_SECONDS
 from processors.trip_planner import LateAfterArchive, TripPlanner, TripRenamed
-from processors.trips import TripStateMachine, step_of
+from processors.trips import TripStateMachine
 from schemas.records import KinesisRecord, StreamPosition
 from worker.config import Settings
 from worker.executor import PlanExecutor
@@ -107,9 +109,11 @@ class Pipeline:
         self.trips = TripPlanner(
             TripStateMachine(thresholds), settings.trip_lateness_ms, settings.trip_progress_ms
         )
-        self.states = VehicleStateBuffer(settings.state_max_delay_ms)
-        self.trail = TrailBuffer(combine, TRAIL_BUCKET_SECONDS, settings.trail_max_delay_ms)
-        self.lead_ms = settings.state_flush_lead_ms
+        lead_ms = settings.state_flush_lead_ms
+        self.states = VehicleStateBuffer(settings.state_max_delay_ms, lead_ms)
+        self.trail = TrailBuffer(TRAIL_BUCKET_SECONDS, settings.trail_max_delay_ms, lead_ms)
+        self.buffers: tuple[WriteBuffer[Any], ...] = (self.states, self.trail, self.trips)
+        """Every accepted record goes into each; a checkpoint goes no further than any holds back."""
         self._last_position: StreamPosition | None = None
 
     def process(
@@ -131,18 +135,16 @@ class Pipeline:
             for pseudo_vin in unknown:
                 self.trips.adopt(pseudo_vin, stored.get(pseudo_vin))
         readings = {reading.position: reading for reading in plan.readings}
-        late, previous = self.trips.late_for_machine, self._last_position
+        late = self.trips.late_for_machine
         for record in records:
             reading = readings.get(record.position)
-            if reading is not None:
-                self.states.absorb(reading, record, now_ms)
-                self.trail.observe(reading.pseudo_vin, reading.event_time_ms)
-                self.trips.receive(
-                    reading.pseudo_vin, step_of(reading, record.data), record.position, previous
-                )
-            previous = record.position
-        self._last_position = previous
-        self.trail.add(plan.trail, now_ms)
+            if reading is None:
+                self.trips.passed(record.position)  # a dead letter: nothing holds it back
+                continue
+            for buffer in self.buffers:
+                buffer.add(reading, record, now_ms)
+        if records:
+            self._last_position = records[-1].position
         if not records and caught_up:
             self.trips.tick(now_ms - 1000)  # no unseen record can have arrived before that
         missed = self._report_late()
@@ -164,14 +166,11 @@ class Pipeline:
 
     def flush(self, now_ms: int, *, everything: bool) -> Flushed:
         """Write what is due at ``now_ms`` (``everything``: all that is pending, before a checkpoint)."""
-        states = self.states.take_all(now_ms) if everything else self.states.take_due(now_ms, self.lead_ms)
+        states = self.states.due(now_ms, everything=everything)
         trips = self.trips.due(now_ms, everything=everything)
-        if everything:
-            trail = self.trail.take_all()
-        else:
-            # An archive or a segment reads its span back from the trail: its vehicle's crumbs go first.
-            archiving = {t.pseudo_vin for t in trips if t.outbox or t.seals}
-            trail = self.trail.take_vehicles(archiving) + self.trail.take_due(now_ms, self.lead_ms)
+        # An archive or a segment reads its span back from the trail: its vehicle's crumbs go first.
+        archiving = {t.pseudo_vin for t in trips if t.outbox or t.seals}
+        trail = self.trail.of_vehicles(archiving) + self.trail.due(now_ms, everything=everything)
         if not (states or trail or trips):
             return Flushed()
         executed = self.executor.flush(
@@ -215,11 +214,15 @@ class Pipeline:
         return len(missed)
 
     def watermark(self) -> StreamPosition | None:
-        """Where a checkpoint may go once everything pending is written (``checkpoint``)."""
-        oldest = self.trips.oldest()
-        if oldest is None:
+        """Where a checkpoint may go once everything pending is written (``checkpoint``): the last record
+        received, unless a buffer holds an earlier one back."""
+        holds = [hold for buffer in self.buffers if (hold := buffer.holds_back()) is not None]
+        if not holds:
             return self._last_position
-        return oldest.previous
+        positions = [hold.before for hold in holds]
+        if None in positions:
+            return None  # nothing of this lease may be checkpointed yet
+        return min((p for p in positions if p is not None), key=position_key)
 
     def _replan(self, stale: StaleTripState) -> Replanned:
         """Another writer moved this vehicle first: consume its journal again on top of what it stored."""

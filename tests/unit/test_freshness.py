@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from schemas.records import KinesisRecord, StreamPosition, VehicleReading
+from processors.trail import BucketMerge
+from schemas.records import KinesisRecord, Location, StreamPosition, VehicleReading
 from worker.config import Settings
 from worker.freshness import TrailBuffer, VehicleStateBuffer
 
@@ -52,7 +53,7 @@ def simulate(
     ``start_ms``; the consumer starts polling at ``backlog_ms`` (a backlog to catch up on)."""
     settings = Settings(kcl_idle_time_between_reads_millis=POLL_MS, state_max_delay_ms=budget_ms)
     lead = settings.state_flush_lead_ms
-    buffer = VehicleStateBuffer(settings.state_max_delay_ms)
+    buffer = VehicleStateBuffer(settings.state_max_delay_ms, lead)
     period = int(1000 / hz)
     stream = sorted(
         (start_ms + k * period + v * period // vehicles, f"{v:032x}")
@@ -66,11 +67,11 @@ def simulate(
         receipt = now + GETRECORDS_MS
         while delivered < len(stream) and stream[delivered][0] <= now:
             arrival, pseudo_vin = stream[delivered]
-            buffer.absorb(*record(pseudo_vin, delivered, arrival), receipt)
+            buffer.add(*record(pseudo_vin, delivered, arrival), receipt)
             delivered += 1
             run.records += 1
         checkpoint = receipt - last_checkpoint >= CHECKPOINT_MS
-        taken = buffer.take_all(receipt) if checkpoint else buffer.take_due(receipt, lead)
+        taken = buffer.due(receipt, everything=checkpoint)
         for pending in taken:
             arrivals = [reading.position.arrival_ms for reading, _ in pending.readings]
             run.writes.append(Write(pending.update.pseudo_vin, receipt, arrivals, checkpoint))
@@ -125,45 +126,42 @@ def test_a_budget_of_zero_writes_at_every_poll(budget: int) -> None:
 # --- trail buckets ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Merge:
-    """A stand-in for ``processors.trail.BucketMerge``: slots max-merged, expiry a max-register."""
-
-    pseudo_vin: str
-    bucket: int
-    slots: tuple[tuple[str, str], ...]
-    expires_at: int
+def located(pseudo_vin: str, t_ms: int, lat: float) -> tuple[VehicleReading, KinesisRecord]:
+    position = StreamPosition(SHARD, str(t_ms), 0, t_ms)
+    reading = VehicleReading(pseudo_vin, t_ms, {"location": Location(lat, -104.9)}, position)
+    return reading, KinesisRecord(b"{}", pseudo_vin, position)
 
 
-def combine(a: Merge, b: Merge) -> Merge:
-    slots = dict(a.slots)
-    for slot, value in b.slots:
-        slots[slot] = max(slots.get(slot, value), value)
-    return Merge(a.pseudo_vin, a.bucket, tuple(sorted(slots.items())), max(a.expires_at, b.expires_at))
+def slots(merge: BucketMerge) -> list[str]:
+    return sorted(merge.slots)
 
 
-def test_pending_bucket_merges_combine_per_key_and_come_due_by_event_time_or_delay() -> None:
-    trail: TrailBuffer[Merge] = TrailBuffer(combine, bucket_seconds=15, max_delay_ms=15_000)
-    trail.add([Merge("v", 1500, (("3", "b"),), 10)], receipt_ms=0)
-    trail.add([Merge("v", 1500, (("3", "a"), ("4", "c")), 12)], receipt_ms=400)
-    trail.add([Merge("w", 1500, (("0", "x"),), 10)], receipt_ms=500)
-    trail.observe("v", 1_514_999)
-    trail.observe("w", 1_500_000)
-    assert trail.take_due(now_ms=1000) == []
-    trail.observe("v", 1_515_000)  # v's newest record is past the bucket's end: complete
-    assert trail.take_due(now_ms=1000) == [Merge("v", 1500, (("3", "b"), ("4", "c")), 12)]
-    assert trail.take_due(now_ms=15_499) == []
-    assert [m.pseudo_vin for m in trail.take_due(now_ms=15_500)] == ["w"]  # 15 s after its first crumb
-    trail.add([Merge("v", 1500, (("5", "late"),), 13)], receipt_ms=20_000)  # a late crumb: a new merge
-    assert len(trail) == 1 and trail.take_all() == [Merge("v", 1500, (("5", "late"),), 13)]
+def test_pending_bucket_merges_join_per_key_and_come_due_by_event_time_or_delay() -> None:
+    trail = TrailBuffer(bucket_seconds=15, max_delay_ms=15_000)
+    trail.add(*located("v", 1_500_030, 39.7), now_ms=0)
+    trail.add(*located("v", 1_500_040, 39.8), now_ms=400)
+    trail.add(*located("w", 1_500_000, 39.9), now_ms=500)
+    trail.add(*located("v", 1_514_999, 39.7), now_ms=600)
+    assert trail.due(now_ms=1000, everything=False) == []
+    trail.add(
+        VehicleReading("v", 1_515_000, {}, StreamPosition(SHARD, "9", 0, 0)),
+        KinesisRecord(b"", "v", StreamPosition(SHARD, "9", 0, 0)),
+        now_ms=700,
+    )  # no crumb, but v is past the bucket's end: complete
+    (complete,) = trail.due(now_ms=1000, everything=False)
+    assert (complete.pseudo_vin, complete.bucket, slots(complete)) == ("v", 1500, ["1499", "3", "4"])
+    assert trail.due(now_ms=15_499, everything=False) == []
+    assert [m.pseudo_vin for m in trail.due(now_ms=15_500, everything=False)] == ["w"]  # 15 s after its first
+    trail.add(*located("v", 1_500_050, 39.7), now_ms=20_000)  # a late crumb: a new merge of the bucket
+    assert len(trail) == 1 and [slots(m) for m in trail.due(now_ms=20_001, everything=True)] == [["5"]]
 
 
 def test_a_vehicle_is_not_written_again_within_b_even_when_a_record_is_received_just_after_a_write() -> None:
-    buffer = VehicleStateBuffer(1800)
-    buffer.absorb(*record("v", 0, 0), receipt_ms=30)
-    (_first,) = buffer.take_due(now_ms=1500, lead_ms=350)
-    buffer.absorb(*record("v", 1, 1400), receipt_ms=1530)  # arrived before that write, received after
-    assert buffer.take_due(now_ms=2900, lead_ms=350) == []  # its deadline - lead, but within B of 1500
-    (second,) = buffer.take_due(now_ms=3300, lead_ms=350)
+    buffer = VehicleStateBuffer(1800, lead_ms=350)
+    buffer.add(*record("v", 0, 0), now_ms=30)
+    (_first,) = buffer.due(1500, everything=False)
+    buffer.add(*record("v", 1, 1400), now_ms=1530)  # arrived before that write, received after
+    assert buffer.due(2900, everything=False) == []  # its deadline - lead, but within B of 1500
+    (second,) = buffer.due(3300, everything=False)
     assert [r.position.arrival_ms for r, _ in second.readings] == [1400]
     assert len(buffer) == 0

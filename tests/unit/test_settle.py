@@ -242,8 +242,8 @@ def test_any_order_within_the_window_resends_and_redeliveries_give_the_in_order_
         action = data.draw(st.sampled_from(["next", "next", "checkpoint", "crash"]))
         if action == "checkpoint":
             consumer.write(planner, s.a_ms, everything=True)
-            oldest = planner.oldest()
-            restart_at = int(oldest.position.sequence_number) - 1 if oldest and oldest.position else index
+            hold = planner.holds_back()
+            restart_at = index if hold is None else (int(hold.before.sequence_number) if hold.before else 0)
         elif action == "crash" and crashes < 3:
             crashes += 1
             consumer.late += planner.late_for_machine
