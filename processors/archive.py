@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from processors.signals import format_time
-from processors.trail import Crumb, trip_rows
+from processors.trail import Crumb, filled, trip_rows
 from processors.trips import CompletedTrip
 from schemas.items import LocationItem, TripIndexItem
 
@@ -79,20 +79,16 @@ def archive_trip(trip: CompletedTrip, crumbs: Sequence[Crumb]) -> tuple[bytes, T
     points: list[tuple[float, float]] = []
     batteries: list[float] = []
     max_speed = 0.0
-    speed = heading = odometer = battery = None
-    for crumb in rows:
-        level = crumb.battery_level if use_level else crumb.soc
+    for crumb, values in filled(rows, use_level):
         if crumb.vehicle_speed is not None:
-            speed = crumb.vehicle_speed
-            max_speed = max(max_speed, speed)
-        heading = crumb.heading if crumb.heading is not None else heading
-        odometer = crumb.odometer if crumb.odometer is not None else odometer
+            max_speed = max(max_speed, crumb.vehicle_speed)
+        level = crumb.battery_level if use_level else crumb.soc
         if level is not None:
-            battery = level
             batteries.append(level)
         if crumb.lat is None or crumb.lng is None:
             continue
-        records.append(_row(crumb.t_ms, crumb.lat, crumb.lng, (speed, heading, odometer, battery)))
+        filled_values = (values.vehicle_speed, values.heading, values.odometer, values.battery)
+        records.append(_row(crumb.t_ms, crumb.lat, crumb.lng, filled_values))
         points.append((crumb.lat, crumb.lng))
     distance = sum(haversine_miles(a, b) for a, b in pairwise(points))
     duration = max(0, (trip.end_time_ms - trip.start_time_ms) // 1000)

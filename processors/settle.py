@@ -62,7 +62,9 @@ class _Entry:
 @dataclass(slots=True)
 class _Vehicle:
     by_order: list[tuple[tuple[int, bytes, int], _Entry]] = field(default_factory=list)
-    max_t: int | None = None
+    newest: tuple[int, bytes] | None = None
+    """The greatest ``Step.order`` added: the vehicle's newest event time, for the settle rule and the
+    trip planner's live view."""
 
 
 def position_key(position: StreamPosition) -> tuple[int, str, int]:
@@ -99,7 +101,7 @@ class SettleBuffer:
         step = pending.step
         vehicle = self._vehicles.setdefault(pseudo_vin, _Vehicle())
         heapq.heappush(vehicle.by_order, (entry.order(), entry))
-        vehicle.max_t = step.t_ms if vehicle.max_t is None else max(vehicle.max_t, step.t_ms)
+        vehicle.newest = step.order if vehicle.newest is None else max(vehicle.newest, step.order)
         heapq.heappush(self._by_arrival, (step.arrival_ms, entry.serial, pseudo_vin, entry))
         if pending.position is not None:
             self._in_order.append(entry)
@@ -107,7 +109,7 @@ class SettleBuffer:
             self.received_ms = max(self.received_ms or step.arrival_ms, step.arrival_ms)
         self._size += 1
         # Event-time rule: only this vehicle's newest t moved, so only its steps can settle by it.
-        limit = vehicle.max_t - self.lateness_ms
+        limit = vehicle.newest[0] - self.lateness_ms
         if vehicle.by_order[0][0][0] < limit:
             self._ready.setdefault(pseudo_vin, []).extend(self._take(pseudo_vin, limit - 1))
 
@@ -134,6 +136,11 @@ class SettleBuffer:
         handed = {pv: self._hand_out(entries) for pv, entries in settled.items() if entries}
         self._trim()
         return handed
+
+    def newest(self, pseudo_vin: str) -> tuple[int, bytes] | None:
+        """The greatest ``Step.order`` ever added for the vehicle (None: none)."""
+        vehicle = self._vehicles.get(pseudo_vin)
+        return vehicle.newest if vehicle is not None else None
 
     def pending(self, pseudo_vin: str) -> list[Pending]:
         """The vehicle's unsettled steps, in ``Step.order``, left in the buffer."""

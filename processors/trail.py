@@ -27,7 +27,7 @@ records (location in one, speed in the other), or a resend with another field su
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -324,6 +324,30 @@ class TrailPoint:
     battery_level: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Filled:
+    """A row's values with the last seen ones carried forward (``filled``); ``battery`` is the row's
+    battery source (``batteryLevel`` or ``soc``)."""
+
+    vehicle_speed: float | None
+    heading: float | None
+    odometer: float | None
+    battery: float | None
+
+
+def filled(rows: Iterable[Crumb], use_level: bool) -> Iterator[tuple[Crumb, Filled]]:
+    """Each row with speed, heading, odometer and battery filled forward from the rows before it: the one
+    fill-forward of the live map and the archive (delta producers send a field when it changes)."""
+    speed = heading = odometer = battery = None
+    for crumb in rows:
+        level = crumb.battery_level if use_level else crumb.soc
+        speed = crumb.vehicle_speed if crumb.vehicle_speed is not None else speed
+        heading = crumb.heading if crumb.heading is not None else heading
+        odometer = crumb.odometer if crumb.odometer is not None else odometer
+        battery = level if level is not None else battery
+        yield crumb, Filled(speed, heading, odometer, battery)
+
+
 def trail_points(
     crumbs: Iterable[Crumb], from_ms: int, to_ms: int, now_ms: int, *, fill_forward: bool = True
 ) -> list[TrailPoint]:
@@ -340,18 +364,23 @@ def trail_points(
     ]
     use_level = any(c.battery_level is not None for c in rows)
     points: list[TrailPoint] = []
-    speed = heading = odometer = battery = None
-    for crumb in rows:
+    for crumb, carried in filled(rows, use_level):
+        if crumb.lat is None or crumb.lng is None:
+            continue
         level = crumb.battery_level if use_level else crumb.soc
-        if fill_forward:
-            speed = crumb.vehicle_speed if crumb.vehicle_speed is not None else speed
-            heading = crumb.heading if crumb.heading is not None else heading
-            odometer = crumb.odometer if crumb.odometer is not None else odometer
-            battery = level if level is not None else battery
-        else:
-            speed, heading, odometer, battery = crumb.vehicle_speed, crumb.heading, crumb.odometer, level
-        if crumb.lat is not None and crumb.lng is not None:
-            points.append(TrailPoint(crumb.t_ms, crumb.lat, crumb.lng, speed, heading, odometer, battery))
+        own = Filled(crumb.vehicle_speed, crumb.heading, crumb.odometer, level)
+        values = carried if fill_forward else own
+        points.append(
+            TrailPoint(
+                crumb.t_ms,
+                crumb.lat,
+                crumb.lng,
+                values.vehicle_speed,
+                values.heading,
+                values.odometer,
+                values.battery,
+            )
+        )
     return points
 
 

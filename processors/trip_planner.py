@@ -143,8 +143,6 @@ class _Vehicle:
     written_shape: tuple[object, ...] = (None,)
     written_progress: tuple[int, int] | None = None
     written_ms: int = 0
-    newest_order: tuple[int, bytes] | None = None
-    """The greatest ``Step.order`` received and not late: the live view applies steps above it at once."""
     frontier_ms: int | None = None
     """The newest event time the exact machine consumed (idle records included)."""
     heard_ms: int | None = None
@@ -211,7 +209,8 @@ class TripPlanner:
         checkpoint may go while it is unsettled). False: late for the machine, not buffered."""
         vehicle = self._vehicles[pseudo_vin]
         t = step.t_ms
-        newest = vehicle.newest_order[0] if vehicle.newest_order is not None else None
+        received = self._settle.newest(pseudo_vin)
+        newest = received[0] if received is not None else None
         vehicle.heard_ms = max(vehicle.heard_ms or step.arrival_ms, step.arrival_ms)
         late = (
             consumed(vehicle.exact, step)
@@ -232,9 +231,9 @@ class TripPlanner:
 
     def _accept(self, pseudo_vin: str, vehicle: _Vehicle, pending: Pending) -> None:
         step = pending.step
+        newest = self._settle.newest(pseudo_vin)  # the greatest order received before it, not late
         self._settle.add(pseudo_vin, pending)
-        if vehicle.newest_order is None or step.order > vehicle.newest_order:
-            vehicle.newest_order = step.order
+        if newest is None or step.order > newest:
             self._machine.apply(vehicle.live, step, TripEffects())
         else:
             self._rebuild_live(pseudo_vin, vehicle)
@@ -344,7 +343,7 @@ class TripPlanner:
         vehicle = self._vehicles[stale.pseudo_vin] = _load(stale.pseudo_vin, stale.current)
         # What this process received stays received; records the other writer held are in our buffer
         # already if they were ever ours (a handed-over vehicle is adopted once).
-        vehicle.newest_order, vehicle.heard_ms = old.newest_order, old.heard_ms
+        vehicle.heard_ms = old.heard_ms
         vehicle.held = old.held
         self.consume(stale.pseudo_vin, old.journal, self._settle.received_ms)
         self._rebuild_live(stale.pseudo_vin, vehicle)

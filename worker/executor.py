@@ -30,6 +30,7 @@ from worker.trip_commit import (
     TripArchiver,
     TripCommitter,
     commit_with_replans,
+    run_each,
 )
 
 log = logging.getLogger(__name__)
@@ -181,15 +182,7 @@ class PlanExecutor:
     def _run_all(self, task: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """Run ``task`` on every item concurrently; wait for all; re-raise the first failure."""
         futures: list[Future[R]] = [self._pool.submit(task, item) for item in items]
-        results, first_error = [], None
-        for future in futures:
-            try:
-                results.append(future.result())
-            except BaseException as error:
-                first_error = first_error or error
-        if first_error is not None:
-            raise first_error
-        return results
+        return run_each(future.result for future in futures)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 from processors.archive import archive_key, archive_trip, gzip_json, read_gzip_json, segment_key
 from processors.errors import StaleTripState, WriteOnceConflict
@@ -39,6 +41,7 @@ from worker.logs import event
 from worker.retry import TRIP_REPLANS, Limit
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
 def archive_safe_ms(thresholds: TripThresholds) -> int:
@@ -197,20 +200,26 @@ Committed = tuple[str | None, int] | StaleTripState
 RunAll = Callable[[Callable[[VehicleTripPlan], Committed], Sequence[VehicleTripPlan]], list[Committed]]
 
 
-def serially(
-    task: Callable[[VehicleTripPlan], Committed], plans: Sequence[VehicleTripPlan]
-) -> list[Committed]:
-    """``RunAll`` without threads: every task runs, then the first failure is raised."""
-    results: list[Committed] = []
+def run_each(calls: Iterable[Callable[[], R]]) -> list[R]:
+    """Every call's result, in order, once all have run; then the first failure is raised. The one way
+    a batch of writes ends: no write is abandoned because another one failed."""
+    results: list[R] = []
     first_error: BaseException | None = None
-    for plan in plans:
+    for call in calls:
         try:
-            results.append(task(plan))
+            results.append(call())
         except BaseException as error:
             first_error = first_error or error
     if first_error is not None:
         raise first_error
     return results
+
+
+def serially(
+    task: Callable[[VehicleTripPlan], Committed], plans: Sequence[VehicleTripPlan]
+) -> list[Committed]:
+    """``RunAll`` without threads."""
+    return run_each(partial(task, plan) for plan in plans)
 
 
 def _ignore(pseudo_vin: str, version: str | None) -> None:

@@ -344,13 +344,13 @@ def streams(draw: st.DrawFn) -> list[VehicleReading]:
             max_size=60,
         )
     )
-    # Negative steps: records out of event-time order as sent; the machine consumes them in event-time
-    # order (processors.settle), which is what a clean pass and a replay must agree on.
+    # Negative steps: records out of event-time order as sent; the machine consumes them in (event time,
+    # key) order (processors.settle), which is what a clean pass and a replay must agree on.
     readings, t = [], 0.0
     for dt, speed, located in steps:
         t += dt
         readings.append(at(t, speed, located))
-    return sorted(readings, key=lambda r: r.event_time_ms)
+    return sorted(readings, key=lambda r: step(r).order)
 
 
 def effects_of(completed: list[CompletedTrip]) -> dict[str, CompletedTrip]:
