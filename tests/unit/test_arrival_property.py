@@ -195,9 +195,7 @@ def differing(got: dict[str, bytes], want: dict[str, bytes]) -> list[str]:
     return sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(plans())
-def test_an_archive_is_the_in_order_streams_whatever_the_delivery(plan: Plan) -> None:
+def assert_as_in_order(plan: Plan) -> None:
     got, want = outcomes(plan)
     lost = rows_lost(got, want)
     assert not lost, f"archive rows differ from the in-order stream's:\n{lost}"
@@ -208,14 +206,16 @@ def test_an_archive_is_the_in_order_streams_whatever_the_delivery(plan: Plan) ->
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plans())
+def test_an_archive_is_the_in_order_streams_whatever_the_delivery(plan: Plan) -> None:
+    assert_as_in_order(plan)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plans(split_instants=False, split_shard=False))
 def test_within_lateness_no_record_is_lost_at_a_seal(plan: Plan) -> None:
-    got, want = outcomes(plan)
-    lost = rows_lost(got, want)
-    assert not lost, f"archive rows differ from the in-order stream's:\n{lost}"
-    assert not differing(got.trips, want.trips), "archives whose bytes differ from the in-order stream's"
-    assert without_arrivals(got) == without_arrivals(want), "segments' crumbs differ"
-    assert index_without_expiry(got) == index_without_expiry(want), "trips-index items differ"
+    """Defect 1 alone (no equal instants, no splits): the variant that isolates it on a failing build."""
+    assert_as_in_order(plan)
 
 
 @settings(max_examples=40, deadline=None)
