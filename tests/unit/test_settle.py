@@ -273,3 +273,24 @@ def stored(item: TripStateItem) -> dict[str, Any]:
     machine: dict[str, Any] = item.model_dump(include={"machine"})["machine"]
     machine["r"] = [r[:2] + r[3:] for r in machine["r"]]
     return machine
+
+
+def test_a_late_record_before_the_live_trips_start_renames_it_and_the_archive_takes_the_new_id() -> None:
+    """The live trip id is the archived one, but when a record earlier than the live trip's start arrives
+    within the allowed lateness: the trip then starts earlier, under another id, and the change is
+    reported with both ids (``live_trip_renamed``)."""
+    planner = TripPlanner(TripStateMachine(TripThresholds(gap_ms=GAP_MS)), lateness_ms=L_MS)
+    planner.adopt("v", None)
+    later = Step(T0 + 10_000, record_key(b"later"), T0 + 10_000, 30.0, True, False)
+    earlier = Step(T0 + 5_000, record_key(b"earlier"), T0 + 11_000, 30.0, True, False)  # sent late
+    planner.receive("v", later, position(0, later.arrival_ms), None)
+    live = planner.live("v").trip
+    assert live is not None and live.start_time_ms == T0 + 10_000 and not planner.renamed
+    planner.receive("v", earlier, position(1, earlier.arrival_ms), position(0, later.arrival_ms))
+    (renamed,) = planner.renamed
+    assert renamed.old_trip_id == live.trip_id
+    live = planner.live("v").trip
+    assert live is not None and live.start_time_ms == T0 + 5_000 and renamed.new_trip_id == live.trip_id
+    planner.tick(T0 + 11_000 + L_MS + 1)  # settled: the exact machine agrees with the renamed live trip
+    exact = planner.exact("v").trip
+    assert exact is not None and exact.trip_id == renamed.new_trip_id
