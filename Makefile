@@ -12,7 +12,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV_VERSION := 3.3.30
 export FLEET_CHECKOV := $(CURDIR)/$(CHECKOV_VENV)/bin/checkov
 
-.PHONY: venv test lint typecheck unit integration e2e deploy demo chaos fuzz bench clean
+.PHONY: venv test check lint typecheck unit integration e2e deploy demo chaos fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,13 @@ typecheck: venv
 	$(PY) -m mypy
 
 # The deploy tier lints the template with cfn-lint (the dev extra) and checkov (its own virtualenv).
+# Two workers (CI has 2 cores), whole files per worker: a file's fixtures (a local AWS, a daemon) are its own.
 test: lint typecheck $(CHECKOV_STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+
+# The inner loop: lint, types and the unit tier (under a minute).
+check: lint typecheck
+	$(PY) -m pytest -q -n 2 tests/unit
 
 # One tier at a time (tests/<tier>/): unit runs in seconds, e2e starts the real daemon.
 unit integration e2e deploy: venv
