@@ -86,6 +86,7 @@ def machine_item(state: VehicleTrips, held: Iterable[Step] = ()) -> MachineItem:
             st=trip.start_time_ms,
             lt=trip.last_time_ms,
             n=trip.breadcrumb_count,
+            w=trip.waiting_breadcrumbs,
             g=trip.gap_start_ms,
             sg=trip.segments,
             sl=trip.sealed_through_ms,
@@ -104,7 +105,8 @@ def live_fields(live: VehicleTrips) -> dict[str, Any]:
         "status": trip.status.value,
         "tripId": trip.trip_id,
         "startTime": format_time(trip.start_time_ms),
-        "lastEventTime": format_time(trip.last_time_ms),
+        # The trip's last event: while it waits out the gap, the stop (what an archive would end at).
+        "lastEventTime": format_time(trip.end_time_ms),
         "breadcrumbCount": trip.breadcrumb_count,
         "gapStartTime": _time(trip.gap_start_ms),
     }
@@ -143,6 +145,7 @@ def state_from_item(item: TripStateItem) -> tuple[VehicleTrips, list[Step]]:
             start_time_ms=machine.st,
             last_time_ms=machine.lt if machine.lt is not None else machine.st,
             breadcrumb_count=machine.n,
+            waiting_breadcrumbs=machine.w,
             gap_start_ms=machine.g,
             segments=machine.sg,
             sealed_through_ms=machine.sl,

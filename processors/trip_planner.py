@@ -118,8 +118,15 @@ def _shape(state: VehicleTrips) -> tuple[object, ...]:
 
 
 def _progress(state: VehicleTrips) -> tuple[int, int] | None:
+    """What a reader's ``lastEventTime`` and ``breadcrumbCount`` show: frozen at the stop while ENDING."""
     trip = state.trip
-    return None if trip is None else (trip.last_time_ms, trip.breadcrumb_count)
+    return None if trip is None else (trip.end_time_ms, trip.breadcrumb_count)
+
+
+def _shown(vehicle: _Vehicle) -> VehicleTrips:
+    """What ``trip-state``'s reader fields show: the live view's trip; once the live view has ended it,
+    the exact machine's until its archive is written (the trip never vanishes before it is archived)."""
+    return vehicle.live if vehicle.live.trip is not None else vehicle.exact
 
 
 @dataclass(slots=True)
@@ -318,7 +325,7 @@ class TripPlanner:
             seals=list(vehicle.seals),
             outbox=list(vehicle.outbox),
             new_completions=vehicle.new_completions,
-            fields=item_fields(pseudo_vin, exact, live, vehicle.held, vehicle.heard_ms),
+            fields=item_fields(pseudo_vin, exact, _shown(vehicle), vehicle.held, vehicle.heard_ms),
             open=exact.trip is not None or live.trip is not None or bool(vehicle.held),
             expected_last_update=vehicle.version,
         )
@@ -328,9 +335,10 @@ class TripPlanner:
         return [self.plan_for(pv) for pv, v in self._vehicles.items() if self._is_due(v, now_ms, everything)]
 
     def _is_due(self, vehicle: _Vehicle, now_ms: int, everything: bool) -> bool:
-        if vehicle.urgent or vehicle.outbox or vehicle.seals or _shape(vehicle.live) != vehicle.written_shape:
+        shown = _shown(vehicle)
+        if vehicle.urgent or vehicle.outbox or vehicle.seals or _shape(shown) != vehicle.written_shape:
             return True
-        if _progress(vehicle.live) != vehicle.written_progress and (
+        if _progress(shown) != vehicle.written_progress and (
             everything or now_ms >= vehicle.written_ms + self.progress_ms
         ):
             return True
@@ -357,7 +365,8 @@ class TripPlanner:
         vehicle.outbox, vehicle.seals, vehicle.journal = [], [], []
         vehicle.new_completions = 0
         vehicle.dirty = vehicle.urgent = False
-        vehicle.written_shape, vehicle.written_progress = _shape(vehicle.live), _progress(vehicle.live)
+        shown = _shown(vehicle)
+        vehicle.written_shape, vehicle.written_progress = _shape(shown), _progress(shown)
         vehicle.written_ms = now_ms
 
     def exact(self, pseudo_vin: str) -> VehicleTrips:

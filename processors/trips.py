@@ -116,7 +116,11 @@ class Trip:
     last_time_ms: int
     """Event time of the last record the trip consumed (its end, unless it is ENDING)."""
     breadcrumb_count: int = 0
-    """Located records consumed so far (live; the archive counts its own rows)."""
+    """Located records of the trip's span so far (live; the archive counts its own rows): not those
+    recorded while waiting out the gap, which join the trip only if it resumes."""
+    waiting_breadcrumbs: int = 0
+    """Located records after the stop, while ENDING: added to the count if the trip resumes, dropped if
+    the gap expires (the archive ends at the stop)."""
     gap_start_ms: int | None = None
     """The stop: event time of the record that began ENDING (the trip's end if the gap expires)."""
     segments: int = 0
@@ -342,6 +346,8 @@ class TripStateMachine:
         elif trip.status is TripStatus.ENDING and speed is not None and speed > limits.start_speed_mph:
             trip.status = TripStatus.ACTIVE
             trip.gap_start_ms = None
+            trip.breadcrumb_count += trip.waiting_breadcrumbs
+            trip.waiting_breadcrumbs = 0
 
     def _include(
         self, vehicle: str, trip: Trip, step: Step, effects: TripEffects, clock_ms: int | None
@@ -350,7 +356,10 @@ class TripStateMachine:
         trip.last_time_ms = t
         if not step.located:
             return
-        trip.breadcrumb_count += 1
+        if trip.gap_start_ms is not None and t > trip.gap_start_ms:
+            trip.waiting_breadcrumbs += 1
+        else:
+            trip.breadcrumb_count += 1
         trip.tail_breadcrumbs += 1
         since = trip.start_time_ms if trip.sealed_through_ms is None else trip.sealed_through_ms + 1
         if (

@@ -73,7 +73,9 @@ class MachineItem(_Item):
     lt: int | None = None
     """Last record the trip consumed, event time ms."""
     n: int = 0
-    """Located records the trip consumed."""
+    """Located records of the trip's span."""
+    w: int = 0
+    """Located records after the stop, while waiting out the gap."""
     g: int | None = None
     """The stop (ENDING since), event time ms."""
     sg: int = 0

@@ -294,3 +294,41 @@ def test_a_late_record_before_the_live_trips_start_renames_it_and_the_archive_ta
     planner.tick(T0 + 11_000 + L_MS + 1)  # settled: the exact machine agrees with the renamed live trip
     exact = planner.exact("v").trip
     assert exact is not None and exact.trip_id == renamed.new_trip_id
+
+
+def drive(planner: TripPlanner, speeds: list[float], start_s: int = 0) -> None:
+    """One located record a second at ``speeds``, each arriving on time."""
+    for n, speed in enumerate(speeds, start=start_s):
+        t = T0 + n * 1000
+        planner.receive("v", Step(t, record_key(b"%d" % n), t, speed, True, False), position(n, t), None)
+
+
+def test_while_waiting_out_the_gap_count_and_last_event_stay_at_the_stop_unless_the_trip_resumes() -> (
+    None
+):
+    """What a reader sees is what the archive will hold: the trip ends at the stop, so the records of a
+    parked vehicle waiting out the gap are not counted, nor move ``lastEventTime``, until it drives on."""
+    planner = TripPlanner(TripStateMachine(TripThresholds(gap_ms=GAP_MS)), lateness_ms=L_MS)
+    planner.adopt("v", None)
+    drive(planner, [30.0] * 10 + [0.0] + [0.0] * 20)  # 10 s driving, the stop at 10 s, 20 s parked
+    (plan,) = planner.due(T0, everything=True)
+    assert (plan.fields["status"], plan.fields["breadcrumbCount"]) == ("ENDING", 11)
+    assert plan.fields["lastEventTime"] == plan.fields["gapStartTime"]
+    drive(planner, [30.0], start_s=31)  # drives on: the wait is part of the trip after all
+    (plan,) = planner.due(T0, everything=True)
+    assert (plan.fields["status"], plan.fields["breadcrumbCount"]) == ("ACTIVE", 32)
+
+
+def test_a_trip_the_live_view_ended_shows_until_its_archive_is_written() -> None:
+    """Between the live view's end of a trip (gap after the stop) and the exact machine's (L later, when
+    it is archived), the item keeps showing the trip as ENDING: it never vanishes before its archive."""
+    planner = TripPlanner(TripStateMachine(TripThresholds(gap_ms=60_000)), lateness_ms=L_MS)
+    planner.adopt("v", None)
+    drive(planner, [30.0] * 5 + [0.0] * 66)  # the stop at 4 s; the record at 64 s completes it (live)
+    assert planner.live("v").trip is None and planner.exact("v").trip is not None
+    (plan,) = planner.due(T0, everything=True)
+    assert plan.open and plan.fields["status"] == "ENDING" and plan.fields["tripId"] is not None
+    assert not plan.outbox
+    planner.tick(T0 + 71_000 + L_MS)  # the exact machine completes it: archived, the item goes
+    (plan,) = planner.due(T0, everything=False)
+    assert len(plan.outbox) == 1 and not plan.open
