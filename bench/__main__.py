@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return sweep.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     # Thirty minutes from minute 10 on, so that trips complete in the replay: a drive (3-8 min) ends, the
-    # 5-min gap passes, and the settle buffer (D = 300 s) hands the machine the record that closes it.
+    # 5-min gap passes, and the exact machine consumes the record that closes it L (30 s) later.
     parser.add_argument("--replay-vehicles", type=int, default=12)
     parser.add_argument("--replay-minutes", type=float, default=30)
     parser.add_argument("--naive-minutes", type=float, default=2)

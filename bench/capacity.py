@@ -337,7 +337,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
             + (f"{run['lag_p99_s']:.1f} s" if run["lag_p99_s"] is not None else "not seen")
             + f", {run['per_record']['write_units']:.3f} units per record"
             + (f", {share:.0%} of them `{top}` ({by_table[top]:.3f})" if top else "")
-            + f" (budget {budget} ms, poll {poll} ms); with the replay's trip-transition tables, as priced"
+            + f" (budget {budget} ms, poll {poll} ms); with the replay's archive tables, as priced"
             f" below: {per_record(results, 'ours', workload).write_units:.3f}."
         )
     lines += [
@@ -438,6 +438,7 @@ def _trips(results: dict[str, Any]) -> list[str]:
             if missed
             else ""
         ),
+        *_after_the_stop(trips),
         "",
         f"What the scenario wrote ({trips['records']:,} records; each vehicle drives 1-2 minutes and parks"
         " 6, so trips are open, as ACTIVE or ENDING, for most of its records):",
@@ -447,6 +448,43 @@ def _trips(results: dict[str, Any]) -> list[str]:
         *(f"| `{table}` | {units:.3f} |" for table, units in sorted(by_table.items())),
         f"| **total** (whole items) | **{trips['per_record']['write_units']:.3f}** |",
     ]
+    return lines
+
+
+def _median(values: list[float]) -> float | None:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2] if ordered else None
+
+
+def _after_the_stop(trips: dict[str, Any]) -> list[str]:
+    """What the per-trip records of the run say a reader sees after the stop, and what trip-state cost."""
+    per_trip = trips["trips"]
+    ended = _median([t["ended_s"] for t in per_trip if t["ended_s"] is not None])
+    gone = _median([t["gone_s"] for t in per_trip if t["gone_s"] is not None])
+    longest = max(per_trip, key=lambda t: t["drive_seconds"])
+    writes = trips["written"].get("dynamodb:trip-state", {}).get("requests", 0)
+    progress = trips["settings"].get("trip_progress_seconds") or 0
+    gap = trips["settings"].get("trip_gap_seconds") or 0
+    lines = []
+    if ended is not None and gone is not None:
+        lines.append(
+            "- After the stop (p50 over the trips): the item showed the trip over (`IDLE`, no `tripId`)"
+            f" {ended:.1f} s after the stop's PutRecords and was deleted {gone:.1f} s after it, as the"
+            f" archive appeared: for {gone - ended:.0f} s (about L) neither `trip-state` nor `trips-index`"
+            " shows the trip."
+        )
+    if longest["live_count_last"] is not None:
+        lines.append(
+            "- While `ENDING`, `breadcrumbCount` (and `lastEventTime`) go on with the parked records: the"
+            f" {longest['drive_seconds']:g} s trip last showed {longest['live_count_last']} crumbs, its"
+            f" archive holds {longest['archived_count']} (start to stop)."
+        )
+    if writes and progress:
+        lines.append(
+            f"- `trip-state`: {writes / trips['vehicles']:.0f} writes per trip; progress every"
+            f" {progress:g} s through the {gap} s gap accounts for about {gap / progress:.0f} of them"
+            " (modelled, not counted)."
+        )
     return lines
 
 
