@@ -7,8 +7,13 @@
    CPU and RSS per record (``bench.replay``);
 3. *live*: a 1 Hz fleet through the real KCL MultiLangDaemon at the shipped defaults, both workloads
    (the naive peer on the native one): p50/p99 from PutRecords to ``vehicle-state`` visibility, write units
-   by table, requests, processor and JVM CPU per record, log bytes per record (``bench.e2e``).
+   by table, requests, processor and JVM CPU per record, log bytes per record (``bench.e2e``);
+4. *trips*: 20 vehicles drive 63-120 s and park, through the real daemon at the shipped defaults: how soon
+   ``trip-state`` shows a start and a stop, how far its live progress trails, whether a trip shorter than the
+   gap shows, the live id against the archived one, when the archive and its index item exist, and the
+   write units per record by table (``bench.trips``; ours only).
 
+``python -m bench trips``: part 4 alone (``--set FLEET_NAME=VALUE`` to try it at other settings).
 ``python -m bench sweep``: the orphan sweep's requests and items read at 10k idle vehicles + 1k open
 trips (``--idle 10000 100000`` for the one-off at 100k: seeding it takes minutes), written to
 ``bench/results/sweep.json`` (``bench.sweep``).
@@ -30,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from bench import cpu, e2e, replay, report
+from bench import cpu, e2e, replay, report, trips
 from bench.workload import WORKLOADS, Fleet
 from devtools.local_aws import LocalAws
 
@@ -48,7 +53,7 @@ def say(text: str) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     cpu_fleet = Fleet(200, 2)
-    say(f"[1/3] CPU path: {cpu_fleet.describe()}, best of 3 ...")
+    say(f"[1/4] CPU path: {cpu_fleet.describe()}, best of 3 ...")
     cpu_result = cpu.measure(cpu_fleet, BATCH_SECONDS)
     say(f"      ours {cpu_result.ours_per_second:,.0f}/s, naive {cpu_result.naive_per_second:,.0f}/s")
 
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     live: dict[str, dict[str, Any]] = {}
     fleets: dict[str, str] = {}
     with LocalAws() as aws:
-        say("[2/3] catch-up: replay through the record processors, 10 s batches ...")
+        say("[2/4] catch-up: replay through the record processors, 10 s batches ...")
         for workload in WORKLOADS:
             ours_fleet = Fleet(args.replay_vehicles, args.replay_minutes, skip_minutes=10, workload=workload)
             catch_up[workload] = {"ours": replay.run(aws, "ours", ours_fleet, BATCH_SECONDS, say).summary()}
@@ -69,12 +74,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         replay_fleet = Fleet(args.replay_vehicles, args.replay_minutes, skip_minutes=10)
 
         say(
-            f"[3/3] live through the real daemon, shipped defaults: {args.live_vehicles} vehicles at 1 Hz ..."
+            f"[3/4] live through the real daemon, shipped defaults: {args.live_vehicles} vehicles at 1 Hz ..."
         )
         runs = [("ours", w) for w in WORKLOADS] + ([("naive", "native")] if args.naive_live else [])
         for peer, workload in runs:
             result = e2e.run(aws, peer, workload, args.live_vehicles, args.live_seconds, say)
             live.setdefault(workload, {})[peer] = result.summary()
+        say(f"[4/4] trips through the real daemon, shipped defaults: {args.trip_vehicles} vehicles ...")
+        trips_result = trips.run(aws, say, args.trip_vehicles).summary()
     results: dict[str, Any] = {
         "schema": 2,
         "environment": report.environment(),
@@ -88,6 +95,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{args.live_seconds:g} s measured, 1 shard, Settings defaults"
             ),
             "live_vehicles": args.live_vehicles,
+            "trips": (
+                f"{args.trip_vehicles} vehicles at 1 Hz: parked {trips.LEAD_SECONDS} s, drive"
+                f" {trips.DRIVE_SHORTEST_SECONDS}-{trips.DRIVE_LONGEST_SECONDS} s (staggered"
+                f" {trips.STAGGER_SECONDS:g} s), stop, parked gap + L + {trips.PARKED_AFTER_GAP_SECONDS} s or"
+                " until every archive exists; 1 shard, Settings defaults"
+            ),
         },
         "cpu": {
             **asdict(cpu_result),
@@ -99,6 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "catch_up": catch_up,
         "replay": catch_up["native"],
         "live": live,
+        "trips": trips_result,
         "seconds": round(time.monotonic() - started, 1),
     }
     results["targets"] = report.targets(results)
@@ -107,13 +121,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["trips"]:  # part 4 alone (bench/trips.py)
+        return trips.main(argv[1:])
     if argv[:1] == ["sweep"]:  # the orphan sweep's work against fleet size (bench/sweep.py)
         from bench import sweep
 
         return sweep.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     # Thirty minutes from minute 10 on, so that trips complete in the replay: a drive (3-8 min) ends, the
-    # 5-min gap passes, and the settle buffer (D = 300 s) hands the machine the record that closes it.
+    # 5-min gap passes, and the exact machine consumes the record that closes it L (30 s) later.
     parser.add_argument("--replay-vehicles", type=int, default=12)
     parser.add_argument("--replay-minutes", type=float, default=30)
     parser.add_argument("--naive-minutes", type=float, default=2)
@@ -126,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     # worth measuring (0 % seen at 50 vehicles), and its per-record costs do not depend on batching, so
     # the catch-up replay gives them; its live run is on request.
     parser.add_argument("--naive-live", action="store_true", help="also run the naive peer live")
+    parser.add_argument(
+        "--trip-vehicles", type=int, default=trips.VEHICLES, help="the trips scenario's fleet (part 4)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--report-only", action="store_true", help="measure nothing: table and chart from latest.json"

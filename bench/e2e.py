@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -216,12 +216,18 @@ def _processors(launcher: subprocess.Popen[bytes]) -> list[psutil.Process]:
     return found
 
 
-def _replay_live(stage: Stage, records: list[Produced], pseudo: Pseudonymizer) -> list[Put]:
-    """Put each record once it is due, about 5 PutRecords a second."""
+def replay_live(
+    stage: Stage,
+    records: list[Produced],
+    pseudo: Pseudonymizer,
+    until: Callable[[], bool] | None = None,
+) -> list[Put]:
+    """Put each record once it is due, about 5 PutRecords a second; stop early once ``until()`` holds
+    (what the rest of the records were for has been seen)."""
     due = [r.due_ms for r in records]
     kinesis, stream = stage.clients.kinesis, stage.settings.stream_name
     puts: list[Put] = []
-    while len(puts) < len(records):
+    while len(puts) < len(records) and not (until is not None and until()):
         ready = bisect.bisect_right(due, int(time.time() * 1000), lo=len(puts))
         for start in range(len(puts), ready, 500):
             chunk = records[start : min(ready, start + 500)]
@@ -247,6 +253,50 @@ def _jvm(launcher: subprocess.Popen[bytes]) -> psutil.Process | None:
     return None
 
 
+@dataclass
+class Daemon:
+    """``python -m worker run`` with its daemon holding the lease and the processor started."""
+
+    processor: psutil.Process
+    jvm: psutil.Process | None
+    startup_s: float
+    """Seconds until the daemon held the lease and had started the processor."""
+    log: Path
+    """Its stdout and stderr: the task's log stream."""
+
+
+@contextlib.contextmanager
+def daemon(stage: Stage, name: str, timeout_s: float) -> Iterator[Daemon]:
+    """Run ``python -m worker run`` against ``stage`` (its environment: the settings) for the block; logs to
+    ``bench/results/e2e-<name>.log``. Ends the launcher and every process it started, by pid."""
+    logs = REPO / "bench" / "results"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"e2e-{name}.log"
+    with path.open("wb") as log:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run", "--timeout", str(timeout_s)],
+            env=stage.environ,
+            stdout=log,
+            stderr=log,
+            cwd=REPO,
+        )
+        children: list[psutil.Process] = []
+        try:
+            startup = _wait_for_processor(stage, launcher, timeout=120)
+            children = psutil.Process(launcher.pid).children(recursive=True)
+            (processor,) = _processors(launcher)
+            yield Daemon(processor, _jvm(launcher), startup, path)
+        finally:
+            launcher.terminate()
+            try:
+                launcher.wait(30)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+            for child in children:  # a processor mid-batch outlives its daemon: end it, by its pid
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+
+
 def run(  # noqa: PLR0915 - one scenario, read top to bottom
     aws: LocalAws,
     peer: str,
@@ -268,22 +318,8 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         **(overrides or {}),
     )
     pseudo = Pseudonymizer(BENCH_ENV["FLEET_PSEUDONYM_KEY"].encode())
-    logs = REPO / "bench" / "results"
-    logs.mkdir(parents=True, exist_ok=True)
-    log = (logs / f"e2e-{peer}-{workload}.log").open("wb")
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "worker", "run", "--timeout", str(warmup + seconds + grace + 300)],
-        env=stage.environ,
-        stdout=log,
-        stderr=log,
-        cwd=REPO,
-    )
-    children: list[psutil.Process] = []
-    try:
-        startup = _wait_for_processor(stage, launcher, timeout=120)
-        children = psutil.Process(launcher.pid).children(recursive=True)
-        (processor,) = _processors(launcher)
-        jvm = _jvm(launcher)
+    with daemon(stage, f"{peer}-{workload}", warmup + seconds + grace + 300) as running:
+        startup, processor, jvm, log = running.startup_s, running.processor, running.jvm, running.log
         say(
             f"  {peer}/{workload}: processor up after {startup:.0f}s; "
             f"{vehicles} vehicles for {warmup + seconds:.0f}s"
@@ -300,16 +336,16 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         sampler.start()
         measured_from = start_ms + int(warmup * 1000)
         split = bisect.bisect_left([r.due_ms for r in records], measured_from)
-        puts = _replay_live(stage, records[:split], pseudo)
+        puts = replay_live(stage, records[:split], pseudo)
         # The cost window opens with the first measured record.
         while int(time.time() * 1000) < records[split].due_ms:
             time.sleep(0.01)
         aws.app.reset_counts()
         reads_before, window_start = sampler.reads, time.monotonic()
         cpu_before = measure.proc_cpu_seconds(processor.pid)
-        log_before = Path(log.name).stat().st_size
+        log_before = log.stat().st_size
         jvm_before = measure.proc_cpu_seconds(jvm.pid) if jvm else 0.0
-        measured = _replay_live(stage, records[split:], pseudo)
+        measured = replay_live(stage, records[split:], pseudo)
         puts += measured
         watched = [put for put in measured if put.pseudo_vin in sampled]
         last = {put.pseudo_vin: put for put in watched}
@@ -325,7 +361,7 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         jvm_cpu = measure.proc_cpu_seconds(jvm.pid) - jvm_before if jvm else 0.0
         written = measure.written_by_table(stage)
         requests = measure.requests_by_operation(stage, minus=sampler_reads)
-        log_bytes = Path(log.name).stat().st_size - log_before
+        log_bytes = log.stat().st_size - log_before
         window = time.monotonic() - window_start
         sampler.stop.set()
         sampler.join()
@@ -334,27 +370,17 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         time.sleep(2.0)
         jvm_idle = measure.proc_cpu_seconds(jvm.pid) if jvm else 0.0
         processor_idle = measure.proc_cpu_seconds(processor.pid)
-        log_idle = float(Path(log.name).stat().st_size)
+        log_idle = float(log.stat().st_size)
         idle_from = time.monotonic()
         time.sleep(IDLE_SECONDS)
         idle_elapsed = time.monotonic() - idle_from
         jvm_idle = (measure.proc_cpu_seconds(jvm.pid) - jvm_idle if jvm else 0.0) / idle_elapsed
         processor_idle = (measure.proc_cpu_seconds(processor.pid) - processor_idle) / idle_elapsed
-        log_idle = (Path(log.name).stat().st_size - log_idle) / idle_elapsed
+        log_idle = (log.stat().st_size - log_idle) / idle_elapsed
         total_cpu = measure.proc_cpu_seconds(processor.pid) - cpu_start
         rss = peak_rss(processor.pid)
         jvm_rss = peak_rss(jvm.pid) if jvm else 0
         sizes = measure.item_sizes(stage)
-    finally:
-        launcher.terminate()
-        try:
-            launcher.wait(30)
-        except subprocess.TimeoutExpired:
-            launcher.kill()
-        for child in children:  # a processor mid-batch outlives its daemon: end it, by its pid
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        log.close()
     # Throughput over everything put (warm-up included): the records made visible, estimated from the
     # sample (a shard is applied in order, so the sample's share is everyone's), over the time between
     # the first record becoming visible and the last (or the end of sampling, for a peer left behind).
@@ -396,11 +422,11 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         requests=requests,
         per_record=measure.per_record(written, requests, n),
         vehicle_state_items=sizes,
-        settings=_settings(stage),
+        settings=settings_of(stage),
     )
 
 
-def _settings(stage: Stage) -> dict[str, Any]:
+def settings_of(stage: Stage) -> dict[str, Any]:
     """The settings that set the live cost and freshness, as the processor read them."""
     names = (
         "kcl_idle_time_between_reads_millis",
@@ -411,5 +437,6 @@ def _settings(stage: Stage) -> dict[str, Any]:
         "checkpoint_every_records",
         "trip_gap_seconds",
         "trip_lateness_seconds",
+        "trip_progress_seconds",
     )
     return {name: getattr(stage.settings, name) for name in names if hasattr(stage.settings, name)}

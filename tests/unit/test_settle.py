@@ -303,9 +303,7 @@ def drive(planner: TripPlanner, speeds: list[float], start_s: int = 0) -> None:
         planner.receive("v", Step(t, record_key(b"%d" % n), t, speed, True, False), position(n, t), None)
 
 
-def test_while_waiting_out_the_gap_count_and_last_event_stay_at_the_stop_unless_the_trip_resumes() -> (
-    None
-):
+def test_while_waiting_out_the_gap_count_and_last_event_stay_at_the_stop_unless_the_trip_resumes() -> None:
     """What a reader sees is what the archive will hold: the trip ends at the stop, so the records of a
     parked vehicle waiting out the gap are not counted, nor move ``lastEventTime``, until it drives on."""
     planner = TripPlanner(TripStateMachine(TripThresholds(gap_ms=GAP_MS)), lateness_ms=L_MS)
