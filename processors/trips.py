@@ -366,11 +366,11 @@ class TripStateMachine:
             trip.tail_breadcrumbs >= self.thresholds.segment_breadcrumbs
             or t - since >= self.thresholds.segment_max_ms
         ):
-            effects.seals.append(
-                SegmentSeal(vehicle, trip.trip_id, trip.segments, since, t, completion_point(step, clock_ms))
-            )
+            sealed_at = completion_point(step, clock_ms)
+            effects.seals.append(SegmentSeal(vehicle, trip.trip_id, trip.segments, since, t, sealed_at))
             trip.segments += 1
             trip.sealed_through_ms = t
+            trip.sealed_at_ms = sealed_at
             trip.tail_breadcrumbs = 0
 
 

@@ -330,3 +330,21 @@ def test_a_trip_the_live_view_ended_shows_until_its_archive_is_written() -> None
     planner.tick(T0 + 71_000 + L_MS)  # the exact machine completes it: archived, the item goes
     (plan,) = planner.due(T0, everything=False)
     assert len(plan.outbox) == 1 and not plan.open
+
+
+def test_a_record_of_a_sealed_segment_arriving_after_the_seal_is_counted_with_the_open_trips_id() -> None:
+    """Beyond the allowed lateness nothing is lost silently, sealed segments included: a record whose
+    event time falls in a segment already sealed (its rows chosen against the seal's R) is counted as
+    ``LateAfterArchive`` with the open trip's id; one that arrived by the seal's R is in the segment."""
+    thresholds = TripThresholds(gap_ms=GAP_MS, segment_breadcrumbs=10)
+    planner = TripPlanner(TripStateMachine(thresholds), lateness_ms=L_MS)
+    planner.adopt("v", None)
+    drive(planner, [30.0] * 60)  # 60 s driving: segments sealed every 10 located records
+    trip = planner.exact("v").trip
+    assert trip is not None and trip.segments >= 2 and trip.sealed_at_ms is not None
+    sealed_through = trip.sealed_through_ms
+    assert sealed_through is not None
+    late = Step(T0 + 3_000, record_key(b"resent"), T0 + 61_000, 30.0, True, False)  # a resend, 58 s late
+    assert not planner.receive("v", late, position(100, late.arrival_ms), None)
+    (missed,) = planner.late_after_archive
+    assert (missed.trip_id, missed.event_time_ms) == (trip.trip_id, T0 + 3_000)
