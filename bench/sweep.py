@@ -3,10 +3,10 @@
 For each fleet size, a clean local AWS is seeded (BatchWriteItem, in parallel) with N idle vehicles (a
 mark in ``vin-mapping``, no ``trip-state`` item: what an archived vehicle leaves) and ``--open`` open
 trips in ``trip-state`` (``--silent`` of them not written for longer than the sweep's idle time). The
-sweep then runs as on AWS (``sweep_orphans``: the stream frontier from the lease table, 16 index Queries
-in parallel, one BatchGetItem per 100 candidates, the silent trips completed). Printed: the requests and
-items the sweep read, counted by the local AWS, next to what the sweep it replaces read: a Scan of every
-trip-state item, idle tombstones included (pages computed by DynamoDB's 1 MB Scan page rule).
+sweep then runs as on AWS (``sweep_orphans``: the lease table and the consumers' progress reports, 16
+index Queries in parallel, one BatchGetItem per 100 candidates, the silent trips completed). Printed: the
+requests and items the sweep read, counted by the local AWS, next to what the sweep it replaces read: a
+Scan of every trip-state item, idle tombstones included (pages computed by DynamoDB's 1 MB Scan page rule).
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ import orjson
 from bench.stage import fresh_stage
 from devtools.local_aws import LocalAws
 from devtools.local_aws.limits import item_size
+from processors.frontier import ShardProgress
 from processors.signals import format_time
 from processors.trip_items import idle_after, sweep_shard
 from schemas.dynamo import to_item
 from worker.aws import AwsClients
 from worker.config import Settings
 from worker.sweep import sweep_orphans
+from worker.wiring import progress_store
 
 RESULTS = Path(__file__).parent / "results"
 BATCH = 25
@@ -100,15 +102,19 @@ def tombstone_item(pv: str, now_ms: int) -> dict[str, Any]:
     }
 
 
-def leases_caught_up(settings: Settings, clients: AwsClients) -> None:
-    """Leases whose checkpoints are each shard's newest record: the consumer is caught up."""
+def leases_caught_up(settings: Settings, clients: AwsClients, now_ms: int | None = None) -> None:
+    """Consumers caught up at ``now_ms`` (default: now): a lease per shard, checkpointed at the shard's
+    newest record, and the progress report a record processor writes at such a checkpoint (the daemon
+    said the shard had nothing newer), which is what the sweep reads."""
     ddb, kinesis = clients.dynamodb, clients.kinesis
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
     ddb.create_table(
         TableName=settings.application_name,
         KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
+    progress = progress_store(settings, clients)
     for shard in kinesis.list_shards(StreamName=settings.stream_name)["Shards"]:
         put = kinesis.put_record(
             StreamName=settings.stream_name,
@@ -120,6 +126,7 @@ def leases_caught_up(settings: Settings, clients: AwsClients) -> None:
             TableName=settings.application_name,
             Item={"leaseKey": {"S": shard["ShardId"]}, "checkpoint": {"S": put["SequenceNumber"]}},
         )
+        progress.record(ShardProgress(shard["ShardId"], now, caught_up_ms=now, millis_behind=0))
 
 
 @dataclass
@@ -132,7 +139,7 @@ class Figures:
     candidates: int
     orphaned: int
     find_requests: int
-    """Requests to find the candidates (frontier, index queries, reads), without completing them."""
+    """Requests to find the candidates (leases, progress, index queries, reads), not completing them."""
     scan_requests: int
     scan_items: int
 
@@ -178,10 +185,8 @@ def measure(aws: LocalAws, idle: int, open_trips: int, silent: int) -> Figures:
     served = Counter(aws.app.requests)
     finding = {
         ("dynamodb", "Scan"),  # the lease table
-        ("kinesis", "GetShardIterator"),
-        ("kinesis", "GetRecords"),
         ("dynamodb", "Query"),
-        ("dynamodb", "BatchGetItem"),
+        ("dynamodb", "BatchGetItem"),  # the progress reports (vin-mapping); the candidates (trip-state)
     }
     # Each orphan's archive Queries its breadcrumbs once (no sealed segments here): not finding work.
     find_requests = sum(n for op, n in served.items() if op in finding) - len(report.orphaned)
@@ -238,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         orjson.dumps({"rows": [by_size[k] for k in sorted(by_size)]}, option=orjson.OPT_INDENT_2) + b"\n"
     )
     print(
-        "\nrequests: everything the sweep asked of the local AWS (frontier, 16 index Queries, BatchGetItem,"
-        "\nand completing the silent trips); to find: without completing them. Before: the replaced sweep's"
-        "\nScan of trip-state, which kept an IDLE item per vehicle ever seen (1 MB pages, computed)."
+        "\nrequests: everything the sweep asked of the local AWS (leases and progress, 16 index Queries,"
+        "\nBatchGetItem, and completing the silent trips); to find: without completing them. Before: the"
+        "\nreplaced sweep's Scan of trip-state, which kept an IDLE item per vehicle ever seen (1 MB pages,"
+        "\ncomputed)."
     )
     return 0

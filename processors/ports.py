@@ -18,6 +18,7 @@ from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 if TYPE_CHECKING:
     from processors.batch import DeadLetter
     from processors.dead_letter import DataKey
+    from processors.frontier import ShardProgress
     from processors.trail import BucketMerge, Crumb
     from processors.vehicle_state import StateUpdate
     from schemas.items import TripIndexItem, TripMarkItem, TripStateItem
@@ -128,6 +129,22 @@ class VinVault(Protocol):
         ...
 
 
+class ProgressStore(Protocol):
+    """The record processors' reports of how far each shard's consumer has come
+    (``processors.frontier.ShardProgress``), one item per shard in ``vin-mapping``, never a vehicle's."""
+
+    def record(self, progress: ShardProgress) -> int:
+        """Store the shard's report in place of the previous one (last writer wins: a report only ever
+        vouches for what its writer already wrote, so an older one overwriting a newer one only makes the
+        sweep more careful). Returns requests made."""
+        ...
+
+    def read(self, shard_ids: Sequence[str]) -> tuple[dict[str, ShardProgress], int]:
+        """The stored reports of these shards (strongly consistent; a shard without one is absent).
+        Returns (reports, requests)."""
+        ...
+
+
 class TripArchive(Protocol):
     """Archive and segment objects (S3), written once, and ``trips-index`` items (plain overwrites) of
     deterministic content, so writing twice, or by two writers, leaves the same result."""
@@ -154,6 +171,7 @@ class Stores:
     dead_letters: DeadLetterWriter
     vault: VinVault
     archive: TripArchive
+    progress: ProgressStore
 
 
 W = TypeVar("W")

@@ -1,5 +1,6 @@
-"""Stored shapes of ``trip-state`` and ``trips-index`` items (pydantic, at the edge). ``live-breadcrumbs``
-items are packed buckets, coded by ``processors.trail``.
+"""Stored shapes of ``trip-state`` and ``trips-index`` items, and of the marks and shard progress items in
+``vin-mapping`` (pydantic, at the edge). ``live-breadcrumbs`` items are packed buckets, coded by
+``processors.trail``.
 
 Times humans read are ISO-8601 UTC strings with milliseconds (fixed width, so they sort); TTLs are epoch
 seconds, as DynamoDB requires.
@@ -55,6 +56,25 @@ class TripMarkItem(_Item):
     is the epoch second the trip's id names (``processors.trips.trip_second``; older entries lack it)."""
     ts: int | None = None
     """Epoch second in the newest trip's id (``processors.trips.trip_second``)."""
+
+
+class ShardProgressItem(_Item):
+    """A ``vin-mapping`` item that is not a vehicle: ``_meta#progress#<shardId>``, what the shard's record
+    processor reported at its last checkpoint (``processors.frontier.ShardProgress``; the orphan sweep reads
+    it instead of the stream). Epoch ms; no VIN, no pseudoVin."""
+
+    pseudoVin: str
+    """``processors.frontier.progress_key(shardId)``: the table's key, never a pseudoVin."""
+    writtenAt: int
+    """Wall clock of the report."""
+    lastArrival: int | None = None
+    """Arrival (stream clock) of the newest record received."""
+    caughtUpAt: int | None = None
+    """The processor's clock at the last poll the daemon said was 0 behind."""
+    millisBehindLatest: int | None = None
+    """The last poll's ``millisBehindLatest``."""
+    shardEnded: bool = False
+    """Written at the end of the shard: every record of it is applied."""
 
 
 class MachineItem(_Item):

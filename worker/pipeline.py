@@ -11,7 +11,9 @@
    vehicle's before its archive), the trip-state of vehicles with a live transition, a completion or a
    seal, and live progress every ``FLEET_TRIP_PROGRESS_SECONDS``;
 4. ``checkpoint``, the only way to checkpoint: everything pending is written, then the position just
-   before the oldest record the exact machine has not consumed yet is handed to the caller's checkpointer.
+   before the oldest record the exact machine has not consumed yet is handed to the caller's checkpointer
+   (the record processor first reports its shard's progress there, ``record_progress``: everything it
+   received is written by then).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from processors.batch import DeadLetter, decode_batch
 from processors.decode import DecodeLimits, Decoder
 from processors.errors import StaleTripState
+from processors.frontier import ShardProgress
 from processors.ports import Stores, WriteBuffer
 from processors.pseudonymize import Pseudonymizer
 from processors.settle import position_key
@@ -38,7 +41,7 @@ from worker.config import Settings
 from worker.executor import PlanExecutor
 from worker.freshness import TrailBuffer, VehicleStateBuffer
 from worker.logs import event
-from worker.retry import DEFAULT, READ, Retrier
+from worker.retry import DEFAULT, READ, WRITE, Retrier
 from worker.trip_commit import Replanned
 
 log = logging.getLogger(__name__)
@@ -203,6 +206,12 @@ class Pipeline:
         flushed = self.flush(now_ms, everything=True)
         commit(None)
         return flushed
+
+    def record_progress(self, progress: ShardProgress) -> int:
+        """Store the shard's progress report (``processors.frontier``): call it once everything received is
+        written, i.e. from ``checkpoint``'s or ``end_of_shard``'s ``commit``. Returns only once it is
+        durable; raises otherwise. Returns requests made."""
+        return self._retrier.call(WRITE, self._stores.progress.record, progress)
 
     def _report_late(self) -> int:
         """Log the records found late after their trip's archive, and the live trips renamed, since the

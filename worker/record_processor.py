@@ -8,7 +8,11 @@ Contract with the daemon:
   non-zero exit *before* anything else is checkpointed, so the KCL restarts the shard from the last
   checkpoint. (amazon-kclpy would log a plain exception and answer the daemon as if all went well.);
 - ``shard_ended`` drains the settle buffer into the machine, flushes and checkpoints SHARD_END (children
-  wait on it); ``lease_lost`` never flushes nor checkpoints and drops every buffer.
+  wait on it); ``lease_lost`` never flushes nor checkpoints and drops every buffer;
+- between each checkpoint's flush and the checkpoint itself (at shard end too), the shard's progress is
+  reported to ``vin-mapping`` (``processors.frontier``: the newest arrival received, when the daemon last
+  said the shard was caught up): the orphan sweep reads it to know the consumer keeps up, instead of
+  reading the stream. One write per checkpoint, even when the checkpoint does not move.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from amazon_kclpy import kcl
 from amazon_kclpy.v3 import processor
 
 from processors.errors import PseudonymKeyMismatch
+from processors.frontier import ConsumerPosition
 from schemas.records import KinesisRecord, StreamPosition
 from worker.checkpoint import CheckpointPolicy, LeaseLost, checkpoint
 from worker.config import Settings
@@ -77,6 +82,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         self._clock = clock
         self._wall_clock = wall_clock
         self._policy = CheckpointPolicy(settings.checkpoint_every_seconds)
+        self._position = ConsumerPosition()
         self._shard_id = "unknown"
         self._checkpointed: StreamPosition | None = None
         self._pending = 0
@@ -107,12 +113,14 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
     def process_records(self, process_records_input: Any) -> None:
         started, cpu_started = self._clock(), time.process_time()
         lag = process_records_input.millis_behind_latest
+        now_ms = self._now_ms()
         try:
             pipeline = self._require_pipeline()
             records = [kinesis_record(r, self._shard_id) for r in process_records_input.records]
-            outcome = pipeline.process(records, self._now_ms(), caught_up=not records and lag == 0)
+            outcome = pipeline.process(records, now_ms, caught_up=not records and lag == 0)
         except Exception as error:
             self._exit(EXIT_BATCH_FAILED, "batch_failed", error)
+        self._position.polled((r.position.arrival_ms for r in records), lag, now_ms)
         self._pending += outcome.records
         if records or outcome.writes:
             duration_ms = round((self._clock() - started) * 1000, 1)
@@ -132,7 +140,7 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         event(log, "shard_ended", shard=self._shard_id)
         try:
             pipeline = self._require_pipeline()
-            ended = partial(self._checkpoint, shard_ended_input.checkpointer)
+            ended = partial(self._commit, shard_ended_input.checkpointer, ended=True)
             pipeline.end_of_shard(self._now_ms(), ended)
         except SystemExit:
             raise
@@ -194,18 +202,27 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         return int(self._wall_clock() * 1000)
 
     def _flush_and_checkpoint(self, checkpointer: Any) -> None:
-        """``Pipeline.checkpoint``: write everything pending, then checkpoint at the watermark if it moved.
-        A failed flush ends the process: nothing after it is checkpointed."""
+        """``Pipeline.checkpoint``: write everything pending, report the shard's progress, then checkpoint
+        at the watermark if it moved. A failed flush or report ends the process: nothing after it is
+        checkpointed."""
         try:
-            self._require_pipeline().checkpoint(self._now_ms(), partial(self._checkpoint_moved, checkpointer))
+            self._require_pipeline().checkpoint(self._now_ms(), partial(self._commit, checkpointer))
         except SystemExit:
             raise
         except Exception as error:
             self._exit(EXIT_BATCH_FAILED, "flush_failed", error)
         self._policy.done(self._clock())
 
-    def _checkpoint_moved(self, checkpointer: Any, position: StreamPosition | None) -> None:
-        if position is not None and position != self._checkpointed:
+    def _commit(self, checkpointer: Any, position: StreamPosition | None, *, ended: bool = False) -> None:
+        """After the flush: report the shard's progress (everything received is written now), then
+        checkpoint, at SHARD_END when ``ended``, else only if the watermark moved. A failed report raises
+        before the checkpoint, like a failed flush."""
+        progress = self._position.progress(self._shard_id, self._now_ms(), ended=ended)
+        if progress is not None:
+            self._require_pipeline().record_progress(progress)
+        if ended:
+            self._checkpoint(checkpointer, None)
+        elif position is not None and position != self._checkpointed:
             self._checkpoint(checkpointer, position)
 
     def _checkpoint(self, checkpointer: Any, position: StreamPosition | None) -> None:

@@ -16,34 +16,41 @@ wrote in between, the claim fails and the trip is left alone (``lostRace``); if 
 processor's next write fails instead and it re-plans on top of the claimed state. Archive, index, mark
 and the item's deletion then follow through the processor's own commit code (``worker.trip_commit``).
 
-**It does nothing while the consumer is behind.** "Silent" means "no record received for the idle
-time", so while a shard's consumer lags (an outage, a backlog) its vehicles' trips look silent too, and
-swept they would be cut differently from one clean pass. So the sweep first reads where each shard's
-consumer is (the KCL lease table's checkpoints) and the first record after it (GetShardIterator
-AFTER_SEQUENCE_NUMBER + GetRecords Limit=1): if that record arrived longer ago than the limit (or
-MillisBehindLatest says so), it logs ``sweep_skipped`` and exits 0 without reading trip-state. The limit
-is the gap plus the lag a healthy consumer's checkpoint has by design (``skip_limit_ms``): checkpoints
-wait for the allowed lateness L and come every ``checkpoint_every_seconds``, so the first unprocessed
-record of a consumer that keeps up is up to L + that interval old.
+**It does nothing while a consumer is behind, and reads no record to know it.** "Silent" means "no record
+received for the idle time", so while a shard's consumer lags (an outage, a backlog) its vehicles' trips
+look silent too, and swept they would be cut differently from one clean pass. The stream's partition key
+is the VIN, so the sweep never reads the stream (its role cannot). Instead it reads the KCL lease table
+(which shards are leased and not ended) and, in one BatchGetItem, the progress each shard's record
+processor reports in ``vin-mapping`` at every checkpoint (``processors.frontier``): the stream-clock
+instant ``through`` before which every record of the shard was received and is in trip-state. A shard
+whose report is missing, or older than the limit (its consumer died or hangs: it reports no more), or
+whose ``through`` is older than the limit (it lags) is behind: the sweep logs ``sweep_skipped`` (the
+furthest shard, the reason, how far behind) and exits 0 without reading trip-state. The limit is a trip
+gap past the lag a healthy consumer's report has by design, one checkpoint interval (``skip_limit_ms``:
+reports come with checkpoints): ``now - through > gap + checkpoint interval``, 360 s by default. (Judged
+by the first record after each shard's checkpoint, the same consumer is the allowed lateness L further
+behind, since a checkpoint waits for the records the exact trip machine has not consumed: that rule's
+limit, gap + L + checkpoint interval, skips exactly when this one does.)
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
+from processors.frontier import Behind, BehindReason, behind
+from processors.ports import ProgressStore
 from processors.signals import parse_time
 from processors.trip_items import SWEEP_SHARDS, silent_until
 from processors.trips import TripStateMachine
 from schemas.items import TripStateItem
 from worker.aws import AwsClients
 from worker.config import Settings
-from worker.leases import read_leases
+from worker.leases import Lease, read_leases
 from worker.logs import event
 from worker.retry import DEFAULT, WRITE, Retrier
 from worker.trip_commit import (
@@ -53,7 +60,7 @@ from worker.trip_commit import (
     completion_plan,
     reclaim,
 )
-from worker.wiring import TripStores, trip_stores
+from worker.wiring import TripStores, progress_store, trip_stores
 
 log = logging.getLogger(__name__)
 
@@ -63,64 +70,66 @@ PARALLEL = 16
 @dataclass
 class SweepReport:
     shards: int = 0
-    """Stream shards whose consumer position was checked."""
+    """Leased shards whose consumer's progress was checked."""
     candidates: int = 0
     """Vehicles the index named as silent."""
     items_read: int = 0
     """trip-state items read (the candidates still stored)."""
     requests: int = 0
-    """Every request the sweep made (frontier, queries, reads, commits)."""
+    """Every request the sweep made (leases and progress, queries, reads, commits)."""
     orphaned: list[str] = field(default_factory=list)
     """Trip ids completed as orphans."""
     finished: list[str] = field(default_factory=list)
     """Trip ids whose pending archive (left by a crashed writer) was completed."""
     lost_race: int = 0
     skipped: str | None = None
-    """Why the sweep did nothing (a shard's consumer behind), else None."""
+    """The shard whose consumer is behind when the sweep did nothing, else None."""
+    skip_reason: BehindReason | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Frontier:
     shards: int
+    """Leased shards not ended: those whose consumer was checked."""
     requests: int
-    behind: tuple[str, int] | None
-    """(shard id, ms behind) of the first shard found behind the limit, else None."""
+    """Requests made to read the progress reports (the lease table's not included)."""
+    behind: Behind | None
+    """The shard furthest behind the limit (no report first), else None."""
+    behind_shards: int = 0
+    """How many shards are behind the limit."""
 
 
-def stream_frontier(settings: Settings, clients: AwsClients, now_ms: int, limit_ms: int) -> Frontier:
-    """Where each shard's consumer is: the oldest unprocessed record's arrival, per leased shard."""
-    leases = read_leases(clients.dynamodb, settings.application_name)
-    kinesis = clients.kinesis
-    shards, requests = 0, 1
-    for shard_id, lease in sorted(leases.items()):
-        checkpoint = lease.checkpoint
-        if checkpoint == "SHARD_END":
-            continue
-        shards += 1
-        where: dict[str, Any]
-        if checkpoint and checkpoint.isdigit():
-            where = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": checkpoint}
-        elif checkpoint == "LATEST":
-            where = {"ShardIteratorType": "LATEST"}
-        else:  # no checkpoint yet, TRIM_HORIZON, AT_TIMESTAMP: everything retained may be unprocessed
-            where = {"ShardIteratorType": "TRIM_HORIZON"}
-        iterator = kinesis.get_shard_iterator(StreamName=settings.stream_name, ShardId=shard_id, **where)
-        page = kinesis.get_records(ShardIterator=iterator["ShardIterator"], Limit=1)
-        requests += 2
-        behind = int(page.get("MillisBehindLatest", 0))
-        if page["Records"]:
-            arrival = page["Records"][0]["ApproximateArrivalTimestamp"]
-            behind = max(behind, now_ms - int(arrival.timestamp() * 1000))
-        if behind > limit_ms:
-            return Frontier(shards, requests, (shard_id, behind))
-    return Frontier(shards, requests, None)
+def consumer_frontier(
+    leases: Mapping[str, Lease], progress: ProgressStore, now_ms: int, limit_ms: int
+) -> Frontier:
+    """Whether each leased, unfinished shard's consumer keeps up at ``now_ms``, from its progress report
+    (``processors.frontier.behind``), without a read of the stream."""
+    shards = sorted(shard for shard, lease in leases.items() if lease.checkpoint != "SHARD_END")
+    if not shards:
+        return Frontier(0, 0, None)
+    reports, requests = progress.read(shards)
+    late = [b for shard in shards if (b := behind(shard, reports.get(shard), now_ms, limit_ms)) is not None]
+    # No report at all first: nothing is known of that consumer; then the furthest behind.
+    worst = max(late, key=lambda b: (b.behind_ms is None, b.behind_ms or 0), default=None)
+    return Frontier(len(shards), requests, worst, len(late))
+
+
+SKIP_DETAIL: dict[BehindReason, str] = {
+    BehindReason.NO_PROGRESS: "the shard's record processor has reported no progress yet: its trips "
+    "could look silent",
+    BehindReason.NOT_REPORTING: "the shard's record processor has not reported progress for longer than "
+    "the trip gap plus the checkpoint interval (none runs, or it is stuck): its trips would look silent",
+    BehindReason.LAGGING: "the shard's consumer received nothing newer than the trip gap plus the "
+    "checkpoint interval ago: its trips would look silent",
+}
 
 
 def skip_limit_ms(settings: Settings) -> int:
-    """How far behind a shard's first unprocessed record may be before the sweep skips: a trip gap, plus
-    the designed lag of the checkpoint (the allowed lateness L, then up to one checkpoint interval)."""
+    """How far behind ``now`` a shard's progress (``through``) may be before the sweep skips: a trip gap
+    past the designed lag of the reports, one checkpoint interval (a report comes with each checkpoint,
+    which follows the flush of everything received)."""
     checkpoint_ms = round(settings.checkpoint_every_seconds * 1000)
-    return settings.trip_gap_seconds * 1000 + settings.trip_lateness_ms + checkpoint_ms
+    return settings.trip_gap_seconds * 1000 + checkpoint_ms
 
 
 def sweep_orphans(
@@ -131,18 +140,23 @@ def sweep_orphans(
     builds."""
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     limit_ms = skip_limit_ms(settings)
-    frontier = stream_frontier(settings, clients, now, limit_ms)
+    leases = read_leases(clients.dynamodb, settings.application_name)
+    frontier = consumer_frontier(leases, progress_store(settings, clients), now, limit_ms)
+    requests = 1 + frontier.requests  # the lease table's Scan
     if frontier.behind is not None:
-        shard_id, behind = frontier.behind
-        report = SweepReport(shards=frontier.shards, requests=frontier.requests, skipped=shard_id)
+        late = frontier.behind
+        report = SweepReport(
+            shards=frontier.shards, requests=requests, skipped=late.shard_id, skip_reason=late.reason
+        )
         event(
             log,
             "sweep_skipped",
-            shard=shard_id,
-            behindSeconds=behind // 1000,
+            shard=late.shard_id,
+            reason=str(late.reason),
+            behindSeconds=late.behind_ms // 1000 if late.behind_ms is not None else None,
             limitSeconds=limit_ms // 1000,
-            reason="a shard's first unprocessed record is older than the trip gap plus the checkpoint's "
-            "designed lag (allowed lateness + checkpoint interval): its trips would look silent",
+            shardsBehind=frontier.behind_shards,
+            detail=SKIP_DETAIL[late.reason],
         )
         return report
     return sweep(
@@ -151,7 +165,7 @@ def sweep_orphans(
         now,
         idle_ms,
         shards=frontier.shards,
-        requests=frontier.requests,
+        requests=requests,
     )
 
 

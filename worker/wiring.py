@@ -1,7 +1,7 @@
 """The one place that builds the boto3 adapters of ``processors.ports`` from ``Settings``: for the record
-processor (``pipeline_for``), the orphan sweep (``trip_stores``), redrive (``dead_letter_archive``) and
-resolve (``resolve_vin``); and the pseudonymization key, checked against the fingerprint recorded in
-``vin-mapping`` (``check_pseudonym_key``). Everything else receives its stores."""
+processor (``pipeline_for``), the orphan sweep (``trip_stores``, ``progress_store``), redrive
+(``dead_letter_archive``) and resolve (``resolve_vin``); and the pseudonymization key, checked against the
+fingerprint recorded in ``vin-mapping`` (``check_pseudonym_key``). Everything else receives its stores."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from worker.aws import AwsClients
 from worker.config import Settings
 from worker.logs import event
 from worker.pipeline import Pipeline
+from worker.stores.dynamo_progress import DynamoProgress
 from worker.stores.dynamo_trail import DynamoTrail
 from worker.stores.dynamo_trips import DynamoTripStore
 from worker.stores.dynamo_vehicle_state import DynamoVehicleState
@@ -62,6 +63,11 @@ def trail_store(settings: Settings, clients: AwsClients) -> DynamoTrail:
     return DynamoTrail(clients.dynamodb, settings.table_names["live-breadcrumbs"])
 
 
+def progress_store(settings: Settings, clients: AwsClients) -> DynamoProgress:
+    """The shards' progress reports, in ``vin-mapping``."""
+    return DynamoProgress(clients.dynamodb, settings.table_names["vin-mapping"])
+
+
 def vin_vault(settings: Settings, clients: AwsClients) -> KmsVinVault:
     return KmsVinVault(
         clients.dynamodb, clients.kms, settings.table_names["vin-mapping"], settings.vin_key_alias
@@ -85,6 +91,7 @@ def aws_stores(settings: Settings, clients: AwsClients, pseudonymizer: Pseudonym
         dead_letters=dead_letter_archive(settings, clients, partition_key_hasher(pseudonymizer.pseudo_vin)),
         vault=vin_vault(settings, clients),
         archive=trips.archive,
+        progress=progress_store(settings, clients),
     )
 
 

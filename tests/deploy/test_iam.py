@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from devtools.local_aws import LocalAws
+from processors.frontier import ShardProgress
 from processors.pseudonymize import is_vehicle
 from tests.conftest import AwsEnv, create_lease_table, fresh_env
 from tests.fixtures.build import TRIP_GAP_SECONDS
@@ -47,6 +48,7 @@ from worker.replay import StreamEntry
 from worker.status import shard_status
 from worker.stores.vin_vault import KmsVinVault as VinVault
 from worker.sweep import sweep_orphans
+from worker.wiring import progress_store
 
 # ---------------------------------------------------------------------------------------------------
 # IAM: worker task, sweep task, operator (status, inspect, redrive), admin (resolve)
@@ -77,7 +79,8 @@ WORKER_REQUESTS = {
     ("dynamodb", "PutItem"),  # trip-state (also in its creation transaction), trips-index
     ("dynamodb", "ConditionCheckItem"),  # the creation transaction: the vehicle's mark in vin-mapping
     ("dynamodb", "DeleteItem"),  # trip-state, once its last trip is archived
-    # vehicle-state; vin-mapping (the vault write: if_not_exists; the mark); live-breadcrumbs (max-merge)
+    # vehicle-state; vin-mapping (the vault write: if_not_exists; the mark; the shard's progress report at
+    # each checkpoint); live-breadcrumbs (max-merge)
     ("dynamodb", "UpdateItem"),
     ("dynamodb", "BatchGetItem"),  # trip-state and marks of vehicles new to this processor; the vault's
     # lookup; the pseudonym key's fingerprint (vin-mapping) at start
@@ -90,10 +93,10 @@ WORKER_REQUESTS = {
 recording in ``test_each_role_s_code_calls_what_its_set_says``)."""
 
 SWEEP_REQUESTS = {
-    ("dynamodb", "Scan"),  # the lease table: each shard's checkpoint
-    ("kinesis", "GetShardIterator"),  # each shard read after its checkpoint: is the consumer behind?
-    ("kinesis", "GetRecords"),
-    ("dynamodb", "BatchGetItem"),  # trip-state: the candidates the index named
+    ("dynamodb", "Scan"),  # the lease table: the shards leased and not ended
+    # vin-mapping: each such shard's progress report (is its consumer behind? never the stream, issue 22);
+    # trip-state: the candidates the index named
+    ("dynamodb", "BatchGetItem"),
     ("dynamodb", "PutItem"),  # trip-state (the claim), trips-index
     ("dynamodb", "UpdateItem"),  # the vehicle's mark in vin-mapping
     ("dynamodb", "DeleteItem"),  # trip-state, once the trip is archived
@@ -356,9 +359,10 @@ def recording(local_aws: LocalAws) -> Iterator[Recording]:
         assert harness.close() == 0, harness.stderr_lines[-20:]
         calls["worker"] = set(recorded)
         recorded.clear()
-        leases_at_trim_horizon(env)  # the sweep reads where each shard's consumer is first
+        an_hour_later = int(time.time() * 1000) + 3_600_000
+        leases_reported_caught_up(env, an_hour_later)  # the sweep reads where each consumer is first
         recorded.clear()
-        swept = sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
+        swept = sweep_orphans(env.settings, env.clients, now_ms=an_hour_later)
         assert swept.orphaned, "the sweep had trips to complete"
         calls["sweep"] = set(recorded)
         env.clients.dynamodb.delete_table(TableName=env.settings.application_name)
@@ -385,14 +389,17 @@ def recording(local_aws: LocalAws) -> Iterator[Recording]:
     yield Recording(env, calls)
 
 
-def leases_at_trim_horizon(env: AwsEnv) -> None:
-    """A lease per shard, checkpointed at TRIM_HORIZON (the stream is empty: nothing is behind)."""
+def leases_reported_caught_up(env: AwsEnv, now_ms: int) -> None:
+    """A lease per shard, checkpointed at TRIM_HORIZON (the stream is empty), and each shard's processor
+    reporting at ``now_ms`` that the daemon said it had nothing newer."""
     create_lease_table(env)
+    progress = progress_store(env.settings, env.clients)
     for shard in env.clients.kinesis.list_shards(StreamName=env.settings.stream_name)["Shards"]:
         env.clients.dynamodb.put_item(
             TableName=env.settings.application_name,
             Item={"leaseKey": {"S": shard["ShardId"]}, "checkpoint": {"S": "TRIM_HORIZON"}},
         )
+        progress.record(ShardProgress(shard["ShardId"], now_ms, caught_up_ms=now_ms, millis_behind=0))
 
 
 def operator_tools_read(env: AwsEnv, pseudo_vin: str, trip_id: str) -> None:
@@ -461,8 +468,8 @@ def test_data_tables_and_archive_prefixes_get_exactly_the_recorded_actions(
     # Every object is written once (If-None-Match): a PUT refused with 412 (a redelivery) is compared with
     # the stored object by a HEAD, which S3 authorizes as GetObject on the same prefix.
     needed |= {("s3:GetObject", resource) for action, resource in needed if action == "s3:PutObject"}
-    if who == "sweep":  # a claim that loses its race reads the vehicle's state again, its mark included
-        needed.add(("dynamodb:BatchGetItem", data_table(settings, "vin-mapping")))
+    if who == "sweep":  # also read by a claim that loses its race (the vehicle's state, its mark included)
+        assert ("dynamodb:BatchGetItem", data_table(settings, "vin-mapping")) in needed, "progress reports"
     assert granted == {(action, resource) for action, resource in needed if data_or_archive(resource)}
     if who == "operator":  # status reads the KCL's lease table, and nothing else of the KCL's
         lease_table = arn("dynamodb", f"table/{settings.application_name}", settings)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.cfn import ACCOUNT, REGION, STACK, TEST_PARAMETERS, load_template
-from tests.support.iam import ACCOUNT_ROOT, PERMISSIONS, condition_holds, decide
+from tests.support.iam import ACCOUNT_ROOT, PERMISSIONS, condition_holds, decide, policy_actions
 
 P = PERMISSIONS
 STREAM = STACK.arns["Stream"]
@@ -60,6 +60,21 @@ def test_no_role_but_the_operator_s_redrive_writes_to_the_stream(who: str) -> No
         assert not P.can(who, action, STREAM), (who, action)
     assert P.can("OperatorRole", "kinesis:PutRecords", STREAM)
     assert P.can("WorkerTaskRole", "kinesis:GetRecords", STREAM)
+
+
+def test_the_sweep_reads_no_record_of_the_stream() -> None:
+    """Issue 22: records carry VINs (the partition key is the VIN). The sweep learns whether each consumer
+    keeps up from the progress reports in vin-mapping instead: no Kinesis action, and the data key does
+    not decrypt the stream for it."""
+    for action in ("kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:ListShards"):
+        assert not P.can("SweepTaskRole", action, STREAM), action
+        assert P.can("WorkerTaskRole", action, STREAM), action
+    assert not {a for a in policy_actions(STACK.policy("SweepTaskRole")) if a.startswith("kinesis:")}
+    assert not P.can("SweepTaskRole", "kms:Decrypt", DATA_KEY, via("kinesis"))
+    assert P.can("SweepTaskRole", "kms:Decrypt", DATA_KEY, via("dynamodb"))
+    vin_mapping = STACK.arns["VinMappingTable"]
+    assert P.can("SweepTaskRole", "dynamodb:BatchGetItem", vin_mapping), "the progress reports"
+    assert P.can("WorkerTaskRole", "dynamodb:UpdateItem", vin_mapping), "written at each checkpoint"
 
 
 @pytest.mark.parametrize("prefix", ["trips/", "trip-segments/", "dead-letter/"])
@@ -189,7 +204,8 @@ def test_reading_storage_needs_a_role_the_data_key_names(service: str) -> None:
     context = via(service)
     assert not P.can(ACCOUNT_ADMIN, "kms:Decrypt", DATA_KEY, context, identity=EVERYTHING)
     for role in ROLES:
-        assert P.can(role, "kms:Decrypt", DATA_KEY, context)
+        reads_no_record = role == "SweepTaskRole" and service == "kinesis"
+        assert P.can(role, "kms:Decrypt", DATA_KEY, context) != reads_no_record, role
     assert not P.can("WorkerTaskRole", "kms:Decrypt", DATA_KEY), "only through the storing services"
 
 

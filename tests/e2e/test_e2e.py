@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from devtools.local_aws import LocalAws
+from processors.frontier import ShardProgress
 from processors.pseudonymize import Pseudonymizer
 from processors.vehicle_state import named_item
 from schemas.dynamo import from_item
@@ -47,6 +48,7 @@ from worker.leases import lease_checkpoints
 from worker.replay import ReplayStats, read_fixture, replay
 from worker.status import shard_status
 from worker.sweep import sweep_orphans
+from worker.wiring import progress_store
 
 STREAMS = ("fleet-small.jsonl", "trips.jsonl", "boundary-mix.jsonl", "late-trail.jsonl")
 E2E_ENV = {
@@ -80,6 +82,9 @@ class DaemonRun:
     late_in_order: Archived
     """``late-trail.jsonl``'s records in event order through the record processor (protocol harness)
     with the same key and gap, before the daemon run: what its archives must be."""
+    reports: dict[str, ShardProgress]
+    """The progress each leased shard's record processor reported (``vin-mapping``) by the run's end."""
+    replay_started_ms: int
 
     def table(self, name: str) -> list[dict[str, Any]]:
         raw = self.env.clients.dynamodb.scan(TableName=self.env.settings.table_names[name])["Items"]
@@ -126,6 +131,7 @@ def kcl_run(local_aws: LocalAws) -> Iterator[DaemonRun]:
     late_in_order = late_trail_in_order(local_aws)  # before the daemon's run resets the local AWS
     env = fresh_env(local_aws, E2E_ENV)
     stats = ReplayStats()
+    replay_started_ms = int(time.time() * 1000)
     for name in STREAMS:
         part = replay(env.clients.kinesis, env.settings.stream_name, read_fixture(FIXTURES / name))
         stats.records += part.records
@@ -136,10 +142,42 @@ def kcl_run(local_aws: LocalAws) -> Iterator[DaemonRun]:
         assert daemon.returncode == 0, daemon.stderr[-3000:]
         calls = Counter(local_aws.app.requests)
         touched = set(resources)
+        progress = progress_store(env.settings, env.clients)
+        leased = sorted(lease_checkpoints(env.settings, env.clients))
+        reports, _ = progress.read(leased)
+        # The sweep an hour later (every open trip silent by then), its consumers caught up then: the
+        # reports it reads say so (the run's own are checked by
+        # test_each_shard_s_processor_reported_its_progress).
+        an_hour_later = int(time.time() * 1000) + 3_600_000
+        for shard in leased:
+            progress.record(ShardProgress(shard, an_hour_later, caught_up_ms=an_hour_later, millis_behind=0))
         resources.clear()
-        sweep_orphans(env.settings, env.clients, now_ms=int(time.time() * 1000) + 3_600_000)
+        swept_report = sweep_orphans(env.settings, env.clients, now_ms=an_hour_later)
+        assert swept_report.skipped is None, swept_report
         swept = set(resources)
-    yield DaemonRun(env, daemon, stats, Pseudonymizer(b"e2e-key"), calls, touched, swept, late_in_order)
+    yield DaemonRun(
+        env,
+        daemon,
+        stats,
+        Pseudonymizer(b"e2e-key"),
+        calls,
+        touched,
+        swept,
+        late_in_order,
+        reports,
+        replay_started_ms,
+    )
+
+
+def test_each_shard_s_processor_reported_its_progress(kcl_run: DaemonRun) -> None:
+    """What the orphan sweep reads instead of the stream (issue 22): by the drain, each shard's record
+    processor reported, at a checkpoint after its last record, that it had received the records replayed
+    (and so, that they are in trip-state)."""
+    leased = lease_checkpoints(kcl_run.env.settings, kcl_run.env.clients)
+    assert set(kcl_run.reports) == set(leased) and len(leased) == 2
+    for report in kcl_run.reports.values():
+        assert report.through_ms is not None and report.through_ms >= kcl_run.replay_started_ms, report
+        assert not report.ended and report.written_ms >= report.through_ms - 1_000
 
 
 def test_vehicle_state_holds_each_vehicles_latest_values(kcl_run: DaemonRun) -> None:

@@ -112,8 +112,9 @@ def test_one_batch_costs_one_state_write_per_vehicle_and_one_trail_write_per_buc
             ("dynamodb", "TransactWriteItems"): 2 + 1,
             # trip-state and marks of the 4 vehicles first seen; the vault's lookup of them
             ("dynamodb", "BatchGetItem"): 2,
-            # vehicle-state: one per vehicle; the vault; the completed trip's mark; the trail: per bucket
-            ("dynamodb", "UpdateItem"): 4 + 4 + 1 + buckets,
+            # vehicle-state: one per vehicle; the vault; the completed trip's mark; the trail: per bucket;
+            # the shard's progress report, at each checkpoint (one after the batch, one after the poll)
+            ("dynamodb", "UpdateItem"): 4 + 4 + 1 + buckets + 2,
             ("dynamodb", "DeleteItem"): 1,  # trip-state holds open trips only: the archived one goes
             ("dynamodb", "Query"): 1,  # the completed trip's trail, for its archive
             ("s3", "PutObject"): 1,  # the archive
@@ -124,9 +125,10 @@ def test_one_batch_costs_one_state_write_per_vehicle_and_one_trail_write_per_buc
     assert written[("dynamodb", tables["live-breadcrumbs"])].items == buckets
     assert written[("dynamodb", tables["live-breadcrumbs"])].units == buckets  # each under 1 KB
     assert written[("dynamodb", tables["vehicle-state"])].items == 4
-    # the vault x4, the mark, the 3 creations' condition checks (2 units each: a transaction)
-    assert written[("dynamodb", tables["vin-mapping"])].items == 4 + 1 + 3
-    assert written[("dynamodb", tables["vin-mapping"])].units == 4 + 1 + 3 * 2
+    # the vault x4, the mark, the 3 creations' condition checks (2 units each: a transaction), the 2
+    # progress reports (under 1 KB: a unit each)
+    assert written[("dynamodb", tables["vin-mapping"])].items == 4 + 1 + 3 + 2
+    assert written[("dynamodb", tables["vin-mapping"])].units == 4 + 1 + 3 * 2 + 2
     # 3 creations (2 units each); 2 checkpoint writes; the archived trip's item deleted (its mark holds
     # what remains)
     assert written[("dynamodb", tables["trip-state"])].items == 3 + 2 + 1
@@ -148,7 +150,7 @@ def test_a_later_batch_of_known_vehicles_reads_nothing_and_skips_the_vault(
     calls = deliver(aws_env, processor, shard_records(fleet(range(30, 60)), first=1000))
     assert calls == Counter(
         {
-            ("dynamodb", "UpdateItem"): 4 + trail_buckets(range(30, 60)),
+            ("dynamodb", "UpdateItem"): 4 + trail_buckets(range(30, 60)) + 2,  # + 2 progress reports
             ("dynamodb", "PutItem"): 2,  # trip-state of the two vehicles still driving; the others idle
         }
     )

@@ -4,8 +4,9 @@
 Checked: an idempotent rewrite changes nothing; a trail merge is a join (idempotent, order-free, one instant
 sent as several records ends as one crumb with all their fields, concurrent writers converge, a late crumb
 joins its bucket, ``expiresAt`` never decreases); a stale trip-state write raises with the current item and
-overwrites nothing; a store refusing content as invalid raises ``UnwritableUpdate``; a failed write
-exits the record processor before any checkpoint."""
+overwrites nothing; a store refusing content as invalid raises ``UnwritableUpdate``; a shard's progress
+report replaces its last one whole and is never a vehicle; a failed write exits the record processor before
+any checkpoint."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from processors.errors import (
     UnwritableUpdate,
     WriteOnceConflict,
 )
+from processors.frontier import ShardProgress, progress_key
 from processors.ports import Stores
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, Pseudonymizer
 from processors.signals import parse_time
@@ -572,6 +574,28 @@ def test_the_first_pseudonym_key_fingerprint_recorded_wins(backend: Backend) -> 
     assert vault.fingerprint() == first
     assert vault.known([PSEUDONYM_KEY_ITEM]) == set()
     assert vault.resolve(PSEUDONYM_KEY_ITEM) is None
+
+
+def test_a_shard_s_progress_report_replaces_the_last_whole_and_is_never_a_vehicle(backend: Backend) -> None:
+    progress, vault = backend.stores.progress, backend.stores.vault
+    other = "shardId-000000000001"
+    progress.record(ShardProgress(SHARD, 1_000, last_arrival_ms=900, millis_behind=100))
+    later = ShardProgress(SHARD, 2_000, caught_up_ms=1_990, millis_behind=0)  # no arrival: removed
+    progress.record(later)
+    ended = ShardProgress(other, 3_000, ended=True)
+    progress.record(ended)
+    found, requests = progress.read([SHARD, other, "shardId-000000000002", SHARD])
+    assert (found, requests) == ({SHARD: later, other: ended}, 1)
+    assert vault.known([progress_key(SHARD), progress_key(other)]) == set()
+    assert vault.resolve(progress_key(SHARD)) is None
+
+
+def test_progress_reports_of_more_shards_than_one_batch_read_are_all_read(backend: Backend) -> None:
+    shards = [f"shardId-{i:012d}" for i in range(150)]
+    for i, shard in enumerate(shards[::3]):
+        backend.stores.progress.record(ShardProgress(shard, i, caught_up_ms=i, millis_behind=0))
+    found, requests = backend.stores.progress.read(shards)
+    assert (sorted(found), requests) == (shards[::3], 2)
 
 
 @pytest.mark.parametrize("key", ["trips/x/t.json.gz", "trip-segments/x/t/00000.json.gz"])

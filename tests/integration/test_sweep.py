@@ -1,22 +1,35 @@
 """The orphan sweep on the local AWS (issue 13, item 3): it reads open trips only, through the sparse
-sweep index, and does nothing while a shard's consumer is behind."""
+sweep index, and does nothing while a shard's consumer is behind, which it learns from the consumers'
+progress reports, never from the stream (issue 22)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import orjson
 import pytest
 
 from bench.sweep import leases_caught_up, open_trip_item, pseudo_vin
 from bench.sweep import seed as seed_fleet
+from processors.frontier import BehindReason
 from processors.signals import format_time
 from processors.trip_items import SWEEP_SHARDS, idle_after
 from schemas.dynamo import to_item
 from tests.conftest import AwsEnv, create_lease_table
+from tests.support.harness import ShardRecord, process_records_input, shard_records
 from tests.support.iam import recording_resources
-from worker.sweep import skip_limit_ms, sweep_orphans
+from worker.record_processor import FleetRecordProcessor
+from worker.replay import StreamEntry
+from worker.sweep import SweepReport, skip_limit_ms, sweep_orphans
+from worker.wiring import pipeline_for
 
 
 def seed(env: AwsEnv, idle: int, open_trips: int, silent: int, now: int) -> None:
@@ -41,55 +54,128 @@ def test_the_sweep_reads_the_silent_open_trips_only_whatever_the_fleet(aws_env: 
     assert f"{trip_state}/index/open-trips-by-idle" in {r for _, _, r in calls}
     assert served[("dynamodb", "Query")] == SWEEP_SHARDS + 4  # the index; each orphan's breadcrumbs
     assert served[("dynamodb", "Scan")] == 1  # the lease table
-    assert (served[("kinesis", "GetShardIterator")], served[("kinesis", "GetRecords")]) == (2, 2)
+    # the consumers' progress (vin-mapping), then the candidates (trip-state); never the stream
+    assert served[("dynamodb", "BatchGetItem")] == 2
+    assert not [op for op in served if op[0] == "kinesis"]
     # trip-state holds open trips only: the orphans' items are gone, their marks hold what remains
     remaining = aws_env.clients.dynamodb.scan(TableName=aws_env.settings.table_names["trip-state"])
     assert remaining["Count"] == 30 - 4
 
 
-def test_the_sweep_does_nothing_while_a_shard_is_a_gap_behind_its_designed_lag(
-    aws_env: AwsEnv, caplog: pytest.LogCaptureFixture
+class Checkpointer:
+    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
+        pass
+
+
+@pytest.fixture
+def consumer(aws_env: AwsEnv, tmp_path: Path) -> Iterator[Callable[[str, int], FleetRecordProcessor]]:
+    """A record processor of a shard, in-process on the local AWS (its wiring: ``pipeline_for``), its wall
+    clock fixed at the given instant; every poll a checkpoint opportunity."""
+    env = aws_env.with_settings(FLEET_CHECKPOINT_EVERY_SECONDS="0", FLEET_HEARTBEAT_PATH=str(tmp_path))
+    made: list[FleetRecordProcessor] = []
+
+    def start(shard_id: str, clock_ms: int) -> FleetRecordProcessor:
+        processor = FleetRecordProcessor(
+            env.settings,
+            pipeline_factory=partial(pipeline_for, env.settings, env.clients),
+            wall_clock=lambda: clock_ms / 1000,
+        )
+        processor.initialize(SimpleNamespace(shard_id=shard_id, sequence_number="TRIM_HORIZON"))
+        made.append(processor)
+        return processor
+
+    yield start
+    gc.unfreeze()  # initialize freezes what exists; undo it for the rest of the test session
+    for processor in made:
+        processor.lease_lost(None)
+
+
+def parked(arrival_ms: int) -> list[ShardRecord]:
+    """A parked vehicle's record (no trip: trip-state stays the seeded one)."""
+    record = {
+        "vin": "5YJ3E1EA7KF900001",
+        "timestamp": format_time(arrival_ms - 1_000),
+        "signals": {"vehicleSpeed": 0},
+    }
+    return shard_records([StreamEntry(orjson.dumps(record), "5YJ3E1EA7KF900001")], arrival_ms=arrival_ms)
+
+
+def skipped_line(caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
+    (line,) = [r for r in caplog.records if r.name == "worker.sweep"]
+    assert line.getMessage() == "sweep_skipped"
+    fields: dict[str, Any] = line.fields  # type: ignore[attr-defined]
+    caplog.clear()
+    return fields
+
+
+def test_the_sweep_does_nothing_while_a_shard_s_consumer_is_behind_and_never_reads_the_stream(
+    aws_env: AwsEnv,
+    consumer: Callable[[str, int], FleetRecordProcessor],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A checkpoint trails the stream by design (it waits for the allowed lateness L, and comes every
-    ``checkpoint_every_seconds``): the sweep skips only once a shard's first unprocessed record is older
-    than a gap past that lag."""
+    """Issue 22: the sweep learns whether each shard's consumer keeps up from the progress its record
+    processor reports at each checkpoint, not from the stream (which holds every VIN). A shard whose
+    consumer lags more than a gap past one checkpoint interval, or whose consumer stopped reporting (it
+    died), or that has no report, stops the sweep before it reads trip-state."""
     now = int(time.time() * 1000)
     seed(aws_env, idle=10, open_trips=5, silent=5, now=now)
     settings, clients = aws_env.settings, aws_env.clients
-    limit_s = (
-        settings.trip_gap_seconds + settings.trip_lateness_ms // 1000 + settings.checkpoint_every_seconds
-    )
-    assert skip_limit_ms(settings) == limit_s * 1000 == (300 + 30 + 60) * 1000  # the shipped defaults
+    limit_ms = skip_limit_ms(settings)
+    assert limit_ms == (settings.trip_gap_seconds + settings.checkpoint_every_seconds) * 1000 == 360_000
     create_lease_table(aws_env)
-    for shard in clients.kinesis.list_shards(StreamName=settings.stream_name)["Shards"]:
+    first, second = (
+        s["ShardId"] for s in clients.kinesis.list_shards(StreamName=settings.stream_name)["Shards"]
+    )
+    for shard in (first, second):
         clients.dynamodb.put_item(
             TableName=settings.application_name,
-            Item={"leaseKey": {"S": shard["ShardId"]}, "checkpoint": {"S": "TRIM_HORIZON"}},
+            Item={"leaseKey": {"S": shard}, "checkpoint": {"S": "TRIM_HORIZON"}},
         )
-    (first, *_) = clients.kinesis.list_shards(StreamName=settings.stream_name)["Shards"]
-    clients.kinesis.put_record(
-        StreamName=settings.stream_name,
-        Data=b"{}",
-        PartitionKey="x",
-        ExplicitHashKey=first["HashKeyRange"]["StartingHashKey"],
+    trip_state = settings.table_names["trip-state"]
+
+    def sweep_at(at_ms: int) -> tuple[SweepReport, set[str], Counter[tuple[str, str]]]:
+        aws_env.aws.app.reset_counts()
+        with recording_resources() as calls, caplog.at_level(logging.INFO):
+            report = sweep_orphans(settings, clients, now_ms=at_ms)
+        return report, {r for _, _, r in calls}, Counter(aws_env.aws.app.requests)
+
+    # No report yet from the second shard's consumer (it never reached a checkpoint).
+    consumer(first, now).process_records(process_records_input([], Checkpointer(), millis_behind=0))
+    report, touched, served = sweep_at(now)
+    assert (report.skipped, report.skip_reason) == (second, BehindReason.NO_PROGRESS)
+    assert skipped_line(caplog)["behindSeconds"] is None
+
+    # It reports, working through a backlog that arrived a minute more than the limit ago.
+    behind_ms = limit_ms + 60_000
+    lagging = consumer(second, now)
+    lagging.process_records(process_records_input(parked(now - behind_ms), Checkpointer(), behind_ms))
+    report, touched, served = sweep_at(now)
+    assert (report.skipped, report.skip_reason, report.items_read, report.orphaned) == (
+        second,
+        BehindReason.LAGGING,
+        0,
+        [],
     )
-    # Seen the limit and 5 s later, that record is still waiting for its consumer.
-    later = now + skip_limit_ms(settings) + 5_000
-    with recording_resources() as calls, caplog.at_level(logging.INFO):
-        report = sweep_orphans(settings, clients, now_ms=later)
-    assert report.skipped == first["ShardId"] and report.orphaned == [] and report.items_read == 0
-    assert not {r for _, _, r in calls if settings.table_names["trip-state"] in r}, "zero trip-state reads"
-    (line,) = [r for r in caplog.records if r.name == "worker.sweep"]
-    assert line.getMessage() == "sweep_skipped"
-    fields = line.fields  # type: ignore[attr-defined]
-    assert (fields["shard"], fields["limitSeconds"]) == (first["ShardId"], limit_s)
-    assert limit_s < fields["behindSeconds"] <= limit_s + 5
-    assert clients.dynamodb.scan(TableName=settings.table_names["trip-state"])["Count"] == 5
-    # More than a gap behind, but within what a consumer that keeps up shows (its checkpoint waits for
-    # the allowed lateness): the sweep runs and completes them. (A gap alone skipped every healthy shard.)
-    within = now + (settings.trip_gap_seconds * 1000 + settings.trip_lateness_ms)
-    report = sweep_orphans(settings, clients, now_ms=within)
-    assert report.skipped is None and len(report.orphaned) == 5
+    assert not {r for r in touched if trip_state in r}, "zero trip-state reads"
+    assert not [op for op in served if op[0] == "kinesis"], "the sweep reads no record"
+    fields = skipped_line(caplog)
+    assert (fields["shard"], fields["reason"], fields["limitSeconds"]) == (second, "lagging", 360)
+    assert (fields["behindSeconds"], fields["shardsBehind"]) == (420, 1)
+
+    # Caught up: both consumers report at ``now``; then both die. Past the limit, they are not reporting.
+    lagging.process_records(process_records_input([], Checkpointer(), millis_behind=0))
+    report, touched, _ = sweep_at(now + limit_ms + 5_000)
+    assert (report.skip_reason, report.items_read) == (BehindReason.NOT_REPORTING, 0)
+    assert not {r for r in touched if trip_state in r}
+    fields = skipped_line(caplog)
+    assert (fields["reason"], fields["behindSeconds"], fields["shardsBehind"]) == ("not_reporting", 365, 2)
+    assert clients.dynamodb.scan(TableName=trip_state)["Count"] == 5
+
+    # Up to the limit the consumers count as keeping up: the sweep runs and completes the silent trips.
+    report, touched, served = sweep_at(now + limit_ms)
+    assert report.skipped is None and len(report.orphaned) == 5 and report.shards == 2
+    assert not [op for op in served if op[0] == "kinesis"]
+    assert clients.dynamodb.scan(TableName=trip_state)["Count"] == 0
 
 
 def test_silence_is_judged_by_the_newest_records_arrival_to_the_second(aws_env: AwsEnv) -> None:

@@ -118,9 +118,10 @@ def after(records: Sequence[KinesisRecord], checkpoint: StreamPosition | None) -
 
 
 def sweep(env: AwsEnv, now_ms: int) -> list[str]:
-    """The scheduled sweep as on AWS: the consumer's checkpoints are current (lease items at each shard's
-    newest record), so its "shard behind" check lets it run."""
-    leases_caught_up(env.settings, env.clients)
+    """The scheduled sweep as on AWS: the consumers are current at ``now_ms`` (lease items at each shard's
+    newest record, and the progress their processors reported then), so its "shard behind" check lets it
+    run."""
+    leases_caught_up(env.settings, env.clients, now_ms)
     report = sweep_orphans(env.settings, env.clients, now_ms=now_ms)
     assert report.skipped is None
     return report.orphaned

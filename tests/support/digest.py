@@ -5,8 +5,9 @@ Volatile attributes (documented in the README, "Failure semantics") are dropped:
   vehicles' marks are ``vin-mapping.m`` (kept: deterministic);
 - ``vin-mapping.encryptedVin`` and ``createdAt``: KMS ciphertext is randomized, the time is the
   first sighting; the digest keeps the decrypted VIN's hash instead;
-- ``vin-mapping``'s ``_meta#`` items (the pseudonymization key's fingerprint): bootstrap's, not the
-  worker's, and not a vehicle;
+- ``vin-mapping``'s ``_meta#`` items, which are not vehicles: the pseudonymization key's fingerprint
+  (bootstrap's, not the worker's) and each shard's progress report (wall-clock times, written at
+  checkpoints; shard ids differ after a reshard);
 - dead-letter objects are keyed by shard and sequence number (which differ after a reshard) and
   hold randomized ciphertext: the digest keeps how many there are per reason (their content is
   checked by the dead-letter tests);

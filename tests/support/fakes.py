@@ -15,6 +15,7 @@ from typing import Any
 from processors.batch import DeadLetter
 from processors.dead_letter import DataKey, dead_letter_key
 from processors.errors import ConflictReason, StaleTripState, UnwritableUpdate, WriteOnceConflict
+from processors.frontier import ShardProgress
 from processors.ports import Stores
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, is_vehicle
 from processors.signals import format_time
@@ -265,6 +266,27 @@ class MemoryTripArchive(_Failing):
             self.index[(item.pseudoVin, item.tripId)] = item
 
 
+class MemoryProgress(_Failing):
+    """``items``: shard id -> its last report; ``writes`` counts ``record`` calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: dict[str, ShardProgress] = {}
+        self.writes = 0
+
+    def record(self, progress: ShardProgress) -> int:
+        self._maybe_fail()
+        with self.lock:
+            self.items[progress.shard_id] = progress
+            self.writes += 1
+        return 1
+
+    def read(self, shard_ids: Sequence[str]) -> tuple[dict[str, ShardProgress], int]:
+        with self.lock:
+            found = {shard: self.items[shard] for shard in shard_ids if shard in self.items}
+        return found, -(-len(set(shard_ids)) // 100)
+
+
 class MemoryStores(Stores):
     """``Stores`` whose members are the fakes above (typed as such, for tests to reach in)."""
 
@@ -274,6 +296,7 @@ class MemoryStores(Stores):
     dead_letters: MemoryDeadLetters
     vault: MemoryVinVault
     archive: MemoryTripArchive
+    progress: MemoryProgress
 
 
 def memory_stores() -> MemoryStores:
@@ -284,4 +307,5 @@ def memory_stores() -> MemoryStores:
         dead_letters=MemoryDeadLetters(),
         vault=MemoryVinVault(),
         archive=MemoryTripArchive(),
+        progress=MemoryProgress(),
     )

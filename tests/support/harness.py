@@ -234,8 +234,9 @@ def deliver(environ: dict[str, str], records: Sequence[ShardRecord], size: int) 
     return harness
 
 
-def process_records_input(records: Sequence[ShardRecord], checkpointer: Any) -> Any:
-    """What amazon-kclpy hands ``process_records`` for ``records``, for calling a processor in-process."""
+def process_records_input(records: Sequence[ShardRecord], checkpointer: Any, millis_behind: int = 0) -> Any:
+    """What amazon-kclpy hands ``process_records`` for ``records`` (the daemon saying the poll is
+    ``millis_behind`` behind the stream's tip), for calling a processor in-process."""
     delivered = [
         SimpleNamespace(
             binary_data=r.data,
@@ -246,4 +247,4 @@ def process_records_input(records: Sequence[ShardRecord], checkpointer: Any) -> 
         )
         for r in records
     ]
-    return SimpleNamespace(records=delivered, millis_behind_latest=0, checkpointer=checkpointer)
+    return SimpleNamespace(records=delivered, millis_behind_latest=millis_behind, checkpointer=checkpointer)

@@ -204,10 +204,7 @@ def test_the_executor_fails_the_batch_when_vehicles_stay_contended(settings: Set
         def write(self, item: TripStateItem, expected_last_update: str | None) -> None:
             raise StaleTripState(item.pseudoVin, None)
 
-    stores = memory_stores()
-    stores = MemoryStores(
-        AlwaysMoved(), stores.trail, stores.vehicle_state, stores.dead_letters, stores.vault, stores.archive
-    )
+    stores = replace(memory_stores(), trips=AlwaysMoved())
     with pytest.raises(TransientError) as raised:
         run(Pipeline(settings, stores, KEY, NO_SLEEP), shard_records(fixture("trips.jsonl")))
     assert raised.value.reason == "trip_state_contention"

@@ -16,6 +16,7 @@ from amazon_kclpy import kcl
 
 from devtools.settings import settings_from
 from processors.errors import TransientError
+from processors.frontier import ShardProgress
 from processors.pseudonymize import Pseudonymizer
 from tests.conftest import TEST_ENV
 from tests.support.fakes import MemoryStores, memory_stores
@@ -60,8 +61,12 @@ def initialize() -> dict[str, Any]:
     }
 
 
-def process(records: Sequence[ShardRecord]) -> dict[str, Any]:
-    return {"action": "processRecords", "records": [r.message() for r in records], "millisBehindLatest": 0}
+def process(records: Sequence[ShardRecord], millis_behind: int = 0) -> dict[str, Any]:
+    return {
+        "action": "processRecords",
+        "records": [r.message() for r in records],
+        "millisBehindLatest": millis_behind,
+    }
 
 
 def checkpoint_answer(sequence_number: str | None, error: str | None = None) -> dict[str, Any]:
@@ -169,3 +174,53 @@ def test_a_lost_lease_drops_the_buffers_without_a_flush_or_a_checkpoint(settings
     assert [s["action"] for s in said] == ["status", "status", "status"]
     assert said[-1] == {"action": "status", "responseFor": "leaseLost"}
     assert not stores.vehicle_state.items, "the next owner replays from the last checkpoint"
+
+
+def test_each_checkpoint_reports_the_shard_s_progress_after_its_flush(settings: Settings) -> None:
+    """The orphan sweep reads these reports instead of the stream. Each checkpoint writes one (a
+    checkpoint that does not move too: the shard is still current), after the flush that put everything
+    received into trip-state; the end of the shard writes the last."""
+    records = records_of("trips.jsonl", 40)
+    last = records[-1].sequence_number
+    stores = memory_stores()
+    reports: list[tuple[ShardProgress, int]] = []
+    record = stores.progress.record
+
+    def seen(progress: ShardProgress) -> int:
+        reports.append((progress, len(stores.vehicle_state.items)))  # what the flush wrote before it
+        return record(progress)
+
+    stores.progress.record = seen  # type: ignore[method-assign]
+    said: list[dict[str, Any]] = []
+    daemon = [
+        initialize(),
+        process(records, millis_behind=5_000),  # a backlog: vouches for what it received only
+        process([]),  # caught up: everything settles and is written, then the checkpoint
+        checkpoint_answer(last),
+        process([]),  # the watermark did not move: no checkpoint, a report all the same
+        {"action": "shardEnded"},
+        checkpoint_answer(None),
+    ]
+    converse(settings, stores, daemon, said)
+    now_ms = int(NOW * 1000)
+    assert [report for report, _ in reports] == [
+        ShardProgress(SHARD, now_ms, ARRIVAL_MS, None, 5_000),
+        ShardProgress(SHARD, now_ms, ARRIVAL_MS, now_ms, 0),
+        ShardProgress(SHARD, now_ms, ARRIVAL_MS, now_ms, 0),
+        ShardProgress(SHARD, now_ms, ARRIVAL_MS, now_ms, 0, ended=True),
+    ]
+    # B is not over at the batch's receipt: only the checkpoint's flush wrote the vehicles' states.
+    assert reports[0][1] == len({r.partition_key for r in records}), "reported after the flush"
+    assert stores.progress.items == {SHARD: reports[-1][0]}
+    assert [s["action"] for s in said].count("checkpoint") == 2
+
+
+def test_a_failed_progress_report_ends_the_process_before_the_checkpoint(settings: Settings) -> None:
+    stores = memory_stores()
+    stores.progress.always = TransientError("ProvisionedThroughputExceededException")
+    said: list[dict[str, Any]] = []
+    with pytest.raises(SystemExit) as exited:
+        converse(settings, stores, [initialize(), process(records_of("trips.jsonl", 40)), process([])], said)
+    assert exited.value.code == EXIT_BATCH_FAILED
+    assert said == [{"action": "status", "responseFor": "initialize"}], "no checkpoint line"
+    assert stores.trips.items, "the flush before it was written"
