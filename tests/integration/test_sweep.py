@@ -4,14 +4,12 @@ progress reports, never from the stream (issue 22)."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -24,7 +22,7 @@ from processors.signals import format_time
 from processors.trip_items import SWEEP_SHARDS, idle_after
 from schemas.dynamo import to_item
 from tests.conftest import AwsEnv, create_lease_table
-from tests.support.harness import ShardRecord, process_records_input, shard_records
+from tests.support.harness import ShardRecord, in_process_processors, process_records_input, shard_records
 from tests.support.iam import recording_resources
 from worker.record_processor import FleetRecordProcessor
 from worker.replay import StreamEntry
@@ -72,22 +70,9 @@ def consumer(aws_env: AwsEnv, tmp_path: Path) -> Iterator[Callable[[str, int], F
     """A record processor of a shard, in-process on the local AWS (its wiring: ``pipeline_for``), its wall
     clock fixed at the given instant; every poll a checkpoint opportunity."""
     env = aws_env.with_settings(FLEET_CHECKPOINT_EVERY_SECONDS="0", FLEET_HEARTBEAT_PATH=str(tmp_path))
-    made: list[FleetRecordProcessor] = []
-
-    def start(shard_id: str, clock_ms: int) -> FleetRecordProcessor:
-        processor = FleetRecordProcessor(
-            env.settings,
-            pipeline_factory=partial(pipeline_for, env.settings, env.clients),
-            wall_clock=lambda: clock_ms / 1000,
-        )
-        processor.initialize(SimpleNamespace(shard_id=shard_id, sequence_number="TRIM_HORIZON"))
-        made.append(processor)
-        return processor
-
-    yield start
-    gc.unfreeze()  # initialize freezes what exists; undo it for the rest of the test session
-    for processor in made:
-        processor.lease_lost(None)
+    factory = partial(pipeline_for, env.settings, env.clients)
+    with in_process_processors() as start:
+        yield lambda shard_id, clock_ms: start(env.settings, factory, lambda: clock_ms / 1000, shard_id)
 
 
 def parked(arrival_ms: int) -> list[ShardRecord]:

@@ -7,12 +7,14 @@ it asks for are recorded, and a checkpoint can be made to fail with a KCL except
 from __future__ import annotations
 
 import base64
+import gc
 import queue
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +22,9 @@ from typing import Any
 
 import orjson
 
+from worker.config import Settings
+from worker.pipeline import Pipeline
+from worker.record_processor import FleetRecordProcessor
 from worker.replay import StreamEntry, read_fixture
 
 SEQUENCE_BASE = 49_000_000_000_000_000_000
@@ -248,3 +253,31 @@ def process_records_input(records: Sequence[ShardRecord], checkpointer: Any, mil
         for r in records
     ]
     return SimpleNamespace(records=delivered, millis_behind_latest=millis_behind, checkpointer=checkpointer)
+
+
+StartProcessor = Callable[[Settings, Callable[[], Pipeline], Callable[[], float], str], FleetRecordProcessor]
+
+
+@contextmanager
+def in_process_processors() -> Iterator[StartProcessor]:
+    """Record processors driven in this process (no daemon): ``start(settings, pipeline_factory,
+    wall_clock, shard_id)`` initializes one; all lose their lease at the end."""
+    made: list[FleetRecordProcessor] = []
+
+    def start(
+        settings: Settings,
+        pipeline_factory: Callable[[], Pipeline],
+        wall_clock: Callable[[], float],
+        shard_id: str,
+    ) -> FleetRecordProcessor:
+        processor = FleetRecordProcessor(settings, pipeline_factory=pipeline_factory, wall_clock=wall_clock)
+        processor.initialize(SimpleNamespace(shard_id=shard_id, sequence_number="TRIM_HORIZON"))
+        made.append(processor)
+        return processor
+
+    try:
+        yield start
+    finally:
+        gc.unfreeze()  # initialize freezes what exists; undo it for the rest of the test session
+        for processor in made:
+            processor.lease_lost(None)

@@ -3,13 +3,11 @@ the shared commit/re-plan loop, the orphan sweep, and "a failed write never chec
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -28,7 +26,14 @@ from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 from tests.conftest import TEST_ENV
 from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.support.fakes import MemoryStores, MemoryTripStore, memory_stores
-from tests.support.harness import ShardRecord, batches, fixture, process_records_input, shard_records
+from tests.support.harness import (
+    ShardRecord,
+    batches,
+    fixture,
+    in_process_processors,
+    process_records_input,
+    shard_records,
+)
 from worker.config import Settings
 from worker.pipeline import BatchOutcome, Pipeline
 from worker.record_processor import EXIT_BATCH_FAILED, FleetRecordProcessor
@@ -277,23 +282,11 @@ def deliver(
 
 @pytest.fixture
 def processor_on(settings: Settings) -> Iterator[Any]:
-    made: list[FleetRecordProcessor] = []
-
-    def start(stores: MemoryStores) -> FleetRecordProcessor:
-        processor = FleetRecordProcessor(
-            settings,
-            pipeline_factory=lambda: Pipeline(settings, stores, KEY, NO_SLEEP),
-            # An hour after the records arrived: an empty, caught-up poll settles everything buffered.
-            wall_clock=lambda: time.time() + 3600,
+    with in_process_processors() as start:
+        # An hour after the records arrived: an empty, caught-up poll settles everything buffered.
+        yield lambda stores: start(
+            settings, lambda: Pipeline(settings, stores, KEY, NO_SLEEP), lambda: time.time() + 3600, SHARD
         )
-        processor.initialize(SimpleNamespace(shard_id=SHARD, sequence_number="TRIM_HORIZON"))
-        made.append(processor)
-        return processor
-
-    yield start
-    gc.unfreeze()  # initialize freezes what exists; undo it for the rest of the test session
-    for processor in made:
-        processor.lease_lost(None)
 
 
 def test_a_batch_is_checkpointed_at_its_last_record_once_the_machine_consumed_it(processor_on: Any) -> None:
