@@ -6,7 +6,7 @@ the data plane (``DeployCompute=false``) goes into the local AWS through moto's 
 processor and the orphan sweep run against the stack's outputs. moto skips what it cannot create
 (``AWS::SecretsManager::Secret``, ``AWS::S3::BucketPolicy``) and ignores some properties (TTL, PITR,
 lifecycle, stream encryption...): those are checked here on the rendered template; the secret is created
-by the test as the template declares it. The roles' policies are checked in tests/deploy/test_deploy.py and
+by the test as the template declares it. The roles' policies are checked in tests/deploy/test_iam.py and
 tests/e2e/test_e2e.py.
 """
 

@@ -64,7 +64,7 @@ ADMIN_ONLY: Mapping[str, str] = {
 }
 """Actions only the operator tools need (OperatorRole, AdminRole); never a task role's. (The
 operators' dynamodb:GetItem on vin-mapping is an action the KCL needs too, on its own tables: that one
-is told apart by resource, see tests/deploy/test_deploy.py.)"""
+is told apart by resource, see tests/deploy/test_iam.py.)"""
 
 DECLARED_BY_THE_STACK: Mapping[str, str] = {
     "dynamodb:CreateTable": "the KCL creates its three tables where none exists, as in a local run; the "
