@@ -285,7 +285,8 @@ class TripPlanner:
             vehicle.frontier_ms = max(vehicle.frontier_ms or step.t_ms, step.t_ms)
         vehicle.journal += steps
         if vehicle.held:
-            left = [s for s in vehicle.held if s not in set(steps)]
+            taken = set(steps)
+            left = [s for s in vehicle.held if s not in taken]
             if len(left) != len(vehicle.held):
                 vehicle.held, vehicle.dirty = left, True
         if effects.completed or effects.seals:
