@@ -22,7 +22,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from processors.ports import Hold
-from processors.trail import BucketMerge, bucket_of, combine, crumb_of, pack
+from processors.trail import (
+    TRAIL_TTL_SECONDS,
+    BucketMerge,
+    bucket_of,
+    crumb_of,
+    encode,
+    join_value,
+    slot_of,
+)
 from processors.vehicle_state import StateUpdate
 from schemas.records import KinesisRecord, VehicleReading
 
@@ -90,13 +98,22 @@ class VehicleStateBuffer:
 
 @dataclass(slots=True)
 class _PendingMerge:
-    merge: BucketMerge
+    """One bucket's pending crumbs, joined in place (a record costs one slot's join, not a copy of the
+    bucket), handed out as a ``BucketMerge``."""
+
+    pseudo_vin: str
+    bucket: int
     first_ms: int
+    slots: dict[str, str] = field(default_factory=dict)
+    expires_at: int = 0
+
+    def merge(self) -> BucketMerge:
+        return BucketMerge(self.pseudo_vin, self.bucket, self.slots, self.expires_at)
 
 
 class TrailBuffer:
     """Pending trail bucket merges, one per (pseudoVin, bucket): each accepted record's crumb joined in
-    (``processors.trail.combine``: slots joined, expiry max). Not thread-safe."""
+    (``processors.trail.join_value`` per slot, expiry max: what ``pack`` computes). Not thread-safe."""
 
     def __init__(self, bucket_seconds: int, max_delay_ms: int, lead_ms: int = 0) -> None:
         self._bucket_ms = bucket_seconds * 1000
@@ -116,19 +133,20 @@ class TrailBuffer:
         crumb = crumb_of(reading)
         if crumb is None:
             return
-        (merge,) = pack(pseudo_vin, [crumb])
-        key = (pseudo_vin, bucket_of(crumb.t_ms))
-        pending = self._pending.get(key)
+        bucket = bucket_of(crumb.t_ms)
+        pending = self._pending.get((pseudo_vin, bucket))
         if pending is None:
-            self._pending[key] = _PendingMerge(merge, now_ms)
-        else:
-            pending.merge = combine(pending.merge, merge)
+            pending = self._pending[(pseudo_vin, bucket)] = _PendingMerge(pseudo_vin, bucket, now_ms)
+        name, value = slot_of(crumb.t_ms), encode(crumb)
+        held = pending.slots.get(name)
+        pending.slots[name] = value if held is None else join_value(held, value)
+        pending.expires_at = max(pending.expires_at, crumb.arrival_s + TRAIL_TTL_SECONDS)
 
     def due(self, now_ms: int, *, everything: bool) -> list[BucketMerge]:
         """Every pending merge, or those complete (the vehicle's newest record is past the bucket's end)
         or ``max_delay`` old."""
         if everything:
-            taken = [pending.merge for pending in self._pending.values()]
+            taken = [pending.merge() for pending in self._pending.values()]
             self._pending.clear()
             return taken
         due = [
@@ -137,14 +155,14 @@ class TrailBuffer:
             if self._newest_t.get(key[0], 0) >= key[1] * 1000 + self._bucket_ms
             or now_ms >= pending.first_ms + self.max_delay_ms - self.lead_ms
         ]
-        return [self._pending.pop(key).merge for key in due]
+        return [self._pending.pop(key).merge() for key in due]
 
     def of_vehicles(self, pseudo_vins: set[str]) -> list[BucketMerge]:
         """Every pending merge of these vehicles, due or not (an archive reads their trail back)."""
         if not pseudo_vins:
             return []
         keys = [key for key in self._pending if key[0] in pseudo_vins]
-        return [self._pending.pop(key).merge for key in keys]
+        return [self._pending.pop(key).merge() for key in keys]
 
     def holds_back(self) -> Hold | None:
         return None

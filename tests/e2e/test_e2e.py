@@ -63,7 +63,7 @@ NOT_EXERCISED_HERE = {
     **NOT_EXERCISED_LOCALLY,
     # With its own role the sweep's calls no longer count as the worker's.
     "s3:GetObject": "trip-segments/ of a long trip completed by the worker: this run's long trip ends as an "
-    "orphan, so the sweep reads its segments (tests/deploy/test_deploy.py records the worker reading them)",
+    "orphan, so the sweep reads its segments (tests/deploy/test_iam.py records the worker reading them)",
 }
 
 
