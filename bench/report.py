@@ -323,7 +323,9 @@ def trips_lines(trips: dict[str, Any], verdicts: dict[str, dict[str, Any]]) -> l
             "  last moving record's PutRecords -> trips-index item + S3 object, p50 / p99",
             f"{_seconds(trips['archive_p50_s'])} / {_seconds(trips['archive_p99_s'])}",
             _met(verdicts, "trip_archive_p99_s", " s")
-            + f"; design: gap + L + 1.5 = {trips['archive_expected_s']:g} s",
+            + f"; design: gap + 1.5 = {trips['archive_expected_s']:g} s; final (exact) p50 / p99"
+            f" {_seconds(trips.get('final_p50_s'))} / {_seconds(trips.get('final_p99_s'))},"
+            f" design gap + L + 1.5 = {trips.get('final_expected_s', 0):g} s",
         ),
         (
             "  write units / record, by table",

@@ -77,13 +77,16 @@ def test_the_sweep_reads_no_record_of_the_stream() -> None:
     assert P.can("WorkerTaskRole", "dynamodb:UpdateItem", vin_mapping), "written at each checkpoint"
 
 
-@pytest.mark.parametrize("prefix", ["trips/", "trip-segments/", "dead-letter/"])
+@pytest.mark.parametrize("prefix", ["trips/", "trips-provisional/", "trip-segments/", "dead-letter/"])
 @pytest.mark.parametrize("who", ["WorkerTaskRole", "SweepTaskRole", ACCOUNT_ADMIN])
 def test_nobody_overwrites_an_archive_a_segment_or_a_dead_letter(prefix: str, who: str) -> None:
     key = s3_object(f"{prefix}2025/01/01/x.json.gz")
     assert not P.can(who, "s3:PutObject", key, identity=EVERYTHING), "a PUT without If-None-Match"
     assert not P.can(who, "s3:PutObject", key, {"s3:if-none-match": "etag"}, identity=EVERYTHING)
-    writes = {"WorkerTaskRole": ("trips/", "trip-segments/", "dead-letter/"), "SweepTaskRole": ("trips/",)}
+    writes = {
+        "WorkerTaskRole": ("trips/", "trips-provisional/", "trip-segments/", "dead-letter/"),
+        "SweepTaskRole": ("trips/",),
+    }
     may_create = who == ACCOUNT_ADMIN or prefix in writes[who]
     assert P.can(who, "s3:PutObject", key, WRITE_ONCE, identity=EVERYTHING) == may_create
 

@@ -75,6 +75,8 @@ TERMS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "vin-mapping": [(table_arn("VinMappingTable"), {})],
     "new `trips/`": [(s3_object(f"trips/{OBJECT}"), WRITE_ONCE)],
     "new `trip-segments/`": [(s3_object(f"trip-segments/{OBJECT}"), WRITE_ONCE)],
+    "new `trips-provisional/`": [(s3_object(f"trips-provisional/{OBJECT}"), WRITE_ONCE)],
+    "`trips-provisional/`": [(s3_object(f"trips-provisional/{OBJECT}"), {})],
     "new `dead-letter/`": [(s3_object(f"dead-letter/{OBJECT}"), WRITE_ONCE)],
     "overwrite `trips/`": [(s3_object(f"trips/{OBJECT}"), {})],
     "overwrite `dead-letter/`": [(s3_object(f"dead-letter/{OBJECT}"), {})],

@@ -82,6 +82,8 @@ class Backend:
     """The stored vin-mapping item (plain values), {} when absent."""
     trail_item: Callable[[str, int], dict[str, Any]]
     """The stored bucket item (plain values), {} when absent."""
+    index_item: Callable[[str, str], dict[str, Any]]
+    """The stored trips-index item (plain values), {} when absent."""
 
 
 def memory_backend(settings: Settings) -> Backend:
@@ -104,6 +106,11 @@ def memory_backend(settings: Settings) -> Backend:
         set_vault_attribute,
         lambda pv: dict(stores.vault.items.get(pv, {})),
         lambda pv, bucket: dict(stores.trail.items.get((pv, bucket), {})),
+        lambda pv, trip: (
+            stored.model_dump(exclude_none=True)
+            if (stored := stores.archive.index.get((pv, trip))) is not None
+            else {}
+        ),
     )
 
 
@@ -147,6 +154,14 @@ def aws_backend(env: AwsEnv) -> Backend:
         ).get("Item")
         return from_item(item) if item else {}
 
+    def index_item(pv: str, trip: str) -> dict[str, Any]:
+        item = env.clients.dynamodb.get_item(
+            TableName=env.settings.table_names["trips-index"],
+            Key={"pseudoVin": {"S": pv}, "tripId": {"S": trip}},
+            ConsistentRead=True,
+        ).get("Item")
+        return from_item(item) if item else {}
+
     return Backend(
         "aws",
         aws_stores(env.settings, env.clients, KEY),
@@ -158,6 +173,7 @@ def aws_backend(env: AwsEnv) -> Backend:
         set_vault_attribute,
         vault_item,
         trail_item,
+        index_item,
     )
 
 
@@ -621,6 +637,42 @@ def test_archive_objects_are_written_once_and_index_items_are_plain_overwrites(
     )  # fmt: skip
     archive.put_index(item)
     archive.put_index(item)
+    assert backend.index_item(PV, "t")["s3Key"] == "trips/x/t.json.gz"
+
+
+def test_an_on_time_archive_never_replaces_the_final_one(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On-time (provisional) index items replace none or each other; the final item replaces them and is
+    never replaced by one (a replay of the on-time archive after the final one). An on-time key holding
+    other bytes is a conflict logged at INFO, not alarmed."""
+    archive = backend.stores.archive
+    key = "trips-provisional/x/t/1741183800000.json.gz"
+    archive.put_object(key, b"one", provisional=True)
+    with caplog.at_level("INFO"), pytest.raises(WriteOnceConflict) as conflict:
+        archive.put_object(key, b"two", provisional=True)
+    assert conflict.value.reason == ConflictReason.PROVISIONAL_BYTES
+    if backend.name == "aws":
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("INFO", "archive_conflict")]
+    fields = {
+        "pseudoVin": PV, "tripId": "t", "tripDate": "2025-03-05", "startTime": "2025-03-05T13:00:00.000Z",
+        "durationSeconds": 1800, "breadcrumbCount": 0, "distanceMiles": 0.0, "maxSpeedMph": 0.0,
+        "avgSpeedMph": 0.0, "endReason": "gap", "expiresAt": 1,
+    }  # fmt: skip
+
+    def index(end: str, s3_key: str, provisional: bool) -> TripIndexItem:
+        return TripIndexItem.model_validate(
+            {**fields, "endTime": end, "s3Key": s3_key, "provisional": True if provisional else None}
+        )
+
+    archive.put_index(index("2025-03-05T13:30:00.000Z", key, provisional=True))
+    assert backend.index_item(PV, "t")["provisional"] is True
+    archive.put_index(index("2025-03-05T13:31:00.000Z", key, provisional=True))  # the trip resumed
+    assert backend.index_item(PV, "t")["endTime"] == "2025-03-05T13:31:00.000Z"
+    archive.put_index(index("2025-03-05T13:31:00.000Z", "trips/x/t.json.gz", provisional=False))
+    archive.put_index(index("2025-03-05T13:30:00.000Z", key, provisional=True))  # a replay: refused
+    final = backend.index_item(PV, "t")
+    assert (final["s3Key"], "provisional" in final) == ("trips/x/t.json.gz", False)
 
 
 # --- failure => no checkpoint ---------------------------------------------------------------------------

@@ -249,12 +249,13 @@ class MemoryTripArchive(_Failing):
         self.objects: dict[str, bytes] = {}
         self.index: dict[tuple[str, str], TripIndexItem] = {}
 
-    def put_object(self, key: str, body: bytes) -> None:
+    def put_object(self, key: str, body: bytes, *, provisional: bool = False) -> None:
         self._maybe_fail()
         with self.lock:
             # Write-once, as S3TripArchive: the same bytes again is a no-op, other bytes a conflict.
             if self.objects.setdefault(key, body) != body:
-                raise WriteOnceConflict(key, ConflictReason.DIFFERENT_BYTES)
+                reason = ConflictReason.PROVISIONAL_BYTES if provisional else ConflictReason.DIFFERENT_BYTES
+                raise WriteOnceConflict(key, reason)
 
     def get_object(self, key: str) -> bytes:
         with self.lock:
@@ -263,6 +264,9 @@ class MemoryTripArchive(_Failing):
     def put_index(self, item: TripIndexItem) -> None:
         self._maybe_fail()
         with self.lock:
+            stored = self.index.get((item.pseudoVin, item.tripId))
+            if item.provisional and stored is not None and not stored.provisional:
+                return  # as S3TripArchive: an on-time item never replaces the final one
             self.index[(item.pseudoVin, item.tripId)] = item
 
 

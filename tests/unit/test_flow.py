@@ -416,9 +416,13 @@ def test_a_record_received_while_the_completing_record_settles_is_in_the_archive
     processor, checkpointer = processor_on(stores), Checkpointer()
     with caplog.at_level(logging.INFO):
         deliver(processor, [*drive, late], checkpointer)
-        assert not stores.archive.index  # the completing record is still settling
+        # The completing record is still settling: the live view's on-time archive only, the item no
+        # longer showing the trip.
+        ((pv, trip_id),) = stores.archive.index
+        assert stores.archive.index[(pv, trip_id)].provisional
+        assert stores.trips.items[pv].status == "IDLE"
         deliver(processor, [], checkpointer)
-    ((pv, trip_id),) = stores.archive.index
+    assert not stores.archive.index[(pv, trip_id)].provisional  # the final archive replaced it
     assert not [r for r in caplog.records if r.getMessage() == "late_after_archive"]
     documents = [r.emf for r in caplog.records if hasattr(r, "emf")]
     assert sum(d["LateAfterArchive"] for d in documents) == 0
