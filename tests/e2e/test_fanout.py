@@ -30,6 +30,7 @@ from processors.pseudonymize import Pseudonymizer
 from processors.vehicle_state import named_item
 from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv, fresh_env
+from tests.support.iam import WORKER_FANOUT_POLICY, policy_actions
 from tests.support.oracle import latest_by_vin, leaked, vins_in
 from worker.leases import lease_checkpoints
 from worker.replay import ReplayStats, read_fixture, replay
@@ -58,15 +59,15 @@ class FanoutRun:
     local_aws_calls: Counter[tuple[str, str]]
     """Requests the embedded local AWS served during the run: DynamoDB and the rest, never Kinesis."""
     kinesis_calls: list[KinesisCall]
-    """The requests kinesis-local served while ``worker run`` ran (its drain's reads first, then the
-    daemon's), in order."""
+    """The requests kinesis-local served while ``worker run --drain`` ran, in order: the launcher's
+    drain reads each shard to its end (ListShards, GetShardIterator, GetRecords), then the daemon starts."""
 
-    def operations(self, since: str | None = None) -> Counter[str]:
-        """Kinesis operations served, from the first request of operation ``since`` on."""
-        calls = self.kinesis_calls
-        if since is not None:
-            calls = calls[next(i for i, call in enumerate(calls) if call.operation == since) :]
-        return Counter(call.operation for call in calls)
+    def daemon_operations(self) -> Counter[str]:
+        """The daemon's Kinesis operations: those after the launcher's drain read each shard to its end
+        (its last GetRecords before the first subscription)."""
+        first = next(i for i, call in enumerate(self.kinesis_calls) if call.operation == "SubscribeToShard")
+        drain = [i for i, call in enumerate(self.kinesis_calls[:first]) if call.operation == "GetRecords"]
+        return Counter(call.operation for call in self.kinesis_calls[drain[-1] + 1 :])
 
 
 def run_daemon(env: AwsEnv, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -153,14 +154,23 @@ def test_records_arrive_by_subscription_to_the_stacks_consumer_only(fanout_run: 
     assert {call.consumer_arn for call in subscribed} == {fanout_run.consumer_arn}
     # Given the ARN, the KCL neither looked the consumer up nor registered one (the task role may only
     # SubscribeToShard on it), and once subscribed it never polled.
-    daemon = fanout_run.operations(since="SubscribeToShard")
-    assert set(daemon) <= {"SubscribeToShard", "ListShards", "DescribeStreamSummary"}, daemon
-    assert not {"RegisterStreamConsumer", "DescribeStreamConsumer"} & set(fanout_run.operations())
+    daemon = fanout_run.daemon_operations()
+    assert set(daemon) == {"SubscribeToShard", "ListShards"}, daemon
     assert fanout_run.consumers == [CONSUMER]
     # Kinesis was never asked of the local AWS (moto, which has no SubscribeToShard): the KCL's and the
     # launcher's Kinesis calls all went to kinesis-local.
     assert not [op for (service, op) in fanout_run.local_aws_calls if service == "kinesis"]
     assert fanout_run.local_aws_calls[("dynamodb", "UpdateItem")] > 0
+
+
+def test_the_stack_s_fanout_role_grants_exactly_the_kinesis_actions_the_daemon_called(
+    fanout_run: FanoutRun,
+) -> None:
+    """The stack's worker task role (WorkerRetrievalMode=FANOUT) against what KCL 3.1.3 asked of Kinesis
+    once it subscribed; the rest of the role is the polling one's, checked by tests/e2e/test_e2e.py."""
+    called = {f"kinesis:{op}" for op in fanout_run.daemon_operations()}
+    granted = {a for a in policy_actions(WORKER_FANOUT_POLICY) if a.startswith("kinesis:")}
+    assert called == granted == {"kinesis:ListShards", "kinesis:SubscribeToShard"}
 
 
 def test_vehicle_state_holds_each_vehicles_latest_values(fanout_run: FanoutRun) -> None:
