@@ -4,11 +4,13 @@ The embedded local AWS (``devtools.local_aws``, moto) serves Kinesis to the poll
 ``SubscribeToShard`` event stream, so the fan-out daemon reads from this one instead, with DynamoDB, S3
 and the rest still the local AWS's (``AWS_ENDPOINT_URL_KINESIS`` beside ``AWS_ENDPOINT_URL``).
 
-What it takes to run it, found by running it:
-- the KCL's Kinesis client speaks HTTP/2 without ALPN, so only the plain port works (h2c, prior
-  knowledge); the TLS port needs ALPN. The TLS listener still starts, and the process only starts with
-  ``KINESIS_MOCK_CERT_PATH`` pointing at the certificate bundled in the package (``server.json``);
-- it ignores SIGTERM and SIGINT while serving: it is stopped with SIGKILL.
+What it takes to run it:
+- the plain port (h2c, HTTP/2 with prior knowledge): its TLS port needs ALPN, which the KCL's Kinesis
+  client does not send (issue 23's finding);
+- ``KINESIS_MOCK_CERT_PATH`` pointing at the certificate bundled in the package (``server.json``): the
+  TLS listener always starts, and otherwise looks for it in the working directory and exits;
+- SIGTERM stops an idle one, but not one with a ``SubscribeToShard`` connection open (still running 15 s
+  after it, here): it is stopped with SIGKILL.
 
 The package is pinned in ``devtools/node/package-lock.json``; ``make`` installs it (``npm ci``).
 """
@@ -89,7 +91,7 @@ class KinesisLocal:
     def stop(self) -> None:
         if self._process is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGKILL)  # it ignores SIGTERM
+                os.killpg(self._process.pid, signal.SIGKILL)  # SIGTERM does not stop it mid-subscription
             self._process.wait(10)
             self._process = None
         if self._log is not None:
