@@ -7,8 +7,8 @@ daemon is given its ARN. One daemon run; each test checks one aspect of it.
 
 What this cannot show (docs/deploying.md says so too): TLS (the KCL's client needs the mock's plain
 port), ``ChildShards`` at a shard's end (the mock never sends them: a split under FANOUT is untested),
-throttling and the 2 MB/s a subscription gets, and the re-subscription every 5 minutes (a subscription
-lasts 5 minutes on the mock as on AWS; this run is shorter).
+throttling and the 2 MB/s a subscription gets. The re-subscription every 5 minutes is longer than this
+run: ``test_fanout_resubscription.py`` shows it, on demand.
 """
 
 from __future__ import annotations
