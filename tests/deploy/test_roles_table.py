@@ -58,8 +58,12 @@ IN_THE_CLUSTER = {"ecs:cluster": STACK.arns["Cluster"]}
 TO_ECS = {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
 OBJECT = "2025/01/01/x.json.gz"
 
+CONSUMER = STACK.outputs["StreamConsumerArn"]
+
 TERMS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "stream": [(STREAM, {})],
+    "the stack's consumer": [(CONSUMER, {})],
+    "another consumer": [(f"{STREAM}/consumer/analytics:1700000001", {})],
     "lease table": [(table_arn("KclLeaseTable"), {})],
     "KCL coordinator and worker tables": [
         (table_arn("KclCoordinatorStateTable"), {}),

@@ -452,6 +452,9 @@ def test_bootstrap_keeps_an_operators_lifecycle_rule(aws_env: AwsEnv) -> None:
 
 STACK_PARAMETERS = {
     "DeployCompute": "false",
+    # moto's CloudFormation has no AWS::Kinesis::StreamConsumer, nor moto a SubscribeToShard: the worker
+    # run against this stack polls (tests/e2e/test_fanout.py runs the fan-out daemon, on kinesis-local).
+    "WorkerRetrievalMode": "POLLING",
     "ApplicationName": "stack-test",
     "StreamName": "stack-telemetry",
     "TablePrefix": "stack-",
