@@ -12,6 +12,14 @@ neither buffer holds one back. Both are ``processors.ports.WriteBuffer``s, like 
   (``processors.vehicle_state`` semantics), written once its deadline comes: the first record's arrival
   + B if that is still ahead when it is received, else its receipt + B (a backlog coalesces across
   batches), and never sooner than B after the vehicle's previous write (at most one write per B).
+  That holds for an update that changes a value. One that only moves ``ts`` (liveness: a parked
+  vehicle repeating itself; every register it touches already holds that value, or a newer one, in what
+  this buffer last wrote) is due ``liveness_ms`` after the receipt of its first record instead, or at the
+  checkpoint flush, whichever comes first (so at most one write per vehicle per ``liveness_ms`` and per
+  checkpoint interval, never two within one); it is still coalesced with every record received, so when a
+  change makes it due, ``ts`` goes with it. The buffer knows only what it wrote itself (no read per
+  record): after a restart each vehicle's first update counts as a change, one write per vehicle.
+  An update made only of late records the buffer knows to be written already is dropped, not written.
 - ``TrailBuffer``: per (pseudoVin, bucket), the pending bucket merges combined into one; due when the
   vehicle's newest event time passes the bucket's end, or ``max_delay`` after its first pending merge.
 """
@@ -31,7 +39,7 @@ from processors.trail import (
     join_value,
     slot_of,
 )
-from processors.vehicle_state import StateUpdate
+from processors.vehicle_state import Observation, StateUpdate, unchanged
 from schemas.records import KinesisRecord, VehicleReading
 
 
@@ -44,44 +52,86 @@ class PendingState:
     readings: list[tuple[VehicleReading, KinesisRecord]] = field(default_factory=list)
     """The records it covers: the store may refuse the update as invalid, then they are applied one by
     one and the refused ones dead-lettered."""
+    changed: bool = True
+    """Some record of it moves a value this buffer has not written yet (due within B); else it only moves
+    ``ts`` and the unchanged registers' times (liveness, due ``liveness_ms`` after its first record's
+    receipt, or at the checkpoint flush)."""
+
+
+@dataclass(slots=True)
+class _Written:
+    """What this buffer last wrote for one vehicle: when, and the newest observation of each signal and
+    ``ts`` it has written (the store holds these or newer: every register only moves forward)."""
+
+    at_ms: int
+    timestamp_ms: int
+    signals: dict[str, Observation]
 
 
 class VehicleStateBuffer:
     """Coalesced ``vehicle-state`` updates per vehicle, each with its deadline (see the module docstring).
     Not thread-safe: the record processor's thread only."""
 
-    def __init__(self, max_delay_ms: int, lead_ms: int = 0) -> None:
+    def __init__(self, max_delay_ms: int, lead_ms: int = 0, liveness_ms: int = 0) -> None:
         self.max_delay_ms = max_delay_ms
         self.lead_ms = lead_ms
         """How long before its deadline a write is taken (the next poll may be that far away)."""
+        self.liveness_ms = liveness_ms
+        """How long an update that changes no value may wait after the vehicle's last write (0: every
+        update is a change, due within B)."""
         self._pending: dict[str, PendingState] = {}
-        self._written_at: dict[str, int] = {}
+        self._written: dict[str, _Written] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def add(self, reading: VehicleReading, record: KinesisRecord, now_ms: int) -> None:
-        pending = self._pending.get(reading.pseudo_vin)
+        pseudo_vin = reading.pseudo_vin
+        pending = self._pending.get(pseudo_vin)
         if pending is None:
-            budget = self.max_delay_ms
-            first = reading.position.arrival_ms + budget
-            deadline = first if first > now_ms else now_ms + budget
-            pending = self._pending[reading.pseudo_vin] = PendingState(
-                StateUpdate(reading.pseudo_vin, reading.event_time_ms), deadline
+            pending = self._pending[pseudo_vin] = PendingState(
+                StateUpdate(pseudo_vin, reading.event_time_ms), 0, changed=False
             )
         pending.update.absorb(reading)
         pending.readings.append((reading, record))
+        if pending.changed:
+            return
+        written = self._written.get(pseudo_vin)
+        if written is None or self._changes(pending.update, reading, written):
+            pending.changed = True
+            first = reading.position.arrival_ms + self.max_delay_ms
+            pending.deadline_ms = first if first > now_ms else now_ms + self.max_delay_ms
+        elif not pending.deadline_ms:
+            # From the receipt of the first record waiting for it, with no lead (liveness needs no landing
+            # time): after a checkpoint's flush the next record comes a poll later at least, so with a
+            # liveness interval no shorter than the checkpoint interval the checkpoint writes it first, and
+            # a parked vehicle costs one write per checkpoint interval, not two.
+            pending.deadline_ms = now_ms + self.liveness_ms
+
+    def _changes(self, update: StateUpdate, reading: VehicleReading, written: _Written) -> bool:
+        """Whether absorbing ``reading`` left ``update`` holding a value the vehicle's last writes did not:
+        only the reading's signals can have moved."""
+        if not self.liveness_ms:
+            return True
+        known = written.signals
+        for name in reading.signals:
+            held = known.get(name)
+            if held is None or not unchanged(update.signals[name], held):
+                return True
+        return False
 
     def due(self, now_ms: int, *, everything: bool) -> list[PendingState]:
         """The updates to write now: everything pending, or those whose deadline is within the lead and
         whose vehicle's previous write was at least B ago."""
         if everything:
             return self._take(list(self._pending), now_ms)
+        written = self._written
+        lead = self.lead_ms
         due = [
             pv
             for pv, pending in self._pending.items()
-            if now_ms >= pending.deadline_ms - self.lead_ms
-            and now_ms >= self._written_at.get(pv, now_ms - self.max_delay_ms) + self.max_delay_ms
+            if now_ms >= pending.deadline_ms - (lead if pending.changed else 0)
+            and (pv not in written or now_ms >= written[pv].at_ms + self.max_delay_ms)
         ]
         return self._take(due, now_ms)
 
@@ -91,9 +141,33 @@ class VehicleStateBuffer:
     def _take(self, pseudo_vins: Iterable[str], now_ms: int) -> list[PendingState]:
         taken = []
         for pseudo_vin in pseudo_vins:
-            taken.append(self._pending.pop(pseudo_vin))
-            self._written_at[pseudo_vin] = now_ms
+            pending = self._pending.pop(pseudo_vin)
+            written = self._written.get(pseudo_vin)
+            if written is not None and not pending.changed and _covered(pending.update, written):
+                continue  # late records only: the store holds all of it already, a write would change nothing
+            taken.append(pending)
+            self._remember(pending.update, written, now_ms)
         return taken
+
+    def _remember(self, update: StateUpdate, written: _Written | None, now_ms: int) -> None:
+        if written is None:
+            self._written[update.pseudo_vin] = _Written(now_ms, update.timestamp_ms, dict(update.signals))
+            return
+        written.at_ms = now_ms
+        written.timestamp_ms = max(written.timestamp_ms, update.timestamp_ms)
+        known = written.signals
+        for name, observation in update.signals.items():
+            held = known.get(name)
+            if held is None or observation.beats(held):
+                known[name] = observation
+
+
+def _covered(update: StateUpdate, written: _Written) -> bool:
+    """Nothing of ``update`` is newer than what was written: no later ``ts``, no register it would move."""
+    if update.timestamp_ms > written.timestamp_ms:
+        return False
+    known = written.signals
+    return all(name in known and not obs.beats(known[name]) for name, obs in update.signals.items())
 
 
 @dataclass(slots=True)
