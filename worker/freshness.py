@@ -21,7 +21,10 @@ neither buffer holds one back. Both are ``processors.ports.WriteBuffer``s, like 
   record): after a restart each vehicle's first update counts as a change, one write per vehicle.
   An update made only of late records the buffer knows to be written already is dropped, not written.
 - ``TrailBuffer``: per (pseudoVin, bucket), the pending bucket merges combined into one; due when the
-  vehicle's newest event time passes the bucket's end, or ``max_delay`` after its first pending merge.
+  vehicle's newest event time passes the bucket's end, or ``max_delay`` after its first pending merge. A
+  bucket's span follows the vehicle's reporting interval (15 s at 1 Hz, 75 s at one record per 5 s, 450 s
+  at one per 30 s: ``processors.trail.span_for``), so a slow reporter's bucket holds as many crumbs as a
+  1 Hz vehicle's and a catch-up writes it once.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from processors.trail import (
     encode,
     join_value,
     slot_of,
+    span_for,
 )
 from processors.vehicle_state import Observation, StateUpdate, unchanged
 from schemas.records import KinesisRecord, VehicleReading
@@ -178,6 +182,8 @@ class _PendingMerge:
     pseudo_vin: str
     bucket: int
     first_ms: int
+    end_ms: int
+    """Event time at which the bucket is complete (its start + the widest span a crumb of it went in with)."""
     slots: dict[str, str] = field(default_factory=dict)
     expires_at: int = 0
 
@@ -185,16 +191,50 @@ class _PendingMerge:
         return BucketMerge(self.pseudo_vin, self.bucket, self.slots, self.expires_at)
 
 
+GAPS = 3
+"""In-order gaps a vehicle's reporting interval is the smallest of: a bucket wider than 15 s needs this
+many, so one silence (a parked hour, a restart) never widens a 1 Hz vehicle's buckets."""
+
+
 class TrailBuffer:
     """Pending trail bucket merges, one per (pseudoVin, bucket): each accepted record's crumb joined in
-    (``processors.trail.join_value`` per slot, expiry max: what ``pack`` computes). Not thread-safe."""
+    (``processors.trail.join_value`` per slot, expiry max: what ``pack`` computes). Each vehicle's crumbs go
+    into buckets of the span its reporting interval calls for (``processors.trail.span_for``: the smallest
+    of its last ``GAPS`` in-order event-time gaps; ``bucket_seconds`` until it has seen that many, and
+    always when ``adaptive`` is off). Not thread-safe."""
 
-    def __init__(self, bucket_seconds: int, max_delay_ms: int, lead_ms: int = 0) -> None:
-        self._bucket_ms = bucket_seconds * 1000
+    def __init__(
+        self, bucket_seconds: int, max_delay_ms: int, lead_ms: int = 0, *, adaptive: bool = True
+    ) -> None:
+        self._bucket_s = bucket_seconds
         self.max_delay_ms = max_delay_ms
         self.lead_ms = lead_ms
+        self.adaptive = adaptive
         self._pending: dict[tuple[str, int], _PendingMerge] = {}
         self._newest_t: dict[str, int] = {}
+        self._gaps: dict[str, list[int]] = {}
+
+    def span_of(self, pseudo_vin: str) -> int:
+        """The bucket span (s) this vehicle's next crumb goes into."""
+        gaps = self._gaps.get(pseudo_vin)
+        if not self.adaptive or gaps is None or len(gaps) < GAPS:
+            return self._bucket_s
+        return max(self._bucket_s, span_for(min(gaps)))
+
+    def _observe(self, pseudo_vin: str, t: int) -> bool:
+        """Note the vehicle's interval; whether ``t`` is late (before its newest event time)."""
+        newest = self._newest_t.get(pseudo_vin)
+        if newest is None:
+            self._newest_t[pseudo_vin] = t
+            return False
+        if t <= newest:
+            return t < newest  # a late or repeated record says nothing of the interval
+        self._newest_t[pseudo_vin] = t
+        gaps = self._gaps.setdefault(pseudo_vin, [])
+        gaps.append(t - newest)
+        if len(gaps) > GAPS:
+            del gaps[0]
+        return False
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -203,15 +243,21 @@ class TrailBuffer:
         """The record's crumb (every accepted record with a trail field is one, whatever the trip machine
         makes of it); its event time completes the vehicle's buckets that end by then."""
         pseudo_vin, t = reading.pseudo_vin, reading.event_time_ms
-        self._newest_t[pseudo_vin] = max(self._newest_t.get(pseudo_vin, t), t)
+        late = self._observe(pseudo_vin, t)
         crumb = crumb_of(reading)
         if crumb is None:
             return
-        bucket = bucket_of(crumb.t_ms)
+        # A late record goes into a 15 s bucket: a resent burst of a unit now reporting every 30 s may be
+        # 1 Hz, and must not fill a 450 s item (a wide bucket only takes records spaced as its span expects).
+        span = self._bucket_s if late else self.span_of(pseudo_vin)
+        bucket = bucket_of(crumb.t_ms, span)
+        end_ms = (bucket + span) * 1000
         pending = self._pending.get((pseudo_vin, bucket))
         if pending is None:
-            pending = self._pending[(pseudo_vin, bucket)] = _PendingMerge(pseudo_vin, bucket, now_ms)
-        name, value = slot_of(crumb.t_ms), encode(crumb)
+            pending = self._pending[(pseudo_vin, bucket)] = _PendingMerge(pseudo_vin, bucket, now_ms, end_ms)
+        elif end_ms > pending.end_ms:
+            pending.end_ms = end_ms  # the same start at a wider span: complete at the wider end
+        name, value = slot_of(crumb.t_ms, bucket), encode(crumb)
         held = pending.slots.get(name)
         pending.slots[name] = value if held is None else join_value(held, value)
         pending.expires_at = max(pending.expires_at, crumb.arrival_s + TRAIL_TTL_SECONDS)
@@ -226,7 +272,7 @@ class TrailBuffer:
         due = [
             key
             for key, pending in self._pending.items()
-            if self._newest_t.get(key[0], 0) >= key[1] * 1000 + self._bucket_ms
+            if self._newest_t.get(key[0], 0) >= pending.end_ms
             or now_ms >= pending.first_ms + self.max_delay_ms - self.lead_ms
         ]
         return [self._pending.pop(key).merge() for key in due]

@@ -280,3 +280,68 @@ def test_a_record_newer_than_a_pending_liveness_update_with_another_value_is_a_c
     buffer.add(*record("v", 3, 31_000, speed=12.0), now_ms=31_030)  # newer, another value: a change
     (due,) = buffer.due(32_800 - 350, everything=False)
     assert due.update.signals["vehicleSpeed"].value == 12.0
+
+
+# --- trail bucket spans: slow reporters -------------------------------------------------------------------
+
+
+def reporting(pseudo_vin: str, every_ms: int, count: int, start_ms: int = 1_800_000_000_000) -> list[int]:
+    return [start_ms + i * every_ms for i in range(count)]
+
+
+def backlog_merges(trail: TrailBuffer, pseudo_vin: str, times: list[int]) -> list[BucketMerge]:
+    """A backlog: every record received at once, what is due written as a catch-up writes it."""
+    merges: list[BucketMerge] = []
+    for i, t in enumerate(times):
+        trail.add(*located(pseudo_vin, t, 39.7 + i / 1e4), now_ms=0)
+        merges += trail.due(now_ms=0, everything=False)
+    return merges + trail.due(now_ms=0, everything=True)
+
+
+@pytest.mark.parametrize(("every_s", "span_s"), [(1, 15), (2, 30), (5, 75), (10, 150), (30, 450), (120, 450)])
+def test_a_vehicle_s_buckets_span_about_16_of_its_records(every_s: int, span_s: int) -> None:
+    trail = TrailBuffer(bucket_seconds=15, max_delay_ms=15_000)
+    times = reporting("v", every_s * 1000 - 7, 4 * span_s // every_s + 4)  # a clock a little fast
+    merges = backlog_merges(trail, "v", times)
+    assert trail.span_of("v") == span_s
+    wide = [m for m in merges if m.bucket % span_s == 0 and m.bucket >= times[3] // 1000]
+    assert all(len(m.slots) <= 16 for m in merges)
+    # After the first GAPS in-order gaps, one write per full bucket, not one per 15 s of event time.
+    assert len(merges) <= 4 + len(times) * every_s // span_s + 1 and wide
+    assert sum(len(m.slots) for m in merges) == len(times)
+
+
+def test_a_1_hz_vehicle_back_from_a_silence_keeps_15_s_buckets() -> None:
+    trail = TrailBuffer(bucket_seconds=15, max_delay_ms=15_000)
+    times = reporting("v", 1000, 10) + reporting("v", 1000, 40, start_ms=1_800_000_000_000 + 3_600_000)
+    merges = backlog_merges(trail, "v", times)
+    assert trail.span_of("v") == 15 and all(m.bucket % 15 == 0 and len(m.slots) <= 15 for m in merges)
+
+
+def test_a_slow_reporter_starts_at_15_s_and_late_records_neither_move_nor_fill_its_wide_buckets() -> None:
+    trail = TrailBuffer(bucket_seconds=15, max_delay_ms=15_000)
+    start = 1_800_000_000_000
+    trail.add(*located("v", start, 39.7), now_ms=0)
+    trail.add(*located("v", start + 30_000, 39.7), now_ms=0)
+    assert trail.span_of("v") == 15  # one gap: not enough to widen
+    for i in range(2, 4):
+        trail.add(*located("v", start + i * 30_000, 39.7), now_ms=0)
+    assert trail.span_of("v") == 450
+    burst = [start + 30_000 + i * 1000 for i in range(1, 30)]  # a resent 1 Hz buffer, late: not gaps
+    for t in burst:
+        trail.add(*located("v", t, 39.7), now_ms=0)
+    assert trail.span_of("v") == 450
+    resent = {m.bucket: sorted(m.slots, key=int) for m in trail.of_vehicles({"v"})}
+    # The wide bucket (its key is also the first 15 s bucket's) holds the record at 0 s and the in-order
+    # one at 90 s; the burst lies in 15 s buckets of its own.
+    assert resent.pop(start // 1000) == ["0", "9000"]
+    assert sorted(resent) == [start // 1000 + s for s in (30, 45, 60)]
+    assert sum(map(len, resent.values())) == len(burst) + 2  # and the records at 30 s and 60 s
+    trail.add(*located("v", start + 91_000, 39.7), now_ms=0)  # it speeds up: narrower at once
+    assert trail.span_of("v") == 15
+
+
+def test_fixed_buckets_when_not_adaptive() -> None:
+    trail = TrailBuffer(bucket_seconds=15, max_delay_ms=15_000, adaptive=False)
+    merges = backlog_merges(trail, "v", reporting("v", 30_000, 20))
+    assert trail.span_of("v") == 15 and len(merges) == 20
