@@ -22,6 +22,12 @@ TARGETS: dict[str, tuple[str, float]] = {
     "live_write_units_tesla": ("<=", 0.8),
     "live_p99_s_native": ("<=", 2.0),
     "live_p99_s_tesla": ("<=", 2.0),
+    # issue 23: slow reporters' catch-up (bench.replay.slow_reporters), parked records live (bench.e2e.phases)
+    "catch_up_write_units_5s_native": ("<=", 0.25),
+    "catch_up_write_units_5s_tesla": ("<=", 0.25),
+    "catch_up_write_units_30s_native": ("<=", 0.25),
+    "catch_up_write_units_30s_tesla": ("<=", 0.25),
+    "live_parked_vehicle_state_units_native": ("<=", 0.02),
     # issue 21, the trips scenario (bench/trips.py) at the shipped defaults
     "trip_start_p99_s": ("<=", 3.0),
     "trip_stop_p99_s": ("<=", 3.0),
@@ -74,6 +80,14 @@ def reached(results: dict[str, Any]) -> dict[str, float | None]:
         )
         out[f"live_write_units_{workload}"] = _get(live, workload, "ours", "per_record", "write_units")
         out[f"live_p99_s_{workload}"] = _get(live, workload, "ours", "lag_p99_s")
+    for cadence in ("5s", "30s"):
+        for workload in ("native", "tesla"):
+            out[f"catch_up_write_units_{cadence}_{workload}"] = _get(
+                results, "catch_up_cadence", cadence, workload, "per_record", "write_units"
+            )
+    out["live_parked_vehicle_state_units_native"] = _get(
+        results, "live_phase", "parked", "native", "per_record", "write_units_by_table", "vehicle-state"
+    )
     out.update(trip_reached(results.get("trips")))
     return out
 
