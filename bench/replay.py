@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
     parser.add_argument("--live", action="store_true", help="also the live parked and driving fleets")
     parser.add_argument("--live-vehicles", type=int, default=20)
-    parser.add_argument("--live-seconds", type=float, default=45)
+    parser.add_argument("--live-seconds", type=float, default=120, help="at least e2e.PHASE_SECONDS")
     parser.add_argument("--output", type=str, default=None, help="write the figures here (JSON)")
     args = parser.parse_args(argv)
 
