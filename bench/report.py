@@ -22,12 +22,6 @@ TARGETS: dict[str, tuple[str, float]] = {
     "live_write_units_tesla": ("<=", 0.8),
     "live_p99_s_native": ("<=", 2.0),
     "live_p99_s_tesla": ("<=", 2.0),
-    # issue 23: slow reporters' catch-up (bench.replay.slow_reporters), parked records live (bench.e2e.phases)
-    "catch_up_write_units_5s_native": ("<=", 0.25),
-    "catch_up_write_units_5s_tesla": ("<=", 0.25),
-    "catch_up_write_units_30s_native": ("<=", 0.25),
-    "catch_up_write_units_30s_tesla": ("<=", 0.25),
-    "live_parked_vehicle_state_units_native": ("<=", 0.02),
     # issue 21, the trips scenario (bench/trips.py) at the shipped defaults
     "trip_start_p99_s": ("<=", 3.0),
     "trip_stop_p99_s": ("<=", 3.0),
@@ -38,6 +32,11 @@ TARGETS: dict[str, tuple[str, float]] = {
     "trip_archive_p99_s": ("<=", 330.0),
 }
 TRIP_TARGETS = tuple(name for name in TARGETS if name.startswith("trip_"))
+SLOW_CATCH_UP_UNITS = 0.25
+"""Issue 23: catch-up write units per record of units reporting every 5 s and every 30 s (``cost_lines``;
+not in ``TARGETS``, which the committed ``latest.json`` of the last full run carries)."""
+PARKED_STATE_UNITS = 0.02
+"""Issue 23: live ``vehicle-state`` write units per parked record that repeats every value."""
 COLUMNS = (("ours", "native"), ("ours", "tesla"), ("naive", "native"))
 
 
@@ -80,14 +79,6 @@ def reached(results: dict[str, Any]) -> dict[str, float | None]:
         )
         out[f"live_write_units_{workload}"] = _get(live, workload, "ours", "per_record", "write_units")
         out[f"live_p99_s_{workload}"] = _get(live, workload, "ours", "lag_p99_s")
-    for cadence in ("5s", "30s"):
-        for workload in ("native", "tesla"):
-            out[f"catch_up_write_units_{cadence}_{workload}"] = _get(
-                results, "catch_up_cadence", cadence, workload, "per_record", "write_units"
-            )
-    out["live_parked_vehicle_state_units_native"] = _get(
-        results, "live_phase", "parked", "native", "per_record", "write_units_by_table", "vehicle-state"
-    )
     out.update(trip_reached(results.get("trips")))
     return out
 
@@ -299,7 +290,8 @@ def cost_lines(results: dict[str, Any]) -> list[str]:
                 target = (
                     ""
                     if cadence == "1s"
-                    else f"  {'met' if per['write_units'] <= 0.25 else 'MISSED'} (<= 0.25)"
+                    else f"  {'met' if per['write_units'] <= SLOW_CATCH_UP_UNITS else 'MISSED'}"
+                    f" (<= {SLOW_CATCH_UP_UNITS:g})"
                 )
                 lines.append(f"  {cadence:>3} {workload:<6} {per['write_units']:.3f}  ({tables}){target}")
     phases = results.get("live_phase") or {}
@@ -313,8 +305,19 @@ def cost_lines(results: dict[str, Any]) -> list[str]:
                 tables = ", ".join(
                     f"{name} {units:.3f}" for name, units in sorted(per["write_units_by_table"].items())
                 )
-                lag = f"p99 {_lag(run['lag_p99_s'])} over the {run['changing_share']:.0%} that change a value"
-                lines.append(f"  {phase:<7} {workload:<6} {per['write_units']:.3f}  ({tables}); {lag}")
+                lag = (
+                    f"p99 {_lag(run['lag_p99_s'])} over the {run['changing_share']:.0%} that change a value"
+                    if run["changing_share"]
+                    else "no record changes a value (liveness only)"
+                )
+                state = per["write_units_by_table"].get("vehicle-state", 0.0)
+                verdict = "met" if state <= PARKED_STATE_UNITS else "MISSED"
+                target = (
+                    "" if run["changing_share"] else f"; vehicle-state {verdict} (<= {PARKED_STATE_UNITS:g})"
+                )
+                lines.append(
+                    f"  {phase:<7} {workload:<6} {per['write_units']:.3f}  ({tables}); {lag}{target}"
+                )
     return lines
 
 
