@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         "after its arrival in the stream (or its receipt + B when received later), at most one write per "
         "vehicle per B.",
     )
+    liveness_seconds: int = Field(
+        60,
+        ge=0,
+        description="A record that changes no `vehicle-state` value, only moves its `ts` (a parked vehicle "
+        "repeating itself), is written at most this often per vehicle, and at the checkpoint flush; a "
+        "changed value is written within B and takes `ts` with it. `0`: every record within B.",
+    )
     state_write_margin_ms: int = Field(
         100,
         ge=0,

@@ -349,6 +349,31 @@ def test_merges_of_one_bucket_by_two_writers_in_any_order_leave_the_same_item(ba
     assert bucket_of(T0 + 17 * 700) == BUCKET
 
 
+def merge_in(span_s: int, crumbs: list[Crumb]) -> BucketMerge:
+    """``crumbs`` as one writer packs them into a bucket of ``span_s`` (the TrailBuffer's choice for a slow
+    reporter): the bucket's start as key, each slot relative to it."""
+    bucket = bucket_of(crumbs[0].t_ms, span_s)
+    assert all(bucket_of(c.t_ms, span_s) == bucket for c in crumbs)
+    slots = {slot_of(c.t_ms, bucket): encode(c) for c in crumbs}
+    return BucketMerge(PV, bucket, slots, max(c.arrival_s for c in crumbs) + 86_400)
+
+
+def test_a_reader_finds_every_crumb_whatever_span_its_bucket_has(backend: Backend) -> None:
+    # A 30 s reporter's 450 s bucket, a 5 s reporter's 75 s one, and a restarted writer's 15 s bucket that
+    # holds a record the 450 s one holds too: the reader needs no span, and sees that record once.
+    start = bucket_of(T0, 450) * 1000
+    wide = [crumb(start + i * 30_000 + 5, start + i * 30_000 + 1_000) for i in range(15)]
+    mid = [crumb(start + 450_000 + i * 5_000, start + 451_000 + i * 5_000) for i in range(15)]
+    again = [wide[-1], crumb(wide[-1].t_ms + 1_000, wide[-1].t_ms + 2_000)]
+    trail = backend.stores.trail
+    trail.merge([merge_in(450, wide), merge_in(75, mid), merge_in(15, again)])
+    everything = trail.read(PV, start, start + 525_000)
+    assert everything == sorted([*wide, *mid, again[1]], key=lambda c: (c.t_ms, encode(c)))
+    # A range starting late in the 450 s bucket still reads it (the query reaches back a full span).
+    assert trail.read(PV, wide[-2].t_ms, wide[-1].t_ms) == wide[-2:]
+    assert trail.read(PV, mid[3].t_ms, mid[3].t_ms) == [mid[3]]
+
+
 def record(t: int, arrival: int, **signals: Any) -> Crumb:
     made = crumb_of(VehicleReading(PV, t, signals, StreamPosition(SHARD, "1", 0, arrival)))
     assert made is not None

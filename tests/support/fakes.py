@@ -19,7 +19,7 @@ from processors.frontier import ShardProgress
 from processors.ports import Stores
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, is_vehicle
 from processors.signals import format_time
-from processors.trail import BucketMerge, Crumb, bucket_of, decode_item, encode
+from processors.trail import BucketMerge, Crumb, bucket_range, decode_item, one_per_slot
 from processors.trail import outstanding as trail_outstanding
 from processors.trip_items import earliest_start, item_from_mark
 from processors.vehicle_state import StateUpdate, outstanding, stored_value
@@ -125,11 +125,10 @@ class MemoryTrail(_Failing):
         return len(merges)
 
     def read(self, pseudo_vin: str, from_ms: int, to_ms: int) -> list[Crumb]:
-        low, high = bucket_of(from_ms), bucket_of(to_ms)
+        low, high = bucket_range(from_ms, to_ms)
         with self.lock:
             items = [dict(i) for (pv, b), i in self.items.items() if pv == pseudo_vin and low <= b <= high]
-        crumbs = [c for item in items for c in decode_item(item) if from_ms <= c.t_ms <= to_ms]
-        return sorted(crumbs, key=lambda c: (c.t_ms, encode(c)))
+        return one_per_slot(c for item in items for c in decode_item(item) if from_ms <= c.t_ms <= to_ms)
 
 
 NESTING_MAX_LEVELS = 32
