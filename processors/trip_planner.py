@@ -192,6 +192,8 @@ class TripPlanner:
         """Live trips renamed by a late earlier record; the caller takes and reports them."""
         self._previous: StreamPosition | None = None
         """The position of the last record that went by (``add``, ``passed``)."""
+        self._now_ms: int | None = None
+        """The wall clock of the newest ``add`` (None: not known, taken as live)."""
 
     def unknown(self, pseudo_vins: Iterable[str]) -> list[str]:
         return [pv for pv in pseudo_vins if pv not in self._vehicles]
@@ -207,6 +209,7 @@ class TripPlanner:
 
     def add(self, reading: VehicleReading, record: KinesisRecord, now_ms: int) -> None:
         """``WriteBuffer.add``: the record (its vehicle adopted), in stream order."""
+        self._now_ms = now_ms
         self.receive(reading.pseudo_vin, step_of(reading, record.data), record.position, self._previous)
         self._previous = record.position
 
@@ -266,6 +269,10 @@ class TripPlanner:
         for done in completed:
             if trip is None or trip.trip_id != done.trip_id:
                 continue  # the exact machine completed it already: its archive is the final one
+            if self._now_ms is not None and self._now_ms - done.completion_ms > self.lateness_ms:
+                # Catching up (R is more than L ago): reading L more of the stream takes less than L, so
+                # the final archive comes sooner than the on-time one would be of use; it would only cost.
+                continue
             span = (done.start_time_ms, done.end_time_ms)
             if vehicle.on_time_sent.get(done.trip_id) == span:
                 continue
