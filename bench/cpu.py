@@ -11,18 +11,25 @@ pydantic model + HMAC + its items, with the trip-state it would have read back f
 a dict, deserialized per record as a ``GetItem`` answer would be). Timed as process CPU time (other load
 on the machine does not count), best of ``repeats``, with the input moved out of the garbage collector's
 way (``gc.freeze``) for both.
+
+``python -m bench.cpu``: ours on both workloads (native and Tesla-shaped) in one run, per stage;
+``--profile`` adds where the time went (pyinstrument, the ``bench`` extra): the functions with the most
+self time, with their self and total share of the run (``docs/perf/cpu-path.md``).
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.naive import NaivePlanner
-from bench.workload import Fleet, entries, kinesis_records, windows
+from bench.workload import WORKLOADS, Fleet, entries, kinesis_records, windows
 from processors.batch import decode_batch
 from processors.decode import Decoder
 from processors.pseudonymize import Pseudonymizer
@@ -153,12 +160,119 @@ def _best(repeats: int, run: Callable[[], Any], total: Callable[[Any], float]) -
         gc.unfreeze()
 
 
-def measure(fleet: Fleet, batch_seconds: float, repeats: int = 3) -> CpuResult:
-    records = kinesis_records(entries(fleet.stream()))
-    batches = list(windows(records, fleet.vehicles, batch_seconds))
+def _records(fleet: Fleet) -> list[KinesisRecord]:
+    return kinesis_records(entries(fleet.produced()))
+
+
+def ours_us(fleet: Fleet, batch_seconds: float, repeats: int = 3) -> dict[str, float]:
+    """Ours alone on ``fleet``'s workload: microseconds per record by stage, and ``total``."""
+    return _ours_us(_records(fleet), fleet.vehicles, batch_seconds, repeats)
+
+
+def _ours_us(
+    records: Sequence[KinesisRecord], vehicles: int, batch_seconds: float, repeats: int
+) -> dict[str, float]:
+    batches = list(windows(records, vehicles, batch_seconds))
     spent = _best(repeats, lambda: ours(batches), lambda s: sum(s.values()))
-    naive_seconds = _best(repeats, lambda: naive(records), float)
-    n = len(records)
-    ours_us = {stage: seconds * 1e6 / n for stage, seconds in spent.items()}
-    ours_us["total"] = sum(ours_us.values())
-    return CpuResult(n, batch_seconds, ours_us, naive_seconds * 1e6 / n)
+    us = {stage: seconds * 1e6 / len(records) for stage, seconds in spent.items()}
+    us["total"] = sum(us.values())
+    return us
+
+
+def measure(fleet: Fleet, batch_seconds: float, repeats: int = 3) -> CpuResult:
+    """Ours against the naive peer, which reads the native format only."""
+    if fleet.workload != "native":
+        raise ValueError("the naive peer reads the native workload only")
+    records = _records(fleet)
+    naive_us = _best(repeats, lambda: naive(records), float) * 1e6 / len(records)
+    stages = _ours_us(records, fleet.vehicles, batch_seconds, repeats)
+    return CpuResult(len(records), batch_seconds, stages, naive_us)
+
+
+@dataclass(frozen=True, slots=True)
+class Hotspot:
+    function: str
+    """``name (file:line)``, the file relative to the checkout when it is ours."""
+    self_share: float
+    total_share: float
+    """Of the profiled run; a function on the stack more than once (recursion) counts once."""
+
+
+def profile(fleet: Fleet, batch_seconds: float, top: int = 15) -> list[Hotspot]:
+    """Where ``ours`` spends its time on ``fleet``'s workload: the ``top`` functions by self time.
+
+    pyinstrument samples the stack every 0.1 ms (wall clock: run it on a quiet core); the decode and
+    planning stages are all in one Python thread, so the shares are of the CPU path.
+    """
+    from pyinstrument import Profiler
+    from pyinstrument.frame import Frame
+
+    batches = list(windows(_records(fleet), fleet.vehicles, batch_seconds))
+    profiler = Profiler(interval=0.0001)
+    gc.collect()
+    gc.freeze()
+    try:
+        profiler.start()
+        ours(batches)
+        profiler.stop()
+    finally:
+        gc.unfreeze()
+    root = profiler.last_session.root_frame() if profiler.last_session else None
+    if root is None:
+        return []
+    here = str(Path(__file__).resolve().parent.parent) + "/"
+    self_time: dict[str, float] = {}
+    total_time: dict[str, float] = {}
+
+    def name(frame: Frame) -> str:
+        path = (frame.file_path or "?").removeprefix(here)
+        if "site-packages/" in path:
+            path = path.split("site-packages/", 1)[1]
+        return f"{frame.function} ({path}:{frame.line_no})"
+
+    stack: list[tuple[Frame, frozenset[str]]] = [(root, frozenset())]
+    while stack:
+        frame, above = stack.pop()
+        key = name(frame)
+        # pyinstrument keeps a frame's self time in a synthetic ``[self]`` child.
+        calls = [child for child in frame.children if not child.is_synthetic]
+        self_time[key] = self_time.get(key, 0.0) + frame.time - sum(c.time for c in calls)
+        if key not in above:
+            total_time[key] = total_time.get(key, 0.0) + frame.time
+        stack.extend((child, above | {key}) for child in calls)
+    whole = root.time or 1.0
+    ranked = sorted(self_time, key=self_time.__getitem__, reverse=True)[:top]
+    return [Hotspot(key, self_time[key] / whole, total_time[key] / whole) for key in ranked]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vehicles", type=int, default=200)
+    parser.add_argument("--minutes", type=float, default=2)
+    parser.add_argument("--batch-seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="also where the time went (pyinstrument)")
+    parser.add_argument("--top", type=int, default=15, help="functions listed per profile")
+    args = parser.parse_args(argv)
+    stages = ("decode", "trips", "buffers", "serialize", "total")
+    print(f"CPU path, one core, {args.batch_seconds:g} s batches, best of {args.repeats} (us per record)")
+    print(f"{'workload':<10}{'records':>9}" + "".join(f"{s:>11}" for s in stages) + f"{'records/s':>12}")
+    fleets = [Fleet(args.vehicles, args.minutes, workload=workload) for workload in WORKLOADS]
+    for fleet in fleets:
+        us = ours_us(fleet, args.batch_seconds, args.repeats)
+        print(
+            f"{fleet.workload:<10}{fleet.records:>9,}"
+            + "".join(f"{us[s]:>11.1f}" for s in stages)
+            + f"{1e6 / us['total']:>12,.0f}"
+        )
+    if args.profile:
+        for fleet in fleets:
+            print(f"\n{fleet.workload}: top {args.top} by self time (% of the profiled run)")
+            print(f"{'self %':>7} {'total %':>8}  function")
+            for spot in profile(fleet, args.batch_seconds, args.top):
+                print(f"{spot.self_share:>7.1%} {spot.total_share:>8.1%}  {spot.function}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
