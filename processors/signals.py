@@ -107,13 +107,20 @@ def finite_number(value: object) -> float | int | None:
     DynamoDB keeps 38 significant digits between 1E-130 and 1E+126 in magnitude; anything else would
     make the whole item write fail.
     """
+    if type(value) is float:  # the hot path: NaN and the infinities fail both comparisons
+        return value if value == 0 or 1e-130 <= abs(value) < 1e126 else None
+    if type(value) is int:
+        return value if -_INT_LIMIT < value < _INT_LIMIT else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if isinstance(value, int):
-        return value if abs(value) < 10**38 else None
+        return value if abs(value) < _INT_LIMIT else None
     if not math.isfinite(value) or not (value == 0 or 1e-130 <= abs(value) < 1e126):
         return None
     return value
+
+
+_INT_LIMIT = 10**38
 
 
 def valid_location(lat: object, lng: object) -> Location | None:
@@ -139,11 +146,24 @@ def assemble(vin: str, pairs: Iterable[tuple[str, Any]]) -> tuple[dict[str, Sign
     for name, value in pairs:
         if value is None:
             continue
+        kind = type(value)
+        if (kind is float or kind is int) and len(name) < 17:
+            # Most signals: a number under a name too short to hold a VIN. The same steps as below,
+            # without the VIN search, which cannot find anything in either.
+            if name == "lat":
+                lat = value
+            elif name == "lng":
+                lng = value
+            elif name not in RESERVED_NAMES and finite_number(value) is not None:
+                signals[name] = value
+            continue
         if name == "lat":
             lat = value
         elif name == "lng":
             lng = value
-        elif name in RESERVED_NAMES or signal_mentions_vin(name, value, vin):
+        elif name in RESERVED_NAMES or (
+            not _too_short_for_a_vin(name, value) and signal_mentions_vin(name, value, vin)
+        ):
             continue
         elif isinstance(value, int | float) and not isinstance(value, bool) and finite_number(value) is None:
             continue  # an unknown signal DynamoDB could not store
@@ -157,6 +177,16 @@ def assemble(vin: str, pairs: Iterable[tuple[str, Any]]) -> tuple[dict[str, Sign
         else:
             signals["location"] = location
     return signals, dropped
+
+
+def _too_short_for_a_vin(name: str, value: Any) -> bool:
+    """Neither ``name`` nor ``value`` can hold a VIN, so ``signal_mentions_vin`` is False without its
+    regular expressions: a name and a text under 17 characters (an encoded one decodes shorter still),
+    or a number. Most signals of most records are such; anything else is looked at in full."""
+    if len(name) >= 17:
+        return False
+    kind = type(value)
+    return kind is float or kind is int or kind is bool or (kind is str and len(value) < 17)
 
 
 def parse_event_time(value: int | float | str) -> int:
