@@ -71,12 +71,14 @@ class VehicleReading:
     @property
     def speed(self) -> float | None:
         value = self.signals.get("vehicleSpeed")
+        if type(value) is float:  # the usual case, read for every record by the trip machines
+            return value
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
     @property
     def location(self) -> Location | None:
         value = self.signals.get("location")
-        return value if isinstance(value, Location) else None
+        return value if type(value) is Location or isinstance(value, Location) else None
 
 
 class NativeRecord(BaseModel):

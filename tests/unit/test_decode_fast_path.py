@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import processors.decode
+import processors.signals
 from processors.decode import MAX_NESTING, Decoder, native_fields, nesting_depth
 from processors.errors import InvalidRecord, RejectReason, schema_detail
 from processors.signal_bounds import SignalBounds, bound_signals, within_bounds
@@ -30,7 +31,7 @@ from processors.signals import (
     signal_mentions_vin,
     valid_location,
 )
-from schemas.records import Location, NativeRecord, SignalValue
+from schemas.records import Location, NativeRecord, SignalValue, StreamPosition, VehicleReading
 
 VIN = "5YJ3E1EA7KF317000"
 OTHER_VIN = "1HGCM82633A004352"
@@ -48,6 +49,20 @@ def reference_finite_number(value: object) -> float | int | None:
     if not math.isfinite(value) or not (value == 0 or 1e-130 <= abs(value) < 1e126):
         return None
     return value
+
+
+def reference_valid_location(lat: object, lng: object) -> Location | None:
+    lat_n, lng_n = reference_finite_number(lat), reference_finite_number(lng)
+    if lat_n is None or lng_n is None or not (-90 <= lat_n <= 90 and -180 <= lng_n <= 180):
+        return None
+    if lat_n == 0 and lng_n == 0:
+        return None
+    return Location(float(lat_n), float(lng_n))
+
+
+def reference_speed(reading: VehicleReading) -> float | None:
+    value = reading.signals.get("vehicleSpeed")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def reference_assemble(vin: str, pairs: Iterable[tuple[str, Any]]) -> tuple[dict[str, SignalValue], bool]:
@@ -73,7 +88,7 @@ def reference_assemble(vin: str, pairs: Iterable[tuple[str, Any]]) -> tuple[dict
             signals[name] = value
     dropped = False
     if lat is not None or lng is not None:
-        location = valid_location(lat, lng)
+        location = reference_valid_location(lat, lng)
         if location is None:
             dropped = True
         else:
@@ -118,6 +133,10 @@ json_values = st.recursive(
 )
 signal_names = st.one_of(
     st.sampled_from(["lat", "lng", "vehicleSpeed", "location", "vin", "pseudoVin", "RouteLine", "x" * 17]),
+    st.sampled_from(["LongitudinalAcceleration", "HvacLeftTemperatureRequest", f"tag {VIN[:9]} {VIN[9:]}"]),
+    st.sampled_from(
+        [f"seen{VIN.lower()}", f"Trailer{OTHER_VIN[:10]} {OTHER_VIN[10:]}x", "ABCDEFGHJKLMNPRSTUVWXYZ"]
+    ),
     vinish_text,
 )
 escaped_text = st.one_of(
@@ -148,7 +167,40 @@ def test_finite_number_is_the_one_before_its_shortcut(value: Any) -> None:
 
 
 @PROPERTY
-@given(st.lists(st.tuples(signal_names, signal_values), max_size=8), st.sampled_from([VIN, OTHER_VIN]))
+@given(signal_names, signal_values, st.sampled_from([VIN, OTHER_VIN, "", "ACCELERATION", VIN.lower()]))
+def test_what_mentions_no_vin_is_what_the_search_does_not_find(name: str, value: Any, vin: str) -> None:
+    if processors.signals._mentions_no_vin(name, value, vin):
+        assert not signal_mentions_vin(name, value, vin)
+
+
+@PROPERTY
+@given(
+    st.one_of(numbers, st.booleans(), st.none(), st.floats(-1e-120, 1e-120)),
+    st.one_of(numbers, st.booleans(), st.none(), st.floats(-1e-120, 1e-120)),
+)
+def test_valid_location_is_the_one_before_its_shortcut(lat: Any, lng: Any) -> None:
+    got, expected = valid_location(lat, lng), reference_valid_location(lat, lng)
+    assert got == expected
+    if got is not None and expected is not None:
+        assert (type(got.lat), type(got.lng)) == (type(expected.lat), type(expected.lng)) == (float, float)
+
+
+@PROPERTY
+@given(st.one_of(numbers, st.booleans(), st.none(), st.text(max_size=3)))
+def test_a_reading_s_speed_is_the_one_before_its_shortcut(value: Any) -> None:
+    reading = VehicleReading("p" * 32, 0, {"vehicleSpeed": value}, StreamPosition("s", "1", 0, 0))
+    got, expected = reading.speed, reference_speed(reading)
+    assert got == expected or (
+        got is not None and expected is not None and math.isnan(got) and math.isnan(expected)
+    )
+    assert type(got) is type(expected)
+
+
+@PROPERTY
+@given(
+    st.lists(st.tuples(signal_names, signal_values), max_size=8),
+    st.sampled_from([VIN, OTHER_VIN, "", "ACCELERATION"]),
+)
 def test_assemble_is_the_one_before_its_shortcuts(pairs: list[tuple[str, Any]], vin: str) -> None:
     got = assemble(vin, pairs)
     expected = reference_assemble(vin, pairs)
