@@ -14,13 +14,19 @@ way (``gc.freeze``) for both.
 
 ``python -m bench.cpu``: ours on both workloads (native and Tesla-shaped) in one run, per stage;
 ``--profile`` adds where the time went (pyinstrument, the ``bench`` extra): the functions with the most
-self time, with their self and total share of the run (``docs/perf/cpu-path.md``).
+self time, with their self and total share of the run (``docs/perf/cpu-path.md``). ``--against DIR``
+measures another checkout's shipped code (``processors``, ``schemas``, ``worker``: a ``git worktree`` of
+the commit to compare with) with this bench, in rounds alternating with this checkout's, each in a
+fresh process, so a before/after ratio comes from one run on one machine state.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -245,6 +251,59 @@ def profile(fleet: Fleet, batch_seconds: float, top: int = 15) -> list[Hotspot]:
     return [Hotspot(key, self_time[key] / whole, total_time[key] / whole) for key in ranked]
 
 
+HERE = Path(__file__).resolve().parent.parent
+_RUN_AGAINST = """
+import importlib.util, json, sys
+checkout, bench_root, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.path[:0] = [checkout]  # the shipped packages (and devtools) of the checkout measured
+spec = importlib.util.spec_from_file_location(
+    "bench", f"{bench_root}/bench/__init__.py", submodule_search_locations=[f"{bench_root}/bench"]
+)
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench"] = bench
+spec.loader.exec_module(bench)
+import bench.cpu
+sys.exit(bench.cpu.main(argv))
+"""
+
+
+def _stages_in(checkout: Path, args: argparse.Namespace, workload: str) -> dict[str, float]:
+    """One round of ``ours_us`` in a fresh process running ``checkout``'s shipped code with this bench."""
+    argv = [
+        *("--vehicles", str(args.vehicles), "--minutes", str(args.minutes)),
+        *("--batch-seconds", str(args.batch_seconds), "--repeats", "1", "--json", workload),
+    ]
+    env = {**os.environ, "PYTHONPATH": ""}
+    command = [sys.executable, "-c", _RUN_AGAINST, str(checkout), str(HERE), *argv]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env, cwd=checkout)
+    stages: dict[str, float] = json.loads(out.stdout)
+    return stages
+
+
+def against(args: argparse.Namespace, base: Path) -> None:
+    """Best of ``args.repeats`` alternating rounds (by total): ``base`` then this checkout, per workload."""
+    stages = ("decode", "trips", "buffers", "serialize", "total")
+    print(
+        f"\n{base} (before) against {HERE} (after), best of {args.repeats} alternating rounds, us per record"
+    )
+    print(f"{'workload':<10}{'':<8}" + "".join(f"{s:>11}" for s in stages) + f"{'records/s':>12}")
+    for workload in WORKLOADS:
+        best: dict[Path, dict[str, float]] = {}
+        for _ in range(args.repeats):
+            for checkout in (base, HERE):
+                got = _stages_in(checkout, args, workload)
+                if checkout not in best or got["total"] < best[checkout]["total"]:
+                    best[checkout] = got
+        for label, checkout in (("before", base), ("after", HERE)):
+            us = best[checkout]
+            print(
+                f"{workload:<10}{label:<8}"
+                + "".join(f"{us[s]:>11.1f}" for s in stages)
+                + f"{1e6 / us['total']:>12,.0f}"
+            )
+        print(f"{workload:<10}{'speed-up':<8}{best[base]['total'] / best[HERE]['total']:>54.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--vehicles", type=int, default=200)
@@ -253,7 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="also where the time went (pyinstrument)")
     parser.add_argument("--top", type=int, default=15, help="functions listed per profile")
+    parser.add_argument("--against", type=Path, help="a checkout to compare with (see the docstring)")
+    parser.add_argument("--json", choices=WORKLOADS, help="print one workload's stages as JSON, only")
     args = parser.parse_args(argv)
+    if args.json:
+        fleet = Fleet(args.vehicles, args.minutes, workload=args.json)
+        print(json.dumps(ours_us(fleet, args.batch_seconds, args.repeats)))
+        return 0
     stages = ("decode", "trips", "buffers", "serialize", "total")
     print(f"CPU path, one core, {args.batch_seconds:g} s batches, best of {args.repeats} (us per record)")
     print(f"{'workload':<10}{'records':>9}" + "".join(f"{s:>11}" for s in stages) + f"{'records/s':>12}")
@@ -265,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             + "".join(f"{us[s]:>11.1f}" for s in stages)
             + f"{1e6 / us['total']:>12,.0f}"
         )
+    if args.against:
+        against(args, args.against.resolve())
     if args.profile:
         for fleet in fleets:
             print(f"\n{fleet.workload}: top {args.top} by self time (% of the profiled run)")
