@@ -83,7 +83,10 @@ def within_bounds(signals: Mapping[str, SignalValue], bounds: SignalBounds) -> b
         if type(name) is not str or not 0 < len(name) <= _SHORT_NAME:
             return False
         kind = type(value)
-        if kind is float or kind is int:
+        if type(value) is float:  # finite_number's bounds, inline: most values are floats
+            if not (value == 0 or 1e-130 <= abs(value) < 1e126):
+                return False
+        elif kind is int:
             if finite_number(value) is None:
                 return False
         elif type(value) is str:
