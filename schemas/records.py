@@ -3,8 +3,9 @@
 Wire formats are validated with pydantic at the edge (``NativeRecord``, ``TeslaPayloadJson``); inside,
 records are plain frozen dataclasses. A native record whose fields already have the exact JSON types
 ``NativeRecord`` accepts is read without it (``processors.decode.native_fields``): the model would
-return the same values, and it still answers for every other record. A ``TelemetryRecord`` still carries the real VIN and lives only between
-decoding and pseudonymization; everything downstream sees a ``VehicleReading``, which cannot carry a VIN.
+return the same values, and it still answers for every other record. A ``TelemetryRecord`` still
+carries the real VIN and lives only between decoding and pseudonymization; everything downstream sees a
+``VehicleReading``, which cannot carry a VIN.
 """
 
 from __future__ import annotations
