@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from processors.decode import Decoder
 from processors.errors import InvalidRecord, RejectReason
 from processors.pseudonymize import Pseudonymizer
-from processors.signal_bounds import SignalBounds, bound_signals
+from processors.signal_bounds import SignalBounds, bound_signals, within_bounds
 from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 
 
@@ -71,7 +71,11 @@ def decode_batch(
         try:
             decoded = decoder.decode(record.data, record.position.arrival_ms)
             reading = pseudonymizer.reading(decoded, record.position)
-            signals, dropped = bound_signals(reading.signals, bounds)
+            signals, dropped = (
+                (reading.signals, 0)
+                if within_bounds(reading.signals, bounds)
+                else bound_signals(reading.signals, bounds)
+            )
         except InvalidRecord as invalid:
             plan.dead_letters.append(DeadLetter(record, invalid.reason, invalid.detail))
             continue

@@ -62,6 +62,41 @@ def bound_signals(
     return kept, len(signals) - len(kept)
 
 
+_SMALL_VALUE_BYTES = 128
+"""More than the canonical JSON of any number, bool or ``Location`` takes (a float is at most 24
+characters): below this bound, ``within_bounds`` leaves every record to ``bound_signals``."""
+_SHORT_NAME = MAX_NAME_BYTES // 4
+"""Characters of a name that fit ``MAX_NAME_BYTES`` whatever they are (UTF-8: at most 4 bytes each)."""
+
+
+def within_bounds(signals: Mapping[str, SignalValue], bounds: SignalBounds) -> bool:
+    """True when ``bound_signals`` would keep every signal, decided with cheap checks: at most
+    ``max_signals`` signals, short names, and values that are finite numbers, bools, locations or ASCII
+    text short enough that even escaped (6 bytes a character) it fits ``max_value_bytes``. That is
+    nearly every record, which then skips sorting, encoding and measuring its values. False means
+    only "look closer" (``bound_signals``); tests/unit/test_decode_fast_path.py holds the two together.
+    """
+    if len(signals) > bounds.max_signals or bounds.max_value_bytes < _SMALL_VALUE_BYTES:
+        return False
+    longest_text = (bounds.max_value_bytes - 2) // 6
+    for name, value in signals.items():
+        if type(name) is not str or not 0 < len(name) <= _SHORT_NAME:
+            return False
+        kind = type(value)
+        if type(value) is float:  # finite_number's bounds, inline: most values are floats
+            if not (value == 0 or 1e-130 <= abs(value) < 1e126):
+                return False
+        elif kind is int:
+            if finite_number(value) is None:
+                return False
+        elif type(value) is str:
+            if len(value) > longest_text or not value.isascii():
+                return False
+        elif kind is not bool and kind is not Location:
+            return False
+    return True
+
+
 def _storable_name(name: str) -> bool:
     return 0 < len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES
 

@@ -107,18 +107,30 @@ def finite_number(value: object) -> float | int | None:
     DynamoDB keeps 38 significant digits between 1E-130 and 1E+126 in magnitude; anything else would
     make the whole item write fail.
     """
+    if type(value) is float:  # the hot path: NaN and the infinities fail both comparisons
+        return value if value == 0 or 1e-130 <= abs(value) < 1e126 else None
+    if type(value) is int:
+        return value if -_INT_LIMIT < value < _INT_LIMIT else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if isinstance(value, int):
-        return value if abs(value) < 10**38 else None
+        return value if abs(value) < _INT_LIMIT else None
     if not math.isfinite(value) or not (value == 0 or 1e-130 <= abs(value) < 1e126):
         return None
     return value
 
 
+_INT_LIMIT = 10**38
+
+
 def valid_location(lat: object, lng: object) -> Location | None:
     """A location on the map, or None. Exactly (0, 0) is "no fix": an empty protobuf ``LocationValue``
     reads as it, and a receiver without a fix reports it; no vehicle drives to that spot at sea."""
+    if type(lat) is float and type(lng) is float:  # the usual case (NaN fails every comparison)
+        on_map = -90 <= lat <= 90 and -180 <= lng <= 180 and not (lat == 0 and lng == 0)
+        if on_map and (lat == 0 or abs(lat) >= 1e-130) and (lng == 0 or abs(lng) >= 1e-130):
+            return Location(lat, lng)
+        return None
     lat_n, lng_n = finite_number(lat), finite_number(lng)
     if lat_n is None or lng_n is None or not (-90 <= lat_n <= 90 and -180 <= lng_n <= 180):
         return None
@@ -139,11 +151,24 @@ def assemble(vin: str, pairs: Iterable[tuple[str, Any]]) -> tuple[dict[str, Sign
     for name, value in pairs:
         if value is None:
             continue
+        kind = type(value)
+        if (kind is float or kind is int) and (len(name) < 17 or _name_holds_no_vin(name, vin)):
+            # Most signals: a number under a name that holds no VIN. The same steps as below, without
+            # the VIN search, which cannot find anything in either.
+            if name == "lat":
+                lat = value
+            elif name == "lng":
+                lng = value
+            elif name not in RESERVED_NAMES and finite_number(value) is not None:
+                signals[name] = value
+            continue
         if name == "lat":
             lat = value
         elif name == "lng":
             lng = value
-        elif name in RESERVED_NAMES or signal_mentions_vin(name, value, vin):
+        elif name in RESERVED_NAMES or (
+            not _mentions_no_vin(name, value, vin) and signal_mentions_vin(name, value, vin)
+        ):
             continue
         elif isinstance(value, int | float) and not isinstance(value, bool) and finite_number(value) is None:
             continue  # an unknown signal DynamoDB could not store
@@ -157,6 +182,30 @@ def assemble(vin: str, pairs: Iterable[tuple[str, Any]]) -> tuple[dict[str, Sign
         else:
             signals["location"] = location
     return signals, dropped
+
+
+def _mentions_no_vin(name: str, value: Any, vin: str) -> bool:
+    """``signal_mentions_vin`` is False, known without its full search: the value is a number, a bool
+    or a text under 17 characters (an encoded one decodes shorter still), and the name is as short or
+    holds no run of VIN characters (``_name_holds_no_vin``). Most signals of most records are such;
+    False means only "search it"."""
+    kind = type(value)
+    if not (kind is float or kind is int or kind is bool or (kind is str and len(value) < 17)):
+        return False
+    return len(name) < 17 or _name_holds_no_vin(name, vin)
+
+
+def _name_holds_no_vin(name: str, vin: str) -> bool:
+    """``mentions_vin(name, vin)`` is False for this VIN-shaped ``vin``: every way that finds a VIN needs
+    17 VIN characters in a row once spaces are squeezed out and letters upper-cased. Whether a name has
+    such a run does not depend on the VIN, so it is remembered per name: a vehicle sends the same long
+    field names (``LongitudinalAcceleration``) in every record."""
+    return _no_vin_run(name) and VIN_PATTERN.fullmatch(vin) is not None
+
+
+@lru_cache(maxsize=4096)
+def _no_vin_run(name: str) -> bool:
+    return _VIN_RUN.search(_WHITESPACE.sub("", name).upper()) is None
 
 
 def parse_event_time(value: int | float | str) -> int:

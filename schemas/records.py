@@ -1,8 +1,11 @@
 """What flows through the pipeline.
 
 Wire formats are validated with pydantic at the edge (``NativeRecord``, ``TeslaPayloadJson``); inside,
-records are plain frozen dataclasses. A ``TelemetryRecord`` still carries the real VIN and lives only between
-decoding and pseudonymization; everything downstream sees a ``VehicleReading``, which cannot carry a VIN.
+records are plain frozen dataclasses. A native record whose fields already have the exact JSON types
+``NativeRecord`` accepts is read without it (``processors.decode.native_fields``): the model would
+return the same values, and it still answers for every other record. A ``TelemetryRecord`` still
+carries the real VIN and lives only between decoding and pseudonymization; everything downstream sees a
+``VehicleReading``, which cannot carry a VIN.
 """
 
 from __future__ import annotations
@@ -71,12 +74,14 @@ class VehicleReading:
     @property
     def speed(self) -> float | None:
         value = self.signals.get("vehicleSpeed")
+        if type(value) is float:  # the usual case, read for every record by the trip machines
+            return value
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
     @property
     def location(self) -> Location | None:
         value = self.signals.get("location")
-        return value if isinstance(value, Location) else None
+        return value if type(value) is Location or isinstance(value, Location) else None
 
 
 class NativeRecord(BaseModel):
