@@ -42,6 +42,8 @@ from tests.support.fakes import MemoryStores, memory_stores
 from worker.config import Settings
 from worker.pipeline import BatchOutcome, Pipeline
 from worker.retry import Retrier
+from worker.sweep import sweep
+from worker.wiring import TripStores
 
 LATENESS_SETTING = "FLEET_TRIP_LATENESS_SECONDS"
 """Allowed lateness L."""
@@ -336,7 +338,9 @@ def run(
     observe: Observer | None = None,
 ) -> Run:
     """Deliver ``stream`` to record processors as ``consumer`` says, then one empty, caught-up poll
-    ``settle_after_ms`` after the last arrival, and a checkpoint."""
+    ``settle_after_ms`` after the last arrival, a checkpoint, and the orphan sweep then, as production
+    runs it (it completes a vehicle whose unsettled records a split handed to a child shard that never
+    heard from it again: the records wait in its item, docs/design.md)."""
     consumer = consumer or Consumer()
     result = Run(stores or memory_stores())
     if not stream:
@@ -356,6 +360,8 @@ def run(
     processor.process(pipeline, [], caught_up=True)
     checkpoint(pipeline, processor.now)
     pipeline.close()
+    stores = result.stores
+    sweep(settings, TripStores(stores.trips, stores.trail, stores.archive), now_ms=processor.now)
     return result
 
 
