@@ -1,0 +1,192 @@
+"""The bench's fast tables (``devtools.local_aws.fast_tables``) answer, refuse and bill as the strict local
+AWS does: one script of requests, the worker's own ones among them, sent to both; answers, refusals and
+write units compared."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import botocore.exceptions
+import pytest
+
+from devtools.local_aws import LocalAws
+from devtools.local_aws.fast_tables import FastLocalAws, Unsupported, parse_condition
+from processors.vehicle_state import Observation, StateUpdate
+from tests.conftest import AwsEnv, fresh_env
+from worker.stores.dynamo_trail import update_request as trail_update
+from worker.stores.dynamo_vehicle_state import DynamoVehicleState
+from worker.stores.dynamo_vehicle_state import update_request as state_update
+
+STATE, TRAIL = "vehicle-state", "live-breadcrumbs"
+
+
+@pytest.fixture
+def both(local_aws: LocalAws) -> Iterator[tuple[AwsEnv, Any, FastLocalAws]]:
+    """The session's strict local AWS, bootstrapped, and a fast one over the same moto backends whose
+    ``vehicle-state`` and trail data planes are its own."""
+    env = fresh_env(local_aws)
+    fast_tables = [env.settings.table_names[STATE], env.settings.table_names[TRAIL]]
+    with FastLocalAws(fast_tables) as fast:
+        client = boto3.client(
+            "dynamodb",
+            endpoint_url=fast.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+        yield env, client, fast
+
+
+def _answer(client: Any, operation: str, request: dict[str, Any]) -> dict[str, Any]:
+    """What botocore makes of the answer: the parsed response or the error's code and item."""
+    try:
+        response = getattr(client, operation)(**copy.deepcopy(request))
+    except botocore.exceptions.ClientError as error:
+        return {"error": error.response["Error"]["Code"], "item": error.response.get("Item")}
+    response.pop("ResponseMetadata", None)
+    # moto answers a ConsumedCapacity nobody asked for (AWS sends none unless asked), and not AWS's
+    # figure: the bill is compared on the tallies below.
+    response.pop("ConsumedCapacity", None)
+    return dict(response)
+
+
+def _script(env: AwsEnv) -> list[tuple[str, dict[str, Any]]]:
+    state, trail = env.settings.table_names[STATE], env.settings.table_names[TRAIL]
+    first = StateUpdate(
+        "pv-1", 2_000, {"speed": Observation(2_000, 31.5), "shiftState": Observation(2_000, "D")}
+    )
+    older = StateUpdate("pv-1", 1_000, {"speed": Observation(1_000, 12.0)})
+    newer = StateUpdate("pv-1", 3_000, {"speed": Observation(3_000, 40.0), "lat": Observation(3_000, 3.5)})
+    big = "x" * 300_000
+    return [
+        ("update_item", state_update(state, first, None)),
+        ("update_item", state_update(state, first, None)),  # a replay: the condition fails, ALL_OLD
+        ("update_item", state_update(state, older, None)),  # older: refused by the condition
+        ("update_item", state_update(state, newer, None)),
+        ("update_item", state_update(state, newer, {})),  # "stored nothing" guards on a stored item: fail
+        ("update_item", state_update(state, StateUpdate("pv-2", 5, {"speed": Observation(5, 1.0)}), None)),
+        (  # > 400 KB once applied: ValidationException, nothing stored, nothing billed
+            "update_item",
+            {
+                "TableName": state,
+                "Key": {"pseudoVin": {"S": "pv-2"}},
+                "UpdateExpression": "SET #a = :a, #b = :b",
+                "ExpressionAttributeNames": {"#a": "a", "#b": "b"},
+                "ExpressionAttributeValues": {":a": {"S": big}, ":b": {"S": big}},
+            },
+        ),
+        (  # an expression over 4 KB: refused before it runs
+            "update_item",
+            {
+                "TableName": state,
+                "Key": {"pseudoVin": {"S": "pv-3"}},
+                "UpdateExpression": "SET " + ", ".join(f"#n{i} = :v" for i in range(700)),
+                "ExpressionAttributeNames": {f"#n{i}": f"n{i}" for i in range(700)},
+                "ExpressionAttributeValues": {":v": {"N": "1"}},
+            },
+        ),
+        ("update_item", trail_update_request(trail, "pv-1", 7, {"0": "a", "1": "b"}, {}, 99)),
+        ("update_item", trail_update_request(trail, "pv-1", 7, {"0": "c"}, {}, 98)),  # slot 0 held: fails
+        ("update_item", trail_update_request(trail, "pv-1", 7, {"0": "c"}, {"0": "a"}, 120)),  # a swap
+        ("update_item", trail_update_request(trail, "pv-1", 8, {"2": "d"}, {}, 120)),
+        ("get_item", {"TableName": state, "Key": {"pseudoVin": {"S": "pv-1"}}, "ConsistentRead": True}),
+        ("get_item", {"TableName": state, "Key": {"pseudoVin": {"S": "nobody"}}}),
+        (
+            "batch_get_item",
+            {
+                "RequestItems": {
+                    state: {
+                        "Keys": [{"pseudoVin": {"S": "pv-1"}}, {"pseudoVin": {"S": "pv-2"}}],
+                        "ConsistentRead": True,
+                        "ProjectionExpression": "pseudoVin, #ms",
+                        "ExpressionAttributeNames": {"#ms": "ts"},
+                    }
+                }
+            },
+        ),
+        (
+            "query",
+            {
+                "TableName": trail,
+                "ConsistentRead": True,
+                "KeyConditionExpression": "pseudoVin = :pv AND #b BETWEEN :b0 AND :b1",
+                "ExpressionAttributeNames": {"#b": "bucket"},
+                "ExpressionAttributeValues": {":pv": {"S": "pv-1"}, ":b0": {"N": "7"}, ":b1": {"N": "8"}},
+            },
+        ),
+    ]
+
+
+def trail_update_request(
+    table: str, pseudo_vin: str, bucket: int, slots: dict[str, str], expected: dict[str, str], expires: int
+) -> dict[str, Any]:
+    class Remainder:  # the fields trail_update reads
+        def __init__(self) -> None:
+            self.slots, self.expected, self.expires_at = slots, expected, expires
+
+    return trail_update(table, pseudo_vin, bucket, Remainder())  # type: ignore[arg-type]
+
+
+def test_the_same_requests_get_the_same_answers_refusals_and_bills(
+    both: tuple[AwsEnv, Any, FastLocalAws],
+) -> None:
+    env, fast_client, fast = both
+    strict_client = env.clients.dynamodb
+    script = _script(env)
+    strict_answers, fast_answers = [], []
+    for operation, request in script:
+        strict_answers.append(_answer(strict_client, operation, request))
+        fast_answers.append(_answer(fast_client, operation, request))
+    for (operation, _), strict, quick in zip(script, strict_answers, fast_answers, strict=True):
+        assert quick == strict, operation
+    # The script exercised every path: a success, a failed condition with its item, both kinds of refusal.
+    errors = [a.get("error") for a in strict_answers]
+    assert errors.count("ConditionalCheckFailedException") >= 3 and errors.count("ValidationException") == 2
+    assert any(a.get("item") for a in strict_answers)
+    written_strict = {t: (w.items, w.bytes, w.units) for (_, t), w in env.aws.app.written.items()}
+    written_fast = {t: (w.items, w.bytes, w.units) for (_, t), w in fast.app.written.items()}
+    assert written_fast == written_strict and written_strict
+    assert fast.app.refused == env.aws.app.refused and fast.app.refused
+    assert fast.app.requests == env.aws.app.requests
+
+
+def test_the_worker_store_converges_alike(both: tuple[AwsEnv, Any, FastLocalAws]) -> None:
+    """``DynamoVehicleState.apply`` (conditions, ALL_OLD, the next round) leaves the same item in both."""
+    env, fast_client, _ = both
+    table = env.settings.table_names[STATE]
+    updates = [
+        StateUpdate("pv-9", t, {"speed": Observation(t, float(t % 70)), "odometer": Observation(t, t / 10)})
+        for t in (5_000, 3_000, 7_000, 7_000, 6_000)
+    ]
+    updates.append(StateUpdate("pv-9", 4_000, {"gear": Observation(4_000, "R")}))
+    # Older than the item but one signal newer: the second round guards that signal's stored value (=).
+    updates.append(StateUpdate("pv-9", 6_500, {"speed": Observation(8_000, 5.0)}))
+    for client in (env.clients.dynamodb, fast_client):
+        store = DynamoVehicleState(client, table)
+        for update in updates:
+            store.apply(copy.deepcopy(update))
+    key = {"pseudoVin": {"S": "pv-9"}}
+    strict = env.clients.dynamodb.get_item(TableName=table, Key=key)["Item"]
+    assert fast_client.get_item(TableName=table, Key=key)["Item"] == strict
+    assert strict["ts"] == {"N": "7000"}
+    assert any(v.get("L", [None])[-1] == {"N": "8000"} for v in strict.values())  # the second round ran
+
+
+def test_a_request_shape_it_does_not_serve_is_refused_not_guessed(
+    both: tuple[AwsEnv, Any, FastLocalAws],
+) -> None:
+    env, fast_client, _ = both
+    table = env.settings.table_names[STATE]
+    with pytest.raises(botocore.exceptions.ClientError, match="fast tables"):
+        fast_client.update_item(
+            TableName=table,
+            Key={"pseudoVin": {"S": "pv-1"}},
+            UpdateExpression="ADD #c :one",
+            ExpressionAttributeNames={"#c": "count"},
+            ExpressionAttributeValues={":one": {"N": "1"}},
+        )
+    with pytest.raises(Unsupported):
+        parse_condition("begins_with(#a, :p)", {"#a": "a"})
