@@ -548,10 +548,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=1000, help="records/s per shard (vehicles at 1 Hz)")
     parser.add_argument("--workload", choices=(*WORKLOADS, "both"), default="both")
     parser.add_argument("--output", type=Path, default=RESULTS / "fullshard.json")
+    parser.add_argument(
+        "--into-latest",
+        action="store_true",
+        help="also store the results in bench/results/latest.json (key fullshard), which python -m"
+        " bench.capacity prices: make bench does; a short trial run should not",
+    )
     args = parser.parse_args(argv)
     workloads = WORKLOADS if args.workload == "both" else (args.workload,)
     started = time.monotonic()
-    results: dict[str, Any] = {"environment": report.environment(), "runs": {}}
+    results: dict[str, Any] = {"runs": {}}
     with FastLocalAws(fast_table_names()) as aws:
         for workload in workloads:
             result = run(aws, workload, args.shards, args.rate, args.seconds, say, args.warmup)
@@ -567,9 +573,15 @@ def main(argv: list[str] | None = None) -> int:
         f" {args.seconds:g} s measured, Settings defaults, one daemon",
     }
     results["seconds"] = round(time.monotonic() - started, 1)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    results["environment"] = report.environment()  # the load average at the end, after the runs
+    report.write_json(results, args.output)
     print(f"(measured in {results['seconds']:.0f} s; {args.output})")
+    if args.into_latest:
+        latest_path = RESULTS / "latest.json"
+        latest = orjson.loads(latest_path.read_bytes())
+        latest["fullshard"] = results
+        report.write_json(latest, latest_path)
+        print(f"(and in {latest_path}: python -m bench.capacity prices it)")
     return 0
 
 
