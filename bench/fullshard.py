@@ -25,12 +25,12 @@ Per shard:
 - **write units per record**: the local AWS's bill over the window (whole items, as AWS bills them), per
   record put in the window, all shards together (the tables are shared; per shard it is the same figure).
 
-The local AWS is ``devtools.local_aws.fast_tables.FastLocalAws``: moto for Kinesis, the KCL's tables, the
-other tables, S3 and KMS, and the fast stand-in for the data plane of ``vehicle-state`` and
-``live-breadcrumbs`` (moto serves ~190 UpdateItems a second; two full shards need ~1,100). Both refuse
-and bill alike (``tests/integration/test_fast_tables.py``). It runs in this process, on the same two cores
-as the daemon and processors: its CPU is not counted in the figures, but it competes with them for the
-cores, and it alone can hold the shards back; ``local_aws_busy_s`` says how long moto was busy.
+The local AWS is ``devtools.local_aws.fast_tables.FastLocalAws``: moto for Kinesis, the KCL's tables,
+S3 and KMS, and the fast stand-in for the data plane of the five data tables (moto serves ~190 writes a
+second; two full shards need over 1,100). Both refuse and bill alike
+(``tests/integration/test_fast_tables.py``). It runs in this process, on the same two cores as the daemon
+and processors: its CPU is not counted in the figures, but it competes with them for the cores, and it
+alone can hold the shards back; ``local_aws_busy_s`` says how long moto was busy.
 
 Prints one table (each figure next to its target, and by how much it is missed) and writes
 ``bench/results/fullshard.json``; ``python -m bench.capacity`` prices a deployment from it.
@@ -73,7 +73,7 @@ GRACE_SECONDS = 20.0
 LAG_BIN_SECONDS = 10.0
 SAMPLED_PER_SHARD = 100
 """One BatchGetItem (at most 100 keys) per shard every 0.25 s."""
-FAST_TABLES = ("vehicle-state", "live-breadcrumbs")
+FAST_TABLES = ("vehicle-state", "live-breadcrumbs", "trip-state", "vin-mapping", "trips-index")
 
 # -- targets (issue 23) -------------------------------------------------------------------------------
 CPU_MS_PER_RECORD = 0.25

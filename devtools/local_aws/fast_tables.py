@@ -1,30 +1,36 @@
-"""The bench's fast stand-in for the hot DynamoDB tables, behind the same botocore calls as the local AWS.
+"""The bench's fast stand-in for the data tables, behind the same botocore calls as the local AWS.
 
 moto serves a DynamoDB ``UpdateItem`` in 4-5 ms here (it parses and validates every expression into an AST
 each time; measured by ``LocalAwsApp.busy``), so the local AWS tops out near 200 writes a second. A shard
 at 1,000 records/s makes about 550 writes a second (one ``vehicle-state`` update per vehicle per B, the
-trail's buckets): two shards need ~1,100, which moto cannot serve on this machine. ``FastLocalAws`` serves
-the data plane of the tables it is given (``vehicle-state`` and ``live-breadcrumbs`` in the full-shard
-bench) from plain dicts, and everything else (Kinesis, the KCL's tables, the other tables, S3, KMS, every
-control-plane call) from moto as before, all on one endpoint.
+trail's buckets, ``trip-state`` at transitions and progress, the vault at first sightings): two shards
+need over 1,100, which moto cannot serve on this machine. ``FastLocalAws`` serves the data plane of the
+tables it is given (the five data tables in the full-shard bench) from plain dicts, and everything else
+(Kinesis, the KCL's tables, S3, KMS, every control-plane call such as CreateTable) from moto as before, all
+on one endpoint.
 
 It is as strict and bills as ``LocalAwsApp`` does, because it is the same code where that matters:
 
 - every request goes through ``limits.check`` first (the same refusals, AWS's codes and statuses), and an
-  update whose resulting item breaks a limit is refused and undone (``refuse_updated_item``'s checks);
+  update whose resulting item breaks a limit is refused and not applied (``refuse_updated_item``'s checks);
 - writes are billed by ``_tally_items`` (whole item, the larger of before and after, per started KB, a
-  failed condition included) into the same counters, and requests are counted per operation;
-- a failed condition answers ``ConditionalCheckFailedException`` with the stored item (``ALL_OLD``).
+  failed condition included; a transaction's items twice, a cancelled one's too) into the same counters,
+  and requests are counted per operation;
+- a failed condition answers ``ConditionalCheckFailedException`` with the stored item (``ALL_OLD``), a
+  failed transaction ``TransactionCanceledException`` with one reason per item.
 
 What it serves, and only that (anything else on a fast table is refused with a ``ValidationException``
 naming the stand-in, so a new call shape fails the bench instead of being served wrongly): ``UpdateItem``
-with ``SET path = :value, ...`` and a condition of ``AND``/``OR``/``NOT``, parentheses, comparisons
-(``= <> < <= > >=``), ``attribute_exists``/``attribute_not_exists`` over paths (``#name``, ``name``,
-``[i]``, ``.member``); ``GetItem``, ``BatchGetItem`` (one table, a projection of top-level names), ``Query``
-(``pk = :v`` and optionally ``sk BETWEEN :a AND :b`` / ``sk = :v``), ``Scan``, ``DeleteItem`` without a
-condition. ``tests/integration/test_fast_tables.py`` sends the same requests to both and compares answers
-and bills. Not modelled: 1 MB pages (``Query`` and ``Scan`` return everything in one page), ``ReturnValues``
-other than ``NONE``, consumed capacity in responses, throttling and fault injection on the fast tables.
+(``SET path = :v | if_not_exists(path, :v)`` and ``REMOVE`` of top-level attributes), ``PutItem``,
+``DeleteItem``, ``TransactWriteItems`` (``Put``, ``Update``, ``Delete``, ``ConditionCheck``), each with a
+condition of ``AND``/``OR``/``NOT``, parentheses, comparisons (``= <> < <= > >=``) and
+``attribute_exists``/``attribute_not_exists`` over paths (``#name``, ``name``, ``[i]``, ``.member``);
+``GetItem``, ``BatchGetItem`` (a projection of top-level names), ``Query`` on the table's key (``pk = :v``,
+optionally ``sk BETWEEN :a AND :b`` or ``sk = :v``), ``Scan``. ``tests/integration/test_fast_tables.py``
+sends the same requests, the worker's shapes among them, to both and compares answers, refusals and bills.
+Not modelled: 1 MB pages (``Query`` and ``Scan`` return everything in one page), index queries,
+``ReturnValues`` other than ``NONE``, a transaction's idempotency token, consumed capacity in responses,
+throttling and fault injection on the fast tables.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from devtools.local_aws.billing import write_factor
 from devtools.local_aws.limits import (
     KeySchema,
     LimitExceeded,
@@ -53,9 +60,12 @@ from devtools.local_aws.server import LocalAws, LocalAwsApp, _refusal_response, 
 Item = dict[str, Any]
 """An item in DynamoDB's wire form: attribute name -> ``{"S": ...}`` / ``{"N": ...}`` / ..."""
 
-SERVED = frozenset({"UpdateItem", "GetItem", "BatchGetItem", "Query", "Scan", "DeleteItem"})
+SERVED = frozenset(
+    {"UpdateItem", "PutItem", "DeleteItem", "TransactWriteItems", "GetItem", "BatchGetItem", "Query", "Scan"}
+)
 JSON_10 = "application/x-amz-json-1.0"
 CONDITION_FAILED = "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException"
+CANCELLED = "com.amazonaws.dynamodb.v20120810#TransactionCanceledException"
 VALIDATION = "com.amazonaws.dynamodb.v20120810#ValidationException"
 
 
@@ -175,23 +185,46 @@ def parse_condition(text: str, names: dict[str, str]) -> Node:
     return node
 
 
-def parse_set(text: str, names: dict[str, str]) -> list[tuple[Path, str]]:
-    """``SET path = :value, ...`` -> [(path, placeholder)]."""
+Update = tuple[list[tuple[Path, Node]], list[Path]]
+"""An update expression: (SET path = operand, ...), (REMOVE path, ...); an operand is ("value", :p) or
+("if_not_exists", path, :p)."""
+
+
+def parse_update(text: str, names: dict[str, str]) -> Update:
+    """``SET path = :v | if_not_exists(path, :v), ... [REMOVE path, ...]`` (clauses in either order)."""
     parser = _Parser(text, names)
-    parser.take("SET")
-    out = []
-    while True:
+    sets: list[tuple[Path, Node]] = []
+    removes: list[Path] = []
+    while parser.peek() is not None:
+        clause = parser.take().upper()
+        if clause not in ("SET", "REMOVE"):
+            raise Unsupported(f"update clause {clause}")
+        while True:
+            path = parser.path()
+            if clause == "REMOVE":
+                removes.append(path)
+            else:
+                parser.take("=")
+                sets.append((path, _set_operand(parser)))
+            if parser.peek() != ",":
+                break
+            parser.take(",")
+    return sets, removes
+
+
+def _set_operand(parser: _Parser) -> Node:
+    token = parser.take()
+    if token.startswith(":"):
+        return ("value", token)
+    if token in ("if_not_exists",):
+        parser.take("(")
         path = parser.path()
-        parser.take("=")
-        value = parser.take()
-        if not value.startswith(":"):
-            raise Unsupported(f"SET {path} = {value}: only placeholders are served")
-        out.append((path, value))
-        if parser.peek() != ",":
-            break
         parser.take(",")
-    parser.done()
-    return out
+        value = parser.take()
+        parser.take(")")
+        if value.startswith(":"):
+            return ("if_not_exists", path, value)
+    raise Unsupported(f"SET operand {token!r}: placeholders and if_not_exists(path, :v) are served")
 
 
 def _resolve(item: Item, path: Path) -> Any:
@@ -275,10 +308,23 @@ def _operand(operand: Node, item: Item, values: dict[str, Any]) -> Any:
     return _resolve(item, operand[1])
 
 
-def _assign(item: Item, path: Path, value: Any) -> None:
+def _top(path: Path) -> str:
     if len(path) != 1 or not isinstance(path[0], str):
-        raise Unsupported(f"SET of a nested path {path}")
-    item[path[0]] = value
+        raise Unsupported(f"an update of a nested path {path}")
+    return path[0]
+
+
+def apply_update(item: Item, update: Update, values: dict[str, Any]) -> Item:
+    """The item after the update (a new dict; every operand read from the item as it was)."""
+    new = dict(item)
+    for path, operand in update[0]:
+        if operand[-1] not in values:
+            raise Unsupported(f"{operand[-1]} is not in ExpressionAttributeValues")
+        kept = _resolve(item, operand[1]) if operand[0] == "if_not_exists" else None
+        new[_top(path)] = kept if kept is not None else values[operand[-1]]
+    for path in update[1]:
+        new.pop(_top(path), None)
+    return new
 
 
 # -- the tables ----------------------------------------------------------------------------------------
@@ -288,6 +334,33 @@ def _assign(item: Item, path: Path, value: Any) -> None:
 class _Table:
     key: KeySchema
     items: dict[tuple[str, ...], Item]
+
+
+WRITE_KEYS: dict[str, set[str]] = {
+    "PutItem": {"Item"},
+    "Put": {"Item"},
+    "UpdateItem": {"Key", "UpdateExpression"},
+    "Update": {"Key", "UpdateExpression"},
+    "DeleteItem": {"Key"},
+    "Delete": {"Key"},
+    "ConditionCheck": {"Key"},
+}
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write, checked: ``held`` whether its condition holds, ``new`` the item after it (None:
+    deleted), ``refusal`` a limit the result breaks."""
+
+    name: str
+    table: _Table
+    stored_key: tuple[str, ...]
+    key: Item
+    old: Item | None
+    new: Item | None
+    held: bool
+    refusal: LimitExceeded | None
+    action: dict[str, Any]
 
 
 class FastTablesApp(LocalAwsApp):
@@ -313,6 +386,9 @@ class FastTablesApp(LocalAwsApp):
         body = environ["wsgi.input"].read(length) if length else b""
         payload = json.loads(body or b"{}")
         tables = {payload.get("TableName")} | set(payload.get("RequestItems", {}))
+        tables |= {
+            body.get("TableName") for entry in payload.get("TransactItems", ()) for body in entry.values()
+        }
         tables.discard(None)
         if not tables & self.fast:
             environ["wsgi.input"] = io.BytesIO(body)
@@ -367,7 +443,7 @@ class FastTablesApp(LocalAwsApp):
     def _expression(self, kind: str, text: str, names: dict[str, str]) -> Any:
         cached = (kind, text, json.dumps(names, sort_keys=True))
         if cached not in self._parsed:
-            self._parsed[cached] = (parse_set if kind == "set" else parse_condition)(text, names)
+            self._parsed[cached] = (parse_update if kind == "update" else parse_condition)(text, names)
         return self._parsed[cached]
 
     def _bill(self, table: str, key: Item, before: int, after: int) -> None:
@@ -376,55 +452,104 @@ class FastTablesApp(LocalAwsApp):
 
     # -- operations --------------------------------------------------------------------------------
 
-    def _UpdateItem(self, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802
-        unsupported = set(payload) - {
-            "TableName",
-            "Key",
-            "UpdateExpression",
-            "ConditionExpression",
-            "ExpressionAttributeNames",
-            "ExpressionAttributeValues",
-            "ReturnValuesOnConditionCheckFailure",
-        }
-        if unsupported or payload.get("ReturnValues", "NONE") != "NONE":
-            raise Unsupported(f"UpdateItem with {sorted(unsupported)}")
-        name, key = payload["TableName"], payload["Key"]
+    def _write(self, operation: str, action: dict[str, Any]) -> Write:
+        """What a write would do, checked but not applied: the item before and after, or its refusal."""
+        allowed = WRITE_KEYS[operation] | {"TableName", "ReturnValuesOnConditionCheckFailure"}
+        allowed |= {"ConditionExpression", "ExpressionAttributeNames", "ExpressionAttributeValues"}
+        if set(action) - allowed or action.get("ReturnValues", "NONE") != "NONE":
+            raise Unsupported(f"{operation} with {sorted(set(action) - allowed)}")
+        name = action["TableName"]
         table = self._table(name)
+        key = action["Item"] if operation in ("PutItem", "Put") else action["Key"]
         stored_key = self._key_of(table, key)
-        names = payload.get("ExpressionAttributeNames", {})
-        values = payload.get("ExpressionAttributeValues", {})
-        sets = self._expression("set", payload["UpdateExpression"], names)
+        key = {attribute: key[attribute] for attribute in table.key if attribute is not None}
+        names = action.get("ExpressionAttributeNames", {})
+        values = action.get("ExpressionAttributeValues", {})
         old = table.items.get(stored_key)
-        before = item_size(old) if old else 0
-        condition = payload.get("ConditionExpression")
-        if condition and not holds(self._expression("condition", condition, names), old or {}, values):
-            self._bill(name, key, before, before)
-            failed: dict[str, Any] = {"__type": CONDITION_FAILED, "message": "The conditional request failed"}
-            if payload.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and old:
-                failed["Item"] = old
-            return "400 Bad Request", failed
-        new = dict(old) if old else dict(key)
-        for path, placeholder in sets:
-            if placeholder not in values:
-                raise Unsupported(f"{placeholder} is not in ExpressionAttributeValues")
-            _assign(new, path, values[placeholder])
-        refusal = check_nesting(new.values()) or check_item_size(new, update=True)
-        if refusal is not None:
+        condition = action.get("ConditionExpression")
+        held = not condition or holds(self._expression("condition", condition, names), old or {}, values)
+        new: Item | None = old
+        if held and operation in ("PutItem", "Put"):
+            new = action["Item"]
+        elif held and operation in ("DeleteItem", "Delete"):
+            new = None
+        elif held and operation in ("UpdateItem", "Update"):
+            update = self._expression("update", action["UpdateExpression"], names)
+            new = apply_update(old or dict(key), update, values)
+        refusal = None
+        if held and new is not None and operation in ("UpdateItem", "Update"):
+            refusal = check_nesting(new.values()) or check_item_size(new, update=True)
+        return Write(name, table, stored_key, key, old, new, held, refusal, action)
+
+    def _commit(self, write: Write, factor: int = 1) -> None:
+        if write.held and write.refusal is None:
+            if write.new is None:
+                write.table.items.pop(write.stored_key, None)
+            else:
+                write.table.items[write.stored_key] = write.new
+        before = item_size(write.old) if write.old else 0
+        after = item_size(write.new) if write.new and write.held and write.refusal is None else before
+        with self._lock:
+            self._tally_items([(write.name, write.key)], [before], [after], factor)
+
+    def _single(self, operation: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        write = self._write(operation, payload)
+        if write.refusal is not None:
             with self._lock:
-                self.refused[("dynamodb", "UpdateItem", refusal.reason)] += 1
-            body = {"__type": refusal.code, "message": refusal.message}
-            return f"{refusal.status} Bad Request", body
-        table.items[stored_key] = new
-        self._bill(name, key, before, item_size(new))
-        return "200 OK", {}
+                self.refused[("dynamodb", operation, write.refusal.reason)] += 1
+            body = {"__type": write.refusal.code, "message": write.refusal.message}
+            return f"{write.refusal.status} Bad Request", body
+        self._commit(write)
+        if write.held:
+            return "200 OK", {}
+        failed: dict[str, Any] = {"__type": CONDITION_FAILED, "message": "The conditional request failed"}
+        if payload.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and write.old:
+            failed["Item"] = write.old
+        return "400 Bad Request", failed
+
+    def _UpdateItem(self, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802
+        return self._single("UpdateItem", payload)
+
+    def _PutItem(self, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802
+        return self._single("PutItem", payload)
 
     def _DeleteItem(self, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802
-        if set(payload) - {"TableName", "Key"}:
-            raise Unsupported("DeleteItem with a condition or return values")
-        table = self._table(payload["TableName"])
-        old = table.items.pop(self._key_of(table, payload["Key"]), None)
-        self._bill(payload["TableName"], payload["Key"], item_size(old) if old else 0, 0)
-        return "200 OK", {}
+        return self._single("DeleteItem", payload)
+
+    def _TransactWriteItems(self, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802
+        """All or nothing: every condition is read before anything is written; a cancelled transaction
+        bills each item it names as a write of the item as it is, twice (``TRANSACTION_FACTOR``)."""
+        # botocore sends a ClientRequestToken of its own; a retry with the same token is served again (AWS
+        # would answer the first outcome for 10 minutes: the same for the conditions our writes carry).
+        if set(payload) - {"TransactItems", "ClientRequestToken"}:
+            raise Unsupported(f"TransactWriteItems with {sorted(set(payload) - {'TransactItems'})}")
+        writes = []
+        for entry in payload["TransactItems"]:
+            ((kind, action),) = entry.items()
+            if kind == "ConditionCheck":
+                write = self._write("ConditionCheck", action)
+                writes.append(replace(write, new=write.old))
+            else:
+                writes.append(self._write(kind, action))
+        if any(w.refusal is not None for w in writes):
+            refusal = next(w.refusal for w in writes if w.refusal is not None)
+            return f"{refusal.status} Bad Request", {"__type": refusal.code, "message": refusal.message}
+        factor = write_factor("TransactWriteItems")
+        if all(w.held for w in writes):
+            for write in writes:
+                self._commit(write, factor)
+            return "200 OK", {}
+        for write in writes:
+            self._commit(replace(write, held=False), factor)
+        reasons = [
+            {"Code": "None"}
+            if w.held
+            else {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed"}
+            for w in writes
+        ]
+        codes = ", ".join(r["Code"] for r in reasons)
+        message = f"Transaction cancelled, please refer cancellation reasons for specific reasons [{codes}]"
+        return "400 Bad Request", {"__type": CANCELLED, "Message": message, "CancellationReasons": reasons}
 
     def _project(self, item: Item, payload: dict[str, Any]) -> Item:
         projection = payload.get("ProjectionExpression")
