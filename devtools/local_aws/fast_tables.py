@@ -40,6 +40,7 @@ import json
 import re
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
@@ -372,6 +373,28 @@ class FastTablesApp(LocalAwsApp):
         self._tables: dict[str, _Table] = {}
         self._fast_lock = threading.Lock()
         self._parsed: dict[tuple[str, str, str], Any] = {}
+        # Counted apart from moto's requests, under the fast lock: moto holds ``_lock`` for a whole request
+        # (a GetRecords of hundreds of records takes a while), and the fast tables must not wait for it.
+        # ``written`` is shared: the fast tables' keys are theirs alone.
+        self.fast_requests: Counter[tuple[str, str]] = Counter()
+        self.fast_refused: Counter[tuple[str, str, str]] = Counter()
+
+    def operations_seen(self) -> Counter[tuple[str, str]]:
+        with self._fast_lock:
+            fast = Counter(self.fast_requests)
+        return super().operations_seen() + fast
+
+    def refusals(self) -> Counter[tuple[str, str, str]]:
+        """Every request refused for an AWS limit (or as a shape the fast tables do not serve), by
+        (service, operation, reason)."""
+        with self._lock, self._fast_lock:
+            return self.refused + self.fast_refused
+
+    def reset_counts(self) -> None:
+        super().reset_counts()
+        with self._fast_lock:
+            self.fast_requests.clear()
+            self.fast_refused.clear()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == "/moto-api/reset":
@@ -387,21 +410,21 @@ class FastTablesApp(LocalAwsApp):
         payload = json.loads(body or b"{}")
         tables = {payload.get("TableName")} | set(payload.get("RequestItems", {}))
         tables |= {
-            body.get("TableName") for entry in payload.get("TransactItems", ()) for body in entry.values()
+            action.get("TableName") for entry in payload.get("TransactItems", ()) for action in entry.values()
         }
         tables.discard(None)
         if not tables & self.fast:
             environ["wsgi.input"] = io.BytesIO(body)
             return super().__call__(environ, start_response)
         request = identify(environ, body)
-        with self._lock:
-            self.requests[("dynamodb", operation)] += 1
+        with self._fast_lock:
+            self.fast_requests[("dynamodb", operation)] += 1
         refusal = check(request, lambda table: self._key_schema(table, environ))
         if refusal is None and tables - self.fast:
             refusal = _unsupported(f"{operation} across fast and moto tables {sorted(tables)}")
         if refusal is not None:
-            with self._lock:
-                self.refused[("dynamodb", operation, refusal.reason)] += 1
+            with self._fast_lock:
+                self.fast_refused[("dynamodb", operation, refusal.reason)] += 1
             return self._respond(start_response, *_refusal_response(refusal))
         try:
             with self._fast_lock:
@@ -446,10 +469,6 @@ class FastTablesApp(LocalAwsApp):
             self._parsed[cached] = (parse_update if kind == "update" else parse_condition)(text, names)
         return self._parsed[cached]
 
-    def _bill(self, table: str, key: Item, before: int, after: int) -> None:
-        with self._lock:
-            self._tally_items([(table, key)], [before], [after])
-
     # -- operations --------------------------------------------------------------------------------
 
     def _write(self, operation: str, action: dict[str, Any]) -> Write:
@@ -489,14 +508,12 @@ class FastTablesApp(LocalAwsApp):
                 write.table.items[write.stored_key] = write.new
         before = item_size(write.old) if write.old else 0
         after = item_size(write.new) if write.new and write.held and write.refusal is None else before
-        with self._lock:
-            self._tally_items([(write.name, write.key)], [before], [after], factor)
+        self._tally_items([(write.name, write.key)], [before], [after], factor)  # under the fast lock
 
     def _single(self, operation: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         write = self._write(operation, payload)
         if write.refusal is not None:
-            with self._lock:
-                self.refused[("dynamodb", operation, write.refusal.reason)] += 1
+            self.fast_refused[("dynamodb", operation, write.refusal.reason)] += 1  # under the fast lock
             body = {"__type": write.refusal.code, "message": write.refusal.message}
             return f"{write.refusal.status} Bad Request", body
         self._commit(write)
