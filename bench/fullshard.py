@@ -127,6 +127,9 @@ class FullShardResult:
     per_record: dict[str, Any]
     local_aws_busy_s: float
     """Seconds moto spent serving requests in the window (the fast tables are not in it)."""
+    bench_cpu_per_second: float
+    """CPU seconds per second of this process in the window: the local AWS (moto and the fast tables),
+    the producer and the samplers, on the same cores as what is measured."""
     refused: dict[str, int]
     settings: dict[str, Any]
     targets: dict[str, Any] = field(default_factory=dict)
@@ -310,7 +313,9 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         cpu_before = {shard: measure.proc_cpu_seconds(pid) for shard, pid in pids.items()}
         jvm = running.jvm
         jvm_before = measure.proc_cpu_seconds(jvm.pid) if jvm else 0.0
+        bench_before = measure.proc_cpu_seconds(os.getpid())
         measured = replay_live(stage, records[split:], pseudo)
+        bench_cpu = measure.proc_cpu_seconds(os.getpid()) - bench_before
         window = time.monotonic() - window_start
         wall_end = wall_start + window
         cpu = {shard: measure.proc_cpu_seconds(pid) - cpu_before[shard] for shard, pid in pids.items()}
@@ -385,6 +390,7 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         requests=requests,
         per_record=per,
         local_aws_busy_s=busy,
+        bench_cpu_per_second=bench_cpu / window,
         refused=refused,
         settings=settings_of(stage),
     )
@@ -468,6 +474,11 @@ def why(result: FullShardResult) -> list[str]:
         notes.append(
             f"moto was busy {result.local_aws_busy_s:.0f} s of the {result.window_s:.0f} s window, on the"
             " same cores as the daemon and processors"
+        )
+    if result.bench_cpu_per_second > 0.5:
+        notes.append(
+            f"the local AWS, producer and samplers took {result.bench_cpu_per_second:.2f} CPU s/s of the"
+            f" {os.cpu_count() or 1} cores the daemon and processors run on"
         )
     load = os.getloadavg()[0]
     cores = os.cpu_count() or 1

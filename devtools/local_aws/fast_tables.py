@@ -42,6 +42,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -61,6 +62,7 @@ from devtools.local_aws.server import LocalAws, LocalAwsApp, _refusal_response, 
 Item = dict[str, Any]
 """An item in DynamoDB's wire form: attribute name -> ``{"S": ...}`` / ``{"N": ...}`` / ..."""
 
+EXECUTOR_THREADS = 64
 SERVED = frozenset(
     {"UpdateItem", "PutItem", "DeleteItem", "TransactWriteItems", "GetItem", "BatchGetItem", "Query", "Scan"}
 )
@@ -659,6 +661,17 @@ class FastLocalAws(LocalAws):
         super().__init__(port)
         self.app = FastTablesApp(self.app.app, fast)
 
-    def __enter__(self) -> FastLocalAws:
-        self.start()
+    def start(self) -> FastLocalAws:
+        super().start()
+        # hypercorn runs each WSGI request on the loop's default executor (min(32, cores + 4) threads: 6
+        # here). Requests for moto wait there for its lock, one at a time; with every thread so taken, the
+        # fast tables' requests would queue behind them. More threads than moto can ever hold.
+        loop = self._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(
+            loop.set_default_executor, ThreadPoolExecutor(EXECUTOR_THREADS, "local-aws")
+        )
         return self
+
+    def __enter__(self) -> FastLocalAws:
+        return self.start()
