@@ -48,6 +48,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from devtools.local_aws.billing import write_factor
+from devtools.local_aws.fast_kinesis import patch_kinesis_shards
 from devtools.local_aws.limits import (
     KeySchema,
     LimitExceeded,
@@ -658,6 +659,7 @@ class FastLocalAws(LocalAws):
     app: FastTablesApp
 
     def __init__(self, fast: Iterable[str], port: int = 0) -> None:
+        patch_kinesis_shards()  # moto's shards, linear per record (fast_kinesis)
         super().__init__(port)
         self.app = FastTablesApp(self.app.app, fast)
 

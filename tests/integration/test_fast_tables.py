@@ -319,3 +319,30 @@ def test_a_request_shape_it_does_not_serve_is_refused_not_guessed(
         )
     with pytest.raises(Unsupported):
         parse_condition("begins_with(#a, :p)", {"#a": "a"})
+
+
+def test_kinesis_shards_answer_as_moto_does_without_its_quadratic_cost(
+    both: tuple[AwsEnv, Any, FastLocalAws],
+) -> None:
+    """``fast_kinesis`` (patched in by ``FastLocalAws``) against moto's own methods, on twin shards."""
+    from moto.kinesis.models import Shard
+
+    from devtools.local_aws import fast_kinesis
+
+    assert fast_kinesis.ORIGINAL, "FastLocalAws patched the shards"
+    ours, moto = Shard(0, 0, 2**128), Shard(0, 0, 2**128)
+    for i in range(300):
+        args = (f"vin-{i % 7}", f"record {i}".encode(), "")
+        assert fast_kinesis.put_record(ours, *args) == fast_kinesis.ORIGINAL["put_record"](moto, *args)
+    for name in ("get_max_sequence_number", "get_min_sequence_number"):
+        assert getattr(fast_kinesis, name)(ours) == fast_kinesis.ORIGINAL[name](moto)
+    for last, limit in ((0, None), (0, 10), (57, 100), (299, 5), (300, 5), (10**6, None), (150, 0)):
+        mine = fast_kinesis.get_records(ours, str(last), limit)
+        theirs = fast_kinesis.ORIGINAL["get_records"](moto, str(last), limit)
+        assert [r.data for r in mine[0]] == [r.data for r in theirs[0]], (last, limit)
+        assert mine[1] == theirs[1], (last, limit)
+    moto.records.clear()  # as resharding replaces a shard's records: the key list follows
+    ours.records.clear()
+    assert fast_kinesis.get_records(ours, "0", None)[0] == []
+    fast_kinesis.put_record(ours, "vin", b"after", "")
+    assert [r.data for r in fast_kinesis.get_records(ours, "0", None)[0]] == [b"after"]
