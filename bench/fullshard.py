@@ -25,12 +25,13 @@ Per shard:
 - **write units per record**: the local AWS's bill over the window (whole items, as AWS bills them), per
   record put in the window, all shards together (the tables are shared; per shard it is the same figure).
 
-The local AWS is ``devtools.local_aws.fast_tables.FastLocalAws``: moto for Kinesis, the KCL's tables,
-S3 and KMS, and the fast stand-in for the data plane of the five data tables (moto serves ~190 writes a
-second; two full shards need over 1,100). Both refuse and bill alike
-(``tests/integration/test_fast_tables.py``). It runs in this process, on the same two cores as the daemon
-and processors: its CPU is not counted in the figures, but it competes with them for the cores, and it
-alone can hold the shards back; ``local_aws_busy_s`` says how long moto was busy.
+The local AWS is ``devtools.local_aws.fast_tables.FastLocalAws``: moto for Kinesis (its shards made
+linear per record by ``fast_kinesis``), the KCL's tables, S3 and KMS, and the fast stand-in for the data
+plane of the five data tables (moto serves ~190 writes a second; two full shards need over 1,100). Both
+refuse and bill alike (``tests/integration/test_fast_tables.py``). It runs in this process, on the same
+two cores as the daemon and processors: its CPU is not counted in the figures, but it competes with them
+for the cores, and it alone can hold the shards back; ``local_aws_busy_s`` says how long moto was busy,
+``bench_cpu_per_second`` how much CPU this process took.
 
 Prints one table (each figure next to its target, and by how much it is missed) and writes
 ``bench/results/fullshard.json``; ``python -m bench.capacity`` prices a deployment from it.
