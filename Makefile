@@ -1,10 +1,13 @@
 # Everything runs inside a project virtualenv that these targets create and refresh themselves:
-# nothing is needed beforehand but Python 3.11, Java 17 and the package registries.
+# nothing is needed beforehand but Python 3.11, Java 17, Node 20 and the package registries.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+# kinesis-local (npm), the local Kinesis that serves SubscribeToShard to the FANOUT e2e test.
+NODE_DIR   := devtools/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 # checkov pins older boto3, botocore and packaging than the project's: it gets a virtualenv of its own,
 # which tests/deploy/test_stack.py runs it from (FLEET_CHECKOV).
 CHECKOV_VENV  := .venv-checkov
@@ -22,7 +25,11 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,kcl-local]'
 	@touch $(STAMP)
 
-venv: $(STAMP)
+$(NODE_STAMP): $(NODE_DIR)/package-lock.json
+	@cd $(NODE_DIR) && npm ci --silent --no-audit --no-fund
+	@touch $(NODE_STAMP)
+
+venv: $(STAMP) $(NODE_STAMP)
 
 $(CHECKOV_STAMP): Makefile
 	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)

@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         catch_up["native"]["naive"] = replay.run(aws, "naive", naive_fleet, BATCH_SECONDS, say).summary()
         fleets["catch_up_naive"] = naive_fleet.describe()
         replay_fleet = Fleet(args.replay_vehicles, args.replay_minutes, skip_minutes=10)
+        say("      slow reporters (one record per 5 s, per 30 s), as many records per vehicle ...")
+        cadences = replay.slow_reporters(aws, args.replay_vehicles, args.replay_minutes, BATCH_SECONDS, say)
 
         say(
             f"[3/4] live through the real daemon, shipped defaults: {args.live_vehicles} vehicles at 1 Hz ..."
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for peer, workload in runs:
             result = e2e.run(aws, peer, workload, args.live_vehicles, args.live_seconds, say)
             live.setdefault(workload, {})[peer] = result.summary()
+        phases = e2e.phases(aws, WORKLOADS, args.live_vehicles, args.live_seconds, say)  # parked, driving
         say(f"[4/4] trips through the real daemon, shipped defaults: {args.trip_vehicles} vehicles ...")
         trips_result = trips.run(aws, say, args.trip_vehicles).summary()
     results: dict[str, Any] = {
@@ -116,6 +119,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "catch_up": catch_up,
         "replay": catch_up["native"],
         "live": live,
+        "catch_up_cadence": cadences,
+        "live_phase": phases,
         "trips": trips_result,
         "seconds": round(time.monotonic() - started, 1),
     }

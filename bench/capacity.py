@@ -381,7 +381,7 @@ TRIPS = {
     "trip_behind_records_max": "driving: records put not yet in `breadcrumbCount`, max",
     "trip_short_shown": "a trip shorter than the gap shown while it happens (1 = yes)",
     "trip_ids_equal_share": "live `tripId` = archived `tripId`, share of trips",
-    "trip_archive_p99_s": "p99 last moving record's PutRecords -> index item + S3 archive (s)",
+    "trip_archive_p99_s": "p99 last moving record's PutRecords -> on-time index item + S3 archive (s)",
 }
 
 
@@ -397,7 +397,6 @@ def _trips(results: dict[str, Any]) -> list[str]:
     settings = trips["settings"]
     gap, lateness = settings.get("trip_gap_seconds"), settings.get("trip_lateness_seconds")
     by_table = trips["per_record"]["write_units_by_table"]
-    missed = trips["archive_p99_s"] is not None and trips["archive_p99_s"] > trips["archive_target_s"]
     lines = [
         "## Trips: the live view and the archive (issue 21)",
         "",
@@ -422,17 +421,15 @@ def _trips(results: dict[str, Any]) -> list[str]:
         f" {'shown' if trips['short_trip_shown'] else '**not** shown'} while it happened;"
         f" {trips['trips_shown_while_driving']} of {trips['vehicles']} trips were. The ids shown live were"
         f" the archived ones for {trips['ids_equal']} of {trips['vehicles']}.",
-        f"- Archive and index item: p50 {_seconds(trips['archive_p50_s'])}, p99"
-        f" {_seconds(trips['archive_p99_s'])} after the last moving record's PutRecords; the design expects"
-        f" gap + L + 1.5 s = {trips['archive_expected_s']:g} s: the exact machine needs the record at"
-        f" stop + gap, which it may consume only L = {lateness} s later, and the stop comes a record (1 s)"
-        " after the last moving one."
-        + (
-            " Meeting gap + 30 s needs L < 29 s, below the 30 s reporters L is chosen for"
-            " ([live-trips.md](proposals/live-trips.md#departures-filled-in-as-built))."
-            if missed
-            else ""
-        ),
+        f"- On-time archive and index item (the live view's completion): p50"
+        f" {_seconds(trips['archive_p50_s'])}, p99 {_seconds(trips['archive_p99_s'])} after the last moving"
+        f" record's PutRecords; the design expects gap + 1.5 s = {trips['archive_expected_s']:g} s (the stop"
+        " comes a record, 1 s, after the last moving one, then a poll and the writes). The final archive and"
+        f" index item (the exact machine's): p50 {_seconds(trips.get('final_p50_s'))}, p99"
+        f" {_seconds(trips.get('final_p99_s'))}; the design expects gap + L + 1.5 s ="
+        f" {trips.get('final_expected_s', 0):g} s: the exact machine needs the record at stop + gap, which it"
+        f" may consume only L = {lateness} s later"
+        " ([live-trips.md](proposals/live-trips.md#departures-filled-in-as-built)).",
         *_after_the_stop(trips),
         "",
         f"What the scenario wrote ({trips['records']:,} records; each vehicle drives 1-2 minutes and parks"

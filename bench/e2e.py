@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +110,11 @@ class E2eResult:
     vehicle_state_items: dict[str, Any] | None = None
     settings: dict[str, Any] | None = None
     """The settings the daemon and processor ran with (the shipped defaults unless overridden)."""
+    phase: str = "mixed"
+    """The fleet's: ``mixed`` (the simulator's), every vehicle ``parked`` or every one ``driving``."""
+    changing_share: float = 1.0
+    """Share of the sampled measured records that change a value (the rest repeat: liveness only); the lag
+    figures are over those."""
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +125,9 @@ class Put:
     pseudo_vin: str
     event_ms: int
     sent_at: float
+    changes: bool = True
+    """It changes a value of its vehicle's previous record: what B promises to show (a repeat moves only
+    ``ts``, written at the liveness interval)."""
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -237,7 +245,7 @@ def replay_live(
             sent_at = time.monotonic()
             if kinesis.put_records(StreamName=stream, Records=entries).get("FailedRecordCount"):
                 raise RuntimeError("PutRecords failed for some records")
-            puts += [Put(pseudo.pseudo_vin(r.vin), r.event_ms, sent_at) for r in chunk]
+            puts += [Put(pseudo.pseudo_vin(r.vin), r.event_ms, sent_at, r.changes) for r in chunk]
         if len(puts) < len(records):
             time.sleep(PUT_EVERY)
     return puts
@@ -308,8 +316,10 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
     warmup: float = WARMUP_SECONDS,
     grace: float = GRACE_SECONDS,
     transform: Callable[[list[Produced]], list[Produced]] | None = None,
+    phase: str = "mixed",
 ) -> E2eResult:
-    """``overrides``: settings (environment names) to run with instead of the shipped defaults."""
+    """``overrides``: settings (environment names) to run with instead of the shipped defaults; ``phase``:
+    the fleet's (``bench.workload.Fleet.phase``: ``parked`` or ``driving`` holds every vehicle so)."""
     stage = fresh_stage(
         aws,
         shards=1,
@@ -318,7 +328,8 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         **(overrides or {}),
     )
     pseudo = Pseudonymizer(BENCH_ENV["FLEET_PSEUDONYM_KEY"].encode())
-    with daemon(stage, f"{peer}-{workload}", warmup + seconds + grace + 300) as running:
+    name = f"{peer}-{workload}" + ("" if phase == "mixed" else f"-{phase}")
+    with daemon(stage, name, warmup + seconds + grace + 300) as running:
         startup, processor, jvm, log = running.startup_s, running.processor, running.jvm, running.log
         say(
             f"  {peer}/{workload}: processor up after {startup:.0f}s; "
@@ -326,7 +337,7 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         )
         cpu_start = measure.proc_cpu_seconds(processor.pid)
         start_ms = int(time.time() * 1000) + 2000
-        fleet = Fleet(vehicles, (warmup + seconds) / 60, seed=SEED + 1, workload=workload)
+        fleet = Fleet(vehicles, (warmup + seconds) / 60, seed=SEED + 1, workload=workload, phase=phase)
         records = fleet.produced(start_ms)
         if transform is not None:
             records = transform(records)
@@ -347,7 +358,9 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         jvm_before = measure.proc_cpu_seconds(jvm.pid) if jvm else 0.0
         measured = replay_live(stage, records[split:], pseudo)
         puts += measured
-        watched = [put for put in measured if put.pseudo_vin in sampled]
+        # Lag is measured on the records that change a value: a repeat shows nothing new but its ts,
+        # which waits for the liveness interval (FLEET_LIVENESS_SECONDS) by design.
+        watched = [put for put in measured if put.pseudo_vin in sampled and put.changes]
         last = {put.pseudo_vin: put for put in watched}
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
@@ -384,12 +397,13 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
     # Throughput over everything put (warm-up included): the records made visible, estimated from the
     # sample (a shard is applied in order, so the sample's share is everyone's), over the time between
     # the first record becoming visible and the last (or the end of sampling, for a peer left behind).
-    every = visibility([put for put in puts if put.pseudo_vin in sampled], sampler.scans)
+    every = visibility([put for put in puts if put.pseudo_vin in sampled and put.changes], sampler.scans)
     done = [at for at in every if not math.isinf(at)]
     end = max(done) if len(done) == len(every) else sampler.scans[-1][0]
     rate = len(done) / len(every) * len(puts) / (end - min(done)) if len(done) > 1 else 0.0
     seen = visibility(watched, sampler.scans)
     lags = [at - put.sent_at for at, put in zip(seen, watched, strict=True)]
+    repeats = [put for put in measured if put.pseudo_vin in sampled and not put.changes]
     n = len(measured)
     return E2eResult(
         peer=peer,
@@ -397,7 +411,7 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         offered_per_second=float(vehicles),
         records=n,
         sampled_vehicles=len(sampled),
-        visible_share=sum(not math.isinf(at) for at in seen) / len(seen),
+        visible_share=sum(not math.isinf(at) for at in seen) / len(seen) if seen else 1.0,
         records_per_second=rate,
         lag_p50_s=percentile(lags, 0.50),
         lag_p99_s=percentile(lags, 0.99),
@@ -423,7 +437,30 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         per_record=measure.per_record(written, requests, n),
         vehicle_state_items=sizes,
         settings=settings_of(stage),
+        phase=phase,
+        changing_share=1 - len(repeats) / max(1, len(repeats) + len(watched)),
     )
+
+
+PHASES = ("parked", "driving")
+PHASE_SECONDS = 120.0
+"""The parked and driving runs' measured window, at least: a parked vehicle is written once a liveness
+interval (60 s), so a 45 s window would hold one write per vehicle or none, depending on the phase."""
+
+
+def phases(
+    aws: LocalAws, workloads: Sequence[str], vehicles: int, seconds: float, say: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """The live scenario (ours, shipped defaults) with every vehicle parked, then every one driving: the
+    write units of parked and of driving records apart. ``phase`` -> workload -> ``E2eResult.summary``."""
+    out: dict[str, dict[str, Any]] = {}
+    seconds = max(seconds, PHASE_SECONDS)
+    for phase in PHASES:
+        for workload in workloads:
+            say(f"live, all {phase}: {workload}, {vehicles} vehicles at 1 Hz ...")
+            result = run(aws, "ours", workload, vehicles, seconds, say, phase=phase)
+            out.setdefault(phase, {})[workload] = result.summary()
+    return out
 
 
 def settings_of(stage: Stage) -> dict[str, Any]:
@@ -432,6 +469,7 @@ def settings_of(stage: Stage) -> dict[str, Any]:
         "kcl_idle_time_between_reads_millis",
         "kcl_max_records",
         "state_max_delay_ms",
+        "liveness_seconds",
         "trail_max_delay_ms",
         "checkpoint_every_seconds",
         "checkpoint_every_records",

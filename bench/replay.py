@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import measure
 from bench.stage import cpu_seconds, fresh_stage, peak_rss
-from bench.workload import Fleet, Produced, entries, windows
+from bench.workload import WORKLOADS, Fleet, Produced, entries, windows
 from devtools.local_aws import LocalAws
 from tests.support.harness import SEQUENCE_BASE, ProcessorHarness, ShardRecord
 
@@ -103,6 +103,30 @@ class ReplayResult:
         }
 
 
+CADENCES = (5, 30)
+"""Slow reporters, seconds between a vehicle's records (many telematics units report every 5-30 s)."""
+
+
+def slow_fleet(vehicles: int, minutes: float, period: int, workload: str) -> Fleet:
+    """The catch-up fleet at one record per ``period`` s: as many records per vehicle as ``minutes`` at
+    1 Hz (so per-trip and per-vehicle writes weigh as much per record), from minute 10 on."""
+    return Fleet(vehicles, minutes * period, skip_minutes=10, workload=workload, period_seconds=period)
+
+
+def slow_reporters(
+    aws: LocalAws, vehicles: int, minutes: float, batch_seconds: float, say: Any = None
+) -> dict[str, dict[str, Any]]:
+    """The catch-up replay of ``slow_fleet`` per cadence and workload: ``"<period>s"`` -> workload ->
+    summary (``ReplayResult.summary``, with ``fleet``: its description)."""
+    out: dict[str, dict[str, Any]] = {}
+    for period in CADENCES:
+        for workload in WORKLOADS:
+            fleet = slow_fleet(vehicles, minutes, period, workload)
+            result = run(aws, "ours", fleet, batch_seconds, say).summary()
+            out.setdefault(f"{period}s", {})[workload] = {**result, "fleet": fleet.describe()}
+    return out
+
+
 def backlog(produced: Sequence[Produced]) -> list[ShardRecord]:
     """The records as the shard holds them: sequence numbers in put order, each with its own arrival
     (``approximateArrivalTimestamp``: when it was put, ``due_ms``), so the stream clock and the settle
@@ -156,3 +180,54 @@ def run(aws: LocalAws, peer: str, fleet: Fleet, batch_seconds: float, progress: 
         vehicles=fleet.vehicles,
         stored=tables,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.replay``: the write-unit figures of issue 23 alone, in a few minutes: the catch-up
+    replay at 1 Hz and at the slow cadences (``--cadences``), and with ``--live`` the live parked and
+    driving fleets (``bench.e2e.phases``); a table on stdout, the JSON with ``--output``."""
+    import argparse
+
+    import orjson
+
+    from bench import e2e, report
+
+    parser = argparse.ArgumentParser(prog="python -m bench.replay", description=main.__doc__)
+    parser.add_argument("--vehicles", type=int, default=12)
+    parser.add_argument("--minutes", type=float, default=30, help="at 1 Hz; slow fleets as many records")
+    parser.add_argument("--cadences", type=int, nargs="*", default=[1, *CADENCES])
+    parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
+    parser.add_argument("--live", action="store_true", help="also the live parked and driving fleets")
+    parser.add_argument("--live-vehicles", type=int, default=20)
+    parser.add_argument("--live-seconds", type=float, default=120, help="at least e2e.PHASE_SECONDS")
+    parser.add_argument("--output", type=str, default=None, help="write the figures here (JSON)")
+    args = parser.parse_args(argv)
+
+    def say(text: str) -> None:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    results: dict[str, Any] = {"catch_up_cadence": {}, "live_phase": {}}
+    with LocalAws() as aws:
+        for period in args.cadences:
+            for workload in args.workloads:
+                fleet = slow_fleet(args.vehicles, args.minutes, period, workload)
+                say(f"catch-up: {fleet.describe()} ...")
+                summary = run(aws, "ours", fleet, 10.0, say).summary()
+                results["catch_up_cadence"].setdefault(f"{period}s", {})[workload] = {
+                    **summary,
+                    "fleet": fleet.describe(),
+                }
+        if args.live:
+            results["live_phase"] = e2e.phases(
+                aws, args.workloads, args.live_vehicles, args.live_seconds, say
+            )
+    print("\n".join(report.cost_lines(results)))
+    if args.output:
+        with open(args.output, "wb") as out:
+            out.write(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,7 +26,7 @@ import orjson
 from tesla_protocol.telemetry import vehicle_data_pb2 as pb
 from tesla_protocol.telemetry.vehicle_data_pb2 import Datum, LocationValue, Payload, Value
 
-from devtools.simulate import simulate
+from devtools.simulate import fleet, simulate
 from processors.signals import parse_time
 from schemas.records import KinesisRecord, StreamPosition
 from worker.replay import StreamEntry
@@ -44,6 +44,8 @@ class Produced:
     event_ms: int
     due_ms: int
     data: bytes
+    changes: bool = True
+    """Some value differs from the vehicle's previous record (False: a repeat, liveness only)."""
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,22 @@ class Fleet:
     taking over a running stream finds them (the first minutes are mostly vehicles setting off)."""
     seed: int = SEED
     workload: str = "native"
+    period_seconds: int = 1
+    """Each vehicle reports every this many seconds (telematics units: 5-30 s), phases spread."""
+    phase: str = "mixed"
+    """``mixed``: the simulator's parking and driving; ``parked`` or ``driving``: every vehicle stays so
+    throughout (parked vehicles repeat every value; driving ones move, with red lights)."""
 
     @property
     def records(self) -> int:
-        return self.vehicles * int(self.minutes * 60)
+        return self.vehicles * (int(self.minutes * 60) // self.period_seconds)
 
     def describe(self) -> str:
         skipped = f", from minute {self.skip_minutes:g} on" if self.skip_minutes else ""
+        rate = "1 Hz" if self.period_seconds == 1 else f"one record per {self.period_seconds} s"
+        phase = "" if self.phase == "mixed" else f", all {self.phase}"
         return (
-            f"{self.vehicles} vehicles x {self.minutes:g} min at 1 Hz{skipped} "
+            f"{self.vehicles} vehicles x {self.minutes:g} min at {rate}{phase}{skipped} "
             f"({self.records:,} {self.workload} records)"
         )
 
@@ -72,18 +81,66 @@ class Fleet:
         total = self.minutes + self.skip_minutes
         if start_ms is None:
             start_ms = int(time.time() * 1000) - int(total * 60_000) - 5_000
-        skipped = self.vehicles * int(self.skip_minutes * 60)
-        return list(simulate(self.vehicles, total, self.seed, start_ms))[skipped:]
+        if self.phase == "mixed":
+            records: Iterable[dict[str, Any]] = simulate(self.vehicles, total, self.seed, start_ms)
+        else:
+            records = _simulate_phase(self.vehicles, total, self.seed, start_ms, self.phase)
+        skipped = int(self.skip_minutes * 60)
+        return list(_every(records, self.period_seconds, skipped))
 
     def produced(self, start_ms: int | None = None) -> list[Produced]:
         """The records of this fleet's workload as producers put them (a Tesla vehicle's snapshot comes
         with its first record of the stream, so a skipped start still opens with the snapshot)."""
         native = self.stream(start_ms)
         if self.workload == "native":
-            return [native_produced(r) for r in native]
+            return native_stream(native)
         if self.workload == "tesla":
             return tesla_stream(native, self.seed)
         raise ValueError(f"unknown workload {self.workload!r}")
+
+
+def _simulate_phase(
+    vehicles: int, minutes: float, seed: int, start_ms: int, phase: str
+) -> Iterator[dict[str, Any]]:
+    """``devtools.simulate.simulate`` with every vehicle held in ``phase`` (``parked``/``driving``)."""
+    if phase not in ("parked", "driving"):
+        raise ValueError(f"unknown phase {phase!r}")
+    cars = fleet(vehicles, seed)
+    for car in cars:
+        car.phase, car.phase_left = phase, 10**9
+        car.speed = car.cruise if phase == "driving" else 0.0
+    offsets = [random.Random(seed + i).randrange(1000) for i in range(vehicles)]
+    order = sorted(range(vehicles), key=lambda i: offsets[i])
+    for second in range(int(minutes * 60)):
+        for i in order:
+            cars[i].tick()
+            yield cars[i].record(start_ms + second * 1000 + offsets[i])
+
+
+def _every(records: Iterable[dict[str, Any]], period: int, skip_seconds: int) -> Iterator[dict[str, Any]]:
+    """Each vehicle's records once every ``period`` seconds (vehicle i at the seconds ``= i mod period``,
+    so the fleet's records stay spread), after its first ``skip_seconds``."""
+    seen: dict[str, list[int]] = {}
+    for record in records:
+        counted = seen.get(record["vin"])
+        if counted is None:
+            counted = seen[record["vin"]] = [0, len(seen)]
+        second, index = counted
+        counted[0] += 1
+        if second >= skip_seconds and second % period == index % period:
+            yield record
+
+
+def native_stream(native: Sequence[dict[str, Any]]) -> list[Produced]:
+    """The records as put, each marked whether it changes a value of its vehicle's previous one."""
+    previous: dict[str, dict[str, Any]] = {}
+    out = []
+    for record in native:
+        signals = record["signals"]
+        changes = previous.get(record["vin"]) != signals
+        previous[record["vin"]] = signals
+        out.append(replace(native_produced(record), changes=changes))
+    return out
 
 
 def native_produced(record: dict[str, Any]) -> Produced:
@@ -259,7 +316,10 @@ def tesla_stream(native: Sequence[dict[str, Any]], seed: int = SEED) -> list[Pro
         if vehicle is None:
             vehicle = vehicles[vin] = TeslaVehicle(vin, random.Random(rng.random()), len(vehicles))
         event_ms = parse_time(record["timestamp"])
-        out.append(Produced(vin, event_ms, event_ms, vehicle.payload(vehicle.record(record), event_ms)))
+        sent = dict(vehicle.sent)
+        pairs = vehicle.record(record)
+        changes = not sent or any(sent.get(name) != member for name, member in pairs)
+        out.append(Produced(vin, event_ms, event_ms, vehicle.payload(pairs, event_ms), changes))
     return out
 
 

@@ -1,4 +1,6 @@
-"""Archiving completed trips: ``trips/{pseudoVin}/{tripId}.json.gz`` in S3 and one ``trips-index`` item.
+"""Archiving completed trips: ``trips/{pseudoVin}/{tripId}.json.gz`` in S3 and one ``trips-index`` item;
+before it, when the live view completes the trip, its on-time archive under ``trips-provisional/`` and an
+index item marked ``provisional`` (docs/design.md, "two archives of a trip").
 
 Pure: object keys, the gzipped JSON bodies (``mtime=0`` so equal input gives equal bytes) and the index
 item, computed from the trip's trail rows (``processors.trail.trip_rows``). ``worker.trip_commit.
@@ -43,6 +45,12 @@ def archive_key(pseudo_vin: str, trip_id: str) -> str:
     return f"trips/{pseudo_vin}/{trip_id}.json.gz"
 
 
+def provisional_key(pseudo_vin: str, trip_id: str, end_time_ms: int) -> str:
+    """The on-time archive of a trip ending at ``end_time_ms``: one key per end, so it is written once too
+    (a trip the live view completes twice, a late record having resumed it, ends at two instants)."""
+    return f"trips-provisional/{pseudo_vin}/{trip_id}/{end_time_ms}.json.gz"
+
+
 def segment_key(pseudo_vin: str, trip_id: str, index: int) -> str:
     return f"trip-segments/{pseudo_vin}/{trip_id}/{index:05d}.json.gz"
 
@@ -71,8 +79,11 @@ def _row(t_ms: int, lat: float, lng: float, values: Sequence[float | None]) -> d
     return row
 
 
-def archive_trip(trip: CompletedTrip, crumbs: Sequence[Crumb]) -> tuple[bytes, TripIndexItem]:
-    """The archive object's bytes and the index item of ``trip``, from any superset of its crumbs."""
+def archive_trip(
+    trip: CompletedTrip, crumbs: Sequence[Crumb], *, provisional: bool = False
+) -> tuple[bytes, TripIndexItem]:
+    """The archive object's bytes and the index item of ``trip``, from any superset of its crumbs;
+    ``provisional``: the on-time archive (its own key, the item marked so)."""
     rows = trip_rows(crumbs, trip.start_time_ms, trip.end_time_ms, trip.completion_ms)
     use_level = trip.reports_battery_level or any(c.battery_level is not None for c in rows)
     records: list[dict[str, Any]] = []
@@ -108,10 +119,15 @@ def archive_trip(trip: CompletedTrip, crumbs: Sequence[Crumb]) -> tuple[bytes, T
         endLocation=LocationItem(lat=points[-1][0], lng=points[-1][1]) if points else None,
         startBattery=batteries[0] if batteries else None,
         endBattery=batteries[-1] if batteries else None,
-        s3Key=archive_key(trip.pseudo_vin, trip.trip_id),
+        s3Key=(
+            provisional_key(trip.pseudo_vin, trip.trip_id, trip.end_time_ms)
+            if provisional
+            else archive_key(trip.pseudo_vin, trip.trip_id)
+        ),
         endReason=trip.end_reason.value,
         # From the trip's end, not from R: the index item is a function of the trip's records, whatever
         # order they arrived in (a late archive expires as early as an on-time one would).
         expiresAt=trip.end_time_ms // 1000 + INDEX_TTL_SECONDS,
+        provisional=True if provisional else None,
     )
     return gzip_json(records), item

@@ -110,6 +110,9 @@ class UnwritableUpdate(FleetIngestError):
 class ConflictReason(StrEnum):
     DIFFERENT_BYTES = "different_bytes"
     """An archive or segment key already holds other bytes: a deterministic write was not deterministic."""
+    PROVISIONAL_BYTES = "provisional_bytes"
+    """An on-time archive's key (a trip and its end) holds other bytes: a crumb of its span arrived after it
+    was written. Expected; the final archive, written once the allowed lateness has passed, has it."""
     DIFFERENT_RECORD = "different_record"
     """A dead letter's key (its stream position) already holds the dead letter of another record."""
 

@@ -146,19 +146,24 @@ class ProgressStore(Protocol):
 
 
 class TripArchive(Protocol):
-    """Archive and segment objects (S3), written once, and ``trips-index`` items (plain overwrites) of
-    deterministic content, so writing twice, or by two writers, leaves the same result."""
+    """Archive and segment objects (S3), written once, and ``trips-index`` items (overwrites, the final item
+    over the on-time one) of deterministic content, so writing twice, or by two writers, leaves the same
+    result."""
 
-    def put_object(self, key: str, body: bytes) -> None:
+    def put_object(self, key: str, body: bytes, *, provisional: bool = False) -> None:
         """Store ``body`` unless the key holds an object: the same bytes is a no-op, other bytes raise
-        ``WriteOnceConflict`` (the stored object is kept)."""
+        ``WriteOnceConflict`` (the stored object is kept; alarmed, unless ``provisional``: an on-time
+        archive that a late crumb changed, which the final archive carries)."""
         ...
 
     def get_object(self, key: str) -> bytes:
         """The object's bytes; raises if there is none (a sealed segment is never missing)."""
         ...
 
-    def put_index(self, item: TripIndexItem) -> None: ...
+    def put_index(self, item: TripIndexItem) -> None:
+        """Store the item; a ``provisional`` one only where there is none or a provisional one (a replayed
+        on-time archive never replaces the final item)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,8 @@ Pure: the crumb codec, the join, packing into per-bucket merges, the remainder o
 writers of the same record (a zombie, a redelivery, the live processor) write the same string, and trip
 membership is decided from the span at archive time (``trip_rows``).
 
-**Item**: PK ``pseudoVin``, SK ``bucket`` (epoch s, multiple of 15), TTL ``expiresAt``, and one top-level
-attribute per 10 ms slot: name ``str((t - bucket*1000) // 10)``, value
+**Item**: PK ``pseudoVin``, SK ``bucket`` (epoch s: the bucket's start, a multiple of its span), TTL
+``expiresAt``, and one top-level attribute per 10 ms slot: name ``str((t - bucket*1000) // 10)``, value
 ``f"{t % 10}{999999999 - delay_s:09d}{lat},{lng},{speed},{heading},{odometer},{batteryLevel},{soc}"``
 (numbers in their shortest round-trip form, absent fields empty, trailing commas trimmed).
 
@@ -22,6 +22,14 @@ location is one field, the (lat, lng) pair: one record's latitude is never paire
 longitude), and the earliest arrival (the larger inverted delay). A gateway that splits one instant over two
 records (location in one, speed in the other), or a resend with another field subset, loses nothing.
 ``expiresAt`` is a max-register (max arrival s + 24 h).
+
+**Spans.** A bucket spans 15 s for a 1 Hz vehicle; for a slower reporter the writer picks a wider span from
+its reporting interval (``span_for``: 75 s at one record per 5 s, 450 s at one per 30 s), so each item holds
+about 15 records whatever the cadence. The span is not stored: a slot's name is relative to the item's own
+``bucket``, so decoding needs only the key, and a reader queries every key from ``TRAIL_MAX_SPAN`` before its
+range (``bucket_range``) and joins crumbs per absolute 10 ms slot (``_canonical``). Which item holds a crumb
+may then depend on the cadence its writer had seen (a restarted writer starts at 15 s): two writers may put
+one record in two items; readers see one crumb, the join, as before.
 """
 
 from __future__ import annotations
@@ -36,6 +44,15 @@ import orjson
 from schemas.records import VehicleReading
 
 TRAIL_BUCKET_SECONDS = 15
+TRAIL_SPANS = (15, 30, 75, 150, 450)
+"""The spans (s) a bucket may have: a vehicle's crumbs go into the widest that holds at most
+``BUCKET_RECORDS`` of its records at its reporting interval (``span_for``), so a bucket of a unit reporting
+every 5 s spans 75 s and one of a unit reporting every 30 s, 450 s: about as full as a 1 Hz vehicle's 15 s
+bucket (< 1 KB), one write unit per ~15 records instead of one per 3 or per 1."""
+TRAIL_MAX_SPAN = TRAIL_SPANS[-1]
+BUCKET_RECORDS = 16
+"""Records a bucket is sized for: a 1 Hz vehicle (16 records when an interval jitters under a second)
+keeps 15 s, and a 5 s unit whose interval jitters a little under 5 s still gets 75 s."""
 TRAIL_TTL_SECONDS = 86_400
 SLOT_MS = 10
 DELAY_DIGITS = 9
@@ -105,13 +122,31 @@ def crumb_of(reading: VehicleReading) -> Crumb | None:
     return Crumb(t, (t // 1000 + delay) * 1000, lat, lng, *fields)
 
 
-def bucket_of(t_ms: int) -> int:
-    """The bucket (epoch seconds, a multiple of ``TRAIL_BUCKET_SECONDS``) holding event time ``t_ms``."""
-    return t_ms // 1000 // TRAIL_BUCKET_SECONDS * TRAIL_BUCKET_SECONDS
+def bucket_of(t_ms: int, span_s: int = TRAIL_BUCKET_SECONDS) -> int:
+    """The bucket (epoch seconds, a multiple of ``span_s``) holding event time ``t_ms``."""
+    return t_ms // 1000 // span_s * span_s
 
 
-def slot_of(t_ms: int) -> str:
-    return str((t_ms - bucket_of(t_ms) * 1000) // SLOT_MS)
+def slot_of(t_ms: int, bucket: int | None = None) -> str:
+    """The slot of ``t_ms`` in the bucket starting at ``bucket`` (epoch s; by default its 15 s bucket): its
+    10 ms step from the bucket's start, so a slot's name depends on the item's key alone, never on the span
+    the writer chose."""
+    start = bucket_of(t_ms) if bucket is None else bucket
+    return str((t_ms - start * 1000) // SLOT_MS)
+
+
+def span_for(interval_ms: int) -> int:
+    """The bucket span (s) for a vehicle reporting every ``interval_ms``: the widest of ``TRAIL_SPANS`` that
+    holds at most ``BUCKET_RECORDS`` of its records."""
+    fitting = [span for span in TRAIL_SPANS if span * 1000 <= BUCKET_RECORDS * interval_ms]
+    return fitting[-1] if fitting else TRAIL_BUCKET_SECONDS
+
+
+def bucket_range(from_ms: int, to_ms: int) -> tuple[int, int]:
+    """The bucket keys (epoch s, inclusive) of every item that may hold a crumb with ``from <= t <= to``,
+    whatever span its writer chose: a bucket starting up to ``TRAIL_MAX_SPAN`` before ``from`` may reach
+    into it. Readers need not know a vehicle's span; a 1 Hz vehicle's range reads 29 more (15 s) keys."""
+    return from_ms // 1000 - TRAIL_MAX_SPAN + 1, to_ms // 1000
 
 
 def _text(value: float | None) -> str:
@@ -288,14 +323,20 @@ def outstanding(merge: BucketMerge, stored_item: Mapping[str, Any] | None) -> Re
 
 
 def _canonical(crumbs: Iterable[Crumb]) -> list[tuple[Crumb, str]]:
-    """The crumbs as the store would hold them (one per slot, the join of its crumbs), sorted by
-    (t, encoded value)."""
-    joined: dict[tuple[int, str], Crumb] = {}
+    """The crumbs as the store would hold them (one per 10 ms slot of absolute time, the join of its
+    crumbs, whichever item each came from), sorted by (t, encoded value)."""
+    joined: dict[int, Crumb] = {}
     for crumb in crumbs:
-        key = (bucket_of(crumb.t_ms), slot_of(crumb.t_ms))
+        key = crumb.t_ms // SLOT_MS
         held = joined.get(key)
         joined[key] = crumb if held is None else join(held, crumb)
     return sorted(((c, encode(c)) for c in joined.values()), key=lambda pair: (pair[0].t_ms, pair[1]))
+
+
+def one_per_slot(crumbs: Iterable[Crumb]) -> list[Crumb]:
+    """The crumbs as one item would hold them: one per 10 ms slot of absolute time, the join of those read
+    from several items (a record two writers packed into buckets of different spans), in (t, value) order."""
+    return [crumb for crumb, _ in _canonical(crumbs)]
 
 
 def trip_rows(crumbs: Iterable[Crumb], start_ms: int, end_ms: int, completion_ms: int) -> list[Crumb]:

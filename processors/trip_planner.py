@@ -125,8 +125,14 @@ def _progress(state: VehicleTrips) -> tuple[int, int] | None:
 
 def _shown(vehicle: _Vehicle) -> VehicleTrips:
     """What ``trip-state``'s reader fields show: the live view's trip; once the live view has ended it,
-    the exact machine's until its archive is written (the trip never vanishes before it is archived)."""
-    return vehicle.live if vehicle.live.trip is not None else vehicle.exact
+    the exact machine's until an archive of it is stored (the trip never vanishes before it is archived):
+    the on-time one (written before the item, when it is in the same plan) or the final one."""
+    if vehicle.live.trip is not None:
+        return vehicle.live
+    trip = vehicle.exact.trip
+    if trip is not None and trip.trip_id in vehicle.on_time_sent:
+        return vehicle.live
+    return vehicle.exact
 
 
 @dataclass(slots=True)
@@ -154,6 +160,11 @@ class _Vehicle:
     """The newest event time the exact machine consumed (idle records included)."""
     heard_ms: int | None = None
     """Arrival of the newest record received (``heardAt``)."""
+    on_time: list[CompletedTrip] = field(default_factory=list)
+    """Trips the live view completed, their on-time archives not written yet."""
+    on_time_sent: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Trip id -> (start, end) of its newest on-time archive (planned or stored), until the exact machine
+    completes it: the live view completes a trip again at every rebuild, archived again only if it moved."""
 
 
 class TripPlanner:
@@ -181,6 +192,8 @@ class TripPlanner:
         """Live trips renamed by a late earlier record; the caller takes and reports them."""
         self._previous: StreamPosition | None = None
         """The position of the last record that went by (``add``, ``passed``)."""
+        self._now_ms: int | None = None
+        """The wall clock of the newest ``add`` (None: not known, taken as live)."""
 
     def unknown(self, pseudo_vins: Iterable[str]) -> list[str]:
         return [pv for pv in pseudo_vins if pv not in self._vehicles]
@@ -196,6 +209,7 @@ class TripPlanner:
 
     def add(self, reading: VehicleReading, record: KinesisRecord, now_ms: int) -> None:
         """``WriteBuffer.add``: the record (its vehicle adopted), in stream order."""
+        self._now_ms = now_ms
         self.receive(reading.pseudo_vin, step_of(reading, record.data), record.position, self._previous)
         self._previous = record.position
 
@@ -241,9 +255,33 @@ class TripPlanner:
         newest = self._settle.newest(pseudo_vin)  # the greatest order received before it, not late
         self._settle.add(pseudo_vin, pending)
         if newest is None or step.order > newest:
-            self._machine.apply(vehicle.live, step, TripEffects())
+            effects = TripEffects()
+            self._machine.apply(vehicle.live, step, effects, self._settle.received_ms)
+            self._complete_on_time(vehicle, effects.completed)
         else:
             self._rebuild_live(pseudo_vin, vehicle)
+
+    def _complete_on_time(self, vehicle: _Vehicle, completed: Iterable[CompletedTrip]) -> None:
+        """The live view completed these trips: archive each on time (``provisional``) while the exact
+        machine, L behind, still has it open. R is the stream clock now. The segments are the exact
+        machine's (the ones stored), the rest is read from the trail."""
+        trip = vehicle.exact.trip
+        for done in completed:
+            if trip is None or trip.trip_id != done.trip_id:
+                continue  # the exact machine completed it already: its archive is the final one
+            if self._now_ms is not None and self._now_ms - done.completion_ms > self.lateness_ms:
+                # Catching up (R is more than L ago): reading L more of the stream takes less than L, so
+                # the final archive comes sooner than the on-time one would be of use; it would only cost.
+                continue
+            span = (done.start_time_ms, done.end_time_ms)
+            if vehicle.on_time_sent.get(done.trip_id) == span:
+                continue
+            vehicle.on_time_sent[done.trip_id] = span
+            vehicle.on_time = [c for c in vehicle.on_time if c.trip_id != done.trip_id]
+            vehicle.on_time.append(
+                replace(done, segments=trip.segments, sealed_through_ms=trip.sealed_through_ms)
+            )
+            vehicle.urgent = True
 
     def tick(self, clock_ms: int) -> None:
         """The stream clock moved without a record (an empty poll, caught up): consume what settles."""
@@ -294,6 +332,10 @@ class TripPlanner:
         vehicle.dirty = vehicle.dirty or effects.changed
         vehicle.seals += effects.seals
         vehicle.outbox += effects.completed
+        for done in effects.completed:
+            # Its final archive supersedes the on-time one: one not written yet need not be.
+            vehicle.on_time_sent.pop(done.trip_id, None)
+            vehicle.on_time = [c for c in vehicle.on_time if c.trip_id != done.trip_id]
         vehicle.new_completions += len(effects.completed)
         if not (vehicle.dirty or vehicle.urgent):
             vehicle.journal.clear()  # nothing moved: nothing to re-apply over another writer's state
@@ -303,9 +345,11 @@ class TripPlanner:
         unsettled record, in order. A live trip that now starts earlier is renamed (logged)."""
         before = vehicle.live.trip
         live = clone(vehicle.exact)
+        effects = TripEffects()
         for pending in self._settle.pending(pseudo_vin):
-            self._machine.apply(live, pending.step, TripEffects())
+            self._machine.apply(live, pending.step, effects, self._settle.received_ms)
         vehicle.live = live
+        self._complete_on_time(vehicle, effects.completed)
         after = live.trip
         if (
             before is not None
@@ -329,6 +373,7 @@ class TripPlanner:
             fields=item_fields(pseudo_vin, exact, _shown(vehicle), vehicle.held, vehicle.heard_ms),
             open=exact.trip is not None or live.trip is not None or bool(vehicle.held),
             expected_last_update=vehicle.version,
+            on_time=list(vehicle.on_time),
         )
 
     def due(self, now_ms: int, *, everything: bool) -> list[VehicleTripPlan]:
@@ -354,6 +399,7 @@ class TripPlanner:
         # already if they were ever ours (a handed-over vehicle is adopted once).
         vehicle.heard_ms = old.heard_ms
         vehicle.held = old.held
+        vehicle.on_time, vehicle.on_time_sent = old.on_time, old.on_time_sent
         self.consume(stale.pseudo_vin, old.journal, self._settle.received_ms)
         self._rebuild_live(stale.pseudo_vin, vehicle)
         vehicle.dirty = True
@@ -363,7 +409,7 @@ class TripPlanner:
         """The vehicle's plan is durable at ``version`` (written at ``now_ms``)."""
         vehicle = self._vehicles[pseudo_vin]
         vehicle.version = version
-        vehicle.outbox, vehicle.seals, vehicle.journal = [], [], []
+        vehicle.outbox, vehicle.seals, vehicle.journal, vehicle.on_time = [], [], [], []
         vehicle.new_completions = 0
         vehicle.dirty = vehicle.urgent = False
         shown = _shown(vehicle)

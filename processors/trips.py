@@ -391,3 +391,6 @@ class VehicleTripPlan:
     closes to its mark."""
     expected_last_update: str | None
     """Version of the stored item this plan builds on (None: there is none)."""
+    on_time: list[CompletedTrip] = field(default_factory=list)
+    """Trips the live view completed whose exact completion is still to come: their on-time (provisional)
+    archives, written before the item that stops showing them."""

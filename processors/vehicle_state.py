@@ -85,6 +85,16 @@ class StateUpdate:
                 self.signals[name] = candidate
 
 
+def unchanged(observation: Observation, known: Observation) -> bool:
+    """``observation`` moves nothing of a register known to hold ``known`` but its time: it does not beat
+    it (the store keeps the newer), or it holds the same value. Same type and ``==``: a value equal only
+    across types (``1`` and ``True``) counts as a change, which is the safe side (written sooner)."""
+    if not observation.beats(known):
+        return True
+    value, held = observation.value, known.value
+    return type(value) is type(held) and value == held
+
+
 def canonical_bytes(value: Any) -> bytes:
     """A total order for equal-time ties that does not depend on how the value was stored."""
     return orjson.dumps(_canonical(value), option=orjson.OPT_SORT_KEYS)

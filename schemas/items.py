@@ -194,3 +194,7 @@ class TripIndexItem(_Item):
     endReason: Literal["gap", "orphan"]
     expiresAt: int
     """The trip's end (event time) + 90 days, in epoch seconds: a function of the trip, not of arrival."""
+    provisional: bool | None = None
+    """True on the on-time item, written when the live view completes the trip (``s3Key`` under
+    ``trips-provisional/``); the final item (no such attribute, ``s3Key`` under ``trips/``) replaces it once
+    the allowed lateness has passed."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from devtools.local_aws import LocalAws
 from devtools.settings import settings_from
@@ -17,6 +18,11 @@ from worker.bootstrap import bootstrap, record_pseudonym_fingerprint
 from worker.config import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# Properties assert behaviour, never wall-clock speed: hypothesis's per-example deadline (200 ms) fails
+# examples on a loaded 2-core machine that pass alone.
+hypothesis_settings.register_profile("fleet", deadline=None)
+hypothesis_settings.load_profile("fleet")
 
 # Fixture streams carry fixed 2025 event times; the stream's clock is "now". Widen the age window so
 # they decode, except in the tests of that very check.

@@ -64,7 +64,8 @@ class AwsClients:
             aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
             region_name=self.settings.region,
         )
-        client = session.client(service, endpoint_url=self.settings.endpoint_url, config=cfg)  # type: ignore[call-overload]
+        endpoint = self.settings.kinesis_endpoint if service == "kinesis" else self.settings.endpoint_url
+        client = session.client(service, endpoint_url=endpoint, config=cfg)  # type: ignore[call-overload]
         _ = client.exceptions  # built lazily and not thread-safely: build it before threads share the client
         return client
 

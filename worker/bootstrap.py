@@ -39,6 +39,13 @@ LIFECYCLE_RULES: tuple[dict[str, Any], ...] = (
         "Status": "Enabled",
         "Expiration": {"Days": 30},
     },
+    # On-time archives: an index item points at one only until the final archive replaces it, L later.
+    {
+        "ID": "expire-provisional-trips",
+        "Filter": {"Prefix": "trips-provisional/"},
+        "Status": "Enabled",
+        "Expiration": {"Days": 2},
+    },
     # Dead letters: a quarter to find the cause, fix it and redrive.
     {
         "ID": "expire-dead-letters",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +53,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("AWS_ENDPOINT_URL", "FLEET_ENDPOINT_URL"),
         description="Custom AWS endpoint for every service (the local AWS); unset means real AWS.",
     )
+    kinesis_endpoint_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AWS_ENDPOINT_URL_KINESIS", "FLEET_KINESIS_ENDPOINT_URL"),
+        description="Kinesis only, instead of `AWS_ENDPOINT_URL` (`AWS_ENDPOINT_URL_KINESIS` also "
+        "accepted, botocore's name): a local Kinesis of its own, such as kinesis-local for `FANOUT`.",
+    )
 
     # --- pseudonymization ---------------------------------------------------------------------------
     pseudonym_secret_id: str = Field(
@@ -76,6 +83,13 @@ class Settings(BaseSettings):
         description="Freshness budget B: a record's `vehicle-state` effect is written at most this long "
         "after its arrival in the stream (or its receipt + B when received later), at most one write per "
         "vehicle per B.",
+    )
+    liveness_seconds: int = Field(
+        60,
+        ge=0,
+        description="A record that changes no `vehicle-state` value, only moves its `ts` (a parked vehicle "
+        "repeating itself), is written at most this often per vehicle, and at the checkpoint flush; a "
+        "changed value is written within B and takes `ts` with it. `0`: every record within B.",
     )
     state_write_margin_ms: int = Field(
         100,
@@ -148,6 +162,23 @@ class Settings(BaseSettings):
         "(`<python> -m worker process`).",
     )
     kcl_initial_position: str = Field("TRIM_HORIZON", description="Where a new lease starts reading.")
+    kcl_retrieval_mode: Literal["FANOUT", "POLLING"] = Field(
+        "POLLING",
+        description="How the daemon reads a shard: `FANOUT` (enhanced fan-out: the stream pushes records to "
+        "a registered consumer over SubscribeToShard, 2 MB/s per shard of its own; what the stack runs) or "
+        "`POLLING` (GetRecords every `FLEET_KCL_IDLE_TIME_BETWEEN_READS_MILLIS`, sharing the shard's "
+        "5 reads a second with every other application on the stream).",
+    )
+    kcl_consumer_arn: str | None = Field(
+        None,
+        description="`FANOUT`: the ARN of a consumer registered beforehand (the stack's); the KCL then "
+        "only subscribes with it. Unset: the KCL finds or registers `FLEET_KCL_CONSUMER_NAME` itself.",
+    )
+    kcl_consumer_name: str | None = Field(
+        None,
+        description="`FANOUT` without a consumer ARN: the consumer the KCL looks up, or registers, on the "
+        "stream; unset: the application name (`FLEET_APPLICATION_NAME`).",
+    )
     kcl_worker_id: str | None = Field(
         None,
         description="This task's name as a lease owner (e.g. the ECS task id), so `status` and the lease "
@@ -179,10 +210,17 @@ class Settings(BaseSettings):
         "the KCL's own, which go to the namespace named after the application.",
     )
 
-    @field_validator("endpoint_url", mode="before")
+    @field_validator(
+        "endpoint_url", "kinesis_endpoint_url", "kcl_consumer_arn", "kcl_consumer_name", mode="before"
+    )
     @classmethod
     def _unset_when_empty(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value  # `AWS_ENDPOINT_URL=`
+
+    @field_validator("kcl_retrieval_mode", mode="before")
+    @classmethod
+    def _mode_in_capitals(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value  # the KCL's parser ignores case
 
     @model_validator(mode="after")
     def _key_only_locally(self) -> Settings:
@@ -192,6 +230,21 @@ class Settings(BaseSettings):
                 "is read from Secrets Manager (FLEET_PSEUDONYM_SECRET_ID)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _consumer_only_with_fanout(self) -> Settings:
+        # In POLLING the KCL never reads them: a stack that sets a consumer meant to fan out.
+        if self.kcl_retrieval_mode == "POLLING" and (self.kcl_consumer_arn or self.kcl_consumer_name):
+            raise ValueError(
+                "FLEET_KCL_CONSUMER_ARN and FLEET_KCL_CONSUMER_NAME are for FLEET_KCL_RETRIEVAL_MODE=FANOUT; "
+                "with POLLING the daemon would ignore them"
+            )
+        return self
+
+    @property
+    def kinesis_endpoint(self) -> str | None:
+        """Where Kinesis is: its own endpoint if one is set, else the one of every service."""
+        return self.kinesis_endpoint_url or self.endpoint_url
 
     @property
     def trip_lateness_ms(self) -> int:

@@ -80,7 +80,8 @@ def require_kcl3(version: tuple[int, int, int]) -> None:
 
 
 def daemon_properties(settings: Settings) -> dict[str, str]:
-    """MultiLangDaemon properties for KCL 3.x (``MultiLangDaemonConfiguration``'s setter names).
+    """MultiLangDaemon properties for KCL 3.x (``MultiLangDaemonConfiguration``'s setter names; the
+    fan-out consumer's are its ``FanoutConfigBean``'s, reached as ``fanoutConfig.<name>``).
 
     The daemon's property loader ignores a key it has no setter for, silently: tests/unit/test_launcher.py
     checks every key against the installed multilang jar.
@@ -96,13 +97,11 @@ def daemon_properties(settings: Settings) -> dict[str, str]:
         # profile, the ECS container endpoint. A v1 name would build an empty chain, with only a warning.
         "AwsCredentialsProvider": "DefaultCredentialsProvider",
         "initialPositionInStream": settings.kcl_initial_position,
-        # Polling, not enhanced fan-out: no SubscribeToShard/consumer registration, and the local AWS
-        # cannot serve HTTP/2 event streams.
-        "retrievalMode": "POLLING",
-        "maxRecords": str(settings.kcl_max_records),
-        "idleTimeBetweenReadsInMillis": str(settings.kcl_idle_time_between_reads_millis),
-        # process_records after every poll, empty or not: it flushes the freshness buffers by deadline
-        # and moves the settle clock on a quiet shard (worker.freshness, processors.settle).
+        # Always explicit: the KCL's DEFAULT is fan-out, unless a polling property is set, when it polls.
+        "retrievalMode": settings.kcl_retrieval_mode,
+        **_retrieval_properties(settings),
+        # process_records after every poll or pushed event, empty or not: it flushes the freshness buffers
+        # by deadline and moves the settle clock on a quiet shard (worker.freshness, processors.settle).
         "callProcessRecordsEvenForEmptyRecordList": "true",
         "failoverTimeMillis": str(settings.kcl_failover_time_millis),
         "shardSyncIntervalMillis": str(settings.kcl_shard_sync_interval_millis),
@@ -113,14 +112,32 @@ def daemon_properties(settings: Settings) -> dict[str, str]:
     }
     if settings.kcl_worker_id:
         props["workerId"] = settings.kcl_worker_id
+    if settings.kinesis_endpoint:
+        props["kinesisEndpoint"] = settings.kinesis_endpoint
     if endpoint:
-        props["kinesisEndpoint"] = endpoint
         props["dynamoDBEndpoint"] = endpoint
         # KCL 3 picks the CPU metric it balances leases by from the platform it detects: ECS (from the
         # task's metadata variables), EKS, else EC2, by calling the instance metadata address
         # 169.254.169.254. Off AWS that call must never be made; leases are then balanced by throughput.
         props["disableWorkerMetrics"] = "true"
     return props
+
+
+def _retrieval_properties(settings: Settings) -> dict[str, str]:
+    """The settings of the one retrieval mode in use; the other mode's would only be ignored."""
+    if settings.kcl_retrieval_mode == "POLLING":
+        return {
+            "maxRecords": str(settings.kcl_max_records),
+            "idleTimeBetweenReadsInMillis": str(settings.kcl_idle_time_between_reads_millis),
+        }
+    # With an ARN the KCL subscribes with it and calls nothing else about the consumer (the stack
+    # registers it, and the task's role may only SubscribeToShard on it). With neither, the KCL looks up,
+    # or registers, a consumer named after the application.
+    if settings.kcl_consumer_arn:
+        return {"fanoutConfig.consumerArn": settings.kcl_consumer_arn}
+    if settings.kcl_consumer_name:
+        return {"fanoutConfig.consumerName": settings.kcl_consumer_name}
+    return {}
 
 
 def render_properties(props: Mapping[str, str]) -> str:

@@ -113,7 +113,9 @@ class Pipeline:
             TripStateMachine(thresholds), settings.trip_lateness_ms, settings.trip_progress_ms
         )
         lead_ms = settings.state_flush_lead_ms
-        self.states = VehicleStateBuffer(settings.state_max_delay_ms, lead_ms)
+        self.states = VehicleStateBuffer(
+            settings.state_max_delay_ms, lead_ms, liveness_ms=settings.liveness_seconds * 1000
+        )
         self.trail = TrailBuffer(TRAIL_BUCKET_SECONDS, settings.trail_max_delay_ms, lead_ms)
         self.buffers: tuple[WriteBuffer[Any], ...] = (self.states, self.trail, self.trips)
         """Every accepted record goes into each; a checkpoint goes no further than any holds back."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from processors.archive import archive_key, archive_trip, gzip_json, read_gzip_json, segment_key
+from processors.archive import archive_trip, gzip_json, read_gzip_json, segment_key
 from processors.errors import StaleTripState, WriteOnceConflict
 from processors.ports import TrailStore, TripArchive, TripStore
 from processors.signals import parse_time
@@ -73,17 +73,21 @@ class TripArchiver:
         rows = trip_rows(crumbs, seal.from_ms, seal.to_ms, seal.completion_ms)
         self._put_once(segment_key(seal.pseudo_vin, seal.trip_id, seal.index), gzip_json(segment_rows(rows)))
 
-    def _put_once(self, key: str, body: bytes) -> None:
+    def _put_once(self, key: str, body: bytes, provisional: bool = False) -> bool:
         """Write-once: a rewrite with other bytes (a re-archive after crumbs expired, or after a late half
-        of an instant joined a slot) keeps the stored object. ``put_once`` logged ``archive_conflict`` at
-        ERROR (alarmed); failing the batch instead would stop the shard on every redelivery."""
+        of an instant joined a slot) keeps the stored object (False). ``put_once`` logged ``archive_conflict``
+        at ERROR (alarmed; INFO for an on-time archive); failing the batch instead would stop the shard on
+        every redelivery."""
         try:
-            self._archive.put_object(key, body)
+            self._archive.put_object(key, body, provisional=provisional)
         except WriteOnceConflict:
-            return
+            return False
+        return True
 
-    def archive(self, trip: CompletedTrip) -> TripIndexItem:
-        """Write the archive object, then its index item. Idempotent."""
+    def archive(self, trip: CompletedTrip, *, provisional: bool = False) -> TripIndexItem:
+        """Write the archive object, then its index item. Idempotent. ``provisional``: the on-time archive
+        of a trip the live view completed (the exact machine's completion, L later, writes the final one);
+        its index item is not written over another on-time archive's object."""
         lag_ms = int(self._clock() * 1000) - trip.completion_ms
         if lag_ms >= self._safe_ms:
             # Rows are chosen against R, so a re-archive reads the same set while every needed crumb is
@@ -96,9 +100,9 @@ class TripArchiver:
                 tripId=trip.trip_id,
                 lagSeconds=lag_ms // 1000,
             )
-        body, item = archive_trip(trip, self.crumbs(trip))
-        self._put_once(archive_key(trip.pseudo_vin, trip.trip_id), body)
-        self._archive.put_index(item)
+        body, item = archive_trip(trip, self.crumbs(trip), provisional=provisional)
+        if self._put_once(item.s3Key, body, provisional) or not provisional:
+            self._archive.put_index(item)
         return item
 
     def crumbs(self, trip: CompletedTrip) -> list[Crumb]:
@@ -119,7 +123,8 @@ class TripCommitter:
     2. if trips completed in this batch: the new state *with the completed trips in its outbox*
        (conditional on the version we built on). From here on, whoever loads the item (this processor
        after a restart, or the orphan sweep) finishes those trips identically;
-    3. per outbox trip: archive object, then its index item (plain overwrites);
+    3. per outbox trip: archive object, then its index item (plain overwrites); then per trip the live
+       view completed (``on_time``): its on-time archive and index item (``provisional``);
     4. the new state with an empty outbox (conditional on the version written in 2); or, with no trip
        left open, the vehicle's mark in ``vin-mapping`` (a monotone register), then the item's deletion
        (conditional on that version): ``trip-state`` holds open trips only.
@@ -150,6 +155,10 @@ class TripCommitter:
             requests += 1
         for trip in plan.outbox:
             self._archiver.archive(trip)
+            requests += 2 + trip.segments
+        for trip in plan.on_time:
+            # Before the state: the item stops showing the trip only once its on-time archive is stored.
+            self._archiver.archive(trip, provisional=True)
             requests += 2 + trip.segments
         version, made = self._finish(plan, version)
         return version, requests + made

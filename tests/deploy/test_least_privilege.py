@@ -13,11 +13,21 @@ from typing import Any
 
 import pytest
 
-from tests.support.cfn import ACCOUNT, REGION, STACK, TEST_PARAMETERS, load_template
-from tests.support.iam import ACCOUNT_ROOT, PERMISSIONS, condition_holds, decide, policy_actions
+from tests.support.cfn import ACCOUNT, REGION, STACK, TEST_PARAMETERS, load_template, render
+from tests.support.iam import (
+    ACCOUNT_ROOT,
+    PERMISSIONS,
+    Permissions,
+    condition_holds,
+    decide,
+    policy_actions,
+)
 
 P = PERMISSIONS
 STREAM = STACK.arns["Stream"]
+CONSUMER = STACK.outputs["StreamConsumerArn"]
+POLLING = Permissions(render({**TEST_PARAMETERS, "WorkerRetrievalMode": "POLLING"}))
+"""The stack of a worker that polls (WorkerRetrievalMode=POLLING); the default fans out."""
 VIN_KEY = STACK.arns["VinKey"]
 DATA_KEY = STACK.arns["DataKey"]
 BUCKET = STACK.properties("ArchiveBucket")["BucketName"]
@@ -59,7 +69,7 @@ def test_no_role_but_the_operator_s_redrive_writes_to_the_stream(who: str) -> No
     for action in ("kinesis:PutRecord", "kinesis:PutRecords"):
         assert not P.can(who, action, STREAM), (who, action)
     assert P.can("OperatorRole", "kinesis:PutRecords", STREAM)
-    assert P.can("WorkerTaskRole", "kinesis:GetRecords", STREAM)
+    assert P.can("WorkerTaskRole", "kinesis:SubscribeToShard", CONSUMER)
 
 
 def test_the_sweep_reads_no_record_of_the_stream() -> None:
@@ -68,7 +78,9 @@ def test_the_sweep_reads_no_record_of_the_stream() -> None:
     not decrypt the stream for it."""
     for action in ("kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:ListShards"):
         assert not P.can("SweepTaskRole", action, STREAM), action
-        assert P.can("WorkerTaskRole", action, STREAM), action
+        assert POLLING.can("WorkerTaskRole", action, STREAM), action
+    assert not P.can("SweepTaskRole", "kinesis:SubscribeToShard", CONSUMER)
+    assert P.can("WorkerTaskRole", "kinesis:SubscribeToShard", CONSUMER)
     assert not {a for a in policy_actions(STACK.policy("SweepTaskRole")) if a.startswith("kinesis:")}
     assert not P.can("SweepTaskRole", "kms:Decrypt", DATA_KEY, via("kinesis"))
     assert P.can("SweepTaskRole", "kms:Decrypt", DATA_KEY, via("dynamodb"))
@@ -77,13 +89,39 @@ def test_the_sweep_reads_no_record_of_the_stream() -> None:
     assert P.can("WorkerTaskRole", "dynamodb:UpdateItem", vin_mapping), "written at each checkpoint"
 
 
-@pytest.mark.parametrize("prefix", ["trips/", "trip-segments/", "dead-letter/"])
+def test_a_fanning_out_worker_reads_only_through_the_stack_s_consumer() -> None:
+    """Issue 23: with enhanced fan-out (the default) the worker subscribes with the consumer the stack
+    registered, and holds no shared read: another application polling the stream keeps its 5 reads a
+    second per shard. It registers and looks up no consumer (the KCL is given the ARN), and cannot
+    subscribe as another application's consumer."""
+    assert P.can("WorkerTaskRole", "kinesis:SubscribeToShard", CONSUMER)
+    assert P.can("WorkerTaskRole", "kinesis:ListShards", STREAM), "the KCL's shard sync"
+    for action in ("kinesis:GetRecords", "kinesis:GetShardIterator"):
+        assert not P.can("WorkerTaskRole", action, STREAM), action
+    for action in ("kinesis:RegisterStreamConsumer", "kinesis:DescribeStreamConsumer"):
+        assert not P.can("WorkerTaskRole", action, STREAM), action
+        assert not P.can("WorkerTaskRole", action, CONSUMER), action
+    another = CONSUMER.replace(f"/consumer/{STACK.parameters['StreamConsumerName']}:", "/consumer/analytics:")
+    assert another != CONSUMER
+    assert not P.can("WorkerTaskRole", "kinesis:SubscribeToShard", another)
+
+
+def test_a_polling_worker_reads_the_stream_and_subscribes_to_nothing() -> None:
+    assert POLLING.can("WorkerTaskRole", "kinesis:GetRecords", STREAM)
+    assert not POLLING.can("WorkerTaskRole", "kinesis:SubscribeToShard", CONSUMER)
+    assert "StreamConsumer" not in POLLING.stack.resources, "no consumer billed for nothing"
+
+
+@pytest.mark.parametrize("prefix", ["trips/", "trips-provisional/", "trip-segments/", "dead-letter/"])
 @pytest.mark.parametrize("who", ["WorkerTaskRole", "SweepTaskRole", ACCOUNT_ADMIN])
 def test_nobody_overwrites_an_archive_a_segment_or_a_dead_letter(prefix: str, who: str) -> None:
     key = s3_object(f"{prefix}2025/01/01/x.json.gz")
     assert not P.can(who, "s3:PutObject", key, identity=EVERYTHING), "a PUT without If-None-Match"
     assert not P.can(who, "s3:PutObject", key, {"s3:if-none-match": "etag"}, identity=EVERYTHING)
-    writes = {"WorkerTaskRole": ("trips/", "trip-segments/", "dead-letter/"), "SweepTaskRole": ("trips/",)}
+    writes = {
+        "WorkerTaskRole": ("trips/", "trips-provisional/", "trip-segments/", "dead-letter/"),
+        "SweepTaskRole": ("trips/",),
+    }
     may_create = who == ACCOUNT_ADMIN or prefix in writes[who]
     assert P.can(who, "s3:PutObject", key, WRITE_ONCE, identity=EVERYTHING) == may_create
 

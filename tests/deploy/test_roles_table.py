@@ -58,8 +58,12 @@ IN_THE_CLUSTER = {"ecs:cluster": STACK.arns["Cluster"]}
 TO_ECS = {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
 OBJECT = "2025/01/01/x.json.gz"
 
+CONSUMER = STACK.outputs["StreamConsumerArn"]
+
 TERMS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "stream": [(STREAM, {})],
+    "the stack's consumer": [(CONSUMER, {})],
+    "another consumer": [(f"{STREAM}/consumer/analytics:1700000001", {})],
     "lease table": [(table_arn("KclLeaseTable"), {})],
     "KCL coordinator and worker tables": [
         (table_arn("KclCoordinatorStateTable"), {}),
@@ -75,6 +79,8 @@ TERMS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "vin-mapping": [(table_arn("VinMappingTable"), {})],
     "new `trips/`": [(s3_object(f"trips/{OBJECT}"), WRITE_ONCE)],
     "new `trip-segments/`": [(s3_object(f"trip-segments/{OBJECT}"), WRITE_ONCE)],
+    "new `trips-provisional/`": [(s3_object(f"trips-provisional/{OBJECT}"), WRITE_ONCE)],
+    "`trips-provisional/`": [(s3_object(f"trips-provisional/{OBJECT}"), {})],
     "new `dead-letter/`": [(s3_object(f"dead-letter/{OBJECT}"), WRITE_ONCE)],
     "overwrite `trips/`": [(s3_object(f"trips/{OBJECT}"), {})],
     "overwrite `dead-letter/`": [(s3_object(f"dead-letter/{OBJECT}"), {})],

@@ -160,3 +160,43 @@ def test_a_deployment_rolls_back_on_failing_tasks_or_alarms() -> None:
     names = {a["AlarmName"] for a in STACK.of_type("AWS::CloudWatch::Alarm").values()}
     assert alarms["AlarmNames"] and set(alarms["AlarmNames"]) <= names
     assert deployment["MinimumHealthyPercent"] == 100, "old tasks keep their leases until new ones run"
+
+
+def test_the_worker_fans_out_with_the_consumer_the_stack_registered(task_settings: Settings) -> None:
+    """Issue 23: the stack's worker reads by enhanced fan-out; the daemon is given the consumer's ARN, so it
+    registers and looks up nothing (the task role may only subscribe with it)."""
+    from worker.kcl_daemon import daemon_properties
+
+    consumer = STACK.properties("StreamConsumer")
+    assert consumer["StreamARN"] == STACK.arns["Stream"]
+    assert consumer["ConsumerName"] == STACK.parameters["StreamConsumerName"]
+    assert task_settings.kcl_retrieval_mode == "FANOUT"
+    assert task_settings.kcl_consumer_arn == STACK.outputs["StreamConsumerArn"]
+    props = daemon_properties(task_settings)
+    assert props["retrievalMode"] == "FANOUT"
+    assert props["fanoutConfig.consumerArn"] == STACK.outputs["StreamConsumerArn"]
+
+
+def test_a_polling_stack_registers_no_consumer_and_its_worker_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    polling = render({**TEST_PARAMETERS, "WorkerRetrievalMode": "POLLING"})
+    assert not polling.of_type("AWS::Kinesis::StreamConsumer")
+    (container,) = polling.properties("WorkerTaskDefinition")["ContainerDefinitions"]
+    settings = settings_of({e["Name"]: e["Value"] for e in container["Environment"]}, monkeypatch)
+    assert settings.kcl_retrieval_mode == "POLLING" and settings.kcl_consumer_arn is None
+
+
+@pytest.mark.parametrize("mode", ["FANOUT", "POLLING"])
+def test_the_iterator_age_alarm_watches_the_metric_the_mode_produces(mode: str) -> None:
+    """A fan-out consumer makes no GetRecords call: an alarm on the stream's iterator age, which treats a
+    missing metric as breaching, would fire for good."""
+    stack = render({**TEST_PARAMETERS, "WorkerRetrievalMode": mode})
+    alarm = stack.properties("IteratorAgeAlarm")
+    dimensions = {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
+    if mode == "FANOUT":
+        assert alarm["MetricName"] == "SubscribeToShardEvent.MillisBehindLatest"
+        assert dimensions == {"StreamName": "vehicle-telemetry", "ConsumerName": "fleet-ingest"}
+    else:
+        assert alarm["MetricName"] == "GetRecords.IteratorAgeMilliseconds"
+        assert dimensions == {"StreamName": "vehicle-telemetry"}
+    body = stack.properties("Dashboard")["DashboardBody"]
+    assert f'"AWS/Kinesis", "{alarm["MetricName"]}"' in body

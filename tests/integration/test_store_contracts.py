@@ -82,6 +82,8 @@ class Backend:
     """The stored vin-mapping item (plain values), {} when absent."""
     trail_item: Callable[[str, int], dict[str, Any]]
     """The stored bucket item (plain values), {} when absent."""
+    index_item: Callable[[str, str], dict[str, Any]]
+    """The stored trips-index item (plain values), {} when absent."""
 
 
 def memory_backend(settings: Settings) -> Backend:
@@ -104,6 +106,11 @@ def memory_backend(settings: Settings) -> Backend:
         set_vault_attribute,
         lambda pv: dict(stores.vault.items.get(pv, {})),
         lambda pv, bucket: dict(stores.trail.items.get((pv, bucket), {})),
+        lambda pv, trip: (
+            stored.model_dump(exclude_none=True)
+            if (stored := stores.archive.index.get((pv, trip))) is not None
+            else {}
+        ),
     )
 
 
@@ -147,6 +154,14 @@ def aws_backend(env: AwsEnv) -> Backend:
         ).get("Item")
         return from_item(item) if item else {}
 
+    def index_item(pv: str, trip: str) -> dict[str, Any]:
+        item = env.clients.dynamodb.get_item(
+            TableName=env.settings.table_names["trips-index"],
+            Key={"pseudoVin": {"S": pv}, "tripId": {"S": trip}},
+            ConsistentRead=True,
+        ).get("Item")
+        return from_item(item) if item else {}
+
     return Backend(
         "aws",
         aws_stores(env.settings, env.clients, KEY),
@@ -158,6 +173,7 @@ def aws_backend(env: AwsEnv) -> Backend:
         set_vault_attribute,
         vault_item,
         trail_item,
+        index_item,
     )
 
 
@@ -331,6 +347,31 @@ def test_merges_of_one_bucket_by_two_writers_in_any_order_leave_the_same_item(ba
     trail.merge([BucketMerge(other, m.bucket, m.slots, m.expires_at) for m in pack(PV, a)])
     assert {**backend.trail_item(other, BUCKET), "pseudoVin": PV} == first
     assert bucket_of(T0 + 17 * 700) == BUCKET
+
+
+def merge_in(span_s: int, crumbs: list[Crumb]) -> BucketMerge:
+    """``crumbs`` as one writer packs them into a bucket of ``span_s`` (the TrailBuffer's choice for a slow
+    reporter): the bucket's start as key, each slot relative to it."""
+    bucket = bucket_of(crumbs[0].t_ms, span_s)
+    assert all(bucket_of(c.t_ms, span_s) == bucket for c in crumbs)
+    slots = {slot_of(c.t_ms, bucket): encode(c) for c in crumbs}
+    return BucketMerge(PV, bucket, slots, max(c.arrival_s for c in crumbs) + 86_400)
+
+
+def test_a_reader_finds_every_crumb_whatever_span_its_bucket_has(backend: Backend) -> None:
+    # A 30 s reporter's 450 s bucket, a 5 s reporter's 75 s one, and a restarted writer's 15 s bucket that
+    # holds a record the 450 s one holds too: the reader needs no span, and sees that record once.
+    start = bucket_of(T0, 450) * 1000
+    wide = [crumb(start + i * 30_000 + 5, start + i * 30_000 + 1_000) for i in range(15)]
+    mid = [crumb(start + 450_000 + i * 5_000, start + 451_000 + i * 5_000) for i in range(15)]
+    again = [wide[-1], crumb(wide[-1].t_ms + 1_000, wide[-1].t_ms + 2_000)]
+    trail = backend.stores.trail
+    trail.merge([merge_in(450, wide), merge_in(75, mid), merge_in(15, again)])
+    everything = trail.read(PV, start, start + 525_000)
+    assert everything == sorted([*wide, *mid, again[1]], key=lambda c: (c.t_ms, encode(c)))
+    # A range starting late in the 450 s bucket still reads it (the query reaches back a full span).
+    assert trail.read(PV, wide[-2].t_ms, wide[-1].t_ms) == wide[-2:]
+    assert trail.read(PV, mid[3].t_ms, mid[3].t_ms) == [mid[3]]
 
 
 def record(t: int, arrival: int, **signals: Any) -> Crumb:
@@ -621,6 +662,42 @@ def test_archive_objects_are_written_once_and_index_items_are_plain_overwrites(
     )  # fmt: skip
     archive.put_index(item)
     archive.put_index(item)
+    assert backend.index_item(PV, "t")["s3Key"] == "trips/x/t.json.gz"
+
+
+def test_an_on_time_archive_never_replaces_the_final_one(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On-time (provisional) index items replace none or each other; the final item replaces them and is
+    never replaced by one (a replay of the on-time archive after the final one). An on-time key holding
+    other bytes is a conflict logged at INFO, not alarmed."""
+    archive = backend.stores.archive
+    key = "trips-provisional/x/t/1741183800000.json.gz"
+    archive.put_object(key, b"one", provisional=True)
+    with caplog.at_level("INFO"), pytest.raises(WriteOnceConflict) as conflict:
+        archive.put_object(key, b"two", provisional=True)
+    assert conflict.value.reason == ConflictReason.PROVISIONAL_BYTES
+    if backend.name == "aws":
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("INFO", "archive_conflict")]
+    fields = {
+        "pseudoVin": PV, "tripId": "t", "tripDate": "2025-03-05", "startTime": "2025-03-05T13:00:00.000Z",
+        "durationSeconds": 1800, "breadcrumbCount": 0, "distanceMiles": 0.0, "maxSpeedMph": 0.0,
+        "avgSpeedMph": 0.0, "endReason": "gap", "expiresAt": 1,
+    }  # fmt: skip
+
+    def index(end: str, s3_key: str, provisional: bool) -> TripIndexItem:
+        return TripIndexItem.model_validate(
+            {**fields, "endTime": end, "s3Key": s3_key, "provisional": True if provisional else None}
+        )
+
+    archive.put_index(index("2025-03-05T13:30:00.000Z", key, provisional=True))
+    assert backend.index_item(PV, "t")["provisional"] is True
+    archive.put_index(index("2025-03-05T13:31:00.000Z", key, provisional=True))  # the trip resumed
+    assert backend.index_item(PV, "t")["endTime"] == "2025-03-05T13:31:00.000Z"
+    archive.put_index(index("2025-03-05T13:31:00.000Z", "trips/x/t.json.gz", provisional=False))
+    archive.put_index(index("2025-03-05T13:30:00.000Z", key, provisional=True))  # a replay: refused
+    final = backend.index_item(PV, "t")
+    assert (final["s3Key"], "provisional" in final) == ("trips/x/t.json.gz", False)
 
 
 # --- failure => no checkpoint ---------------------------------------------------------------------------

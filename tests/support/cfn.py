@@ -144,6 +144,10 @@ class _Renderer:
             return key_id if attribute == "Ref" else f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{key_id}"
         if type_ == "AWS::IAM::Role":
             return logical_id if attribute == "Ref" else f"arn:aws:iam::{ACCOUNT}:role/{logical_id}"
+        if type_ == "AWS::Kinesis::StreamConsumer" and attribute in ("ConsumerARN", "Arn"):
+            # stream/<stream>/consumer/<name>:<creation time>; a stand-in for the time, as for key ids.
+            stream_arn, name = (self.resolve(properties[p]) for p in ("StreamARN", "ConsumerName"))
+            return f"{stream_arn}/consumer/{name}:1700000000"
         if type_ == "AWS::ECS::Service" and attribute == "Name":
             return str(self.resolve(properties["ServiceName"]))
         return f"arn:aws:{type_.split('::')[1].lower()}:{REGION}:{ACCOUNT}:{logical_id}"

@@ -19,7 +19,7 @@ from processors.frontier import ShardProgress
 from processors.ports import Stores
 from processors.pseudonymize import PSEUDONYM_KEY_ITEM, is_vehicle
 from processors.signals import format_time
-from processors.trail import BucketMerge, Crumb, bucket_of, decode_item, encode
+from processors.trail import BucketMerge, Crumb, bucket_range, decode_item, one_per_slot
 from processors.trail import outstanding as trail_outstanding
 from processors.trip_items import earliest_start, item_from_mark
 from processors.vehicle_state import StateUpdate, outstanding, stored_value
@@ -125,11 +125,10 @@ class MemoryTrail(_Failing):
         return len(merges)
 
     def read(self, pseudo_vin: str, from_ms: int, to_ms: int) -> list[Crumb]:
-        low, high = bucket_of(from_ms), bucket_of(to_ms)
+        low, high = bucket_range(from_ms, to_ms)
         with self.lock:
             items = [dict(i) for (pv, b), i in self.items.items() if pv == pseudo_vin and low <= b <= high]
-        crumbs = [c for item in items for c in decode_item(item) if from_ms <= c.t_ms <= to_ms]
-        return sorted(crumbs, key=lambda c: (c.t_ms, encode(c)))
+        return one_per_slot(c for item in items for c in decode_item(item) if from_ms <= c.t_ms <= to_ms)
 
 
 NESTING_MAX_LEVELS = 32
@@ -249,12 +248,13 @@ class MemoryTripArchive(_Failing):
         self.objects: dict[str, bytes] = {}
         self.index: dict[tuple[str, str], TripIndexItem] = {}
 
-    def put_object(self, key: str, body: bytes) -> None:
+    def put_object(self, key: str, body: bytes, *, provisional: bool = False) -> None:
         self._maybe_fail()
         with self.lock:
             # Write-once, as S3TripArchive: the same bytes again is a no-op, other bytes a conflict.
             if self.objects.setdefault(key, body) != body:
-                raise WriteOnceConflict(key, ConflictReason.DIFFERENT_BYTES)
+                reason = ConflictReason.PROVISIONAL_BYTES if provisional else ConflictReason.DIFFERENT_BYTES
+                raise WriteOnceConflict(key, reason)
 
     def get_object(self, key: str) -> bytes:
         with self.lock:
@@ -263,6 +263,9 @@ class MemoryTripArchive(_Failing):
     def put_index(self, item: TripIndexItem) -> None:
         self._maybe_fail()
         with self.lock:
+            stored = self.index.get((item.pseudoVin, item.tripId))
+            if item.provisional and stored is not None and not stored.provisional:
+                return  # as S3TripArchive: an on-time item never replaces the final one
             self.index[(item.pseudoVin, item.tripId)] = item
 
 

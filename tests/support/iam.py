@@ -28,9 +28,14 @@ import pytest
 
 from devtools.local_aws import server as local_aws_server
 from devtools.local_aws.limits import AwsRequest
-from tests.support.cfn import ACCOUNT, STACK, Rendered
+from tests.support.cfn import ACCOUNT, STACK, TEST_PARAMETERS, Rendered, render
 
-WORKER_POLICY = STACK.policy("WorkerTaskRole")
+POLLING_STACK = render({**TEST_PARAMETERS, "WorkerRetrievalMode": "POLLING"})
+WORKER_POLICY = POLLING_STACK.policy("WorkerTaskRole")
+"""The worker task role of a stack whose worker polls, as every local run but the FANOUT e2e does (the
+recordings it is checked against are of a polling daemon). The stack's default, fan-out, differs only in
+how the KCL reads: ``WORKER_FANOUT_POLICY``."""
+WORKER_FANOUT_POLICY = STACK.policy("WorkerTaskRole")
 SWEEP_POLICY = STACK.policy("SweepTaskRole")
 OPERATOR_POLICY = STACK.policy("OperatorRole")
 ADMIN_POLICY = STACK.policy("AdminRole")

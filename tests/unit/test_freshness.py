@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from processors.trail import BucketMerge
-from schemas.records import KinesisRecord, Location, StreamPosition, VehicleReading
+from schemas.records import KinesisRecord, Location, SignalValue, StreamPosition, VehicleReading
 from worker.config import Settings
 from worker.freshness import TrailBuffer, VehicleStateBuffer
 
@@ -21,9 +21,17 @@ WRITE_MS = 50
 CHECKPOINT_MS = 60_000
 
 
-def record(pseudo_vin: str, index: int, arrival_ms: int) -> tuple[VehicleReading, KinesisRecord]:
+def record(
+    pseudo_vin: str, index: int, arrival_ms: int, speed: float | None = None
+) -> tuple[VehicleReading, KinesisRecord]:
+    """A record moving its speed (``index % 50``), or reporting ``speed`` and a fixed location."""
     position = StreamPosition(SHARD, str(index + 1), 0, arrival_ms)
-    reading = VehicleReading(pseudo_vin, arrival_ms - 200, {"vehicleSpeed": float(index % 50)}, position)
+    signals: dict[str, SignalValue] = (
+        {"vehicleSpeed": float(index % 50)}
+        if speed is None
+        else {"vehicleSpeed": speed, "location": Location(39.7, -104.9), "shiftState": "P"}
+    )
+    reading = VehicleReading(pseudo_vin, arrival_ms - 200, signals, position)
     return reading, KinesisRecord(b"{}", pseudo_vin, position)
 
 
@@ -47,13 +55,24 @@ class Run:
 
 
 def simulate(
-    budget_ms: int, vehicles: int, seconds: int, hz: float = 1.0, start_ms: int = 0, backlog_ms: int = 0
+    budget_ms: int,
+    vehicles: int,
+    seconds: int,
+    hz: float = 1.0,
+    start_ms: int = 0,
+    backlog_ms: int = 0,
+    liveness_ms: int = 0,
+    parked: int = 0,
 ) -> Run:
     """``vehicles`` sending at ``hz``, phases spread over a second; the stream holds records arriving from
-    ``start_ms``; the consumer starts polling at ``backlog_ms`` (a backlog to catch up on)."""
-    settings = Settings(kcl_idle_time_between_reads_millis=POLL_MS, state_max_delay_ms=budget_ms)
+    ``start_ms``; the consumer starts polling at ``backlog_ms`` (a backlog to catch up on). The first
+    ``parked`` vehicles repeat the same values in every record; the others change their speed in each."""
+    settings = Settings(
+        kcl_idle_time_between_reads_millis=POLL_MS, state_max_delay_ms=budget_ms, liveness_seconds=0
+    )
     lead = settings.state_flush_lead_ms
-    buffer = VehicleStateBuffer(settings.state_max_delay_ms, lead)
+    buffer = VehicleStateBuffer(settings.state_max_delay_ms, lead, liveness_ms=liveness_ms)
+    parked_vins = {f"{v:032x}" for v in range(parked)}
     period = int(1000 / hz)
     stream = sorted(
         (start_ms + k * period + v * period // vehicles, f"{v:032x}")
@@ -67,7 +86,8 @@ def simulate(
         receipt = now + GETRECORDS_MS
         while delivered < len(stream) and stream[delivered][0] <= now:
             arrival, pseudo_vin = stream[delivered]
-            buffer.add(*record(pseudo_vin, delivered, arrival), receipt)
+            speed = 0.0 if pseudo_vin in parked_vins else None
+            buffer.add(*record(pseudo_vin, delivered, arrival, speed), receipt)
             delivered += 1
             run.records += 1
         checkpoint = receipt - last_checkpoint >= CHECKPOINT_MS
@@ -165,3 +185,163 @@ def test_a_vehicle_is_not_written_again_within_b_even_when_a_record_is_received_
     (second,) = buffer.due(3300, everything=False)
     assert [r.position.arrival_ms for r, _ in second.readings] == [1400]
     assert len(buffer) == 0
+
+
+# --- liveness: records that change no value -------------------------------------------------------------
+
+LIVENESS_MS = 60_000
+
+
+def per_vehicle(run: Run) -> dict[str, list[Write]]:
+    by_vehicle: dict[str, list[Write]] = {}
+    for write in run.writes:
+        by_vehicle.setdefault(write.pseudo_vin, []).append(write)
+    return by_vehicle
+
+
+def test_a_parked_vehicle_is_written_once_a_liveness_interval_and_a_driving_one_every_two_records() -> None:
+    run = simulate(budget_ms=1800, vehicles=10, seconds=900, liveness_ms=LIVENESS_MS, parked=5)
+    assert sum(len(w.arrivals) for w in run.writes) == run.records
+    parked = {f"{v:032x}" for v in range(5)}
+    writes = per_vehicle(run)
+    for pseudo_vin, mine in writes.items():
+        records = sum(len(w.arrivals) for w in mine)
+        if pseudo_vin in parked:
+            # The first sighting within B; then ts alone, at most once a liveness interval (the
+            # checkpoint flush every 60 s falls in between): 1 write per 60 records at 1 Hz.
+            assert len(mine) / records <= 0.02
+            assert mine[0].lands_ms <= min(mine[0].arrivals) + 1800
+            gaps = [b.taken_ms - a.taken_ms for a, b in itertools.pairwise(mine)]
+            assert max(gaps) <= LIVENESS_MS + POLL_MS, "ts older than the liveness interval"
+            assert min(gaps[1:]) >= LIVENESS_MS - POLL_MS, "two liveness writes within one interval"
+        else:
+            assert len(mine) / records >= 0.5
+            assert all(w.lands_ms <= min(w.arrivals) + 1800 for w in mine), "a change landed after B"
+    assert set(run.pending_at_checkpoints) == {0}, "liveness left pending past a checkpoint"
+
+
+def test_without_liveness_a_parked_vehicle_costs_what_a_driving_one_does() -> None:
+    run = simulate(budget_ms=1800, vehicles=2, seconds=300, liveness_ms=0, parked=1)
+    parked, driving = (per_vehicle(run)[f"{v:032x}"] for v in range(2))
+    assert abs(len(parked) - len(driving)) <= 1 and len(parked) >= 300 / 2
+
+
+def test_a_change_after_liveness_records_is_written_within_b_with_their_ts() -> None:
+    buffer = VehicleStateBuffer(1800, lead_ms=350, liveness_ms=LIVENESS_MS)
+    buffer.add(*record("v", 0, 1_000, speed=0.0), now_ms=1_030)
+    assert len(buffer.due(2_500, everything=False)) == 1
+    for second in range(2, 10):  # parked: nothing due within B, nor at once
+        buffer.add(*record("v", second, second * 1000, speed=0.0), now_ms=second * 1000 + 30)
+        assert buffer.due(second * 1000 + 280, everything=False) == []
+    buffer.add(*record("v", 10, 10_000, speed=12.0), now_ms=10_030)  # it moves
+    assert buffer.due(11_000, everything=False) == []
+    (moved,) = buffer.due(11_500, everything=False)  # its arrival + B - lead
+    assert moved.update.signals["vehicleSpeed"].value == 12.0
+    assert moved.update.timestamp_ms == 10_000 - 200 and len(moved.readings) == 9
+
+
+def test_liveness_is_due_one_interval_after_its_first_records_receipt_and_at_every_checkpoint() -> None:
+    buffer = VehicleStateBuffer(1800, lead_ms=350, liveness_ms=LIVENESS_MS)
+    buffer.add(*record("v", 0, 0, speed=0.0), now_ms=30)
+    assert len(buffer.due(1_500, everything=False)) == 1
+    buffer.add(*record("v", 1, 30_000, speed=0.0), now_ms=30_030)
+    buffer.add(*record("v", 2, 31_000, speed=0.0), now_ms=31_030)
+    assert buffer.due(90_000, everything=False) == []
+    (liveness,) = buffer.due(90_030, everything=False)  # 60 s after the first waiting record's receipt
+    assert liveness.update.timestamp_ms == 31_000 - 200 and len(liveness.readings) == 2
+    buffer.add(*record("v", 3, 92_000, speed=0.0), now_ms=92_030)
+    (flushed,) = buffer.due(93_000, everything=True)  # a checkpoint: liveness is written, not skipped
+    assert flushed.update.timestamp_ms == 92_000 - 200 and len(buffer) == 0
+
+
+def test_a_late_record_changes_nothing_newer_values_already_hold() -> None:
+    # Latest by event time: the written speed 0 at 5 s beats a late 12 at 3 s, so the late record is no
+    # change (not due within B), and the update it makes is dropped at the checkpoint: the store has it.
+    buffer = VehicleStateBuffer(1800, lead_ms=350, liveness_ms=LIVENESS_MS)
+    buffer.add(*record("v", 0, 5_200, speed=0.0), now_ms=5_230)
+    assert len(buffer.due(7_000, everything=True)) == 1
+    late, kinesis = record("v", 1, 3_200, speed=12.0)
+    buffer.add(late, kinesis, now_ms=8_000)
+    assert buffer.due(20_000, everything=False) == []
+    assert buffer.due(20_000, everything=True) == [] and len(buffer) == 0
+    # The same late record once the buffer has lost what it wrote (a restart): a change, within B.
+    restarted = VehicleStateBuffer(1800, lead_ms=350, liveness_ms=LIVENESS_MS)
+    restarted.add(late, kinesis, now_ms=8_000)
+    assert len(restarted.due(9_800 - 350, everything=False)) == 1
+
+
+def test_a_record_newer_than_a_pending_liveness_update_with_another_value_is_a_change() -> None:
+    buffer = VehicleStateBuffer(1800, lead_ms=350, liveness_ms=LIVENESS_MS)
+    buffer.add(*record("v", 0, 1_000, speed=0.0), now_ms=1_030)
+    buffer.due(3_000, everything=False)
+    buffer.add(*record("v", 1, 4_000, speed=0.0), now_ms=4_030)  # liveness
+    buffer.add(*record("v", 2, 2_500, speed=12.0), now_ms=4_040)  # late, older than the pending 0: no change
+    assert buffer.due(30_000, everything=False) == []
+    buffer.add(*record("v", 3, 31_000, speed=12.0), now_ms=31_030)  # newer, another value: a change
+    (due,) = buffer.due(32_800 - 350, everything=False)
+    assert due.update.signals["vehicleSpeed"].value == 12.0
+
+
+# --- trail bucket spans: slow reporters -------------------------------------------------------------------
+
+
+def reporting(pseudo_vin: str, every_ms: int, count: int, start_ms: int = 1_800_000_000_000) -> list[int]:
+    return [start_ms + i * every_ms for i in range(count)]
+
+
+def backlog_merges(trail: TrailBuffer, pseudo_vin: str, times: list[int]) -> list[BucketMerge]:
+    """A backlog: every record received at once, what is due written as a catch-up writes it."""
+    merges: list[BucketMerge] = []
+    for i, t in enumerate(times):
+        trail.add(*located(pseudo_vin, t, 39.7 + i / 1e4), now_ms=0)
+        merges += trail.due(now_ms=0, everything=False)
+    return merges + trail.due(now_ms=0, everything=True)
+
+
+@pytest.mark.parametrize(("every_s", "span_s"), [(1, 15), (2, 30), (5, 75), (10, 150), (30, 450), (120, 450)])
+def test_a_vehicle_s_buckets_span_about_16_of_its_records(every_s: int, span_s: int) -> None:
+    trail = TrailBuffer(bucket_seconds=15, max_delay_ms=15_000)
+    times = reporting("v", every_s * 1000 - 7, 4 * span_s // every_s + 4)  # a clock a little fast
+    merges = backlog_merges(trail, "v", times)
+    assert trail.span_of("v") == span_s
+    wide = [m for m in merges if m.bucket % span_s == 0 and m.bucket >= times[3] // 1000]
+    assert all(len(m.slots) <= 16 for m in merges)
+    # After the first GAPS in-order gaps, one write per full bucket, not one per 15 s of event time.
+    assert len(merges) <= 4 + len(times) * every_s // span_s + 1 and wide
+    assert sum(len(m.slots) for m in merges) == len(times)
+
+
+def test_a_1_hz_vehicle_back_from_a_silence_keeps_15_s_buckets() -> None:
+    trail = TrailBuffer(bucket_seconds=15, max_delay_ms=15_000)
+    times = reporting("v", 1000, 10) + reporting("v", 1000, 40, start_ms=1_800_000_000_000 + 3_600_000)
+    merges = backlog_merges(trail, "v", times)
+    assert trail.span_of("v") == 15 and all(m.bucket % 15 == 0 and len(m.slots) <= 15 for m in merges)
+
+
+def test_a_slow_reporter_starts_at_15_s_and_late_records_neither_move_nor_fill_its_wide_buckets() -> None:
+    trail = TrailBuffer(bucket_seconds=15, max_delay_ms=15_000)
+    start = 1_800_000_000_000
+    trail.add(*located("v", start, 39.7), now_ms=0)
+    trail.add(*located("v", start + 30_000, 39.7), now_ms=0)
+    assert trail.span_of("v") == 15  # one gap: not enough to widen
+    for i in range(2, 4):
+        trail.add(*located("v", start + i * 30_000, 39.7), now_ms=0)
+    assert trail.span_of("v") == 450
+    burst = [start + 30_000 + i * 1000 for i in range(1, 30)]  # a resent 1 Hz buffer, late: not gaps
+    for t in burst:
+        trail.add(*located("v", t, 39.7), now_ms=0)
+    assert trail.span_of("v") == 450
+    resent = {m.bucket: sorted(m.slots, key=int) for m in trail.of_vehicles({"v"})}
+    # The wide bucket (its key is also the first 15 s bucket's) holds the record at 0 s and the in-order
+    # one at 90 s; the burst lies in 15 s buckets of its own.
+    assert resent.pop(start // 1000) == ["0", "9000"]
+    assert sorted(resent) == [start // 1000 + s for s in (30, 45, 60)]
+    assert sum(map(len, resent.values())) == len(burst) + 2  # and the records at 30 s and 60 s
+    trail.add(*located("v", start + 91_000, 39.7), now_ms=0)  # it speeds up: narrower at once
+    assert trail.span_of("v") == 15
+
+
+def test_fixed_buckets_when_not_adaptive() -> None:
+    trail = TrailBuffer(bucket_seconds=15, max_delay_ms=15_000, adaptive=False)
+    merges = backlog_merges(trail, "v", reporting("v", 30_000, 20))
+    assert trail.span_of("v") == 15 and len(merges) == 20

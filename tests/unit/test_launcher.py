@@ -14,8 +14,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from pydantic import ValidationError
 
 from worker import kcl_daemon, launcher
+from worker.aws import AwsClients
 from worker.config import Settings
 from worker.kcl_daemon import (
     KCL_MAJOR,
@@ -54,31 +56,117 @@ def test_a_kcl_2_is_refused_before_java_starts() -> None:
         require_kcl3((2, 5, 8))
 
 
-def multilang_setters() -> set[str]:
-    """Names of the setters of the installed daemon's ``MultiLangDaemonConfiguration`` (from the class
-    file's constant pool): the property keys its loader applies."""
+def multilang_setters(bean: str = "MultiLangDaemonConfiguration") -> set[str]:
+    """Names of the setters of a configuration class of the installed daemon (from the class file's
+    constant pool): the property keys its loader applies (``FanoutConfigBean``'s as ``fanoutConfig.*``)."""
     (jar,) = kcl_jar_dir().glob("amazon-kinesis-client-multilang-*.jar")
     with zipfile.ZipFile(jar) as archive:
-        code = archive.read("software/amazon/kinesis/multilang/config/MultiLangDaemonConfiguration.class")
+        code = archive.read(f"software/amazon/kinesis/multilang/config/{bean}.class")
     return {name.decode() for name in re.findall(rb"set[A-Z][A-Za-z0-9]+", code)}
+
+
+def applied_by_the_daemon(key: str) -> bool:
+    """Whether the installed daemon's loader has a setter for a property key (a nested one through its
+    bean's getter: BeanUtils resolves ``fanoutConfig.consumerArn`` as getFanoutConfig().setConsumerArn)."""
+    *beans, name = key.split(".")
+    setter = f"set{name[0].upper()}{name[1:]}"
+    if beans == ["fanoutConfig"]:
+        return setter in multilang_setters("FanoutConfigBean")
+    return not beans and setter in multilang_setters()
 
 
 # Read by MultiLangDaemonConfig itself, not through a setter.
 DAEMON_KEYS = {"executableName", "processingLanguage"}
 
 
+RETRIEVAL = [
+    {},
+    {"FLEET_KCL_RETRIEVAL_MODE": "FANOUT"},
+    {"FLEET_KCL_RETRIEVAL_MODE": "FANOUT", "FLEET_KCL_CONSUMER_NAME": "fleet-ingest-efo"},
+    {
+        "FLEET_KCL_RETRIEVAL_MODE": "FANOUT",
+        "FLEET_KCL_CONSUMER_ARN": "arn:aws:kinesis:us-east-1:123456789012:stream/s/consumer/c:1",
+    },
+]
+
+
+@pytest.mark.parametrize("retrieval", RETRIEVAL)
 @pytest.mark.parametrize("endpoint", [None, "http://127.0.0.1:4566"])
 def test_every_property_is_one_the_installed_kcl_applies(
-    monkeypatch: pytest.MonkeyPatch, endpoint: str | None
+    monkeypatch: pytest.MonkeyPatch, endpoint: str | None, retrieval: dict[str, str]
 ) -> None:
     # Its loader ignores a key without a setter, silently: a 2.x name would just not take effect.
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     if endpoint:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    for key, value in retrieval.items():
+        monkeypatch.setenv(key, value)
     setters = multilang_setters()
     assert "setDisableWorkerMetrics" in setters and "setAwsCredentialsProvider" in setters  # 3.x names
     for key in daemon_properties(Settings()).keys() - DAEMON_KEYS:
-        assert f"set{key[0].upper()}{key[1:]}" in setters, key
+        assert applied_by_the_daemon(key), key
+
+
+def test_a_misspelt_or_unknown_nested_key_is_not_taken_for_an_applied_one() -> None:
+    assert applied_by_the_daemon("fanoutConfig.consumerArn")
+    assert not applied_by_the_daemon("fanoutConfig.consumerARN")
+    assert not applied_by_the_daemon("consumerArn")  # not a top-level setter: it would be ignored
+    assert not applied_by_the_daemon("pollingConfig.consumerArn")
+
+
+def test_polling_writes_the_polling_settings_and_no_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_KCL_IDLE_TIME_BETWEEN_READS_MILLIS", "400")
+    props = daemon_properties(Settings())
+    assert props["retrievalMode"] == "POLLING"
+    assert props["idleTimeBetweenReadsInMillis"] == "400" and props["maxRecords"] == "10000"
+    assert not [key for key in props if key.startswith("fanoutConfig.")]
+
+
+def test_fanout_subscribes_with_the_stacks_consumer_and_writes_no_polling_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/vehicle-telemetry/consumer/fleet-ingest:1700000000"
+    monkeypatch.setenv("FLEET_KCL_RETRIEVAL_MODE", "fanout")  # the KCL's own parser ignores case too
+    monkeypatch.setenv("FLEET_KCL_CONSUMER_ARN", arn)
+    props = daemon_properties(Settings())
+    assert props["retrievalMode"] == "FANOUT"
+    assert props["fanoutConfig.consumerArn"] == arn
+    assert "fanoutConfig.consumerName" not in props  # with an ARN the KCL registers nothing
+    # Harmless under FANOUT, but they would say the daemon polls.
+    assert "idleTimeBetweenReadsInMillis" not in props and "maxRecords" not in props
+    assert props["callProcessRecordsEvenForEmptyRecordList"] == "true"  # the quiet shard's clock
+
+
+def test_fanout_without_an_arn_names_the_consumer_the_kcl_registers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_KCL_RETRIEVAL_MODE", "FANOUT")
+    assert not [key for key in daemon_properties(Settings()) if key.startswith("fanoutConfig.")]
+    monkeypatch.setenv("FLEET_KCL_CONSUMER_NAME", "fleet-ingest-efo")
+    assert daemon_properties(Settings())["fanoutConfig.consumerName"] == "fleet-ingest-efo"
+
+
+def test_a_retrieval_mode_the_kcl_does_not_know_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_KCL_RETRIEVAL_MODE", "DEFAULT")  # the KCL's, which may silently poll
+    with pytest.raises(ValidationError, match="kcl_retrieval_mode"):
+        Settings()
+
+
+def test_a_consumer_without_fanout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_KCL_CONSUMER_NAME", "fleet-ingest-efo")
+    with pytest.raises(ValidationError, match="FLEET_KCL_RETRIEVAL_MODE=FANOUT"):
+        Settings()
+
+
+def test_kinesis_may_have_an_endpoint_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kinesis-local beside the local AWS: the KCL's and boto3's Kinesis go to it, DynamoDB does not."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:4568")
+    settings = Settings()
+    props = daemon_properties(settings)
+    assert props["kinesisEndpoint"] == "http://127.0.0.1:4568"
+    assert props["dynamoDBEndpoint"] == "http://127.0.0.1:4566"
+    clients = AwsClients(settings)
+    assert clients.kinesis.meta.endpoint_url == "http://127.0.0.1:4568"
+    assert clients.dynamodb.meta.endpoint_url == "http://127.0.0.1:4566"
 
 
 def test_on_aws_the_properties_use_sdk_v2_credentials_and_keep_the_kcls_metrics(

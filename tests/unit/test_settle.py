@@ -4,6 +4,7 @@ of the record set, whatever the stream order within the allowed lateness, resend
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,12 +127,14 @@ class RecordingMachine(TripStateMachine):
         super().__init__(TripThresholds(gap_ms=GAP_MS, segment_breadcrumbs=10**9))
         self.transitions: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         self.completed: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        self.exact_of: Callable[[str], VehicleTrips] | None = None
+        """The planner's exact machines (None: every run is noted, as the reference's)."""
 
     def apply(
         self, state: VehicleTrips, step: Step, effects: TripEffects, clock_ms: int | None = None
     ) -> None:
-        if clock_ms is None:  # the live view's run, or the reference's: not the exact machine's
-            super().apply(state, step, effects, clock_ms)
+        if clock_ms is None or (self.exact_of is not None and state is not self.exact_of(state.pseudo_vin)):
+            super().apply(state, step, effects, clock_ms)  # the live view's run: not the exact machine's
             return
         before, done = shape(state), len(effects.completed)
         super().apply(state, step, effects, clock_ms)
@@ -203,7 +206,9 @@ class Consumer:
     late: int = 0
 
     def new_planner(self) -> TripPlanner:
-        return TripPlanner(self.machine, lateness_ms=L_MS)
+        planner = TripPlanner(self.machine, lateness_ms=L_MS)
+        self.machine.exact_of = planner.exact
+        return planner
 
     def write(self, planner: TripPlanner, now_ms: int, *, everything: bool) -> None:
         for plan in planner.due(now_ms, everything=everything):
@@ -317,19 +322,33 @@ def test_while_waiting_out_the_gap_count_and_last_event_stay_at_the_stop_unless_
     assert (plan.fields["status"], plan.fields["breadcrumbCount"]) == ("ACTIVE", 32)
 
 
-def test_a_trip_the_live_view_ended_shows_until_its_archive_is_written() -> None:
-    """Between the live view's end of a trip (gap after the stop) and the exact machine's (L later, when
-    it is archived), the item keeps showing the trip as ENDING: it never vanishes before its archive."""
+def test_a_trip_the_live_view_ended_is_archived_on_time_then_finally() -> None:
+    """The live view ends a trip (gap after the stop): the next write carries its on-time archive, and the
+    item (written after it) stops showing the trip. L later the exact machine completes it: its final
+    archive, and the item goes. Until the on-time archive is stored, the trip shows as ENDING: it never
+    vanishes before an archive of it exists."""
     planner = TripPlanner(TripStateMachine(TripThresholds(gap_ms=60_000)), lateness_ms=L_MS)
     planner.adopt("v", None)
-    drive(planner, [30.0] * 5 + [0.0] * 66)  # the stop at 4 s; the record at 64 s completes it (live)
-    assert planner.live("v").trip is None and planner.exact("v").trip is not None
-    (plan,) = planner.due(T0, everything=True)
-    assert plan.open and plan.fields["status"] == "ENDING" and plan.fields["tripId"] is not None
-    assert not plan.outbox
-    planner.tick(T0 + 71_000 + L_MS)  # the exact machine completes it: archived, the item goes
+    drive(planner, [30.0] * 5 + [0.0] * 66)  # the stop at 5 s; the record at 65 s completes it (live)
+    exact = planner.exact("v").trip
+    assert planner.live("v").trip is None and exact is not None
     (plan,) = planner.due(T0, everything=False)
-    assert len(plan.outbox) == 1 and not plan.open
+    (on_time,) = plan.on_time
+    assert (on_time.trip_id, on_time.start_time_ms, on_time.end_time_ms) == (
+        exact.trip_id,
+        T0,
+        T0 + 5_000,
+    )
+    assert on_time.completion_ms == T0 + 65_000  # R: the stream clock, the completing record's arrival
+    # The committer stores the on-time archive before the item, so the item may stop showing the trip.
+    assert plan.open and plan.fields["status"] == "IDLE" and not plan.outbox
+    assert plan.fields["machine"].i == exact.trip_id  # the exact machine still holds it
+    planner.committed("v", "1", T0)
+    drive(planner, [0.0] * 3, start_s=71)  # the live view completes nothing new: no second archive
+    assert all(not p.on_time for p in planner.due(T0, everything=True))
+    planner.tick(T0 + 71_000 + L_MS)  # the exact machine completes it: the final archive, the item goes
+    (plan,) = planner.due(T0, everything=False)
+    assert len(plan.outbox) == 1 and not plan.open and not plan.on_time
 
 
 def test_a_record_of_a_sealed_segment_arriving_after_the_seal_is_counted_with_the_open_trips_id() -> None:

@@ -403,8 +403,11 @@ def test_live_trip_id_is_the_archived_one(live: LiveRun) -> None:
         assert item.s3Key.endswith(f"/{shown[1].tripId}.json.gz") and item.s3Key in live.archive.trips
 
 
-def test_live_archive_appears_within_gap_and_lateness_of_the_last_moving_record(live: LiveRun) -> None:
-    limit_ms = (LIVE_GAP_S + LIVE_LATENESS_S + 5) * 1000
+def test_live_archive_appears_within_gap_and_30_s_of_the_last_moving_record(live: LiveRun) -> None:
+    """The on-time archive (the live view's completion) is in trips-index within gap + 30 s of the last
+    moving record's arrival, though the allowed lateness is 30 s: the final one follows L later."""
+    assert LIVE_LATENESS_S >= 30
+    limit_ms = (LIVE_GAP_S + 30) * 1000
     for drive in live.drives:
         trip = live.archive.index_by_start()[format_time(drive.start.t_ms)].tripId
         appeared = next((s.now_ms for s in live.seen if trip in s.archived), None)
@@ -417,3 +420,25 @@ def test_live_archive_appears_within_gap_and_lateness_of_the_last_moving_record(
         assert delay <= limit_ms, (
             f"archived {delay / 1000:.2f} s after the last moving record (limit {limit_ms / 1000:.0f} s)"
         )
+        assert not live.archive.index_by_start()[format_time(drive.start.t_ms)].provisional  # final at last
+
+
+def test_a_moving_record_late_within_l_after_the_on_time_archive_revises_it_to_the_in_order_trip() -> None:
+    """The trip's on-time archive is written when the live view completes it (stop + gap). A moving
+    record of the gap, late by less than L, arrives after it: the trip resumed, in order. The final
+    archive and index item are the in-order stream's; the on-time one stays as what it was."""
+    records = scripted(VIN, [("park", 5), ("drive", 45), ("park", 54), ("drive", 1), ("park", 80)], T0)
+    resumed = next(r for r in records if r.t_ms == at(104))
+    late_by = (LATENESS_S - 3) * 1000
+    delivered = stamp(sent_late(r, late_by) if r is resumed else on_time(r) for r in records)
+    arrival = {d.sent.t_ms: d.arrival_ms for d in delivered}
+    assert arrival[at(104)] > arrival[at(50 + GAP_S)]  # after the record that completes it without it
+
+    result = run(delivered, SMALL)
+    got, want = archive_of(result.stores), archive_of(run(in_order(records), SMALL).stores)
+    _, rows = only_trip(want, "in order")
+    assert rows == located_between(records, at(5), at(105))  # in order: one trip, resumed, stopped at 105
+    assert_same_archive(got, want)
+    on_time_keys = [k for k in result.stores.archive.objects if k.startswith("trips-provisional/")]
+    assert any(k.endswith(f"/{at(50)}.json.gz") for k in on_time_keys), on_time_keys  # ended at 50, first
+    assert result.late_after_archive == 0

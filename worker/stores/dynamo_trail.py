@@ -1,4 +1,4 @@
-"""``DynamoTrail``: the ``TrailStore`` port on the ``live-breadcrumbs`` table (packed 15 s buckets).
+"""``DynamoTrail``: the ``TrailStore`` port on the ``live-breadcrumbs`` table (packed buckets, 15 s at 1 Hz).
 
 ``processors.trail`` decides what to write (pure: the merges, their chunks, the remainder after a failed
 guard); this module alone turns it into DynamoDB expressions (``update_request``).
@@ -32,10 +32,10 @@ from processors.trail import (
     Crumb,
     Remainder,
     TrailPoint,
-    bucket_of,
+    bucket_range,
     chunks,
     decode_item,
-    encode,
+    one_per_slot,
     remainder_of,
     remainder_outstanding,
     trail_points,
@@ -83,9 +83,11 @@ class DynamoTrail:
         raise TRAIL_ROUNDS.exhausted(f"{TRAIL_ROUNDS.rounds} conditional rounds")
 
     def read(self, pseudo_vin: str, from_ms: int, to_ms: int, *, consistent: bool = True) -> list[Crumb]:
-        """Crumbs with ``from_ms <= t <= to_ms`` in (t, value) order: one Query over the bucket range."""
+        """Crumbs with ``from_ms <= t <= to_ms``, one per slot, in (t, value) order: one Query over every
+        bucket key that may hold one, whatever span its writer chose (``processors.trail.bucket_range``)."""
         if to_ms < from_ms:
             return []
+        low, high = bucket_range(from_ms, to_ms)
         query: dict[str, Any] = {
             "TableName": self.table,
             "ConsistentRead": consistent,
@@ -93,8 +95,8 @@ class DynamoTrail:
             "ExpressionAttributeNames": {"#b": "bucket"},
             "ExpressionAttributeValues": {
                 ":pv": {"S": pseudo_vin},
-                ":b0": {"N": str(bucket_of(from_ms))},
-                ":b1": {"N": str(bucket_of(to_ms))},
+                ":b0": {"N": str(low)},
+                ":b1": {"N": str(high)},
             },
         }
         crumbs: list[Crumb] = []
@@ -105,7 +107,7 @@ class DynamoTrail:
             if "LastEvaluatedKey" not in page:
                 break
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return sorted((c for c in crumbs if from_ms <= c.t_ms <= to_ms), key=_order)
+        return one_per_slot(c for c in crumbs if from_ms <= c.t_ms <= to_ms)
 
     def read_trail(
         self,
@@ -155,7 +157,3 @@ def update_request(table: str, pseudo_vin: str, bucket: int, remainder: Remainde
     if names:
         request["ExpressionAttributeNames"] = names
     return request
-
-
-def _order(crumb: Crumb) -> tuple[int, str]:
-    return crumb.t_ms, encode(crumb)

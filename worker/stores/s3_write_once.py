@@ -47,12 +47,14 @@ def put_once(
     content_hash: str,
     reason: ConflictReason,
     same_legacy: Callable[[bytes], bool],
+    alarm: bool = True,
     **params: Any,
 ) -> bool:
     """Store ``body`` at ``key`` unless an object is there. True: stored now; False: an object of the same
     content was there (nothing written). Raises ``WriteOnceConflict`` if it holds other content.
 
     ``same_legacy`` judges an object written before its content hash was (no metadata), from its bytes.
+    ``alarm``: the conflict is logged at ERROR (alarmed), else at INFO (expected).
     """
     try:
         s3.put_object(
@@ -81,7 +83,7 @@ def put_once(
     event(
         log,
         "archive_conflict",
-        logging.ERROR,
+        logging.ERROR if alarm else logging.INFO,
         key=key,
         reason=str(reason),
         storedHash=(stored or "none")[:16],
