@@ -77,6 +77,7 @@ fuzz: venv
 bench: $(BENCH_STAMP)
 	$(PY) -m bench
 	$(PY) -m bench sweep  # the orphan sweep's requests and items read at 10k idle + 1k open (python -m bench sweep --idle 100000)
+	$(PY) -m bench fullshard --into-latest  # 2 shards x 1,000 records/s for 2 minutes per workload, live (python -m bench fullshard --help)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .mypy_cache .ruff_cache .pytest_cache

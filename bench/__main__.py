@@ -13,6 +13,10 @@
    gap shows, the live id against the archived one, when the archive and its index item exist, and the
    write units per record by table (``bench.trips``; ours only).
 
+``python -m bench fullshard``: shards fed at their write limit (2 x 1,000 records/s, both workloads, 2
+minutes) through the real daemon at the shipped defaults, each figure against issue 23's targets, written to
+``bench/results/fullshard.json`` (``bench.fullshard``; ``--seconds 30 --shards 1 --rate 300`` for a short
+run).
 ``python -m bench trips``: part 4 alone (``--set FLEET_NAME=VALUE`` to try it at other settings).
 ``python -m bench sweep``: the orphan sweep's requests and items read at 10k idle vehicles + 1k open
 trips (``--idle 10000 100000`` for the one-off at 100k: seeding it takes minutes), written to
@@ -128,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["trips"]:  # part 4 alone (bench/trips.py)
         return trips.main(argv[1:])
+    if argv[:1] == ["fullshard"]:  # shards at their write limit through the real daemon (bench/fullshard.py)
+        from bench import fullshard
+
+        return fullshard.main(argv[1:])
     if argv[:1] == ["sweep"]:  # the orphan sweep's work against fleet size (bench/sweep.py)
         from bench import sweep
 

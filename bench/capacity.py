@@ -488,10 +488,175 @@ def _get(tree: Any, *path: str) -> Any:
     return tree
 
 
+@dataclass(frozen=True)
+class ShardCompute:
+    """What one shard at its write limit costs in compute, from the full-shard run (``bench.fullshard``)."""
+
+    workload: str
+    shards: int
+    records_per_second: float
+    """Consumed per shard in the run (offered: ``rate_per_shard``)."""
+    processor_cpu_ms: float
+    """Per record, the processors' CPU over the window over the records they consumed (all shards)."""
+    jvm_cpu_ms: float
+    """Per record, the one JVM's CPU over all records consumed."""
+    processor_rss_mb: float
+    jvm_rss_mb: float
+
+    @property
+    def vcpu_per_shard(self) -> float:
+        """At the planned load (``SHARD_UTILIZATION`` of a shard's 1,000 records/s)."""
+        planned = SHARD_RECORDS_PER_SECOND * SHARD_UTILIZATION
+        return planned * (self.processor_cpu_ms + self.jvm_cpu_ms) / 1000
+
+    @property
+    def shards_per_task(self) -> float:
+        """Shards one task serves at ``TASK_CPU_TARGET`` of its vCPU (below 1: a shard needs more)."""
+        return TASK_VCPU * TASK_CPU_TARGET / self.vcpu_per_shard if self.vcpu_per_shard else math.inf
+
+    @property
+    def memory_mb_per_shard(self) -> float:
+        """A processor per shard, and a JVM per task shared by the shards one task holds."""
+        whole = math.floor(self.shards_per_task + 1e-9)  # 0.6 / 0.12 is 4.999... in floating point
+        return self.processor_rss_mb + self.jvm_rss_mb / max(1, whole)
+
+
+def full_shard(results: dict[str, Any]) -> dict[str, ShardCompute]:
+    """Workload -> the full-shard run's compute figures (``results["fullshard"]``, merged into
+    ``latest.json`` by ``python -m bench fullshard``); {} when it was not run."""
+    out = {}
+    for workload, run in (_get(results, "fullshard", "runs") or {}).items():
+        shards = run["per_shard"]
+        consumed = sum(s["records_consumed"] for s in shards)
+        if not consumed:
+            continue
+        out[workload] = ShardCompute(
+            workload=workload,
+            shards=len(shards),
+            records_per_second=consumed / run["window_s"] / len(shards),
+            processor_cpu_ms=sum(s["processor_cpu_seconds"] for s in shards) * 1000 / consumed,
+            jvm_cpu_ms=run["jvm_cpu_seconds"] * 1000 / consumed,
+            processor_rss_mb=max(s["processor_peak_rss_bytes"] for s in shards) / 2**20,
+            jvm_rss_mb=run["jvm_peak_rss_bytes"] / 2**20,
+        )
+    return out
+
+
+def with_full_shard(cost: PerRecord, compute: ShardCompute | None) -> PerRecord:
+    """``cost`` with its compute measured at a full shard: per record all in (no idle rate apart: at the
+    shard's limit the per-poll overhead is spread over 250 records a poll)."""
+    if compute is None:
+        return cost
+    return replace(
+        cost,
+        processor_cpu_ms=compute.processor_cpu_ms,
+        processor_idle_vcpu=0.0,
+        daemon_cpu_ms=compute.jvm_cpu_ms,
+        daemon_idle_vcpu=0.0,
+        processor_rss_mb=compute.processor_rss_mb,
+        daemon_rss_mb=compute.jvm_rss_mb,
+        source=f"{cost.source}; compute: full shard",
+    )
+
+
+def _full_shard_section(results: dict[str, Any]) -> list[str]:
+    """The full-shard run's figures per shard, against issue 23's targets, and what they make of a task."""
+    computes = full_shard(results)
+    if not computes:
+        return []
+    config = results["fullshard"].get("config", {})
+    env = results["fullshard"].get("environment", {})
+    lines = [
+        "## Full shard (issue 23)",
+        "",
+        f"{config.get('describe', '')}; `python -m bench fullshard` (load average"
+        f" {(env.get('load_average') or [0.0])[0]:.1f} on {env.get('cpus', '?')} CPUs). The bills below take"
+        " their compute from here: CPU per record at a full shard, all in.",
+        "",
+        "| per shard | workload | records/s consumed | MillisBehindLatest max (ms) | p50 / p99 (s) |"
+        " processor + JVM CPU ms / record | processor peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for workload, run in results["fullshard"]["runs"].items():
+        for shard in run["per_shard"]:
+            p50, p99 = shard["lag_p50_s"], shard["lag_p99_s"]
+            lines.append(
+                f"| {shard['shard']} | {workload} | {shard['records_per_second']:,.0f} |"
+                f" {shard['millis_behind_max'] if shard['millis_behind_max'] is not None else '-'}"
+                f" ({'bounded' if shard['lag_bounded'] else '**growing**'}) |"
+                f" {_seconds(p50)} / {_seconds(p99)} |"
+                f" {shard['processor_cpu_ms_per_record']:.3f} + {run['jvm_cpu_ms_per_record']:.3f} ="
+                f" {shard['cpu_ms_per_record']:.3f} | {shard['processor_peak_rss_bytes'] / 2**20:.0f} |"
+            )
+    lines += [
+        "",
+        f"| per shard at {SHARD_UTILIZATION:.0%} of its limit | " + " | ".join(computes) + " |",
+        "|---|" + "---|" * len(computes),
+        "| vCPU | " + " | ".join(f"{c.vcpu_per_shard:.3f}" for c in computes.values()) + " |",
+        f"| shards per {TASK_VCPU:g}-vCPU task at {TASK_CPU_TARGET:.0%} CPU | "
+        + " | ".join(f"{c.shards_per_task:.2f}" for c in computes.values())
+        + " |",
+        "| tasks per shard | " + " | ".join(f"{1 / c.shards_per_task:.2f}" for c in computes.values()) + " |",
+        "| memory, MB (a processor, a share of the task's JVM) | "
+        + " | ".join(f"{c.memory_mb_per_shard:.0f}" for c in computes.values())
+        + " |",
+        "| $ of compute a month, 1M vehicles (Fargate vCPU + memory) | "
+        + " | ".join(
+            usd(sum(v for k, v in bill(1_000_000, _compute_only(c)).lines.items() if k.startswith("ECS")))
+            for c in computes.values()
+        )
+        + " |",
+        "",
+    ]
+    for workload, run in results["fullshard"]["runs"].items():
+        missed = [
+            f"{name} {_missed(t)}" for name, t in sorted(run.get("targets", {}).items()) if not t["met"]
+        ]
+        lines.append(
+            f"- {workload}: every issue-23 target met."
+            if not missed
+            else f"- {workload}, missed: " + "; ".join(missed) + "."
+        )
+    return lines
+
+
+def _compute_only(compute: ShardCompute) -> PerRecord:
+    """A ``PerRecord`` with only the compute figures: what ``bill`` needs for its Fargate lines."""
+    return PerRecord(
+        source="full shard",
+        write_units=0.0,
+        write_units_by_table={},
+        read_requests=0.0,
+        s3_puts=0.0,
+        s3_bytes=0.0,
+        kms=0.0,
+        processor_cpu_ms=compute.processor_cpu_ms,
+        processor_idle_vcpu=0.0,
+        daemon_cpu_ms=compute.jvm_cpu_ms,
+        daemon_idle_vcpu=0.0,
+        processor_rss_mb=compute.processor_rss_mb,
+        daemon_rss_mb=compute.jvm_rss_mb,
+        record_bytes=0.0,
+        log_bytes=0.0,
+        state_item_bytes=0.0,
+        stored={},
+    )
+
+
+def _missed(target: dict[str, Any]) -> str:
+    reached, goal = target["reached"], target["goal"]
+    if reached is None or goal is None:
+        return "(not seen)" if reached is None else "(growing)"
+    off = reached - goal if target["sense"] == "<=" else goal - reached
+    return f"by {off:.3g} ({off / goal:.0%})"
+
+
 def peers(results: dict[str, Any]) -> tuple[dict[str, PerRecord], PerRecord]:
-    """What the document prices: ours per workload, and the naive peer (native)."""
+    """What the document prices: ours per workload, and the naive peer (native). Ours' compute comes from
+    the full-shard run when there is one."""
     workloads = [w for w in ("native", "tesla") if "ours" in results["catch_up"].get(w, {})]
-    ours = {w: per_record(results, "ours", w) for w in workloads}
+    computes = full_shard(results)
+    ours = {w: with_full_shard(per_record(results, "ours", w), computes.get(w)) for w in workloads}
     naive = per_record(results, "naive", "native")
     if not naive.daemon_rss_mb and "native" in ours:  # not run live: the same daemon as ours, as measured
         jvm = ours["native"]
@@ -574,6 +739,8 @@ def render(results: dict[str, Any]) -> str:
     for name, get in rows:
         lines.append(f"| {name} | " + " | ".join(get(p) for p in columns) + " |")
     lines += ["", *_targets(results)]
+    shard_lines = _full_shard_section(results)
+    lines += ["", *shard_lines] if shard_lines else []
     trips = _trips(results)
     lines += ["", *trips] if trips else []
     lines += ["", "## Dollars per month (us-east-1, on demand)", ""]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import sys
 import time
@@ -93,7 +94,14 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
 
     def initialize(self, initialize_input: Any) -> None:
         self._shard_id = initialize_input.shard_id
-        event(log, "initialize", shard=self._shard_id, startingAt=initialize_input.sequence_number)
+        # The pid ties a shard to its process (one per lease): per-shard CPU and memory come from /proc.
+        event(
+            log,
+            "initialize",
+            shard=self._shard_id,
+            startingAt=initialize_input.sequence_number,
+            pid=os.getpid(),
+        )
         self._heartbeat = Heartbeat(self._settings.heartbeat_path, self._shard_id)
         self._heartbeat.start()
         try:

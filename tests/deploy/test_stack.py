@@ -258,6 +258,72 @@ def test_worker_tasks_scale_within_the_shard_count() -> None:
     assert load_template()["Parameters"]["WorkerMinTasks"]["MinValue"] >= 2
     policy = STACK.properties("WorkerCpuScaling")["TargetTrackingScalingPolicyConfiguration"]
     assert policy["ScaleInCooldown"] > policy["ScaleOutCooldown"]
+    defaults = load_template()["Parameters"]
+    shards, per_task = int(defaults["ShardCount"]["Default"]), int(defaults["WorkerShardsPerTask"]["Default"])
+    assert int(defaults["WorkerMinTasks"]["Default"]) >= -(-shards // per_task), (
+        "the fewest carry every shard"
+    )
+
+
+def _ref(stack: Any, logical_id: str) -> str:
+    """What ``!Ref`` of a scaling resource renders to (tests.support.cfn: an ARN naming the resource)."""
+    assert logical_id in stack.resources
+    return f"arn:aws:applicationautoscaling:us-east-1:123456789012:{logical_id}"
+
+
+def test_the_service_scales_out_on_consumer_lag_and_on_cpu_second() -> None:
+    """Lag (the larger of the worker's MillisBehindLatest and Kinesis' figure for this consumer: fan-out
+    MillisBehindLatest, or the iterator age when polling) drives a step policy that only adds tasks; CPU
+    target tracking is the second signal."""
+    lag = STACK.properties("WorkerLagScaleOut")
+    assert lag["PolicyType"] == "StepScaling"
+    assert lag["ScalingTargetId"] == _ref(STACK, "WorkerScalableTarget")
+    steps = lag["StepScalingPolicyConfiguration"]["StepAdjustments"]
+    assert steps and all(step["ScalingAdjustment"] > 0 for step in steps), "lag only scales out"
+    assert steps[0]["MetricIntervalLowerBound"] == 0 and "MetricIntervalUpperBound" not in steps[-1]
+    alarm = ALARMS["lag-scale-out"]
+    assert _ref(STACK, "WorkerLagScaleOut") in alarm["AlarmActions"]
+    assert alarm["Threshold"] == STACK.parameters["WorkerScaleOutLagMillis"]
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    stream = STACK.properties("Stream")["Name"]
+    worker = {
+        "Namespace": ENVIRONMENT["FLEET_METRICS_NAMESPACE"],
+        "MetricName": "MillisBehindLatest",
+        "Dimensions": [{"Name": "Application", "Value": "fleet-ingest"}],
+    }
+    assert STACK.parameters["WorkerRetrievalMode"] == "FANOUT"
+    assert alarm_metrics(alarm) == [
+        worker,
+        {
+            "Namespace": "AWS/Kinesis",
+            "MetricName": "SubscribeToShardEvent.MillisBehindLatest",
+            "Dimensions": [
+                {"Name": "StreamName", "Value": stream},
+                {"Name": "ConsumerName", "Value": STACK.parameters["StreamConsumerName"]},
+            ],
+        },
+    ]
+    polling = render({**TEST_PARAMETERS, "WorkerRetrievalMode": "POLLING"})
+    (polling_alarm,) = [
+        a
+        for a in polling.of_type("AWS::CloudWatch::Alarm").values()
+        if a["AlarmName"].endswith("-lag-scale-out")
+    ]
+    assert alarm_metrics(polling_alarm)[1] == {
+        "Namespace": "AWS/Kinesis",
+        "MetricName": "GetRecords.IteratorAgeMilliseconds",
+        "Dimensions": [{"Name": "StreamName", "Value": stream}],
+    }
+    (expression,) = [q for q in alarm["Metrics"] if "Expression" in q]
+    assert expression["ReturnData"] is True and sum(q["ReturnData"] for q in alarm["Metrics"]) == 1
+    ids = {q["Id"] for q in alarm["Metrics"] if "MetricStat" in q}
+    assert (
+        expression["Expression"].startswith("MAX(")
+        and set(re.findall(r"FILL\((\w+), 0\)", expression["Expression"])) == ids
+    )
+    cpu = STACK.properties("WorkerCpuScaling")
+    assert cpu["ScalingTargetId"] == _ref(STACK, "WorkerScalableTarget")
+    assert not cpu["TargetTrackingScalingPolicyConfiguration"].get("DisableScaleIn"), "CPU scales in"
 
 
 def test_the_sweep_runs_on_a_schedule_with_its_own_role_retries_and_a_dead_letter_queue() -> None:
@@ -340,14 +406,18 @@ def test_alarms_watch_metrics_and_log_events_the_code_emits() -> None:
 
 def test_every_alarm_notifies_the_topic_which_is_required() -> None:
     topic = TEST_PARAMETERS["AlarmTopicArn"]
+    scaling = {"lag-scale-out": [_ref(STACK, "WorkerLagScaleOut")]}  # alarms that also act
     for name, alarm in ALARMS.items():
-        assert alarm["AlarmActions"] == [topic] and alarm["OKActions"] == [topic], name
+        assert alarm["AlarmActions"] == [*scaling.get(name, []), topic], name
+        assert alarm["OKActions"] == [topic], name
     spec = load_template()["Parameters"]["AlarmTopicArn"]
     assert "Default" not in spec and re.fullmatch(spec["AllowedPattern"], "none")
     assert not re.fullmatch(spec["AllowedPattern"], ""), "an empty topic is no longer a silent default"
     silent = render({**TEST_PARAMETERS, "AlarmTopicArn": "none"})
     alarms = silent.of_type("AWS::CloudWatch::Alarm").values()
-    assert len(alarms) == len(ALARMS) and not any("AlarmActions" in a or "OKActions" in a for a in alarms)
+    assert len(alarms) == len(ALARMS) and not any("OKActions" in a for a in alarms)
+    acting = [a["AlarmActions"] for a in alarms if "AlarmActions" in a]
+    assert acting == [[_ref(silent, "WorkerLagScaleOut")]], "only the scaling alarm acts, on its policy"
 
 
 def test_two_stacks_do_not_share_log_derived_metrics() -> None:
