@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from tests.fixtures.build import (
     expected_trips,
 )
 from tests.integration.test_late_trail import in_event_order
-from tests.support.harness import deliver, fixture, shard_records
+from tests.support.harness import deliver, fixture, run_daemon, shard_records
 from tests.support.iam import (
     NOT_EXERCISED_LOCALLY,
     SWEEP_POLICY,
@@ -91,17 +90,6 @@ class DaemonRun:
         return [from_item(item) for item in raw]
 
 
-def run_daemon(env: AwsEnv, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", "run", "--drain", "--timeout", str(timeout)],
-        env=env.environ,
-        capture_output=True,
-        text=True,
-        timeout=timeout + 60,
-        check=False,
-    )
-
-
 @dataclass
 class Archived:
     objects: dict[str, bytes]
@@ -138,7 +126,7 @@ def kcl_run(local_aws: LocalAws) -> Iterator[DaemonRun]:
         stats.last_sequence.update(part.last_sequence)
     local_aws.app.reset_counts()  # from here on, only the worker (daemon, processors), then the sweep
     with recording_resources() as resources:
-        daemon = run_daemon(env)
+        daemon = run_daemon(env.environ, timeout=240)
         assert daemon.returncode == 0, daemon.stderr[-3000:]
         calls = Counter(local_aws.app.requests)
         touched = set(resources)

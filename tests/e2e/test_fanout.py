@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from processors.pseudonymize import Pseudonymizer
 from processors.vehicle_state import named_item
 from schemas.dynamo import from_item
 from tests.conftest import FIXTURES, AwsEnv, fresh_env
+from tests.support.harness import run_daemon
 from tests.support.iam import WORKER_FANOUT_POLICY, policy_actions
 from tests.support.oracle import latest_by_vin, leaked, vins_in
 from worker.leases import lease_checkpoints
@@ -68,17 +68,6 @@ class FanoutRun:
         first = next(i for i, call in enumerate(self.kinesis_calls) if call.operation == "SubscribeToShard")
         drain = [i for i, call in enumerate(self.kinesis_calls[:first]) if call.operation == "GetRecords"]
         return Counter(call.operation for call in self.kinesis_calls[drain[-1] + 1 :])
-
-
-def run_daemon(env: AwsEnv, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", "run", "--drain", "--timeout", str(timeout)],
-        env=env.environ,
-        capture_output=True,
-        text=True,
-        timeout=timeout + 60,
-        check=False,
-    )
 
 
 def wait_until_active(env: AwsEnv, consumer_arn: str, timeout: float = 30) -> None:
@@ -126,7 +115,7 @@ def fanout_run(local_aws: LocalAws, tmp_path_factory: pytest.TempPathFactory) ->
         replayed = replay(env.clients.kinesis, env.settings.stream_name, read_fixture(STREAM))
         local_aws.app.reset_counts()
         before = log.stat().st_size
-        daemon = run_daemon(env)
+        daemon = run_daemon(env.environ, timeout=120)
         served = kinesis_calls(log.read_bytes()[before:].decode(errors="replace"))
         consumers = env.clients.kinesis.list_stream_consumers(StreamARN=stream_arn)["Consumers"]
         yield FanoutRun(

@@ -281,3 +281,15 @@ def in_process_processors() -> Iterator[StartProcessor]:
         gc.unfreeze()  # initialize freezes what exists; undo it for the rest of the test session
         for processor in made:
             processor.lease_lost(None)
+
+
+def run_daemon(environ: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m worker run --drain`` (the real MultiLangDaemon) under ``environ``, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "run", "--drain", "--timeout", str(timeout)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
+        check=False,
+    )
