@@ -274,12 +274,11 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def daemon(stage: Stage, name: str, timeout_s: float) -> Iterator[Daemon]:
-    """Run ``python -m worker run`` against ``stage`` (its environment: the settings) for the block; logs to
-    ``bench/results/e2e-<name>.log``. Ends the launcher and every process it started, by pid."""
-    logs = REPO / "bench" / "results"
-    logs.mkdir(parents=True, exist_ok=True)
-    path = logs / f"e2e-{name}.log"
+def worker_run(stage: Stage, path: Path, timeout_s: float) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m worker run`` against ``stage`` (its environment: the settings) for the block, logging to
+    ``path``; then the launcher and every process it started are ended, by pid (a processor mid-batch
+    outlives its daemon)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as log:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--timeout", str(timeout_s)],
@@ -288,21 +287,30 @@ def daemon(stage: Stage, name: str, timeout_s: float) -> Iterator[Daemon]:
             stderr=log,
             cwd=REPO,
         )
-        children: list[psutil.Process] = []
         try:
-            startup = _wait_for_processor(stage, launcher, timeout=120)
-            children = psutil.Process(launcher.pid).children(recursive=True)
-            (processor,) = _processors(launcher)
-            yield Daemon(processor, _jvm(launcher), startup, path)
+            yield launcher
         finally:
+            children: list[psutil.Process] = []
+            with contextlib.suppress(psutil.Error):
+                children = psutil.Process(launcher.pid).children(recursive=True)
             launcher.terminate()
             try:
                 launcher.wait(30)
             except subprocess.TimeoutExpired:
                 launcher.kill()
-            for child in children:  # a processor mid-batch outlives its daemon: end it, by its pid
+            for child in children:
                 with contextlib.suppress(psutil.Error):
                     child.kill()
+
+
+@contextlib.contextmanager
+def daemon(stage: Stage, name: str, timeout_s: float) -> Iterator[Daemon]:
+    """``worker_run`` until its processor is up; logs to ``bench/results/e2e-<name>.log``."""
+    path = REPO / "bench" / "results" / f"e2e-{name}.log"
+    with worker_run(stage, path, timeout_s) as launcher:
+        startup = _wait_for_processor(stage, launcher, timeout=120)
+        (processor,) = _processors(launcher)
+        yield Daemon(processor, _jvm(launcher), startup, path)
 
 
 def run(  # noqa: PLR0915 - one scenario, read top to bottom

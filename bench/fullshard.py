@@ -59,7 +59,7 @@ import orjson
 import psutil
 
 from bench import measure, report
-from bench.e2e import Put, Sampler, percentile, replay_live, settings_of, visibility
+from bench.e2e import Put, Sampler, percentile, replay_live, settings_of, visibility, worker_run
 from bench.stage import BENCH_ENV, Stage, fresh_stage, peak_rss
 from bench.workload import SEED, WORKLOADS, Fleet
 from devtools.local_aws.fast_tables import FastLocalAws
@@ -192,42 +192,23 @@ def _processor_pids(path: Path) -> dict[str, int]:
 
 @contextlib.contextmanager
 def daemon(stage: Stage, name: str, shards: int, timeout_s: float) -> Iterator[Running]:
-    """``python -m worker run`` until every shard has a live processor; ends it and its children by pid."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    """``bench.e2e.worker_run`` until every shard has a live processor."""
     path = RESULTS / f"fullshard-{name}.log"
-    with path.open("wb") as log:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", "--timeout", str(timeout_s)],
-            env=stage.environ,
-            stdout=log,
-            stderr=log,
-            cwd=REPO,
-        )
-        children: list[psutil.Process] = []
-        try:
-            started = time.monotonic()
-            while True:
-                if launcher.poll() is not None:
-                    raise RuntimeError(f"the launcher exited with {launcher.returncode} (see {path})")
-                pids = _processor_pids(path)
-                owners = lease_owners(stage.settings, stage.clients)
-                if len(pids) >= shards and len(owners) >= shards and all(owners.values()):
-                    break
-                if time.monotonic() - started > 180:
-                    raise TimeoutError(f"{len(pids)} of {shards} processors after 180 s (see {path})")
-                time.sleep(0.5)
-            children = psutil.Process(launcher.pid).children(recursive=True)
-            jvm = next((c for c in children if c.name() == "java"), None)
-            yield Running(launcher, path, pids, jvm, time.monotonic() - started)
-        finally:
-            launcher.terminate()
-            try:
-                launcher.wait(30)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
-            for child in children:
-                with contextlib.suppress(psutil.Error):
-                    child.kill()
+    with worker_run(stage, path, timeout_s) as launcher:
+        started = time.monotonic()
+        while True:
+            if launcher.poll() is not None:
+                raise RuntimeError(f"the launcher exited with {launcher.returncode} (see {path})")
+            pids = _processor_pids(path)
+            owners = lease_owners(stage.settings, stage.clients)
+            if len(pids) >= shards and len(owners) >= shards and all(owners.values()):
+                break
+            if time.monotonic() - started > 180:
+                raise TimeoutError(f"{len(pids)} of {shards} processors after 180 s (see {path})")
+            time.sleep(0.5)
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        jvm = next((c for c in children if c.name() == "java"), None)
+        yield Running(launcher, path, pids, jvm, time.monotonic() - started)
 
 
 # -- one run --------------------------------------------------------------------------------------------
