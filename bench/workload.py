@@ -26,7 +26,7 @@ import orjson
 from tesla_protocol.telemetry import vehicle_data_pb2 as pb
 from tesla_protocol.telemetry.vehicle_data_pb2 import Datum, LocationValue, Payload, Value
 
-from devtools.simulate import fleet, simulate
+from devtools.simulate import simulate
 from processors.signals import parse_time
 from schemas.records import KinesisRecord, StreamPosition
 from worker.replay import StreamEntry
@@ -81,10 +81,8 @@ class Fleet:
         total = self.minutes + self.skip_minutes
         if start_ms is None:
             start_ms = int(time.time() * 1000) - int(total * 60_000) - 5_000
-        if self.phase == "mixed":
-            records: Iterable[dict[str, Any]] = simulate(self.vehicles, total, self.seed, start_ms)
-        else:
-            records = _simulate_phase(self.vehicles, total, self.seed, start_ms, self.phase)
+        held = None if self.phase == "mixed" else self.phase
+        records = simulate(self.vehicles, total, self.seed, start_ms, held)
         skipped = int(self.skip_minutes * 60)
         return list(_every(records, self.period_seconds, skipped))
 
@@ -97,24 +95,6 @@ class Fleet:
         if self.workload == "tesla":
             return tesla_stream(native, self.seed)
         raise ValueError(f"unknown workload {self.workload!r}")
-
-
-def _simulate_phase(
-    vehicles: int, minutes: float, seed: int, start_ms: int, phase: str
-) -> Iterator[dict[str, Any]]:
-    """``devtools.simulate.simulate`` with every vehicle held in ``phase`` (``parked``/``driving``)."""
-    if phase not in ("parked", "driving"):
-        raise ValueError(f"unknown phase {phase!r}")
-    cars = fleet(vehicles, seed)
-    for car in cars:
-        car.phase, car.phase_left = phase, 10**9
-        car.speed = car.cruise if phase == "driving" else 0.0
-    offsets = [random.Random(seed + i).randrange(1000) for i in range(vehicles)]
-    order = sorted(range(vehicles), key=lambda i: offsets[i])
-    for second in range(int(minutes * 60)):
-        for i in order:
-            cars[i].tick()
-            yield cars[i].record(start_ms + second * 1000 + offsets[i])
 
 
 def _every(records: Iterable[dict[str, Any]], period: int, skip_seconds: int) -> Iterator[dict[str, Any]]:

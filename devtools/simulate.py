@@ -127,9 +127,18 @@ def fleet(vehicles: int, seed: int) -> list[SimulatedVehicle]:
     return fleet_
 
 
-def simulate(vehicles: int, minutes: float, seed: int, start_ms: int) -> Iterator[dict[str, Any]]:
-    """Records in time order: every vehicle reports once a second (staggered within the second)."""
+def simulate(
+    vehicles: int, minutes: float, seed: int, start_ms: int, phase: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Records in time order: every vehicle reports once a second (staggered within the second).
+    ``phase``: every vehicle held in it (``parked`` or ``driving``) for the whole run."""
     cars = fleet(vehicles, seed)
+    if phase is not None:
+        if phase not in ("parked", "driving"):
+            raise ValueError(f"unknown phase {phase!r}")
+        for car in cars:
+            car.phase, car.phase_left = phase, 10**9
+            car.speed = car.cruise if phase == "driving" else 0.0
     offsets = [random.Random(seed + i).randrange(1000) for i in range(vehicles)]
     order = sorted(range(vehicles), key=lambda i: offsets[i])
     for second in range(int(minutes * 60)):
