@@ -231,9 +231,24 @@ def test_a_daemon_hung_in_shutdown_is_killed_after_the_stop_bound(
     assert code == launcher.KILLED == 137
     assert time.monotonic() - started < 10
     for pid_file in (jvm, child):
-        pid = int(pid_file.read_text())
+        assert _ends_within(int(pid_file.read_text()), seconds=5), pid_file.name
+
+
+def _ends_within(pid: int, seconds: float) -> bool:
+    """Whether ``pid`` is gone or a zombie within ``seconds``.
+
+    A SIGKILL sent to a process group is delivered, not yet acted on, when ``killpg`` returns: on a
+    busy machine the record processor (the JVM's child, not ours to reap) can still be running for a
+    moment after the launcher has returned.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # not ours to reap: the processor was the JVM's child
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, (
-            pid_file.name
-        )
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
