@@ -333,7 +333,9 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         consumed = sum(records for _, records, _ in seen.get(shard, []))
         bins = lag_bins(seen.get(shard, []), wall_start, wall_end)
         watching = set(sampled[shard])
-        watched = [p for p in measured if p.pseudo_vin in watching]
+        # Lag is measured on the records that change a value, as bench.e2e does: a repeat shows nothing
+        # new but its ts, which waits for the liveness interval (FLEET_LIVENESS_SECONDS) by design.
+        watched = [p for p in measured if p.pseudo_vin in watching and p.changes]
         visible = visibility(watched, samplers[shard].scans)
         lags = [at - put.sent_at for at, put in zip(visible, watched, strict=True)]
         processor_ms = cpu[shard] * 1000 / consumed if consumed else math.inf
@@ -388,7 +390,7 @@ def _wait_visible(
     samplers: dict[str, Sampler], sampled: dict[str, list[str]], measured: list[Put], grace: float
 ) -> None:
     """Until every sampled vehicle's last record is visible, or ``grace`` seconds."""
-    last = {put.pseudo_vin: put for put in measured}
+    last = {put.pseudo_vin: put for put in measured if put.changes}
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if all(
