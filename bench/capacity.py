@@ -339,11 +339,11 @@ def _targets(results: dict[str, Any]) -> list[str]:
         "",
         "Where the latency goes: a record's `vehicle-state` write is due its arrival + the freshness budget B"
         " and taken one poll + 100 ms before that, so by design a record waits up to B (1.8 s) in the buffer;"
-        " the 2 s target leaves ~0.2 s for PutRecords to GetRecords, the write and the sampler's 0.25 s read"
-        " interval. Any scheduling delay of the daemon, the processor or the in-process local AWS on a loaded"
-        " machine goes straight into the p99. What would meet it: a smaller B (1.0 s writes every record:"
-        " 1.0 unit per record for `vehicle-state`, over the 0.8 target, see the sensitivity table), or a"
-        " quieter machine than this run's; the target is not tuned here.",
+        " the 2 s target leaves ~0.2 s for PutRecords to GetRecords, the write and the sampler's 0.1 s read"
+        " interval (until 2026-12-05 it read every 0.25 s, which alone put p99 just over 2 s). Any scheduling"
+        " delay of the daemon, the processor or the in-process local AWS on a loaded machine goes straight"
+        " into the p99; a smaller B would buy slack with more `vehicle-state` writes (see the sensitivity"
+        " table).",
         "",
         "Earlier targets, measured in the same run:",
         "",

@@ -18,7 +18,7 @@ Per shard:
   figure the worker's EMF metric reports), its maximum per 10 s of the window; *bounded* when the last
   third of the window's maximum is no higher than the first third's plus one second (it does not grow);
 - **p50/p99 PutRecords -> vehicle-state**: as ``bench.e2e`` measures it (a strongly consistent read of
-  up to 100 of the shard's vehicles every 0.25 s; a record never seen is infinitely late);
+  up to 100 of the shard's vehicles every 0.1 s; a record never seen is infinitely late);
 - **CPU per record**: utime + stime of the shard's processor (its pid from its ``initialize`` line) over
   the window, per record it consumed in the window; the JVM's (one per task, all shards) per record
   consumed by all shards; **peak RSS** (VmHWM) of each;
@@ -48,6 +48,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -58,7 +59,7 @@ from typing import Any
 import orjson
 import psutil
 
-from bench import measure, report
+from bench import measure, report, spy
 from bench.e2e import Put, Sampler, percentile, replay_live, settings_of, visibility, worker_run
 from bench.stage import BENCH_ENV, Stage, fresh_stage, peak_rss
 from bench.workload import SEED, WORKLOADS, Fleet
@@ -75,7 +76,7 @@ write, and 1,000 vehicles a shard all appear in the first second."""
 GRACE_SECONDS = 20.0
 LAG_BIN_SECONDS = 10.0
 SAMPLED_PER_SHARD = 100
-"""One BatchGetItem (at most 100 keys) per shard every 0.25 s."""
+"""One BatchGetItem (at most 100 keys) per shard every 0.1 s (``bench.e2e.SAMPLE_EVERY``)."""
 FAST_TABLES = ("vehicle-state", "live-breadcrumbs", "trip-state", "vin-mapping", "trips-index")
 
 # -- targets (issue 23) -------------------------------------------------------------------------------
@@ -136,6 +137,8 @@ class FullShardResult:
     refused: dict[str, int]
     settings: dict[str, Any]
     targets: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] | None = None
+    """With ``--profile``: where the processors' CPU went (``bench.spy.summary``)."""
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -260,8 +263,10 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
     seconds: float,
     say: Callable[[str], None],
     warmup: float = WARMUP_SECONDS,
+    profile: Path | None = None,
 ) -> FullShardResult:
-    stage = fresh_stage(aws, shards=shards, PYTHONPATH=str(REPO))
+    spied = {"FLEET_KCL_EXECUTABLE": spy.executable(profile)} if profile else {}
+    stage = fresh_stage(aws, shards=shards, PYTHONPATH=str(REPO), **spied)
     pseudo = Pseudonymizer(BENCH_ENV["FLEET_PSEUDONYM_KEY"].encode())
     route = shard_of(stage)
     vehicles = shards * rate
@@ -550,6 +555,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", choices=(*WORKLOADS, "both"), default="both")
     parser.add_argument("--output", type=Path, default=RESULTS / "fullshard.json")
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run each processor under py-spy (the bench extra) and print where its CPU went, all threads"
+        " (it costs the processors a few per cent more CPU: compare figures from runs without it)",
+    )
+    parser.add_argument(
         "--into-latest",
         action="store_true",
         help="also store the results in bench/results/latest.json (key fullshard), which python -m"
@@ -559,11 +570,20 @@ def main(argv: list[str] | None = None) -> int:
     workloads = WORKLOADS if args.workload == "both" else (args.workload,)
     started = time.monotonic()
     results: dict[str, Any] = {"runs": {}}
-    with FastLocalAws(fast_table_names()) as aws:
+    if args.profile and not spy.available():
+        parser.error("--profile needs py-spy: pip install -e '.[bench]'")
+    with FastLocalAws(fast_table_names()) as aws, tempfile.TemporaryDirectory() as spied:
         for workload in workloads:
-            result = run(aws, workload, args.shards, args.rate, args.seconds, say, args.warmup)
+            profile = Path(spied) / workload if args.profile else None
+            if profile:
+                profile.mkdir()
+            result = run(aws, workload, args.shards, args.rate, args.seconds, say, args.warmup, profile)
+            if profile:
+                result.profile = spy.summary(profile, args.shards)
             results["runs"][workload] = result.summary()
             print(table(result))
+            if result.profile:
+                print("\n".join(spy.lines(result.profile)))
             print()
     results["config"] = {
         "shards": args.shards,
