@@ -44,14 +44,19 @@ def available() -> bool:
 
 
 def executable(directory: Path) -> str:
-    """The record processor command: py-spy writes ``<directory>/processor-<pid>.raw`` when it exits."""
+    """The record processor command: a script in ``directory`` that runs the processor under py-spy,
+    which writes ``<directory>/processor-<pid>.raw`` when it exits. A script, because the daemon splits
+    ``executableName`` on spaces and honours no quoting."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    record = (
+    script = directory / "processor.sh"
+    script.write_text(
+        "#!/bin/sh\n"
         f"exec {shlex.quote(spy)} record --gil --rate {SAMPLES_PER_SECOND} --format raw"
         f" --output {shlex.quote(str(directory))}/processor-$$.raw"
-        f" -- {shlex.quote(sys.executable)} -m worker process"
+        f" -- {shlex.quote(sys.executable)} -m worker process\n"
     )
-    return f"/bin/sh -c {shlex.quote(record)}"
+    script.chmod(0o755)
+    return str(script)
 
 
 def _frames(stack: str) -> list[tuple[str, str]]:
