@@ -46,9 +46,9 @@ import contextlib
 import hashlib
 import math
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -572,10 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"runs": {}}
     if args.profile and not spy.available():
         parser.error("--profile needs py-spy: pip install -e '.[bench]'")
-    with FastLocalAws(fast_table_names()) as aws, tempfile.TemporaryDirectory() as spied:
+    with FastLocalAws(fast_table_names()) as aws:
         for workload in workloads:
-            profile = Path(spied) / workload if args.profile else None
+            profile = RESULTS / f"profile-{workload}" if args.profile else None
             if profile:
+                shutil.rmtree(profile, ignore_errors=True)
                 profile.mkdir()
             result = run(aws, workload, args.shards, args.rate, args.seconds, say, args.warmup, profile)
             if profile:

@@ -2,7 +2,9 @@
 
 pyinstrument (``bench.cpu --profile``) samples the main thread only; under the daemon most of a processor's
 CPU is spent on its write threads, in botocore. ``py-spy record --gil`` samples whichever thread holds the
-GIL, so its samples share out the processor's Python CPU time across every thread.
+GIL, so its samples share out the processor's Python CPU time across every thread; ``--nonblocking``, so
+the processor is not paused 200 times a second (its latency figures still move: compare them with a run
+without ``--profile``).
 
 ``executable(directory)`` is a ``FLEET_KCL_EXECUTABLE`` that runs ``python -m worker process`` under
 py-spy, one raw (collapsed stacks) file per processor; ``summary(directory)`` reads them back: the share
@@ -51,7 +53,7 @@ def executable(directory: Path) -> str:
     script = directory / "processor.sh"
     script.write_text(
         "#!/bin/sh\n"
-        f"exec {shlex.quote(spy)} record --gil --rate {SAMPLES_PER_SECOND} --format raw"
+        f"exec {shlex.quote(spy)} record --gil --nonblocking --rate {SAMPLES_PER_SECOND} --format raw"
         f" --output {shlex.quote(str(directory))}/processor-$$.raw"
         f" -- {shlex.quote(sys.executable)} -m worker process\n"
     )
@@ -76,7 +78,7 @@ def _area(file: str) -> str:
     return OTHER
 
 
-def summary(directory: Path, processors: int, wait_s: float = 15.0) -> dict[str, Any]:
+def summary(directory: Path, processors: int, wait_s: float = 60.0) -> dict[str, Any]:
     """Shares of the processors' samples: by area of the leaf frame, and the AWS calls by store. py-spy
     writes its file once its processor has exited: wait up to ``wait_s`` for ``processors`` files."""
     deadline = time.monotonic() + wait_s
