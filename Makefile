@@ -36,7 +36,7 @@ $(CHECKOV_STAMP): Makefile
 	@$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'checkov==$(CHECKOV_VERSION)'
 	@touch $(CHECKOV_STAMP)
 
-# The benchmark also needs the `bench` extra (matplotlib), installed on top of the usual ones.
+# The benchmark also needs the `bench` extra (matplotlib, pyinstrument, py-spy), installed on top of the usual ones.
 $(BENCH_STAMP): $(STAMP)
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,kcl-local,bench]'
 	@touch $(BENCH_STAMP)
