@@ -19,7 +19,11 @@ event time received for it. A late record whose event time falls in a recent arc
 **Cadence** (``due``): a live transition (start, stop, resume, end), a completion or a seal is written at
 the next flush; live progress (``lastEventTime``, ``breadcrumbCount``) at most every ``progress_ms``; the
 rest of the exact machine at the checkpoint flush (``due(everything=True)``), which must precede every
-checkpoint, which stays before the oldest unsettled record (``oldest``).
+checkpoint, which stays before the oldest unsettled record (``oldest``). **Catching up** (R more than L
+before the wall clock), a vehicle's item is written at most every ``progress_ms``, whatever moved, and at
+the checkpoint flush: a slow reporter replays many trips in seconds, and its completions, creations and
+deletions then go out together, once per cadence, instead of at each of them (no on-time archive either:
+``_complete_on_time``).
 
 **A shard split** (``hand_over``): the unsettled records of each vehicle with a trip (or a moving record
 among them) are stored with its item (``machine.held``) instead of being consumed out of order; the child's
@@ -381,6 +385,8 @@ class TripPlanner:
         return [self.plan_for(pv) for pv, v in self._vehicles.items() if self._is_due(v, now_ms, everything)]
 
     def _is_due(self, vehicle: _Vehicle, now_ms: int, everything: bool) -> bool:
+        if not everything and self._catching_up(now_ms) and now_ms < vehicle.written_ms + self.progress_ms:
+            return False
         shown = _shown(vehicle)
         if vehicle.urgent or vehicle.outbox or vehicle.seals or _shape(shown) != vehicle.written_shape:
             return True
@@ -389,6 +395,12 @@ class TripPlanner:
         ):
             return True
         return everything and vehicle.dirty
+
+    def _catching_up(self, now_ms: int) -> bool:
+        """R, the greatest arrival received, is more than L ago: a reader of ``trip-state`` sees a past the
+        stream left long ago, and a transition shown at once is worth no write of its own."""
+        received = self._settle.received_ms
+        return received is not None and now_ms - received > self.lateness_ms
 
     def replan(self, stale: StaleTripState) -> VehicleTripPlan:
         """Another writer moved this vehicle first: take what it stored and consume the journal again on

@@ -143,7 +143,8 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description="A driving vehicle's live `trip-state` progress (`lastEventTime`, `breadcrumbCount`) is "
-        "written at most this often; transitions (start, stop, end) at once.",
+        "written at most this often; transitions (start, stop, end) at once, except while catching up (the "
+        "newest record arrived over `FLEET_TRIP_LATENESS_SECONDS` ago): then the item at most this often.",
     )
     trip_idle_seconds: int | None = Field(
         None,

@@ -367,3 +367,41 @@ def test_a_record_of_a_sealed_segment_arriving_after_the_seal_is_counted_with_th
     assert not planner.receive("v", late, position(100, late.arrival_ms), None)
     (missed,) = planner.late_after_archive
     assert (missed.trip_id, missed.event_time_ms) == (trip.trip_id, T0 + 3_000)
+
+
+def test_catching_up_the_item_is_written_at_the_progress_cadence_with_every_trip_completed_meanwhile() -> (
+    None
+):
+    """R more than L before the wall clock (a backlog): a slow reporter replays many trips in seconds, and
+    a write per transition would show a reader nothing it could use. The item is then written at most
+    every ``progress_ms`` (and at the checkpoint flush), carrying every trip completed meanwhile; live,
+    a completion is written at the next flush."""
+
+    def three_trips(planner: TripPlanner) -> None:
+        for trip in range(3):  # each: 5 s moving, then parked past the 60 s gap
+            drive(planner, [30.0] * 5 + [0.0] * 70, start_s=trip * 75)
+
+    planner = TripPlanner(
+        TripStateMachine(TripThresholds(gap_ms=60_000)), lateness_ms=L_MS, progress_ms=10_000
+    )
+    planner.adopt("v", None)
+    drive(planner, [30.0])
+    now = T0 + 3_600_000  # the records arrived an hour ago
+    (first,) = planner.due(now, everything=False)  # never written: written at once
+    assert first.fields["status"] == "ACTIVE"
+    planner.committed("v", "1", now)
+    three_trips(planner)
+    assert len(planner.exact("v").recent) >= 2  # the exact machine completed trips meanwhile ...
+    assert planner.due(now + 9_999, everything=False) == []  # ... written only once the cadence comes
+    (plan,) = planner.due(now + 10_000, everything=False)
+    assert len(plan.outbox) == len(planner.exact("v").recent) >= 2
+    assert [p.pseudo_vin for p in planner.due(now + 1, everything=True)] == ["v"]  # the checkpoint: at once
+
+    live = TripPlanner(TripStateMachine(TripThresholds(gap_ms=60_000)), lateness_ms=L_MS, progress_ms=10_000)
+    live.adopt("v", None)
+    drive(live, [30.0])
+    assert [p.fields["status"] for p in live.due(T0 + 1_000, everything=False)] == ["ACTIVE"]
+    live.committed("v", "1", T0 + 1_000)
+    drive(live, [30.0] * 4 + [0.0] * 70, start_s=1)  # the live view completes the trip at 65 s
+    (plan,) = live.due(T0 + 75_000, everything=False)  # R 1 s ago: written at the next flush
+    assert plan.on_time and plan.fields["status"] == "IDLE"
