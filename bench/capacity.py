@@ -617,6 +617,11 @@ def _full_shard_section(results: dict[str, Any]) -> list[str]:
             if not missed
             else f"- {workload}, missed: " + "; ".join(missed) + "."
         )
+    lines += [
+        "",
+        "Where the processor's CPU goes (about half of it in the AWS SDK, ~0.8 ms per DynamoDB request), and"
+        " why the lag here is a saturated host's: [perf/full-shard.md](perf/full-shard.md).",
+    ]
     return lines
 
 

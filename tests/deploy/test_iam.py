@@ -351,11 +351,13 @@ def recording(local_aws: LocalAws) -> Iterator[Recording]:
         harness = ProcessorHarness(environ)
         harness.initialize()
         # The whole stream, then caught up (the exact machines consume what the allowed lateness held
-        # back): trips complete and their items go; the vehicle that falls silent mid-trip is the sweep's.
+        # back), then ECS stops the task: the stop's checkpoint flush writes what a backlog's cadence
+        # (FLEET_TRIP_PROGRESS_SECONDS) still held: trips complete and their items go; the vehicle that
+        # falls silent mid-trip is the sweep's.
         for batch in batches(records, 500):
             harness.process(batch)
         harness.process([])
-        harness.lease_lost()
+        assert harness.shutdown_requested(), "the stop checkpoints"
         assert harness.close() == 0, harness.stderr_lines[-20:]
         calls["worker"] = set(recorded)
         recorded.clear()
