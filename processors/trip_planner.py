@@ -382,10 +382,15 @@ class TripPlanner:
 
     def due(self, now_ms: int, *, everything: bool) -> list[VehicleTripPlan]:
         """Plans to write now (see the module docstring's cadence); ``everything``: the checkpoint flush."""
-        return [self.plan_for(pv) for pv, v in self._vehicles.items() if self._is_due(v, now_ms, everything)]
+        cadenced = not everything and self._catching_up(now_ms)
+        return [
+            self.plan_for(pv)
+            for pv, v in self._vehicles.items()
+            if self._is_due(v, now_ms, everything, cadenced)
+        ]
 
-    def _is_due(self, vehicle: _Vehicle, now_ms: int, everything: bool) -> bool:
-        if not everything and self._catching_up(now_ms) and now_ms < vehicle.written_ms + self.progress_ms:
+    def _is_due(self, vehicle: _Vehicle, now_ms: int, everything: bool, cadenced: bool) -> bool:
+        if cadenced and now_ms < vehicle.written_ms + self.progress_ms:
             return False
         shown = _shown(vehicle)
         if vehicle.urgent or vehicle.outbox or vehicle.seals or _shape(shown) != vehicle.written_shape:
