@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bench import capacity, fullshard
+from bench import capacity, fullshard, spy
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -103,3 +103,37 @@ def test_the_bills_take_their_compute_from_the_full_shard_run_when_there_is_one(
     assert "## Full shard (issue 23)" in document
     assert "| shards per 1-vCPU task at 60% CPU | 5.00 |" in document
     assert "missed: shardId-000000000000:lag_p99_s by 0.4 (20%)" in document
+
+
+def test_a_profile_shares_the_samples_by_area_and_the_aws_calls_by_store(tmp_path: Path) -> None:
+    """``bench.spy`` reads py-spy's raw stacks (``thread;frame (file:line);... count``) of every processor."""
+    site = "/work/.venv/lib/python3.11/site-packages"
+    call = f"BaseClient._make_api_call ({site}/botocore/client.py:1082)"
+    send = f"HTTPConnection.send ({site}/http/client.py:1009)"
+    apply = "DynamoVehicleState._apply (/work/worker/stores/dynamo_vehicle_state.py:53)"
+    merge = "DynamoTrail.merge (/work/worker/stores/dynamo_trail.py:66)"
+    plan = "TripPlanner.receive (/work/processors/trip_planner.py:249)"
+    (tmp_path / "processor-1.raw").write_text(
+        f"thread (1): write_0;{apply};{call};{send} 6\n"
+        f"thread (2): write_1;{merge};{call};{send} 2\n"
+        f"thread (3): MainThread;{plan} 2\n"
+        "a line that is not a stack\n"
+    )
+    (tmp_path / "processor-2.raw").write_text(f"thread (4): MainThread;{plan} 10\n")
+    profile = spy.summary(tmp_path, processors=2, wait_s=0)
+    assert profile["samples"] == 20
+    assert profile["by_area"] == {
+        "planning (processors/, schemas/)": 0.6,
+        "AWS SDK + HTTP (botocore, urllib3, http.client)": 0.4,
+    }
+    assert profile["aws_calls_by_store"] == {"DynamoVehicleState": 0.3, "DynamoTrail": 0.1}
+    assert "   30.0%  DynamoVehicleState" in spy.lines(profile)
+    assert spy.summary(tmp_path / "none", processors=1, wait_s=0) == {"samples": 0}
+
+
+def test_the_profiled_processor_is_a_script_the_daemon_can_split_on_spaces(tmp_path: Path) -> None:
+    command = spy.executable(tmp_path)
+    assert " " not in command and Path(command).stat().st_mode & 0o111
+    script = Path(command).read_text()
+    assert "record --gil --nonblocking" in script and f"--output {tmp_path}/processor-$$.raw" in script
+    assert script.rstrip().endswith("-m worker process")
