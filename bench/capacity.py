@@ -602,8 +602,8 @@ def _full_shard_section(results: dict[str, Any]) -> list[str]:
         + " |",
         "| $ of compute a month, 1M vehicles (Fargate vCPU + memory) | "
         + " | ".join(
-            usd(sum(v for k, v in bill(1_000_000, _compute_only(c)).lines.items() if k.startswith("ECS")))
-            for c in computes.values()
+            usd(sum(v for k, v in bill(1_000_000, ours).lines.items() if k.startswith("ECS")))
+            for ours in (with_full_shard(per_record(results, "ours", w), c) for w, c in computes.items())
         )
         + " |",
         "",
@@ -623,29 +623,6 @@ def _full_shard_section(results: dict[str, Any]) -> list[str]:
         " why the lag here is a saturated host's: [perf/full-shard.md](perf/full-shard.md).",
     ]
     return lines
-
-
-def _compute_only(compute: ShardCompute) -> PerRecord:
-    """A ``PerRecord`` with only the compute figures: what ``bill`` needs for its Fargate lines."""
-    return PerRecord(
-        source="full shard",
-        write_units=0.0,
-        write_units_by_table={},
-        read_requests=0.0,
-        s3_puts=0.0,
-        s3_bytes=0.0,
-        kms=0.0,
-        processor_cpu_ms=compute.processor_cpu_ms,
-        processor_idle_vcpu=0.0,
-        daemon_cpu_ms=compute.jvm_cpu_ms,
-        daemon_idle_vcpu=0.0,
-        processor_rss_mb=compute.processor_rss_mb,
-        daemon_rss_mb=compute.jvm_rss_mb,
-        record_bytes=0.0,
-        log_bytes=0.0,
-        state_item_bytes=0.0,
-        stored={},
-    )
 
 
 def _missed(target: dict[str, Any]) -> str:
