@@ -99,9 +99,13 @@ class SettleBuffer:
         Steps are added in stream order."""
         entry = _Entry(pending, next(self._serial))
         step = pending.step
-        vehicle = self._vehicles.setdefault(pseudo_vin, _Vehicle())
-        heapq.heappush(vehicle.by_order, (entry.order(), entry))
-        vehicle.newest = step.order if vehicle.newest is None else max(vehicle.newest, step.order)
+        vehicle = self._vehicles.get(pseudo_vin)
+        if vehicle is None:
+            vehicle = self._vehicles[pseudo_vin] = _Vehicle()
+        order = step.order
+        heapq.heappush(vehicle.by_order, ((*order, entry.serial), entry))
+        if vehicle.newest is None or order > vehicle.newest:
+            vehicle.newest = order
         heapq.heappush(self._by_arrival, (step.arrival_ms, entry.serial, pseudo_vin, entry))
         if pending.position is not None:
             self._in_order.append(entry)
@@ -122,9 +126,13 @@ class SettleBuffer:
         moves the stream clock first (an empty, caught-up poll: ``now - 1 s``)."""
         if clock_ms is not None:
             self.observe(clock_ms)
+        arrivals = self._by_arrival
+        if not self._ready and (
+            self.clock_ms is None or not arrivals or arrivals[0][0] + self.lateness_ms >= self.clock_ms
+        ):
+            return {}  # the common case, once per record: nothing settles
         through: dict[str, int] = {}
         if self.clock_ms is not None:
-            arrivals = self._by_arrival
             while arrivals and arrivals[0][0] + self.lateness_ms < self.clock_ms:
                 _, _, pseudo_vin, entry = heapq.heappop(arrivals)
                 if not entry.consumed:

@@ -78,11 +78,14 @@ class StateUpdate:
     def absorb(self, reading: VehicleReading) -> None:
         at_ms = reading.event_time_ms
         self.timestamp_ms = max(self.timestamp_ms, at_ms)
+        signals = self.signals
         for name, value in reading.signals.items():
-            candidate = Observation(at_ms, value)
-            current = self.signals.get(name)
-            if current is None or candidate.beats(current):
-                self.signals[name] = candidate
+            current = signals.get(name)
+            # ``beats``, its usual answer (a later reading) first: no allocation for one that loses.
+            if current is None or at_ms > current.at_ms:
+                signals[name] = Observation(at_ms, value)
+            elif at_ms == current.at_ms and (candidate := Observation(at_ms, value)).beats(current):
+                signals[name] = candidate
 
 
 def unchanged(observation: Observation, known: Observation) -> bool:
