@@ -127,6 +127,16 @@ processor's wall clock, which the catch-up replay compresses: priced from the li
 some, else from the replay."""
 
 
+def _trail_lag(run: dict[str, Any]) -> str:
+    """The trail's PutRecords -> crumb visible, for a run that measured it."""
+    if not run.get("trail_sampled_vehicles"):
+        return ""
+    p50, p99 = run["trail_lag_p50_s"], run["trail_lag_p99_s"]
+    seen = f"p99 {p99:.1f} s" if p99 is not None else "p99 not seen"
+    vehicles = run["trail_sampled_vehicles"]
+    return f" (its crumb on `live-breadcrumbs`: p50 {p50 or 0:.1f} s, {seen}; {vehicles} vehicles read)"
+
+
 def _stored(replay: dict[str, Any]) -> dict[str, float]:
     out = {}
     for table, tally in replay.get("stored", {}).items():
@@ -330,6 +340,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Live, {workload}: p50 {run['lag_p50_s'] or 0:.1f} s, p99 "
             + (f"{run['lag_p99_s']:.1f} s" if run["lag_p99_s"] is not None else "not seen")
+            + _trail_lag(run)
             + f", {run['per_record']['write_units']:.3f} units per record"
             + (f", {share:.0%} of them `{top}` ({by_table[top]:.3f})" if top else "")
             + f" (budget {budget} ms, poll {poll} ms); with the replay's archive tables, as priced"
