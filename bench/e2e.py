@@ -216,14 +216,17 @@ class TrailSampler(threading.Thread):
                     self.first_seen.setdefault((pseudo_vin, crumb.t_ms), at)
             self.stop.wait(max(0.0, TRAIL_SAMPLE_EVERY - (time.monotonic() - began)))
 
-    def lags(self, puts: Sequence[Put], crumbs: dict[tuple[str, int], int]) -> list[float]:
-        """Per put of a sampled vehicle whose record is a crumb (``crumbs``: (pseudoVin, event ms) -> the
-        crumb's event time), PutRecords -> first seen on the trail (inf: never)."""
-        return [
-            self.first_seen.get((put.pseudo_vin, crumbs[key]), math.inf) - put.sent_at
-            for put in puts
-            if put.pseudo_vin in self._vehicles and (key := (put.pseudo_vin, put.event_ms)) in crumbs
-        ]
+
+def crumb_lags(
+    first_seen: dict[tuple[str, int], float], puts: Sequence[Put], crumbs: dict[tuple[str, int], int]
+) -> list[float]:
+    """Per put whose record is one of ``crumbs`` ((pseudoVin, event ms) -> the crumb's event time), the
+    time from its PutRecords to the read that first showed the crumb (``first_seen``; inf: never)."""
+    return [
+        first_seen.get((put.pseudo_vin, crumbs[key]), math.inf) - put.sent_at
+        for put in puts
+        if (key := (put.pseudo_vin, put.event_ms)) in crumbs
+    ]
 
 
 def crumb_times(records: Sequence[Produced], pseudo: Pseudonymizer) -> dict[tuple[str, int], int]:
@@ -464,7 +467,9 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         # cost window (which closes as vehicle-state shows the last records, for both tables alike).
         trail_watched = [put for put in measured if (put.pseudo_vin, put.event_ms) in crumbs]
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(map(math.isinf, trail_sampler.lags(trail_watched, crumbs))):
+        while time.monotonic() < deadline and any(
+            map(math.isinf, crumb_lags(trail_sampler.first_seen, trail_watched, crumbs))
+        ):
             time.sleep(0.25)
         for running_sampler in (sampler, trail_sampler):
             running_sampler.stop.set()
@@ -495,7 +500,7 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
     seen = visibility(watched, sampler.scans)
     lags = [at - put.sent_at for at, put in zip(seen, watched, strict=True)]
     repeats = [put for put in measured if put.pseudo_vin in sampled and not put.changes]
-    trail_lags = trail_sampler.lags(trail_watched, crumbs)
+    trail_lags = crumb_lags(trail_sampler.first_seen, trail_watched, crumbs)
     n = len(measured)
     return E2eResult(
         peer=peer,
