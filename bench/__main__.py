@@ -6,7 +6,8 @@
    vehicles), on the native and the Tesla workload: write units by table (billed on whole items), requests,
    CPU and RSS per record (``bench.replay``);
 3. *live*: a 1 Hz fleet through the real KCL MultiLangDaemon at the shipped defaults, both workloads
-   (the naive peer on the native one): p50/p99 from PutRecords to ``vehicle-state`` visibility, write units
+   (the naive peer on the native one): p50/p99 from PutRecords to ``vehicle-state`` visibility, and to the
+   record's crumb on ``live-breadcrumbs``, write units
    by table, requests, processor and JVM CPU per record, log bytes per record (``bench.e2e``);
 4. *trips*: 20 vehicles drive 63-120 s and park, through the real daemon at the shipped defaults: how soon
    ``trip-state`` shows a start and a stop, how far its live progress trails, whether a trip shorter than the

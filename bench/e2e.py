@@ -20,6 +20,10 @@ BatchGetItem) ten times a second.
   per cent at most.
 - CPU: utime + stime from ``/proc/<pid>/stat`` of the processor and of the daemon's JVM over the same
   window, per record; peak RSS of both (VmHWM).
+- The trail: a ``TrailSampler`` reads five of the sampled vehicles' trails from ``live-breadcrumbs`` as the
+  live map does (``DynamoTrail.read``) every 0.5 s; a record that is a crumb (it has a trail field, as the
+  processor decodes it) is visible on the trail at the end of the first read that shows its crumb. Its
+  reads are taken out of the request counts; the wait for the last crumbs comes after the cost window.
 - Records/s: the share of the sampled vehicles' records made visible (a shard is applied in order, so
   the sample's share is everyone's) times all records put, over the time from the first record becoming
   visible to the last one (or to the end of sampling, for a peer left behind).
