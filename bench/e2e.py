@@ -197,13 +197,13 @@ class Sampler(threading.Thread):
 
 
 class TrailSampler(threading.Thread):
-    """Reads the sampled vehicles' trails from ``live-breadcrumbs`` until stopped: when each crumb (vehicle,
+    """Reads these vehicles' trails from ``live-breadcrumbs`` until stopped: when each crumb (vehicle,
     event time) was first seen, as the time the read that showed it returned."""
 
     def __init__(self, stage: Stage, pseudo_vins: list[str], from_ms: int) -> None:
         super().__init__(name="bench-trail-sampler", daemon=True)
         self._trail = DynamoTrail(stage.clients.dynamodb, stage.settings.table_names["live-breadcrumbs"])
-        self._vehicles = pseudo_vins[:TRAIL_SAMPLED_VEHICLES]
+        self._vehicles = pseudo_vins
         self._from_ms = from_ms
         self.first_seen: dict[tuple[str, int], float] = {}
         self.reads = 0
@@ -426,9 +426,9 @@ def run(  # noqa: PLR0915 - one scenario, read top to bottom
         sampled = set(every_vehicle[:: max(1, len(every_vehicle) // SAMPLED_VEHICLES)][:SAMPLED_VEHICLES])
         sampler = Sampler(stage, sorted(sampled))
         sampler.start()
-        trail_sampler = TrailSampler(stage, sorted(sampled), start_ms - 1000)
+        trail_vehicles = sorted(sampled)[:TRAIL_SAMPLED_VEHICLES]
+        trail_sampler = TrailSampler(stage, trail_vehicles, start_ms - 1000)
         trail_sampler.start()
-        trail_vehicles = set(sorted(sampled)[:TRAIL_SAMPLED_VEHICLES])
         crumbs = crumb_times([r for r in records if pseudo.pseudo_vin(r.vin) in trail_vehicles], pseudo)
         measured_from = start_ms + int(warmup * 1000)
         split = bisect.bisect_left([r.due_ms for r in records], measured_from)
