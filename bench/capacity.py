@@ -131,10 +131,9 @@ def _trail_lag(run: dict[str, Any]) -> str:
     """The trail's PutRecords -> crumb visible, for a run that measured it."""
     if not run.get("trail_sampled_vehicles"):
         return ""
-    p50, p99 = run["trail_lag_p50_s"], run["trail_lag_p99_s"]
-    seen = f"p99 {p99:.1f} s" if p99 is not None else "p99 not seen"
-    vehicles = run["trail_sampled_vehicles"]
-    return f" (its crumb on `live-breadcrumbs`: p50 {p50 or 0:.1f} s, {seen}; {vehicles} vehicles read)"
+    p50, p99, vehicles = run["trail_lag_p50_s"], run["trail_lag_p99_s"], run["trail_sampled_vehicles"]
+    lags = f"p50 {_seconds(p50)}, p99 {_seconds(p99)}"
+    return f" (its crumb on `live-breadcrumbs`: {lags}; {vehicles} vehicles read)"
 
 
 def _stored(replay: dict[str, Any]) -> dict[str, float]:

@@ -103,7 +103,7 @@ class SettleBuffer:
         if vehicle is None:
             vehicle = self._vehicles[pseudo_vin] = _Vehicle()
         order = step.order
-        heapq.heappush(vehicle.by_order, ((*order, entry.serial), entry))
+        heapq.heappush(vehicle.by_order, (entry.order(), entry))
         if vehicle.newest is None or order > vehicle.newest:
             vehicle.newest = order
         heapq.heappush(self._by_arrival, (step.arrival_ms, entry.serial, pseudo_vin, entry))
