@@ -84,8 +84,13 @@ CPU_MS_PER_RECORD = 0.25
 """Processor + JVM CPU per record at 1,000 records/s per shard."""
 LIVE_P99_S = 2.0
 TODAY_WRITE_UNITS = {"native": 0.656, "tesla": 0.586}
-"""Live write units per record at the shipped defaults before issue 23 (``make bench`` at 784edd5); the
-target is no higher. ``bench/results/latest.json``'s live figures replace them when present."""
+"""Issue 23's "no higher than today": live write units per record at the shipped defaults before it
+(``make bench`` at 784edd5). Not the live scenario's latest figure: its 20 vehicles, 15 to 60 s into the
+simulation, send 27 % of their records out of park, where this scenario's 1,000 a shard, 30 to 150 s in,
+send 47 %, and since issue 23 a native driving record costs about six times a parked one (0.64 against 0.10
+in ``bench.e2e.phases``), so the two figures differ by their fleets, not by the code (weighted by this
+fleet's mix, the live phases give 0.35). Before issue 23 a native record cost about half a unit, parked or
+driving, so that figure holds for either fleet."""
 
 
 @dataclass
@@ -412,14 +417,6 @@ def _wait_visible(
 # -- targets --------------------------------------------------------------------------------------------
 
 
-def today_write_units(workload: str) -> float:
-    latest = RESULTS / "latest.json"
-    with contextlib.suppress(OSError, KeyError, TypeError, orjson.JSONDecodeError):
-        live = orjson.loads(latest.read_bytes())["live"][workload]["ours"]["per_record"]["write_units"]
-        return float(live)
-    return TODAY_WRITE_UNITS[workload]
-
-
 def _target(reached: float | None, goal: float, sense: str = "<=") -> dict[str, Any]:
     met = reached is not None and (reached <= goal if sense == "<=" else reached >= goal)
     return {"reached": reached, "goal": goal, "sense": sense, "met": met}
@@ -439,7 +436,7 @@ def targets(result: FullShardResult) -> dict[str, Any]:
             "sense": "bounded",
             "met": shard.lag_bounded,
         }
-    out["write_units_per_record"] = _target(result.write_units_per_record, today_write_units(result.workload))
+    out["write_units_per_record"] = _target(result.write_units_per_record, TODAY_WRITE_UNITS[result.workload])
     return out
 
 
