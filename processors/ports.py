@@ -9,9 +9,10 @@ Throttling and 5xx may surface as the AWS error itself: ``worker.retry.is_transi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from schemas.records import KinesisRecord, StreamPosition, VehicleReading
 
@@ -181,6 +182,25 @@ class Stores:
 
 W = TypeVar("W")
 
+K = TypeVar("K")
+M = TypeVar("M")
+
+Staged: TypeAlias = dict[Any, Any]
+"""What a spread checkpoint waits for in one buffer: each write that was pending when it was called for,
+by key, with a mark that tells whether it is still that same unwritten write (opaque to the pipeline)."""
+
+
+def take_unwritten(staged: dict[K, M], unwritten: Callable[[K, M], bool], share: float) -> list[K]:
+    """Forget the staged writes made since they were staged (``unwritten(key, mark)`` is False: a later
+    write for the same key holds later records only), then remove and return the first ``share`` of the
+    rest (rounded up: a share above 0 takes one at least), oldest first."""
+    for key in [key for key, mark in staged.items() if not unwritten(key, mark)]:
+        del staged[key]
+    taken = list(staged)[: math.ceil(len(staged) * share)] if share > 0 else []
+    for key in taken:
+        del staged[key]
+    return taken
+
 
 @dataclass(frozen=True, slots=True)
 class Hold:
@@ -197,7 +217,9 @@ class WriteBuffer(Protocol[W]):
 
     ``due(everything=True)`` hands over all that must be written before a checkpoint; what a buffer still
     keeps after it must be safe to lose with the process (``holds_back`` keeps the checkpoint before its
-    records, so the KCL redelivers them)."""
+    records, so the KCL redelivers them). A checkpoint may also be spread (``stage``, ``take_staged``):
+    what was pending when it was called for is written over the next flushes, and the checkpoint goes to
+    the watermark of that moment once all of it is."""
 
     def add(self, reading: VehicleReading, record: KinesisRecord, now_ms: int) -> None:
         """Take an accepted record (in stream order), received at ``now_ms``."""
@@ -209,4 +231,14 @@ class WriteBuffer(Protocol[W]):
 
     def holds_back(self) -> Hold | None:
         """How far a checkpoint may go while this buffer keeps records unwritten (None: no limit)."""
+        ...
+
+    def stage(self, now_ms: int) -> Staged:
+        """A checkpoint is called for at ``now_ms``: every write pending now (what ``due(everything=True)``
+        would take), each with its mark."""
+        ...
+
+    def take_staged(self, staged: Staged, share: float, now_ms: int) -> list[W]:
+        """Forget the ones of ``staged`` written since, then remove and return ``share`` of the rest
+        (``take_unwritten``) as writes to make now."""
         ...

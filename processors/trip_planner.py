@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from processors.errors import StaleTripState
-from processors.ports import Hold
+from processors.ports import Hold, Staged, take_unwritten
 from processors.settle import Pending, SettleBuffer
 from processors.signals import parse_time
 from processors.trip_items import item_fields, outbox_of, state_from_item
@@ -160,6 +160,8 @@ class _Vehicle:
     written_shape: tuple[object, ...] = (None,)
     written_progress: tuple[int, int] | None = None
     written_ms: int = 0
+    writes: int = 0
+    """Durable writes of this vehicle by this process: a staged checkpoint's mark (``stage``)."""
     frontier_ms: int | None = None
     """The newest event time the exact machine consumed (idle records included)."""
     heard_ms: int | None = None
@@ -389,6 +391,21 @@ class TripPlanner:
             if self._is_due(v, now_ms, everything, cadenced)
         ]
 
+    def stage(self, now_ms: int) -> Staged:
+        """The vehicles the checkpoint flush would write now, each marked with its vehicle and its count
+        of writes (a write since, or a reload by ``replan``, is a later one). Records still unsettled are
+        not staged: the watermark of the moment stays before them (``holds_back``)."""
+        return {pv: (v, v.writes) for pv, v in self._vehicles.items() if self._is_due(v, now_ms, True, False)}
+
+    def take_staged(self, staged: Staged, share: float, now_ms: int) -> list[VehicleTripPlan]:
+        """The plans of ``share`` of the staged vehicles not written since. A vehicle may also be due in
+        the same flush: the pipeline writes it once."""
+        return [self.plan_for(pv) for pv in take_unwritten(staged, self._unwritten, share)]
+
+    def _unwritten(self, pseudo_vin: str, mark: tuple[_Vehicle, int]) -> bool:
+        vehicle, writes = mark
+        return self._vehicles.get(pseudo_vin) is vehicle and vehicle.writes == writes
+
     def _is_due(self, vehicle: _Vehicle, now_ms: int, everything: bool, cadenced: bool) -> bool:
         if cadenced and now_ms < vehicle.written_ms + self.progress_ms:
             return False
@@ -432,6 +449,7 @@ class TripPlanner:
         shown = _shown(vehicle)
         vehicle.written_shape, vehicle.written_progress = _shape(shown), _progress(shown)
         vehicle.written_ms = now_ms
+        vehicle.writes += 1
 
     def exact(self, pseudo_vin: str) -> VehicleTrips:
         """The vehicle's exact machine in memory (tests, inspection)."""

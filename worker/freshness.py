@@ -4,9 +4,10 @@ written, and until when.
 No thread: the buffers live in the record processor and are flushed from ``process_records``, which the
 daemon calls after every poll, empty or not (``callProcessRecordsEvenForEmptyRecordList``). A write is
 taken when ``now >= deadline - lead``: ``lead`` covers the wait for the next poll plus the write itself,
-so the write lands by the deadline. Before any checkpoint everything pending is written
-(``due(everything=True)``): a checkpoint never passes a record whose effect is still only in memory, so
-neither buffer holds one back. Both are ``processors.ports.WriteBuffer``s, like the trip planner.
+so the write lands by the deadline. Before any checkpoint everything pending when it was called for is
+written (``stage``/``take_staged``, spread over the next flushes, or ``due(everything=True)`` at once): a
+checkpoint never passes a record whose effect is still only in memory, so neither buffer holds one back.
+Both are ``processors.ports.WriteBuffer``s, like the trip planner.
 
 - ``VehicleStateBuffer``: per vehicle, the coalesced last-writer-wins update of every record received
   (``processors.vehicle_state`` semantics), written once its deadline comes: the first record's arrival
@@ -32,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from processors.ports import Hold
+from processors.ports import Hold, Staged, take_unwritten
 from processors.trail import (
     TRAIL_TTL_SECONDS,
     BucketMerge,
@@ -107,7 +108,7 @@ class VehicleStateBuffer:
             pending.deadline_ms = first if first > now_ms else now_ms + self.max_delay_ms
         elif not pending.deadline_ms:
             # From the receipt of the first record waiting for it, with no lead (liveness needs no landing
-            # time): after a checkpoint's flush the next record comes a poll later at least, so with a
+            # time): after a checkpoint's write of it the next record comes a poll later at least, so with a
             # liveness interval no shorter than the checkpoint interval the checkpoint writes it first, and
             # a parked vehicle costs one write per checkpoint interval, not two.
             pending.deadline_ms = now_ms + self.liveness_ms
@@ -141,6 +142,14 @@ class VehicleStateBuffer:
 
     def holds_back(self) -> Hold | None:
         return None
+
+    def stage(self, now_ms: int) -> Staged:
+        """Every pending update, by vehicle; the mark is the update itself (a later one is another)."""
+        return dict(self._pending)
+
+    def take_staged(self, staged: Staged, share: float, now_ms: int) -> list[PendingState]:
+        keys = take_unwritten(staged, lambda pv, mark: self._pending.get(pv) is mark, share)
+        return self._take(keys, now_ms)
 
     def _take(self, pseudo_vins: Iterable[str], now_ms: int) -> list[PendingState]:
         taken = []
@@ -286,3 +295,11 @@ class TrailBuffer:
 
     def holds_back(self) -> Hold | None:
         return None
+
+    def stage(self, now_ms: int) -> Staged:
+        """Every pending merge, by (pseudoVin, bucket); the mark is the merge itself."""
+        return dict(self._pending)
+
+    def take_staged(self, staged: Staged, share: float, now_ms: int) -> list[BucketMerge]:
+        keys = take_unwritten(staged, lambda key, mark: self._pending.get(key) is mark, share)
+        return [self._pending.pop(key).merge() for key in keys]

@@ -10,10 +10,18 @@
    buckets that are complete or 15 s old (every accepted record's crumb, ``processors.trail``; all of a
    vehicle's before its archive), the trip-state of vehicles with a live transition, a completion or a
    seal, and live progress every ``FLEET_TRIP_PROGRESS_SECONDS``;
-4. ``checkpoint``, the only way to checkpoint: everything pending is written, then the position just
-   before the oldest record the exact machine has not consumed yet is handed to the caller's checkpointer
-   (the record processor first reports its shard's progress there, ``record_progress``: everything it
-   received is written by then).
+4. checkpoint, after writing what the records up to the position it goes to need, never before:
+   - spread (``begin_checkpoint``, then ``end_checkpoint`` after each later flush), every
+     ``FLEET_CHECKPOINT_EVERY_SECONDS``: when it is called for, the watermark (just before the oldest
+     record the exact machine has not consumed yet, else the last record received) is noted, and what
+     is pending then is written over the next ``worker.checkpoint.spread_ms`` of flushes, along with
+     what falls due meanwhile. Once all of it is written, the noted watermark is handed to the caller's
+     checkpointer. What arrived since is no part of it: a write pending now for a key holds only later
+     records, and the next checkpoint takes it;
+   - at once (``checkpoint``, ``end_of_shard``: shutdown and the end of the shard): everything pending is
+     written, then the watermark is handed over.
+   The record processor first reports its shard's progress there (``record_progress``): everything it had
+   received when the checkpoint was called for is written by then.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from processors.batch import DeadLetter, decode_batch
 from processors.decode import DecodeLimits, Decoder
 from processors.errors import StaleTripState
 from processors.frontier import ShardProgress
-from processors.ports import Stores, WriteBuffer
+from processors.ports import Staged, Stores, WriteBuffer
 from processors.pseudonymize import Pseudonymizer
 from processors.settle import position_key
 from processors.signal_bounds import SignalBounds
@@ -37,6 +45,7 @@ from processors.trail import TRAIL_BUCKET_SECONDS
 from processors.trip_planner import LateAfterArchive, TripPlanner, TripRenamed
 from processors.trips import TripStateMachine
 from schemas.records import KinesisRecord, StreamPosition
+from worker.checkpoint import spread_ms
 from worker.config import Settings
 from worker.executor import PlanExecutor
 from worker.freshness import TrailBuffer, VehicleStateBuffer
@@ -74,6 +83,26 @@ class BatchOutcome:
     signals_dropped: int = 0
     late_for_machine: int = 0
     late_after_archive: int = 0
+
+
+@dataclass(slots=True)
+class _Called:
+    """A checkpoint called for: where it goes (the watermark of that moment), and each buffer's writes
+    pending then (``WriteBuffer.stage``), to be written by ``deadline_ms``."""
+
+    target: StreamPosition | None
+    deadline_ms: int
+    last_ms: int
+    """The last flush that took a share."""
+    states: Staged
+    trail: Staged
+    trips: Staged
+
+    def share(self, now_ms: int) -> float:
+        """The share of what is left to take at ``now_ms``: even over the flushes until the deadline."""
+        if now_ms >= self.deadline_ms:
+            return 1.0
+        return max(0, now_ms - self.last_ms) / (self.deadline_ms - self.last_ms)
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:
@@ -119,7 +148,9 @@ class Pipeline:
         self.trail = TrailBuffer(TRAIL_BUCKET_SECONDS, settings.trail_max_delay_ms, lead_ms)
         self.buffers: tuple[WriteBuffer[Any], ...] = (self.states, self.trail, self.trips)
         """Every accepted record goes into each; a checkpoint goes no further than any holds back."""
+        self.spread_ms = spread_ms(settings.checkpoint_every_seconds)
         self._last_position: StreamPosition | None = None
+        self._called: _Called | None = None
 
     def process(
         self, records: Sequence[KinesisRecord], now_ms: int | None = None, caught_up: bool = False
@@ -170,12 +201,25 @@ class Pipeline:
         )
 
     def flush(self, now_ms: int, *, everything: bool) -> Flushed:
-        """Write what is due at ``now_ms`` (``everything``: all that is pending, before a checkpoint)."""
+        """Write what is due at ``now_ms``, and a share of what a called-for checkpoint waits for
+        (``everything``: all that is pending, before a checkpoint at once)."""
         states = self.states.due(now_ms, everything=everything)
         trips = self.trips.due(now_ms, everything=everything)
+        called = None if everything else self._called
+        share = 0.0
+        if called is not None:
+            # After each buffer's ``due``: what it took is no longer pending, so it is not taken twice. A
+            # staged vehicle may be due anyway (``TripPlanner.due`` takes nothing): it is written once.
+            share, called.last_ms = called.share(now_ms), now_ms
+            states += self.states.take_staged(called.states, share, now_ms)
+            due_trips = {t.pseudo_vin for t in trips}
+            staged_trips = self.trips.take_staged(called.trips, share, now_ms)
+            trips += [t for t in staged_trips if t.pseudo_vin not in due_trips]
         # An archive or a segment reads its span back from the trail: its vehicle's crumbs go first.
         archiving = {t.pseudo_vin for t in trips if t.outbox or t.seals}
         trail = self.trail.of_vehicles(archiving) + self.trail.due(now_ms, everything=everything)
+        if called is not None:  # after the archiving vehicles' and the due merges, like the states above
+            trail += self.trail.take_staged(called.trail, share, now_ms)
         if not (states or trail or trips):
             return Flushed()
         executed = self.executor.flush(
@@ -190,11 +234,50 @@ class Pipeline:
             vehicle_states=len(states),
         )
 
+    def begin_checkpoint(self, now_ms: int) -> Flushed:
+        """A checkpoint is called for at ``now_ms`` (see the module docstring): note the watermark and what
+        is pending, and write the first share of it (all of it when ``spread_ms`` is 0). The flushes of the
+        next ``spread_ms`` write the rest; ``end_checkpoint`` commits once all of it is written."""
+        self._called = _Called(
+            self.watermark(),
+            now_ms + self.spread_ms,
+            now_ms,
+            self.states.stage(now_ms),
+            self.trail.stage(now_ms),
+            self.trips.stage(now_ms),
+        )
+        return self.flush(now_ms, everything=False)
+
+    @property
+    def checkpointing(self) -> bool:
+        """A checkpoint was called for and is not committed yet."""
+        return self._called is not None
+
+    def end_checkpoint(self, now_ms: int, commit: Callable[[StreamPosition | None], None]) -> bool:
+        """If everything the called-for checkpoint waits for is written, ``commit`` its watermark (None:
+        nothing received when it was called for; ``commit`` decides what that means) and say so."""
+        called = self._called
+        if called is None:
+            return False
+        waits: tuple[tuple[WriteBuffer[Any], Staged], ...] = (
+            (self.states, called.states),
+            (self.trail, called.trail),
+            (self.trips, called.trips),
+        )
+        for buffer, staged in waits:
+            buffer.take_staged(staged, 0.0, now_ms)  # forgets what was written since, takes nothing
+        if any(staged for _, staged in waits):
+            return False
+        self._called = None
+        commit(called.target)
+        return True
+
     def checkpoint(self, now_ms: int, commit: Callable[[StreamPosition | None], None]) -> Flushed:
-        """The only way to checkpoint: write everything pending, then ``commit`` the watermark: just before
-        the oldest record the exact trip machine has not consumed, else the last record received (None:
-        nothing received yet; ``commit`` decides what that means). A failed write raises before
-        ``commit`` is called."""
+        """Checkpoint at once (shutdown): write everything pending, then ``commit`` the watermark: just
+        before the oldest record the exact trip machine has not consumed, else the last record received
+        (None: nothing received yet; ``commit`` decides what that means). A failed write raises before
+        ``commit`` is called. A spread checkpoint under way is superseded."""
+        self._called = None
         flushed = self.flush(now_ms, everything=True)
         commit(self.watermark())
         return flushed
@@ -205,6 +288,7 @@ class Pipeline:
         ``commit(None)`` checkpoints the end of the shard."""
         self.trips.hand_over()
         self._report_late()
+        self._called = None
         flushed = self.flush(now_ms, everything=True)
         commit(None)
         return flushed

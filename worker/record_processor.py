@@ -1,18 +1,20 @@
 """The amazon-kclpy record processor: one process per shard lease, driven by the MultiLangDaemon.
 
 Contract with the daemon:
-- every checkpoint is preceded by a flush of everything pending (vehicle state, trail, the trip-state
-  exactly-once needs) and goes just before the oldest record the trip machine has not consumed yet;
-  it is taken every ``FLEET_CHECKPOINT_EVERY_SECONDS``, at ``shutdown_requested`` and at ``shard_ended``;
+- a checkpoint goes just before the oldest record the trip machine had not consumed when it was called
+  for, once everything pending then (vehicle state, trail, the trip-state exactly-once needs) is written:
+  every ``FLEET_CHECKPOINT_EVERY_SECONDS``, spread over the flushes of the next sixth of that interval
+  (``Pipeline.begin_checkpoint``); at ``shutdown_requested`` and at ``shard_ended``, at once;
 - a batch or flush that fails (retries exhausted, or any unexpected error) ends the process with a
   non-zero exit *before* anything else is checkpointed, so the KCL restarts the shard from the last
   checkpoint. (amazon-kclpy would log a plain exception and answer the daemon as if all went well.);
 - ``shard_ended`` drains the settle buffer into the machine, flushes and checkpoints SHARD_END (children
   wait on it); ``lease_lost`` never flushes nor checkpoints and drops every buffer;
-- between each checkpoint's flush and the checkpoint itself (at shard end too), the shard's progress is
+- between each checkpoint's writes and the checkpoint itself (at shard end too), the shard's progress is
   reported to ``vin-mapping`` (``processors.frontier``: the newest arrival received, when the daemon last
-  said the shard was caught up): the orphan sweep reads it to know the consumer keeps up, instead of
-  reading the stream. One write per checkpoint, even when the checkpoint does not move.
+  said the shard was caught up, both as of when the checkpoint was called for): the orphan sweep reads it
+  to know the consumer keeps up, instead of reading the stream. One write per checkpoint, even when the
+  checkpoint does not move.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any, NoReturn
 
@@ -66,8 +69,9 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
     through a ``Pipeline`` and checkpoints at its watermark.
 
     Guarantees: a position is checkpointed only after every write the records up to it need succeeded
-    (``Pipeline.flush(everything=True)`` right before); any failure of a batch or flush ends the process
-    (exit 3) before a later checkpoint could skip it; a lost lease never flushes nor checkpoints.
+    (``Pipeline.end_checkpoint``, or ``Pipeline.checkpoint`` at once); any failure of a batch or flush
+    ends the process (exit 3) before a later checkpoint could skip it; a lost lease never flushes nor
+    checkpoints.
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         self._wall_clock = wall_clock
         self._policy = CheckpointPolicy(settings.checkpoint_every_seconds)
         self._position = ConsumerPosition()
+        self._called_at: ConsumerPosition | None = None
+        """The shard's position when the checkpoint under way was called for."""
         self._shard_id = "unknown"
         self._checkpointed: StreamPosition | None = None
         self._pending = 0
@@ -134,8 +140,10 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             duration_ms = round((self._clock() - started) * 1000, 1)
             cpu_ms = round((time.process_time() - cpu_started) * 1000, 1)
             self._report(outcome, lag, duration_ms, cpu_ms)
-        if self._policy.due(self._clock()):
-            self._flush_and_checkpoint(process_records_input.checkpointer)
+        if not pipeline.checkpointing and self._policy.due(self._clock()):
+            self._begin_checkpoint(now_ms)
+        if pipeline.checkpointing:
+            self._end_checkpoint(process_records_input.checkpointer, now_ms)
         if self._heartbeat is not None:
             self._heartbeat.beat()
 
@@ -209,6 +217,27 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
     def _now_ms(self) -> int:
         return int(self._wall_clock() * 1000)
 
+    def _begin_checkpoint(self, now_ms: int) -> None:
+        """``Pipeline.begin_checkpoint``: what is pending now is written over the next flushes. The progress
+        the checkpoint reports is this moment's. A failed flush ends the process."""
+        try:
+            self._require_pipeline().begin_checkpoint(now_ms)
+        except Exception as error:
+            self._exit(EXIT_BATCH_FAILED, "flush_failed", error)
+        self._called_at = replace(self._position)
+        self._policy.done(self._clock())
+
+    def _end_checkpoint(self, checkpointer: Any, now_ms: int) -> None:
+        """``Pipeline.end_checkpoint``: once the called-for checkpoint's writes are all written, report the
+        progress of the moment it was called for, then checkpoint its watermark."""
+        commit = partial(self._commit, checkpointer, consumer=self._called_at)
+        try:
+            self._require_pipeline().end_checkpoint(now_ms, commit)
+        except SystemExit:
+            raise
+        except Exception as error:
+            self._exit(EXIT_BATCH_FAILED, "flush_failed", error)
+
     def _flush_and_checkpoint(self, checkpointer: Any) -> None:
         """``Pipeline.checkpoint``: write everything pending, report the shard's progress, then checkpoint
         at the watermark if it moved. A failed flush or report ends the process: nothing after it is
@@ -221,11 +250,19 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
             self._exit(EXIT_BATCH_FAILED, "flush_failed", error)
         self._policy.done(self._clock())
 
-    def _commit(self, checkpointer: Any, position: StreamPosition | None, *, ended: bool = False) -> None:
-        """After the flush: report the shard's progress (everything received is written now), then
-        checkpoint, at SHARD_END when ``ended``, else only if the watermark moved. A failed report raises
-        before the checkpoint, like a failed flush."""
-        progress = self._position.progress(self._shard_id, self._now_ms(), ended=ended)
+    def _commit(
+        self,
+        checkpointer: Any,
+        position: StreamPosition | None,
+        *,
+        ended: bool = False,
+        consumer: ConsumerPosition | None = None,
+    ) -> None:
+        """After the flush: report the shard's progress (``consumer``, by default now's: everything received
+        by then is written now), then checkpoint, at SHARD_END when ``ended``, else only if the watermark
+        moved. A failed report raises before the checkpoint, like a failed flush."""
+        reported = self._position if consumer is None else consumer
+        progress = reported.progress(self._shard_id, self._now_ms(), ended=ended)
         if progress is not None:
             self._require_pipeline().record_progress(progress)
         if ended:
@@ -249,7 +286,6 @@ class FleetRecordProcessor(processor.RecordProcessorBase):  # type: ignore[misc]
         )
         self._pending = 0
         self._checkpointed = position
-        self._policy.done(self._clock())
 
     def _close(self) -> None:
         self._stop_heartbeat()

@@ -49,6 +49,7 @@ from processors.trip_items import SWEEP_SHARDS, silent_until
 from processors.trips import TripStateMachine
 from schemas.items import TripStateItem
 from worker.aws import AwsClients
+from worker.checkpoint import spread_ms
 from worker.config import Settings
 from worker.leases import Lease, read_leases
 from worker.logs import event
@@ -126,10 +127,10 @@ SKIP_DETAIL: dict[BehindReason, str] = {
 
 def skip_limit_ms(settings: Settings) -> int:
     """How far behind ``now`` a shard's progress (``through``) may be before the sweep skips: a trip gap
-    past the designed lag of the reports, one checkpoint interval (a report comes with each checkpoint,
-    which follows the flush of everything received)."""
+    past the designed lag of the reports, one checkpoint interval and its spread (a report comes with each
+    checkpoint, once everything received when it was called for is written)."""
     checkpoint_ms = round(settings.checkpoint_every_seconds * 1000)
-    return settings.trip_gap_seconds * 1000 + checkpoint_ms
+    return settings.trip_gap_seconds * 1000 + checkpoint_ms + spread_ms(settings.checkpoint_every_seconds)
 
 
 def sweep_orphans(

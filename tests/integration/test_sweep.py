@@ -100,13 +100,15 @@ def test_the_sweep_does_nothing_while_a_shard_s_consumer_is_behind_and_never_rea
 ) -> None:
     """Issue 22: the sweep learns whether each shard's consumer keeps up from the progress its record
     processor reports at each checkpoint, not from the stream (which holds every VIN). A shard whose
-    consumer lags more than a gap past one checkpoint interval, or whose consumer stopped reporting (it
-    died), or that has no report, stops the sweep before it reads trip-state."""
+    consumer lags more than a gap past one checkpoint interval and its spread, or whose consumer stopped
+    reporting (it died), or that has no report, stops the sweep before it reads trip-state."""
     now = int(time.time() * 1000)
     seed(aws_env, idle=10, open_trips=5, silent=5, now=now)
     settings, clients = aws_env.settings, aws_env.clients
     limit_ms = skip_limit_ms(settings)
-    assert limit_ms == (settings.trip_gap_seconds + settings.checkpoint_every_seconds) * 1000 == 360_000
+    # A trip gap, a checkpoint interval and its spread (a sixth of the interval).
+    assert limit_ms == (settings.trip_gap_seconds + settings.checkpoint_every_seconds * 7 / 6) * 1000
+    assert limit_ms == 370_000
     create_lease_table(aws_env)
     first, second = (
         s["ShardId"] for s in clients.kinesis.list_shards(StreamName=settings.stream_name)["Shards"]
@@ -144,8 +146,8 @@ def test_the_sweep_does_nothing_while_a_shard_s_consumer_is_behind_and_never_rea
     assert not {r for r in touched if trip_state in r}, "zero trip-state reads"
     assert not [op for op in served if op[0] == "kinesis"], "the sweep reads no record"
     fields = skipped_line(caplog)
-    assert (fields["shard"], fields["reason"], fields["limitSeconds"]) == (second, "lagging", 360)
-    assert (fields["behindSeconds"], fields["shardsBehind"]) == (420, 1)
+    assert (fields["shard"], fields["reason"], fields["limitSeconds"]) == (second, "lagging", 370)
+    assert (fields["behindSeconds"], fields["shardsBehind"]) == (430, 1)
 
     # Caught up: both consumers report at ``now``; then both die. Past the limit, they are not reporting.
     lagging.process_records(process_records_input([], Checkpointer(), millis_behind=0))
@@ -153,7 +155,7 @@ def test_the_sweep_does_nothing_while_a_shard_s_consumer_is_behind_and_never_rea
     assert (report.skip_reason, report.items_read) == (BehindReason.NOT_REPORTING, 0)
     assert not {r for r in touched if trip_state in r}
     fields = skipped_line(caplog)
-    assert (fields["reason"], fields["behindSeconds"], fields["shardsBehind"]) == ("not_reporting", 365, 2)
+    assert (fields["reason"], fields["behindSeconds"], fields["shardsBehind"]) == ("not_reporting", 375, 2)
     assert clients.dynamodb.scan(TableName=trip_state)["Count"] == 5
 
     # Up to the limit the consumers count as keeping up: the sweep runs and completes the silent trips.

@@ -19,8 +19,8 @@ arrive"):
   and arrivals).
 
 What the trip-path redesign changes lives in one place each: the allowed-lateness setting
-(``LATENESS_SETTING``), how a pipeline is built (``new_pipeline``), the checkpoint (``checkpoint``) and the
-end of a shard (``end_shard``).
+(``LATENESS_SETTING``), how a pipeline is built (``new_pipeline``), the checkpoints (``Checkpoints``, and
+``checkpoint`` at once) and the end of a shard (``end_shard``).
 """
 
 from __future__ import annotations
@@ -82,11 +82,31 @@ def new_pipeline(settings: Settings, stores: MemoryStores) -> Pipeline:
 
 
 def checkpoint(pipeline: Pipeline, now_ms: int) -> StreamPosition | None:
-    """What the record processor does to checkpoint: write everything pending, then the position the
-    checkpoint may go to (None: it stays where it was). The one place a test checkpoints."""
+    """What the record processor does to checkpoint at once (shutdown): write everything pending, then the
+    position the checkpoint may go to (None: it stays where it was)."""
     marks: list[StreamPosition | None] = []
     pipeline.checkpoint(now_ms, marks.append)
     return marks[0]
+
+
+@dataclass
+class Checkpoints:
+    """What the record processor does about checkpoints after each poll (``process_records``): call one
+    every ``every_ms`` (``Pipeline.begin_checkpoint``: its writes are spread over the next flushes), and
+    commit it once they are written. The one place a test checkpoints as the daemon's processor does."""
+
+    every_ms: int
+    last_ms: int
+
+    def after_poll(self, pipeline: Pipeline, now_ms: int) -> tuple[bool, StreamPosition | None]:
+        """(whether a checkpoint was committed, the position it goes to: None, it stays where it was)."""
+        if not pipeline.checkpointing and now_ms - self.last_ms >= self.every_ms:
+            pipeline.begin_checkpoint(now_ms)
+            self.last_ms = now_ms
+        marks: list[StreamPosition | None] = []
+        if pipeline.checkpointing and pipeline.end_checkpoint(now_ms, marks.append):
+            return True, marks[0]
+        return False, None
 
 
 def end_shard(pipeline: Pipeline, now_ms: int) -> None:
@@ -282,7 +302,7 @@ class _Processor:
         consumer = self.consumer
         pipeline = new_pipeline(self.settings, self.run.stores)
         position = checkpointed = lo
-        last_checkpoint = self.now
+        checkpoints = Checkpoints(self.every_ms, self.now)
         while position < hi:
             pause = consumer.pauses_ms[self.run.polls % len(consumer.pauses_ms)]
             due = shard[position].position.arrival_ms + consumer.fetch_ms
@@ -304,13 +324,11 @@ class _Processor:
                     pipeline.close()  # what it buffered is lost: the next owner replays from the checkpoint
                     pipeline = new_pipeline(self.settings, self.run.stores)
                     position, self.run.crashes = checkpointed, self.run.crashes + 1
-                    last_checkpoint = self.now
+                    checkpoints = Checkpoints(self.every_ms, self.now)
                     continue
-            if self.now - last_checkpoint >= self.every_ms:
-                mark = checkpoint(pipeline, self.now)
-                last_checkpoint = self.now
-                if mark is not None:  # the first record a restart redelivers
-                    checkpointed = int(mark.sequence_number) - SEQUENCE_BASE + 1
+            committed, mark = checkpoints.after_poll(pipeline, self.now)
+            if committed and mark is not None:  # the first record a restart redelivers
+                checkpointed = int(mark.sequence_number) - SEQUENCE_BASE + 1
         return pipeline
 
 

@@ -77,6 +77,9 @@ class Plan:
     consumer: Consumer
     split_permille: int | None
     """Where in the delivered stream the shard splits (None: it does not)."""
+    checkpoint_s: int = 0
+    """``FLEET_CHECKPOINT_EVERY_SECONDS``: 0 checkpoints after every poll; otherwise each checkpoint's
+    writes are spread over a sixth of it, and a crash may come in the middle of that."""
 
     def records(self) -> list[list[Sent]]:
         """Each vehicle's records as sent (an instant halved gives two), in event order."""
@@ -140,7 +143,7 @@ def plans(draw: st.DrawFn, *, split_instants: bool = True, split_shard: bool = T
         crash_after=tuple(draw(st.lists(st.integers(0, 40), max_size=2))),
     )
     split = draw(st.none() | st.integers(1, 999)) if split_shard else None
-    return Plan(tuple(vehicles), tuple(resends), consumer, split)
+    return Plan(tuple(vehicles), tuple(resends), consumer, split, draw(st.sampled_from([0, 6, 60])))
 
 
 def outcomes(plan: Plan) -> tuple[Archive, Archive]:
@@ -153,7 +156,8 @@ def outcomes(plan: Plan) -> tuple[Archive, Archive]:
         crash_after=plan.consumer.crash_after,
         split_at=split,
     )
-    got = archive_of(run(delivered, SETTINGS, consumer).stores)
+    settings = SETTINGS.model_copy(update={"checkpoint_every_seconds": float(plan.checkpoint_s)})
+    got = archive_of(run(delivered, settings, consumer).stores)
     want = archive_of(run(in_order(r for rs in plan.records() for r in rs), SETTINGS, REFERENCE).stores)
     return got, want
 
