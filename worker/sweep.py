@@ -26,8 +26,9 @@ instant ``through`` before which every record of the shard was received and is i
 whose report is missing, or older than the limit (its consumer died or hangs: it reports no more), or
 whose ``through`` is older than the limit (it lags) is behind: the sweep logs ``sweep_skipped`` (the
 furthest shard, the reason, how far behind) and exits 0 without reading trip-state. The limit is a trip
-gap past the lag a healthy consumer's report has by design, one checkpoint interval (``skip_limit_ms``:
-reports come with checkpoints): ``now - through > gap + checkpoint interval``, 360 s by default. (Judged
+gap past the lag a healthy consumer's report has by design, one checkpoint interval and its spread
+(``skip_limit_ms``: reports come with checkpoints, up to a sixth of the interval after the checkpoint was
+called for): ``now - through > gap + 7/6 checkpoint interval``, 370 s by default. (Judged
 by the first record after each shard's checkpoint, the same consumer is the allowed lateness L further
 behind, since a checkpoint waits for the records the exact trip machine has not consumed: that rule's
 limit, gap + L + checkpoint interval, skips exactly when this one does.)
