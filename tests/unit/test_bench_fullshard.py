@@ -71,7 +71,11 @@ def _run(processor_cpu_s: float, jvm_cpu_s: float, consumed: int, window_s: floa
         "jvm_cpu_seconds": jvm_cpu_s,
         "jvm_cpu_ms_per_record": jvm_cpu_s * 1000 / consumed,
         "jvm_peak_rss_bytes": 240 * 2**20,
-        "targets": {"shardId-000000000000:lag_p99_s": fullshard._target(2.4, 2.0)},
+        "write_units_per_record": 0.3,
+        "targets": {
+            "shardId-000000000000:lag_p99_s": fullshard._target(2.4, 2.0),
+            "write_units_per_record": fullshard._target(0.3, fullshard.TODAY_WRITE_UNITS["native"]),
+        },
     }
 
 
@@ -102,7 +106,8 @@ def test_the_bills_take_their_compute_from_the_full_shard_run_when_there_is_one(
     document = capacity.render(cheap)
     assert "## Full shard (issue 23)" in document
     assert "| shards per 1-vCPU task at 60% CPU | 5.00 |" in document
-    assert "missed: shardId-000000000000:lag_p99_s by 0.4 (20%)" in document
+    assert "missed: shardId-000000000000:lag_p99_s by 0.4 (20%)." in document, "write units are met"
+    assert "- Write units per record, all shards: native 0.300 (<= 0.656)." in document
 
 
 def test_a_profile_shares_the_samples_by_area_and_the_aws_calls_by_store(tmp_path: Path) -> None:
