@@ -47,7 +47,7 @@ from schemas.items import CompletedTripItem, TripIndexItem, TripMarkItem, TripSt
 from schemas.records import KinesisRecord, Location, StreamPosition, VehicleReading
 from tests.conftest import TEST_ENV, AwsEnv
 from tests.support.fakes import memory_stores
-from tests.support.harness import fixture, process_records_input, shard_records
+from tests.support.harness import RecordingCheckpointer, fixture, process_records_input, shard_records
 from worker.config import Settings
 from worker.pipeline import Pipeline
 from worker.record_processor import EXIT_BATCH_FAILED, FleetRecordProcessor
@@ -703,15 +703,7 @@ def test_an_on_time_archive_never_replaces_the_final_one(
 # --- failure => no checkpoint ---------------------------------------------------------------------------
 
 
-class Checkpointer:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str | None, int | None]] = []
-
-    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
-        self.calls.append((sequence_number, sub_sequence_number))
-
-
-def process(backend: Backend, checkpointer: Checkpointer, heartbeats: Path) -> None:
+def process(backend: Backend, checkpointer: RecordingCheckpointer, heartbeats: Path) -> None:
     settings = backend.settings.model_copy(
         update={"checkpoint_every_seconds": 0.0, "heartbeat_path": heartbeats}
     )
@@ -731,13 +723,13 @@ def process(backend: Backend, checkpointer: Checkpointer, heartbeats: Path) -> N
 
 def test_a_batch_whose_writes_fail_exits_without_a_checkpoint(backend: Backend, tmp_path: Path) -> None:
     backend.fail_vehicle_state()
-    checkpointer = Checkpointer()
+    checkpointer = RecordingCheckpointer()
     with pytest.raises(SystemExit) as exited:
         process(backend, checkpointer, tmp_path)
     assert (exited.value.code, checkpointer.calls) == (EXIT_BATCH_FAILED, [])
 
 
 def test_the_same_batch_on_healthy_stores_is_checkpointed(backend: Backend, tmp_path: Path) -> None:
-    checkpointer = Checkpointer()
+    checkpointer = RecordingCheckpointer()
     process(backend, checkpointer, tmp_path)
     assert len(checkpointer.calls) == 1

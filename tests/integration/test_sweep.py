@@ -22,7 +22,13 @@ from processors.signals import format_time
 from processors.trip_items import SWEEP_SHARDS, idle_after
 from schemas.dynamo import to_item
 from tests.conftest import AwsEnv, create_lease_table
-from tests.support.harness import ShardRecord, in_process_processors, process_records_input, shard_records
+from tests.support.harness import (
+    RecordingCheckpointer,
+    ShardRecord,
+    in_process_processors,
+    process_records_input,
+    shard_records,
+)
 from tests.support.iam import recording_resources
 from worker.record_processor import FleetRecordProcessor
 from worker.replay import StreamEntry
@@ -58,11 +64,6 @@ def test_the_sweep_reads_the_silent_open_trips_only_whatever_the_fleet(aws_env: 
     # trip-state holds open trips only: the orphans' items are gone, their marks hold what remains
     remaining = aws_env.clients.dynamodb.scan(TableName=aws_env.settings.table_names["trip-state"])
     assert remaining["Count"] == 30 - 4
-
-
-class Checkpointer:
-    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
-        pass
 
 
 @pytest.fixture
@@ -127,7 +128,7 @@ def test_the_sweep_does_nothing_while_a_shard_s_consumer_is_behind_and_never_rea
         return report, {r for _, _, r in calls}, Counter(aws_env.aws.app.requests)
 
     # No report yet from the second shard's consumer (it never reached a checkpoint).
-    consumer(first, now).process_records(process_records_input([], Checkpointer(), millis_behind=0))
+    consumer(first, now).process_records(process_records_input([], RecordingCheckpointer(), millis_behind=0))
     report, touched, served = sweep_at(now)
     assert (report.skipped, report.skip_reason) == (second, BehindReason.NO_PROGRESS)
     assert skipped_line(caplog)["behindSeconds"] is None
@@ -135,7 +136,9 @@ def test_the_sweep_does_nothing_while_a_shard_s_consumer_is_behind_and_never_rea
     # It reports, working through a backlog that arrived a minute more than the limit ago.
     behind_ms = limit_ms + 60_000
     lagging = consumer(second, now)
-    lagging.process_records(process_records_input(parked(now - behind_ms), Checkpointer(), behind_ms))
+    lagging.process_records(
+        process_records_input(parked(now - behind_ms), RecordingCheckpointer(), behind_ms)
+    )
     report, touched, served = sweep_at(now)
     assert (report.skipped, report.skip_reason, report.items_read, report.orphaned) == (
         second,
@@ -150,7 +153,7 @@ def test_the_sweep_does_nothing_while_a_shard_s_consumer_is_behind_and_never_rea
     assert (fields["behindSeconds"], fields["shardsBehind"]) == (430, 1)
 
     # Caught up: both consumers report at ``now``; then both die. Past the limit, they are not reporting.
-    lagging.process_records(process_records_input([], Checkpointer(), millis_behind=0))
+    lagging.process_records(process_records_input([], RecordingCheckpointer(), millis_behind=0))
     report, touched, _ = sweep_at(now + limit_ms + 5_000)
     assert (report.skip_reason, report.items_read) == (BehindReason.NOT_REPORTING, 0)
     assert not {r for r in touched if trip_state in r}

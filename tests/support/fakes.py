@@ -9,6 +9,7 @@ holds errors raised, one per call, by its next writes (quix-streams' ``FailingSi
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -145,15 +146,18 @@ def _levels(value: Any) -> int:
 
 class MemoryVehicleState(_Failing):
     """Items as ``from_item`` reads them back: ``{"ts": ms, code: [value, at_ms]}`` (``signal_codes``).
-    Refuses, as DynamoDB does, a value nested past 32 levels; ``refuse`` names more signals to refuse."""
+    Refuses, as DynamoDB does, a value nested past 32 levels; ``refuse`` names more signals to refuse.
+    ``writes`` counts the updates sent per vehicle."""
 
     def __init__(self) -> None:
         super().__init__()
         self.items: dict[str, dict[str, Any]] = {}
         self.refuse: set[str] = set()
+        self.writes: Counter[str] = Counter()
 
     def apply(self, update: StateUpdate) -> int:
         self._maybe_fail()
+        self.writes[update.pseudo_vin] += 1
         too_deep = any(1 + _levels(o.value) > NESTING_MAX_LEVELS for o in update.signals.values())
         if too_deep or self.refuse & update.signals.keys():
             raise UnwritableUpdate(update.pseudo_vin, "refused as invalid")

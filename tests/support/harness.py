@@ -255,6 +255,17 @@ def process_records_input(records: Sequence[ShardRecord], checkpointer: Any, mil
     return SimpleNamespace(records=delivered, millis_behind_latest=millis_behind, checkpointer=checkpointer)
 
 
+class RecordingCheckpointer:
+    """amazon-kclpy's checkpointer, as a processor called in-process (``process_records_input``) uses it:
+    each checkpoint's position, in ``calls``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, int | None]] = []
+
+    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
+        self.calls.append((sequence_number, sub_sequence_number))
+
+
 StartProcessor = Callable[[Settings, Callable[[], Pipeline], Callable[[], float], str], FleetRecordProcessor]
 
 

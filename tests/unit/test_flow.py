@@ -27,6 +27,7 @@ from tests.conftest import TEST_ENV
 from tests.fixtures.build import TRIP_GAP_SECONDS
 from tests.support.fakes import MemoryStores, MemoryTripStore, memory_stores
 from tests.support.harness import (
+    RecordingCheckpointer,
     ShardRecord,
     batches,
     fixture,
@@ -266,16 +267,8 @@ def test_the_sweep_leaves_a_trip_to_the_processor_that_wrote_meanwhile(settings:
 # --- the record processor: a failed write never checkpoints ---------------------------------------------
 
 
-class Checkpointer:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str | None, int | None]] = []
-
-    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
-        self.calls.append((sequence_number, sub_sequence_number))
-
-
 def deliver(
-    processor: FleetRecordProcessor, records: Sequence[ShardRecord], checkpointer: Checkpointer
+    processor: FleetRecordProcessor, records: Sequence[ShardRecord], checkpointer: RecordingCheckpointer
 ) -> None:
     processor.process_records(process_records_input(records, checkpointer))
 
@@ -291,7 +284,7 @@ def processor_on(settings: Settings) -> Iterator[Any]:
 
 def test_a_batch_is_checkpointed_at_its_last_record_once_the_machine_consumed_it(processor_on: Any) -> None:
     records = shard_records(fixture("trips.jsonl"))[:50]
-    checkpointer = Checkpointer()
+    checkpointer = RecordingCheckpointer()
     processor = processor_on(memory_stores())
     deliver(processor, records, checkpointer)
     assert checkpointer.calls == []  # every record still settling: the watermark is before the first
@@ -302,7 +295,7 @@ def test_a_batch_is_checkpointed_at_its_last_record_once_the_machine_consumed_it
 def test_a_failed_write_exits_before_any_checkpoint(processor_on: Any) -> None:
     stores = memory_stores()
     stores.vehicle_state.always = TransientError("SlowDown")
-    checkpointer = Checkpointer()
+    checkpointer = RecordingCheckpointer()
     with pytest.raises(SystemExit) as exited:
         deliver(processor_on(stores), shard_records(fixture("trips.jsonl"))[:50], checkpointer)
     assert (exited.value.code, checkpointer.calls) == (EXIT_BATCH_FAILED, [])
@@ -358,7 +351,7 @@ def test_a_record_arriving_after_its_trip_was_archived_is_counted_and_logged_not
 
     drive = [at(s, 30.0 if s < 20 else 0.0, n=s) for s in range(0, 20 + 2 * TRIP_GAP_SECONDS)]
     stores = memory_stores()
-    processor, checkpointer = processor_on(stores), Checkpointer()
+    processor, checkpointer = processor_on(stores), RecordingCheckpointer()
     deliver(processor, drive, checkpointer)
     deliver(processor, [], checkpointer)  # everything settles: the trip completes and is archived
     ((key, body),) = stores.archive.objects.items()
@@ -413,7 +406,7 @@ def test_a_record_received_while_the_completing_record_settles_is_in_the_archive
     drive = [at(s, 30.0 if s < 20 else 0.0, n=s) for s in range(completing + 1)]
     late = at(7, 30.0, arrival_ms=drive[-1].arrival_ms + 2000, n=1000)
     stores = memory_stores()
-    processor, checkpointer = processor_on(stores), Checkpointer()
+    processor, checkpointer = processor_on(stores), RecordingCheckpointer()
     with caplog.at_level(logging.INFO):
         deliver(processor, [*drive, late], checkpointer)
         # The completing record is still settling. And no on-time archive: records of 2025 read now are a

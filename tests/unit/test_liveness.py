@@ -5,8 +5,6 @@ record whatever was deferred."""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -14,10 +12,10 @@ import orjson
 from devtools.settings import settings_from
 from processors.pseudonymize import Pseudonymizer
 from processors.signals import format_time
-from processors.vehicle_state import StateUpdate, named_item
+from processors.vehicle_state import named_item
 from schemas.records import KinesisRecord, StreamPosition
 from tests.conftest import TEST_ENV
-from tests.support.fakes import MemoryVehicleState, memory_stores
+from tests.support.fakes import memory_stores
 from worker.pipeline import Pipeline
 from worker.retry import Retrier
 
@@ -27,16 +25,6 @@ PARKED, DRIVING = "1HGCM82633A004352", "5YJ3E1EA7KF317000"
 T0 = 1_800_000_000_000
 POLL_MS = 250
 CHECKPOINT_MS = 60_000
-
-
-class CountingVehicleState(MemoryVehicleState):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: Counter[str] = Counter()
-
-    def apply(self, update: StateUpdate) -> int:
-        self.writes[update.pseudo_vin] += 1
-        return super().apply(update)
 
 
 def record(vin: str, second: int, speed: float) -> dict[str, object]:
@@ -57,8 +45,7 @@ def test_a_parked_vehicle_costs_one_write_a_minute_and_a_driving_one_a_write_per
 ) -> None:
     settings = settings_from({**TEST_ENV, "FLEET_HEARTBEAT_PATH": str(tmp_path)})
     assert settings.liveness_seconds == 60 and settings.checkpoint_every_seconds * 1000 == CHECKPOINT_MS
-    counting = CountingVehicleState()
-    stores = replace(memory_stores(), vehicle_state=counting)
+    stores = memory_stores()
     pipeline = Pipeline(settings, stores, KEY, Retrier(sleep=lambda _s: None))
     seconds, sequence, last_checkpoint = 600, 0, T0
     for second in range(seconds):
@@ -77,7 +64,7 @@ def test_a_parked_vehicle_costs_one_write_a_minute_and_a_driving_one_a_write_per
                 last_checkpoint = now
     pipeline.checkpoint(T0 + seconds * 1000, lambda _position: None)
     pipeline.close()
-    parked, driving = (counting.writes[KEY.pseudo_vin(vin)] for vin in (PARKED, DRIVING))
+    parked, driving = (stores.vehicle_state.writes[KEY.pseudo_vin(vin)] for vin in (PARKED, DRIVING))
     assert parked / seconds <= 0.02, parked  # 1/60 a record: one item under 1 KB a minute
     assert driving / seconds >= 0.5, driving
     item = named_item(stores.vehicle_state.items[KEY.pseudo_vin(PARKED)])

@@ -8,26 +8,23 @@ from __future__ import annotations
 
 import gc
 import math
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from amazon_kclpy.messages import InitializeInput, ProcessRecordsInput, Record
+from amazon_kclpy.messages import InitializeInput
 
 from devtools.settings import settings_from
 from processors.frontier import ShardProgress
 from processors.pseudonymize import Pseudonymizer
 from processors.signals import format_time
-from processors.vehicle_state import StateUpdate, named_item
+from processors.vehicle_state import named_item
 from schemas.records import KinesisRecord, StreamPosition
 from tests.conftest import TEST_ENV
-from tests.support.fakes import MemoryStores, MemoryVehicleState, memory_stores
-from tests.support.harness import ShardRecord
+from tests.support.fakes import MemoryStores, memory_stores
+from tests.support.harness import RecordingCheckpointer, ShardRecord, process_records_input
 from worker.config import Settings
 from worker.pipeline import Pipeline
 from worker.record_processor import FleetRecordProcessor
@@ -46,16 +43,6 @@ CALLED_AT_S = 40
 def _unfreeze() -> Iterator[None]:
     yield
     gc.unfreeze()  # the processor's initialize freezes what exists; undo it for the rest of the session
-
-
-class CountingVehicleState(MemoryVehicleState):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: Counter[str] = Counter()
-
-    def apply(self, update: StateUpdate) -> int:
-        self.writes[update.pseudo_vin] += 1
-        return super().apply(update)
 
 
 def parked(second: int, first_sequence: int) -> list[KinesisRecord]:
@@ -80,10 +67,9 @@ def settings_for(tmp_path: Path) -> Settings:
     return settings
 
 
-def new_pipeline(settings: Settings) -> tuple[Pipeline, CountingVehicleState, MemoryStores]:
-    counting = CountingVehicleState()
-    stores = replace(memory_stores(), vehicle_state=counting)
-    return Pipeline(settings, stores, KEY, Retrier(sleep=lambda _s: None)), counting, stores
+def new_pipeline(settings: Settings) -> tuple[Pipeline, MemoryStores]:
+    stores = memory_stores()
+    return Pipeline(settings, stores, KEY, Retrier(sleep=lambda _s: None)), stores
 
 
 def commit_at(
@@ -100,7 +86,8 @@ def polls(seconds: range) -> list[tuple[int, int]]:
 def test_a_checkpoint_s_writes_are_spread_and_it_goes_to_the_watermark_of_when_it_was_called_for(
     tmp_path: Path,
 ) -> None:
-    pipeline, counting, stores = new_pipeline(settings_for(tmp_path))
+    pipeline, stores = new_pipeline(settings_for(tmp_path))
+    counting = stores.vehicle_state
     sequence = 1
     for now, second in polls(range(CALLED_AT_S)):
         first = now == T0 + second * 1000 + 100
@@ -144,7 +131,8 @@ def test_a_checkpoint_s_writes_are_spread_and_it_goes_to_the_watermark_of_when_i
 
 
 def test_a_checkpoint_at_once_supersedes_one_under_way(tmp_path: Path) -> None:
-    pipeline, counting, _ = new_pipeline(settings_for(tmp_path))
+    pipeline, stores = new_pipeline(settings_for(tmp_path))
+    counting = stores.vehicle_state
     now = T0 + 100
     pipeline.process(parked(0, 1), now)
     pipeline.begin_checkpoint(now)
@@ -156,14 +144,6 @@ def test_a_checkpoint_at_once_supersedes_one_under_way(tmp_path: Path) -> None:
     assert marks == [pipeline.watermark()]
     assert not pipeline.end_checkpoint(now + 1200, marks.append) and len(marks) == 1
     pipeline.close()
-
-
-class ScriptedCheckpointer:
-    def __init__(self) -> None:
-        self.positions: list[tuple[str | None, int | None]] = []
-
-    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
-        self.positions.append((sequence_number, sub_sequence_number))
 
 
 def test_the_record_processor_reports_the_progress_of_the_call_once_its_writes_are_written(
@@ -196,7 +176,7 @@ def test_the_record_processor_reports_the_progress_of_the_call_once_its_writes_a
         "subSequenceNumber": 0,
     }
     processor.initialize(InitializeInput(start))
-    checkpointer = ScriptedCheckpointer()
+    checkpointer = RecordingCheckpointer()
     arrivals: dict[int, int] = {}
     sequence = 1
     for now, second in polls(range(90)):
@@ -206,12 +186,8 @@ def test_the_record_processor_reports_the_progress_of_the_call_once_its_writes_a
         sequence += len(batch)
         if batch:
             arrivals[now] = batch[-1].position.arrival_ms
-        message: dict[str, Any] = {
-            "action": "processRecords",
-            "records": [Record(message_of(r)) for r in batch],
-            "millisBehindLatest": 1000 if batch else 0,
-        }
-        ProcessRecordsInput(message).dispatch(checkpointer, processor)
+        delivered = [shard_record(r) for r in batch]
+        processor.process_records(process_records_input(delivered, checkpointer, 1000 if batch else 0))
 
     # Called for 60 s after initialize; its writes spread over 10 s, then the report and the checkpoint.
     [report] = reports
@@ -219,11 +195,9 @@ def test_the_record_processor_reports_the_progress_of_the_call_once_its_writes_a
     assert report.written_ms >= called_ms + pipeline.spread_ms - POLL_MS
     assert report.last_arrival_ms == max(a for at, a in arrivals.items() if at <= called_ms)
     assert report.caught_up_ms is not None and report.caught_up_ms <= called_ms
-    assert len(checkpointer.positions) == 1
+    assert len(checkpointer.calls) == 1
 
 
-def message_of(record: KinesisRecord) -> dict[str, Any]:
+def shard_record(record: KinesisRecord) -> ShardRecord:
     position = record.position
-    return ShardRecord(
-        record.data, record.partition_key, position.sequence_number, position.arrival_ms
-    ).message()
+    return ShardRecord(record.data, record.partition_key, position.sequence_number, position.arrival_ms)
