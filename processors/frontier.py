@@ -3,11 +3,11 @@ reports at each checkpoint, and the orphan sweep's rule on it.
 
 The stream's partition key is the VIN, so whoever reads records can read every VIN. The sweep must know
 whether each shard's consumer keeps up (a lagging consumer's vehicles look silent), yet read no record.
-So each record processor reports what it knows at every checkpoint, right after the checkpoint's flush
-made ``trip-state`` current for every record it received: a ``ShardProgress``, stored in ``vin-mapping``
-under ``_meta#progress#<shardId>`` (``progress_key``; not a vehicle: ``is_vehicle`` is False, and it holds
-no VIN, only a shard id and times). Pure: the tracker (``ConsumerPosition``) and the rule (``behind``);
-the store is the ``processors.ports.ProgressStore`` port.
+So each record processor reports what it knew when each checkpoint was called for, once the checkpoint's
+writes made ``trip-state`` current for every record it had received by then: a ``ShardProgress``, stored
+in ``vin-mapping`` under ``_meta#progress#<shardId>`` (``progress_key``; not a vehicle: ``is_vehicle`` is
+False, and it holds no VIN, only a shard id and times). Pure: the tracker (``ConsumerPosition``) and the
+rule (``behind``); the store is the ``processors.ports.ProgressStore`` port.
 
 **What a progress item vouches for** (``ShardProgress.through_ms``, the stream's clock): every record of
 the shard that arrived before it was received, and is in ``trip-state``, by ``written_ms``. It is the
@@ -21,7 +21,7 @@ in the limit (below) covers that.
 ``now - through_ms > limit_ms``; no item (or one vouching for nothing) is behind too. A consumer that died
 or hangs writes no more progress, so its item ages past the limit by itself: ``through_ms`` is never later
 than ``written_ms``. The sweep's limit is a gap past the lag a healthy consumer's progress has by design,
-one checkpoint interval (``worker.sweep.skip_limit_ms``).
+one checkpoint interval and its spread (``worker.sweep.skip_limit_ms``).
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ class ShardProgress:
 
     shard_id: str
     written_ms: int
-    """Wall clock of the report: after the checkpoint's flush, before its checkpoint."""
+    """Wall clock of the report: after the checkpoint's writes, before its checkpoint."""
     last_arrival_ms: int | None = None
-    """Arrival (stream clock) of the newest record the processor received; None: none yet."""
+    """Arrival (stream clock) of the newest record the processor had received when the checkpoint was
+    called for; None: none yet."""
     caught_up_ms: int | None = None
     """The processor's clock when it got the last poll the daemon said was 0 behind; None: none yet."""
     millis_behind: int | None = None

@@ -94,15 +94,21 @@ class _Called:
     deadline_ms: int
     last_ms: int
     """The last flush that took a share."""
+    flushes_left: int
+    """Flushes (one a poll) until everything is taken, whatever the wall clock does: a clock stepped back
+    or standing still must not hold the checkpoint back for longer than the spread's polls."""
     states: Staged
     trail: Staged
     trips: Staged
 
     def share(self, now_ms: int) -> float:
-        """The share of what is left to take at ``now_ms``: even over the flushes until the deadline."""
+        """The share of what is left to take at ``now_ms``: even over the time until the deadline, or over
+        the flushes left, whichever takes more."""
+        by_count = 1 / self.flushes_left
+        self.flushes_left = max(1, self.flushes_left - 1)
         if now_ms >= self.deadline_ms:
             return 1.0
-        return max(0, now_ms - self.last_ms) / (self.deadline_ms - self.last_ms)
+        return max(by_count, max(0, now_ms - self.last_ms) / (self.deadline_ms - self.last_ms))
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:
@@ -149,6 +155,7 @@ class Pipeline:
         self.buffers: tuple[WriteBuffer[Any], ...] = (self.states, self.trail, self.trips)
         """Every accepted record goes into each; a checkpoint goes no further than any holds back."""
         self.spread_ms = spread_ms(settings.checkpoint_every_seconds)
+        self.poll_ms = max(1, settings.kcl_idle_time_between_reads_millis)
         self._last_position: StreamPosition | None = None
         self._called: _Called | None = None
 
@@ -237,11 +244,13 @@ class Pipeline:
     def begin_checkpoint(self, now_ms: int) -> Flushed:
         """A checkpoint is called for at ``now_ms`` (see the module docstring): note the watermark and what
         is pending, and write the first share of it (all of it when ``spread_ms`` is 0). The flushes of the
-        next ``spread_ms`` write the rest; ``end_checkpoint`` commits once all of it is written."""
+        next ``spread_ms`` (at most as many as its polls) write the rest; ``end_checkpoint`` commits once
+        all of it is written."""
         self._called = _Called(
             self.watermark(),
             now_ms + self.spread_ms,
             now_ms,
+            max(1, self.spread_ms // self.poll_ms),
             self.states.stage(now_ms),
             self.trail.stage(now_ms),
             self.trips.stage(now_ms),

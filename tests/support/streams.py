@@ -251,6 +251,8 @@ class Consumer:
     """From a record's arrival to the earliest poll that returns it."""
     crash_after: tuple[int, ...] = ()
     """Numbers of the non-empty batches after which the processor dies before checkpointing."""
+    crash_mid_checkpoint: bool = False
+    """The processor also dies after a non-empty batch while a checkpoint's spread writes are under way."""
     max_crashes: int = 2
     split_at: int | None = None
     """Index of the first record on the child shard (None: no split)."""
@@ -320,7 +322,10 @@ class _Processor:
             self.process(pipeline, records, caught_up)
             if records:
                 batch, self.batches = self.batches, self.batches + 1
-                if batch in consumer.crash_after and self.run.crashes < consumer.max_crashes:
+                mid_checkpoint = consumer.crash_mid_checkpoint and pipeline.checkpointing
+                if (
+                    batch in consumer.crash_after or mid_checkpoint
+                ) and self.run.crashes < consumer.max_crashes:
                     pipeline.close()  # what it buffered is lost: the next owner replays from the checkpoint
                     pipeline = new_pipeline(self.settings, self.run.stores)
                     position, self.run.crashes = checkpointed, self.run.crashes + 1

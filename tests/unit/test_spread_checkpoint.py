@@ -98,7 +98,9 @@ def test_a_checkpoint_s_writes_are_spread_and_it_goes_to_the_watermark_of_when_i
     assert target is not None
     written = counting.writes.total()
     pipeline.begin_checkpoint(called_ms)
-    assert pipeline.checkpointing and counting.writes.total() == written, "nothing is written at the call"
+    at_call = counting.writes.total() - written
+    spread, polls_in_spread = pipeline.spread_ms, pipeline.spread_ms // POLL_MS
+    assert pipeline.checkpointing and at_call == math.ceil(len(VINS) / polls_in_spread), "a first share"
 
     commits: list[tuple[int, StreamPosition | None]] = []
     per_poll: list[int] = []
@@ -114,11 +116,10 @@ def test_a_checkpoint_s_writes_are_spread_and_it_goes_to_the_watermark_of_when_i
 
     [(committed_ms, position)] = commits
     assert position == target, "the watermark of the call, not of the commit"
-    spread = pipeline.spread_ms
     assert spread == 10_000
     assert called_ms + spread - POLL_MS <= committed_ms <= called_ms + spread + POLL_MS
     # Every vehicle had a liveness update pending at the call: each is written once, a share a poll.
-    assert sum(per_poll) == len(VINS)
+    assert at_call + sum(per_poll) == len(VINS)
     assert max(per_poll) <= math.ceil(len(VINS) * POLL_MS / spread) + 1, per_poll
     stored = [named_item(stores.vehicle_state.items[KEY.pseudo_vin(vin)]) for vin in VINS]
     called_second = format_time(T0 + (CALLED_AT_S - 1) * 1000)
@@ -201,3 +202,51 @@ def test_the_record_processor_reports_the_progress_of_the_call_once_its_writes_a
 def shard_record(record: KinesisRecord) -> ShardRecord:
     position = record.position
     return ShardRecord(record.data, record.partition_key, position.sequence_number, position.arrival_ms)
+
+
+def test_a_clock_that_stands_still_holds_a_checkpoint_back_no_longer_than_the_spread_s_polls(
+    tmp_path: Path,
+) -> None:
+    pipeline, stores = new_pipeline(settings_for(tmp_path))
+    now = T0 + 100
+    pipeline.process(parked(0, 1), now)
+    pipeline.begin_checkpoint(now)
+    commits: list[StreamPosition | None] = []
+    flushes = 0
+    while not pipeline.end_checkpoint(now, commits.append):
+        pipeline.process([], now)  # the wall clock stands still (or stepped back): polls still come
+        flushes += 1
+        assert flushes <= pipeline.spread_ms // POLL_MS, "the spread's polls have passed"
+    assert commits == [pipeline.watermark()] and stores.vehicle_state.writes.total() == len(VINS)
+    pipeline.close()
+
+
+def driving(second: int, first_sequence: int) -> list[KinesisRecord]:
+    out = []
+    for i, vin in enumerate(VINS[:40]):
+        signals = {"vehicleSpeed": 30.0, "shiftState": "D", "lat": 39.7 + second * 1e-4, "lng": -104.9}
+        data = orjson.dumps({"vin": vin, "timestamp": format_time(T0 + second * 1000), "signals": signals})
+        position = StreamPosition(SHARD, str(first_sequence + i), 0, T0 + second * 1000)
+        out.append(KinesisRecord(data, vin, position))
+    return out
+
+
+def test_a_vehicle_staged_and_due_in_one_flush_is_written_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Driving vehicles are due (live progress) while staged: two writes of one item in one flush would
+    race each other's version and re-plan (``trip_state_conflict``)."""
+    pipeline, _ = new_pipeline(settings_for(tmp_path))
+    sequence, commits = 1, list[StreamPosition | None]()
+    for now, second in polls(range(70)):
+        first = now == T0 + second * 1000 + 100
+        batch = driving(second, sequence) if first else []
+        sequence += len(batch)
+        pipeline.process(batch, now)
+        if second == 45 and now == T0 + second * 1000 + 100 + 2 * POLL_MS:
+            pipeline.begin_checkpoint(now)
+        if pipeline.checkpointing:
+            pipeline.end_checkpoint(now, commits.append)
+    pipeline.close()
+    assert len(commits) == 1
+    assert not [r for r in caplog.records if "trip_state_conflict" in r.getMessage()]
