@@ -49,6 +49,8 @@ class Executed:
     """Records a store refused as invalid while executing (``unwritable``), dead-lettered here."""
     versions: dict[str, str | None] = field(default_factory=dict)
     """pseudoVin -> version of the trip-state item now stored, for the vehicles committed."""
+    refused: list[str] = field(default_factory=list)
+    """pseudoVins whose ``vehicle-state`` update the store refused as invalid (applied record by record)."""
 
 
 class PlanExecutor:
@@ -108,7 +110,8 @@ class PlanExecutor:
         )
         if commits.contended:
             raise TRIP_REPLANS.exhausted(f"{len(commits.contended)} vehicles, {TRIP_REPLANS.rounds} plans")
-        return Executed(requests + commits.requests, dead_letters, commits.versions)
+        refused_vins = [pending.update.pseudo_vin for pending in refused]
+        return Executed(requests + commits.requests, dead_letters, commits.versions, refused_vins)
 
     def _not_in_vault(self, sightings: dict[str, str]) -> dict[str, str]:
         """Of the vehicles sighted, those whose VIN is not in the vault: only vehicles this worker has not

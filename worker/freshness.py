@@ -143,6 +143,12 @@ class VehicleStateBuffer:
     def holds_back(self) -> Hold | None:
         return None
 
+    def forget(self, pseudo_vin: str) -> None:
+        """The store refused what this buffer last took for the vehicle (its records were applied one by one,
+        some dead-lettered): it no longer knows what the store holds, so the vehicle's next update counts
+        as a change, and none is dropped as covered by values that were never stored."""
+        self._written.pop(pseudo_vin, None)
+
     def stage(self, now_ms: int) -> Staged:
         """Every pending update, by vehicle; the mark is the update itself (a later one is another)."""
         return dict(self._pending)

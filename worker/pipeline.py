@@ -233,6 +233,8 @@ class Pipeline:
             states, trail, trips, self._replan, lambda pv, version: self.trips.committed(pv, version, now_ms)
         )
         _log_dead_letters(executed.dead_letters)
+        for pseudo_vin in executed.refused:
+            self.states.forget(pseudo_vin)
         return Flushed(
             writes=executed.requests,
             dead_letters=len(executed.dead_letters),

@@ -131,6 +131,29 @@ def test_a_record_the_store_refuses_is_dead_lettered_and_the_rest_applied(
     assert "blob" not in item
 
 
+def test_an_older_valid_record_after_a_refused_update_still_lands(settings: Settings) -> None:
+    """A refused update was remembered as written: a later record with an older event time then looked
+    covered by values that were never stored, and was dropped (found in review, 2026-12-05)."""
+    stores = memory_stores()
+    stores.vehicle_state.refuse = {"blob"}
+    pipeline = Pipeline(settings, stores, KEY, NO_SLEEP)
+    t0 = 1_800_000_000_000
+
+    def record(sequence: int, t: int, **signals: Any) -> KinesisRecord:
+        data = native(VIN, format_time(t), **signals)
+        return KinesisRecord(data, VIN, StreamPosition(SHARD, str(sequence), 0, t + 500))
+
+    pipeline.process([record(1, t0, vehicleSpeed=0.0)], t0 + 600)
+    pipeline.checkpoint(t0 + 700, lambda _position: None)
+    pipeline.process([record(2, t0 + 2000, vehicleSpeed=5.0, blob="x")], t0 + 2600)
+    pipeline.checkpoint(t0 + 2700, lambda _position: None)  # refused: dead-lettered
+    pipeline.process([record(3, t0 + 1000, vehicleSpeed=4.0)], t0 + 3600)  # older, valid
+    pipeline.checkpoint(t0 + 3700, lambda _position: None)
+    pipeline.close()
+    item = named_item(stores.vehicle_state.items[KEY.pseudo_vin(VIN)])
+    assert item["vehicleSpeed"]["value"] == 4.0, item
+
+
 def test_a_vehicle_another_writer_moved_is_replanned_on_top_of_its_state(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
